@@ -1,0 +1,122 @@
+"""The one root of every error the registry raises on purpose.
+
+Each subclass carries a stable machine ``code`` (what clients and scripts match on) and the HTTP
+status the API answers with. The domain and the ledger raise these; the API turns them into
+``{"error": {"code", "message", "details"}}`` in exactly one handler, and the CLI turns them into
+an exit code in exactly one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class RegistryError(Exception):
+    """Root of every deliberate failure; ``message`` is for people, ``code`` for machines."""
+
+    code: ClassVar[str] = "registry_error"
+    http_status: ClassVar[int] = 400
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details or {}
+
+
+# --- the signed log -------------------------------------------------------------------------
+
+
+class LedgerError(RegistryError):
+    """Something about the signed log itself is wrong."""
+
+    code = "ledger_error"
+    http_status = 500
+
+
+class CanonicalEncodingError(LedgerError):
+    """A value cannot be written as RFC 8785 canonical JSON under our rules (e.g. a float)."""
+
+    code = "non_canonical_value"
+    http_status = 422
+
+
+class BadSignatureError(LedgerError):
+    """A signature does not verify, or is missing, or was made by a key we do not trust."""
+
+    code = "bad_signature"
+    http_status = 401
+
+
+class UnknownKeyError(BadSignatureError):
+    """A signature names a key id the verifier does not hold."""
+
+    code = "unknown_key"
+
+
+class MalformedError(LedgerError):
+    """Bytes that should hold an envelope, entry, note or proof cannot be parsed."""
+
+    code = "malformed"
+    http_status = 422
+
+
+class ProofError(LedgerError):
+    """An inclusion or consistency proof does not verify, or cannot be built for these sizes."""
+
+    code = "invalid_proof"
+    http_status = 422
+
+
+class ChainError(LedgerError):
+    """Entries do not form one unbroken chain: a gap in ``seq``, or ``prev`` is not the last leaf."""
+
+    code = "broken_chain"
+
+
+class CheckpointError(LedgerError):
+    """A checkpoint is malformed, unsigned, or inconsistent with an earlier one."""
+
+    code = "bad_checkpoint"
+
+
+class ForkError(CheckpointError):
+    """Two checkpoints for one tree that cannot both be true: the log was rewritten."""
+
+    code = "fork_detected"
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+class InvalidRequestError(RegistryError):
+    """The request is understood but its values break a rule."""
+
+    code = "invalid_request"
+    http_status = 422
+
+
+class NotFoundError(RegistryError):
+    code = "not_found"
+    http_status = 404
+
+
+class ConflictError(RegistryError):
+    code = "conflict"
+    http_status = 409
+
+
+class AuthenticationError(RegistryError):
+    code = "unauthenticated"
+    http_status = 401
+
+
+class PermissionDeniedError(RegistryError):
+    code = "forbidden"
+    http_status = 403
+
+
+class ConfigurationError(RegistryError):
+    """The registry is not set up the way this command needs (no key, no database, bad setting)."""
+
+    code = "configuration_error"
+    http_status = 500
