@@ -85,6 +85,19 @@ class ForkError(CheckpointError):
     code = "fork_detected"
 
 
+class KeyFileError(LedgerError):
+    """A private key file cannot be read: wrong passphrase, not a PEM key, or not Ed25519."""
+
+    code = "bad_key_file"
+
+
+class VerificationFailedError(LedgerError):
+    """A verification found failures; ``details["failures"]`` lists every one of them."""
+
+    code = "verification_failed"
+    http_status = 422
+
+
 # --- requests -------------------------------------------------------------------------------
 
 
@@ -120,3 +133,56 @@ class ConfigurationError(RegistryError):
 
     code = "configuration_error"
     http_status = 500
+
+
+# --- credits, serials and forest boundaries (raised by registry.domain) -----------------------
+
+
+class InvalidQuantityError(InvalidRequestError):
+    """A quantity or rate is not a whole number in its allowed range (bools and floats refused)."""
+
+    code = "invalid_quantity"
+
+
+class SerialRangeError(InvalidRequestError):
+    """A serial range is malformed (start < 1, end < start, beyond the largest serial)."""
+
+    code = "invalid_serial_range"
+
+
+class InvalidSerialIdError(InvalidRequestError):
+    """A batch id, unit serial or block string does not follow the registry's serial format."""
+
+    code = "invalid_serial_id"
+
+
+class DuplicateSerialError(SerialRangeError):
+    """Two ranges share a serial: a double-counting hazard, and a broken invariant in state."""
+
+    code = "duplicate_serial"
+
+
+class InsufficientCreditsError(ConflictError):
+    """The holder's active credits in the batch are fewer than the quantity asked for."""
+
+    code = "insufficient_credits"
+    http_status = 409
+
+
+class SerialsNotHeldError(InsufficientCreditsError):
+    """An explicit serial range asked for is not entirely held by the account."""
+
+    code = "serials_not_held"
+
+
+class InvalidGeometryError(InvalidRequestError):
+    """A forest boundary is not a valid GeoJSON Polygon/MultiPolygon in WGS84 lon/lat."""
+
+    code = "invalid_geometry"
+
+
+class OverlapError(ConflictError):
+    """A forest boundary overlaps an existing unit by more than the tolerance (double counting)."""
+
+    code = "boundary_overlap"
+    http_status = 409

@@ -1,0 +1,121 @@
+"""Public, read-only views of the signed ledger: checkpoints, entries, proofs and keys."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse
+
+from registry.api.deps import ReadSessionDep, RegistryDep
+from registry.api.models import (
+    ConsistencyProofPublic,
+    EntriesPublic,
+    EntryPublic,
+    ErrorResponse,
+    InclusionProofPublic,
+    RegistryKeyPublic,
+    RegistryKeysPublic,
+)
+from registry.errors import NotFoundError
+from registry.ledger.checkpoint import NoteVerifier
+from registry.ledger.keys import PublicKey
+from registry.service import ledger as ledger_service
+from registry.service.ledger import b64
+from registry.store import ledger_repo
+
+router = APIRouter(prefix="/v1", tags=["ledger"], responses={422: {"model": ErrorResponse}})
+
+MAX_PAGE = 1000
+
+
+def _entry_public(row: ledger_repo.LedgerEntry) -> EntryPublic:
+    return EntryPublic(
+        seq=row.seq, kind=row.kind, leaf_hash=b64(row.leaf_hash), envelope=b64(row.envelope)
+    )
+
+
+@router.get(
+    "/checkpoint",
+    response_class=PlainTextResponse,
+    summary="The latest signed checkpoint (C2SP signed note)",
+    responses={200: {"content": {"text/plain": {}}}, 404: {"model": ErrorResponse}},
+)
+def get_checkpoint(session: ReadSessionDep) -> str:
+    return ledger_service.latest_checkpoint_note(session)
+
+
+@router.get("/checkpoints/{size}", response_class=PlainTextResponse,
+            summary="The checkpoint signed for one tree size",
+            responses={200: {"content": {"text/plain": {}}}, 404: {"model": ErrorResponse}})
+def get_checkpoint_at(session: ReadSessionDep, size: int) -> str:
+    row = ledger_repo.checkpoint_at(session, size)
+    if row is None:
+        raise NotFoundError(f"no checkpoint was signed for tree size {size}")
+    return row.note
+
+
+@router.get("/entries", response_model=EntriesPublic, summary="Ledger entries by range")
+def list_entries(
+    session: ReadSessionDep,
+    start: Annotated[int, Query(ge=0, description="first seq")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> EntriesPublic:
+    size = ledger_repo.tree_size(session)
+    rows = ledger_repo.entries_between(session, start, min(start + limit, size))
+    return EntriesPublic(data=[_entry_public(r) for r in rows], count=len(rows), tree_size=size)
+
+
+@router.get("/entries/{seq}", response_model=EntryPublic, summary="One ledger entry",
+            responses={404: {"model": ErrorResponse}})
+def get_entry(session: ReadSessionDep, seq: int) -> EntryPublic:
+    row = ledger_repo.entry_at(session, seq)
+    if row is None:
+        raise NotFoundError(f"no entry with seq {seq}", details={"seq": seq})
+    return _entry_public(row)
+
+
+@router.get("/proofs/inclusion", response_model=InclusionProofPublic,
+            summary="Inclusion proof of an entry in a tree size")
+def get_inclusion_proof(
+    session: ReadSessionDep,
+    index: Annotated[int, Query(ge=0)],
+    tree_size: Annotated[int, Query(ge=1)],
+) -> InclusionProofPublic:
+    p = ledger_service.inclusion_proof(session, index=index, tree_size=tree_size)
+    return InclusionProofPublic(
+        index=p.index, tree_size=p.tree_size, leaf_hash=b64(p.leaf_hash), root=b64(p.root),
+        proof=[b64(h) for h in p.proof],
+    )
+
+
+@router.get("/proofs/consistency", response_model=ConsistencyProofPublic,
+            summary="Consistency proof between two tree sizes")
+def get_consistency_proof(
+    session: ReadSessionDep,
+    first: Annotated[int, Query(ge=1)],
+    second: Annotated[int, Query(ge=1)],
+) -> ConsistencyProofPublic:
+    p = ledger_service.consistency_proof(session, first=first, second=second)
+    return ConsistencyProofPublic(
+        first=p.first, second=p.second, first_root=b64(p.first_root),
+        second_root=b64(p.second_root), proof=[b64(h) for h in p.proof],
+    )
+
+
+@router.get("/keys", response_model=RegistryKeysPublic, summary="The registry's public keys")
+def list_keys(session: ReadSessionDep, registry: RegistryDep) -> RegistryKeysPublic:
+    data = []
+    for row in ledger_repo.registry_keys(session):
+        key = PublicKey(raw=row.public_key)
+        data.append(
+            RegistryKeyPublic(
+                key_id=row.key_id,
+                public_key=base64.b64encode(row.public_key).decode(),
+                note_verifier=NoteVerifier(name=registry.origin, key=key).verifier_string(),
+                valid_from_seq=row.valid_from_seq,
+                valid_until_seq=row.valid_until_seq,
+            )
+        )
+    return RegistryKeysPublic(data=data, count=len(data))

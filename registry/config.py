@@ -1,0 +1,49 @@
+"""Settings of one registry instance, read from ``REGISTRY_*`` environment variables.
+
+One place for every knob the server and the CLI share. Secrets are ``SecretStr`` so they never
+print, and a validator refuses placeholder passphrases: a registry key guarded by ``changeme`` is
+worse than none, because it looks protected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "passphrase"})
+
+
+class Settings(BaseSettings):
+    """Where the registry keeps its ledger and key, and the name it signs checkpoints with."""
+
+    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore")
+
+    database_url: str = "sqlite:///var/registry.db"
+    """SQLAlchemy URL: ``sqlite:///path`` (embedded) or ``postgresql+psycopg://...``."""
+
+    origin: str = "kh.carbon-registry.example/ledger"
+    """The checkpoint origin line (C2SP tlog-checkpoint): names this log, never reused by another."""
+
+    key_file: Path = Path("var/registry-key.pem")
+    """The registry's Ed25519 signing key, PKCS#8 PEM, encrypted with ``key_passphrase``."""
+
+    key_passphrase: SecretStr | None = None
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @field_validator("key_passphrase")
+    @classmethod
+    def _refuse_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("REGISTRY_KEY_PASSPHRASE is a placeholder; choose a real passphrase")
+        return value
+
+    @field_validator("origin")
+    @classmethod
+    def _origin_is_one_line(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value) or "+" in value:
+            raise ValueError(f"origin must be a non-empty name without spaces or '+', got {value!r}")
+        return value

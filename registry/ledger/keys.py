@@ -1,0 +1,183 @@
+"""Ed25519 keys: the registry's signing key, holders' keys, and how we name and store them.
+
+This module owns the key formats of the ledger: a public key is its 32 raw bytes (RFC 8032),
+written as standard base64; its ``key_id`` is the lowercase hex SHA-256 of those bytes (the
+``keyid`` of DSSE signatures); private keys rest on disk as passphrase-encrypted PKCS#8 PEM.
+Verification raises ``BadSignatureError`` and returns ``None`` on success, as pyca does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from registry.errors import BadSignatureError, KeyFileError, MalformedError
+
+PUBLIC_KEY_SIZE = 32
+SEED_SIZE = 32
+SIGNATURE_SIZE = 64
+
+
+def b64encode(data: bytes) -> str:
+    """Standard base64 (RFC 4648 §4) with padding: the one spelling we write."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode_strict(text: str, *, what: str) -> bytes:
+    """Decode standard padded base64, refusing any other spelling of the same bytes.
+
+    Refusing non-canonical base64 (URL-safe alphabet, missing padding, stray bits in the last
+    character) keeps one record to one byte string. Raises ``MalformedError`` naming ``what``.
+    """
+    if not isinstance(text, str):
+        raise MalformedError(f"{what} must be a base64 string, got {type(text).__name__}")
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error, ValueError) as e:
+        raise MalformedError(f"{what} is not valid standard base64: {text!r}") from e
+    if b64encode(raw) != text:
+        raise MalformedError(f"{what} is not canonical standard base64: {text!r}")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    """An Ed25519 public key, checked at construction: 32 bytes that load as a key."""
+
+    raw: bytes
+    _key: Ed25519PublicKey = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.raw, bytes) or len(self.raw) != PUBLIC_KEY_SIZE:
+            size = len(self.raw) if isinstance(self.raw, (bytes, bytearray)) else "?"
+            raise MalformedError(
+                f"an Ed25519 public key is {PUBLIC_KEY_SIZE} bytes, got {size} "
+                f"({type(self.raw).__name__})"
+            )
+        try:
+            key = Ed25519PublicKey.from_public_bytes(self.raw)
+        except ValueError as e:
+            raise MalformedError(f"not an Ed25519 public key: {self.raw.hex()}") from e
+        object.__setattr__(self, "_key", key)
+
+    @property
+    def key_id(self) -> str:
+        """Lowercase hex SHA-256 of the raw key: how envelopes and keyrings name this key."""
+        return hashlib.sha256(self.raw).hexdigest()
+
+    def to_b64(self) -> str:
+        return b64encode(self.raw)
+
+    @classmethod
+    def from_b64(cls, text: str) -> PublicKey:
+        return cls(b64decode_strict(text, what="public key"))
+
+    def verify(self, signature: bytes, message: bytes) -> None:
+        """Return ``None`` if ``signature`` is this key's over ``message``; raise otherwise."""
+        try:
+            self._key.verify(signature, message)
+        except InvalidSignature as e:
+            raise BadSignatureError(
+                f"signature does not verify under key {self.key_id}",
+                details={"keyid": self.key_id},
+            ) from e
+
+
+Keyring = dict[str, PublicKey]
+"""Trusted public keys by ``key_id``: what a verifier is configured with."""
+
+
+def make_keyring(*keys: PublicKey) -> Keyring:
+    """A keyring holding ``keys`` under their own ``key_id`` (the only correct mapping)."""
+    return {key.key_id: key for key in keys}
+
+
+class SigningKey:
+    """An Ed25519 private key. Its repr never shows secret material."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        if not isinstance(key, Ed25519PrivateKey):
+            raise TypeError(f"expected an Ed25519PrivateKey, got {type(key).__name__}")
+        self._key = key
+
+    def __repr__(self) -> str:
+        return f"SigningKey(key_id={self.public_key.key_id!r})"
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> SigningKey:
+        """The key whose RFC 8032 seed is ``seed`` (32 bytes). For tests and test vectors."""
+        if not isinstance(seed, bytes) or len(seed) != SEED_SIZE:
+            raise MalformedError(f"an Ed25519 seed is {SEED_SIZE} bytes, got {seed!r}")
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    @property
+    def public_key(self) -> PublicKey:
+        return PublicKey(
+            self._key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+        )
+
+    def sign(self, message: bytes) -> bytes:
+        """A 64-byte Ed25519 signature over ``message`` (deterministic, RFC 8032)."""
+        return self._key.sign(message)
+
+    def to_pem(self, passphrase: bytes) -> bytes:
+        """PKCS#8 PEM encrypted under ``passphrase``: the way a key file is written."""
+        if not isinstance(passphrase, bytes) or not passphrase:
+            raise KeyFileError(
+                "refusing to write a key file with an empty passphrase "
+                "(use to_pem_unencrypted_unsafe if you really mean it)"
+            )
+        return self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase),
+        )
+
+    def to_pem_unencrypted_unsafe(self) -> bytes:
+        """PKCS#8 PEM in the clear. Anyone who reads the file can sign as this key."""
+        return self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    @classmethod
+    def from_pem(cls, data: bytes, passphrase: bytes | None) -> SigningKey:
+        """Load a PKCS#8 PEM Ed25519 key; any failure is a ``KeyFileError`` saying which."""
+        if not isinstance(data, bytes):
+            raise KeyFileError(f"a key file is read as bytes, got {type(data).__name__}")
+        try:
+            key = serialization.load_pem_private_key(data, password=passphrase)
+        except TypeError as e:
+            # pyca signals a passphrase/encryption mismatch with TypeError.
+            if passphrase is None:
+                raise KeyFileError("the key file is encrypted; a passphrase is required") from e
+            raise KeyFileError("the key file is not encrypted, but a passphrase was given") from e
+        except (ValueError, UnsupportedAlgorithm) as e:
+            if passphrase is not None:
+                raise KeyFileError(
+                    "cannot load the key file: wrong passphrase, or not a PEM private key"
+                ) from e
+            raise KeyFileError("cannot load the key file: not a PEM private key") from e
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyFileError(
+                f"the key file holds a {type(key).__name__}, not an Ed25519 private key"
+            )
+        return cls(key)

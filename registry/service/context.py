@@ -1,0 +1,33 @@
+"""The running registry's handles: its database, its signing key, its name and its clock.
+
+Passed explicitly to every use case (no globals), so tests can run many registries side by side
+with fixed clocks and keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+
+from registry.ledger.checkpoint import NoteVerifier
+from registry.ledger.keys import SigningKey
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Registry:
+    engine: Engine
+    signer: SigningKey
+    origin: str
+    clock: Callable[[], datetime] = field(default=utc_now)
+
+    @property
+    def note_verifier(self) -> NoteVerifier:
+        """The key auditors pin to check this registry's checkpoints."""
+        return NoteVerifier(name=self.origin, key=self.signer.public_key)

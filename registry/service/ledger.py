@@ -1,0 +1,159 @@
+"""Appending to the signed ledger, publishing checkpoints, and serving proofs.
+
+Every state change of the registry ends in :func:`append_entry`, inside the caller's write
+transaction: the entry is built, signed, chained to the previous leaf, added to the Merkle tree,
+and a new checkpoint is signed for the new size after proving it consistent with the last one.
+If anything fails the transaction rolls back and nothing of it remains.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from sqlmodel import Session
+
+from registry.errors import CheckpointError, InvalidRequestError, NotFoundError, ProofError
+from registry.ledger import merkle
+from registry.ledger.checkpoint import Checkpoint, sign_checkpoint
+from registry.ledger.entry import Entry, format_time, seal_entry
+from registry.service.context import Registry
+from registry.store import ledger_repo
+from registry.store.ledger_repo import SessionNodeReader
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What an append produced: the entry, its exact envelope bytes and its leaf hash."""
+
+    entry: Entry
+    envelope: bytes
+    leaf_hash: bytes
+
+
+def append_entry(
+    session: Session, registry: Registry, *, kind: str, actor: str, payload: dict[str, Any]
+) -> Appended:
+    """Sign ``payload`` as the next entry, add it to the tree and publish a checkpoint."""
+    last = ledger_repo.last_entry(session)
+    seq = 0 if last is None else last.seq + 1
+    entry = Entry(
+        v=1,
+        seq=seq,
+        time=format_time(registry.clock()),
+        kind=kind,
+        actor=actor,
+        payload=payload,
+        prev=None if last is None else last.leaf_hash.hex(),
+    )
+    envelope = seal_entry(entry, registry.signer)
+    leaf = merkle.leaf_hash(envelope)
+    ledger_repo.add_entry(session, seq=seq, kind=kind, leaf_hash=leaf, envelope=envelope)
+    reader = SessionNodeReader(session)
+    siblings = reader.get_nodes(merkle.left_siblings_for_append(seq))
+    ledger_repo.add_nodes(session, merkle.nodes_completed_by_append(seq, leaf, siblings))
+    session.flush()
+    publish_checkpoint(session, registry, size=seq + 1)
+    return Appended(entry=entry, envelope=envelope, leaf_hash=leaf)
+
+
+def publish_checkpoint(session: Session, registry: Registry, *, size: int) -> str:
+    """Sign a checkpoint for ``size``, refusing one that is inconsistent with the last signed."""
+    reader = SessionNodeReader(session)
+    new_root = merkle.root(size, reader)
+    last = ledger_repo.latest_checkpoint(session)
+    if last is not None:
+        if last.size >= size:
+            raise CheckpointError(
+                f"refusing to sign size {size}: a checkpoint for size {last.size} exists"
+            )
+        proof = merkle.consistency_proof(last.size, size, reader)
+        try:
+            merkle.verify_consistency(last.size, size, proof, last.root, new_root)
+        except ProofError as e:
+            raise CheckpointError(
+                f"refusing to sign size {size}: not consistent with checkpoint {last.size}"
+            ) from e
+    note = sign_checkpoint(
+        Checkpoint(origin=registry.origin, size=size, root=new_root),
+        name=registry.origin,
+        key=registry.signer,
+    )
+    ledger_repo.add_checkpoint(session, size=size, root=new_root, note=note)
+    return note
+
+
+def latest_checkpoint_note(session: Session) -> str:
+    row = ledger_repo.latest_checkpoint(session)
+    if row is None:
+        raise NotFoundError("the ledger is empty: no checkpoint has been signed yet")
+    return row.note
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    index: int
+    tree_size: int
+    leaf_hash: bytes
+    root: bytes
+    proof: list[bytes]
+
+
+@dataclass(frozen=True)
+class ConsistencyProof:
+    first: int
+    second: int
+    first_root: bytes
+    second_root: bytes
+    proof: list[bytes]
+
+
+def _check_size(session: Session, size: int, what: str) -> None:
+    current = ledger_repo.tree_size(session)
+    if size < 1 or size > current:
+        raise InvalidRequestError(
+            f"{what} must be between 1 and the tree size {current}, got {size}",
+            details={what: size, "tree_size": current},
+        )
+
+
+def inclusion_proof(session: Session, *, index: int, tree_size: int) -> InclusionProof:
+    """The audit path proving entry ``index`` is in the tree of ``tree_size`` leaves."""
+    _check_size(session, tree_size, "tree_size")
+    if not 0 <= index < tree_size:
+        raise InvalidRequestError(
+            f"index must be in [0, {tree_size}), got {index}",
+            details={"index": index, "tree_size": tree_size},
+        )
+    reader = SessionNodeReader(session)
+    leaf = reader.get_nodes([(0, index)])[(0, index)]
+    return InclusionProof(
+        index=index,
+        tree_size=tree_size,
+        leaf_hash=leaf,
+        root=merkle.root(tree_size, reader),
+        proof=merkle.inclusion_proof(index, tree_size, reader),
+    )
+
+
+def consistency_proof(session: Session, *, first: int, second: int) -> ConsistencyProof:
+    """The proof that the tree of ``first`` leaves is a prefix of the tree of ``second``."""
+    _check_size(session, second, "second")
+    if not 1 <= first <= second:
+        raise InvalidRequestError(
+            f"first must be in [1, second={second}], got {first}",
+            details={"first": first, "second": second},
+        )
+    reader = SessionNodeReader(session)
+    return ConsistencyProof(
+        first=first,
+        second=second,
+        first_root=merkle.root(first, reader),
+        second_root=merkle.root(second, reader),
+        proof=merkle.consistency_proof(first, second, reader),
+    )
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

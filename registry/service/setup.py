@@ -1,0 +1,106 @@
+"""Creating a registry (database, key, genesis entry) and opening an existing one.
+
+``registry init`` and ``./scripts/run`` come here. The registry's private key lives in one file,
+encrypted with ``REGISTRY_KEY_PASSPHRASE``; writing it in the clear needs the explicitly unsafe
+``insecure_dev_key`` switch, which only local demos use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from registry.config import Settings
+from registry.errors import ConfigurationError
+from registry.ledger.keys import SigningKey
+from registry.service.context import Registry, utc_now
+from registry.service.ledger import append_entry, b64
+from registry.store import ledger_repo
+from registry.store.db import make_engine, migrate, read_session, write_transaction
+
+GENESIS_KIND = "registry.genesis"
+
+
+def _passphrase(settings: Settings) -> bytes | None:
+    if settings.key_passphrase is None:
+        return None
+    return settings.key_passphrase.get_secret_value().encode()
+
+
+def write_key_file(path: Path, key: SigningKey, *, passphrase: bytes | None) -> None:
+    """Write ``key`` as PEM, readable only by its owner; ``None`` writes it unencrypted."""
+    pem = key.to_pem_unencrypted_unsafe() if passphrase is None else key.to_pem(passphrase)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+
+
+def load_signing_key(settings: Settings) -> SigningKey:
+    if not settings.key_file.exists():
+        raise ConfigurationError(
+            f"no registry key at {settings.key_file}: run `registry init` first"
+        )
+    return SigningKey.from_pem(settings.key_file.read_bytes(), _passphrase(settings))
+
+
+def open_registry(
+    settings: Settings, *, clock: Callable[[], datetime] = utc_now, migrate_schema: bool = True
+) -> Registry:
+    """Open the registry ``settings`` describe, bringing its schema up to date."""
+    engine = make_engine(settings.database_url)
+    if migrate_schema:
+        migrate(engine)
+    return Registry(
+        engine=engine, signer=load_signing_key(settings), origin=settings.origin, clock=clock
+    )
+
+
+def initialise(
+    settings: Settings,
+    *,
+    insecure_dev_key: bool = False,
+    clock: Callable[[], datetime] = utc_now,
+) -> Registry:
+    """Create the database, the registry key and the genesis entry (seq 0) that names them."""
+    passphrase = _passphrase(settings)
+    if passphrase is None and not insecure_dev_key:
+        raise ConfigurationError(
+            "set REGISTRY_KEY_PASSPHRASE to encrypt the registry key "
+            "(or pass --insecure-dev-key for a local, throw-away registry)"
+        )
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    with read_session(engine) as session:
+        if ledger_repo.tree_size(session) > 0:
+            raise ConfigurationError(
+                f"the registry at {engine.url.render_as_string()} is already initialised"
+            )
+    if settings.key_file.exists():
+        raise ConfigurationError(f"a key file already exists at {settings.key_file}; not replacing it")
+    key = SigningKey.generate()
+    write_key_file(settings.key_file, key, passphrase=None if insecure_dev_key else passphrase)
+    registry = Registry(engine=engine, signer=key, origin=settings.origin, clock=clock)
+    with write_transaction(engine) as session:
+        public = key.public_key
+        ledger_repo.add_registry_key(
+            session, key_id=public.key_id, public_key=public.raw, valid_from_seq=0
+        )
+        append_entry(
+            session,
+            registry,
+            kind=GENESIS_KIND,
+            actor="registry",
+            payload={
+                "origin": settings.origin,
+                "registry_key": {
+                    "key_id": public.key_id,
+                    "algorithm": "ed25519",
+                    "public_key": b64(public.raw),
+                    "note_verifier": registry.note_verifier.verifier_string(),
+                },
+            },
+        )
+    return registry

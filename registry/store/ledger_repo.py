@@ -1,0 +1,100 @@
+"""Reads and appends of the ledger tables; every function takes the session first.
+
+Nothing here signs or decides: the service layer builds and signs entries and checkpoints, and
+this module only moves their bytes in and out of the database in as few queries as it can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from sqlalchemy import func, tuple_
+from sqlmodel import Session, col, select
+
+from registry.errors import LedgerError
+from registry.ledger.merkle import NodeKey
+from registry.store.tables import CheckpointRow, LedgerEntry, RegistryKeyRow, TreeNode
+
+
+class SessionNodeReader:
+    """Serves Merkle subtree hashes from ``tree_node``: one query per batch of keys."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def get_nodes(self, keys: Sequence[NodeKey]) -> Mapping[NodeKey, bytes]:
+        if not keys:
+            return {}
+        wanted = list(dict.fromkeys(keys))
+        rows = self._session.exec(
+            select(TreeNode).where(tuple_(col(TreeNode.level), col(TreeNode.idx)).in_(wanted))
+        ).all()
+        found = {(row.level, row.idx): row.hash for row in rows}
+        missing = [key for key in wanted if key not in found]
+        if missing:
+            raise LedgerError(f"tree nodes missing from the store: {missing[:5]}")
+        return found
+
+
+def tree_size(session: Session) -> int:
+    """How many entries the ledger holds (the next entry's seq)."""
+    last = session.exec(select(func.max(LedgerEntry.seq))).one()
+    return 0 if last is None else int(last) + 1
+
+
+def last_entry(session: Session) -> LedgerEntry | None:
+    return session.exec(select(LedgerEntry).order_by(col(LedgerEntry.seq).desc()).limit(1)).first()
+
+
+def add_entry(
+    session: Session, *, seq: int, kind: str, leaf_hash: bytes, envelope: bytes
+) -> None:
+    session.add(LedgerEntry(seq=seq, kind=kind, leaf_hash=leaf_hash, envelope=envelope))
+
+
+def add_nodes(session: Session, nodes: Mapping[NodeKey, bytes]) -> None:
+    session.add_all(TreeNode(level=level, idx=idx, hash=h) for (level, idx), h in nodes.items())
+
+
+def entries_between(session: Session, start: int, end: int) -> Sequence[LedgerEntry]:
+    """Entries with ``start <= seq < end`` in order."""
+    return session.exec(
+        select(LedgerEntry)
+        .where(col(LedgerEntry.seq) >= start, col(LedgerEntry.seq) < end)
+        .order_by(col(LedgerEntry.seq))
+    ).all()
+
+
+def entry_at(session: Session, seq: int) -> LedgerEntry | None:
+    return session.get(LedgerEntry, seq)
+
+
+def latest_checkpoint(session: Session) -> CheckpointRow | None:
+    return session.exec(
+        select(CheckpointRow).order_by(col(CheckpointRow.size).desc()).limit(1)
+    ).first()
+
+
+def checkpoint_at(session: Session, size: int) -> CheckpointRow | None:
+    return session.get(CheckpointRow, size)
+
+
+def checkpoints_between(session: Session, start: int, limit: int) -> Sequence[CheckpointRow]:
+    return session.exec(
+        select(CheckpointRow)
+        .where(col(CheckpointRow.size) >= start)
+        .order_by(col(CheckpointRow.size))
+        .limit(limit)
+    ).all()
+
+
+def add_checkpoint(session: Session, *, size: int, root: bytes, note: str) -> None:
+    session.add(CheckpointRow(size=size, root=root, note=note))
+
+
+def registry_keys(session: Session) -> Sequence[RegistryKeyRow]:
+    return session.exec(select(RegistryKeyRow).order_by(col(RegistryKeyRow.valid_from_seq))).all()
+
+
+def add_registry_key(session: Session, *, key_id: str, public_key: bytes, valid_from_seq: int) -> None:
+    session.add(RegistryKeyRow(key_id=key_id, public_key=public_key, valid_from_seq=valid_from_seq))

@@ -1,0 +1,69 @@
+"""Fixtures shared by the suite: a database per test on SQLite and PostgreSQL, a registry, a server.
+
+Every test that takes ``db_url`` runs twice: on a fresh SQLite file and, when
+``REGISTRY_TEST_POSTGRES_URL`` is set, in a fresh PostgreSQL schema of its own (dropped after).
+Without the variable the PostgreSQL half is skipped, and says why.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from registry.config import Settings
+from registry.service.context import Registry
+from registry.service.setup import initialise
+from tests.helpers import LiveServer, StepClock, start_server
+
+POSTGRES_URL = os.environ.get("REGISTRY_TEST_POSTGRES_URL")
+ORIGIN = "test.carbon-registry.example/ledger"
+
+
+def _postgres_schema_url(base: str, schema: str) -> str:
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("PostgreSQL half skipped: set REGISTRY_TEST_POSTGRES_URL to run it")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield _postgres_schema_url(POSTGRES_URL, schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=db_url, origin=ORIGIN, key_file=tmp_path / "keys" / "registry-key.pem"
+    )
+
+
+@pytest.fixture
+def registry(settings: Settings) -> Iterator[Registry]:
+    reg = initialise(settings, insecure_dev_key=True, clock=StepClock())
+    yield reg
+    reg.engine.dispose()
+
+
+@pytest.fixture
+def server(registry: Registry) -> Iterator[LiveServer]:
+    with start_server(registry) as live:
+        yield live

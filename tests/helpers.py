@@ -1,0 +1,66 @@
+"""Test factories: a deterministic clock and a real uvicorn server on a free loopback port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import uvicorn
+
+from registry.api.app import create_app
+from registry.service.context import Registry
+
+
+class StepClock:
+    """A clock that starts at a fixed instant and moves one second per reading."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 1, 15, 9, 0, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        current = self.now
+        self.now += timedelta(seconds=1)
+        return current
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class LiveServer:
+    url: str
+    client: httpx.Client
+
+
+@contextmanager
+def start_server(registry: Registry) -> Iterator[LiveServer]:
+    """Serve ``registry`` with uvicorn in a thread, as a user's client would reach it."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(registry), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            yield LiveServer(url=url, client=client)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
