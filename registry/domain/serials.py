@@ -132,9 +132,7 @@ class BatchSerial:
                 f"got {self.project_id!r}"
             )
         if not _is_int(self.vintage) or not 1000 <= self.vintage <= 9999:
-            raise InvalidSerialIdError(
-                f"vintage must be a four-digit year, got {self.vintage!r}"
-            )
+            raise InvalidSerialIdError(f"vintage must be a four-digit year, got {self.vintage!r}")
         if not _is_int(self.number) or not 1 <= self.number <= 99999:
             raise InvalidSerialIdError(
                 f"batch number must be between 1 and 99999, got {self.number!r}"

@@ -29,6 +29,9 @@ from registry.errors import CanonicalEncodingError, MalformedError
 MAX_SAFE_INTEGER = 2**53 - 1
 """Largest magnitude of an integer we write: RFC 8785 numbers are IEEE 754 doubles."""
 
+MAX_DEPTH = 128
+"""Deepest nesting of arrays and objects we encode; also stops a self-referencing value."""
+
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -46,11 +49,15 @@ def check_canonical_value(value: Any, *, path: str = "$") -> None:
     ``path`` is the path of ``value`` itself, so a model can check one field and still report
     ``$.payload.quantity``.
     """
-    # An explicit stack rather than recursion: a deeply nested value gets a clear error instead
-    # of a RecursionError half-way through.
-    stack: list[tuple[Any, str]] = [(value, path)]
+    # An explicit stack and a depth limit rather than recursion: a deeply nested (or cyclic)
+    # value gets a clear error instead of a RecursionError half-way through.
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
     while stack:
-        item, where = stack.pop()
+        item, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise CanonicalEncodingError(
+                f"value nests deeper than {MAX_DEPTH} levels at {where}", details={"path": where}
+            )
         if item is None or isinstance(item, bool):
             continue
         if isinstance(item, int):
@@ -79,10 +86,10 @@ def check_canonical_value(value: Any, *, path: str = "$") -> None:
                     )
                 child_where = _child_path(where, key)
                 _check_str(key, child_where)
-                stack.append((child, child_where))
+                stack.append((child, child_where, depth + 1))
             continue
         if isinstance(item, (list, tuple)):
-            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+            stack.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(item))
             continue
         raise CanonicalEncodingError(
             f"{type(item).__name__} cannot be encoded as canonical JSON (at {where})",
@@ -107,7 +114,8 @@ def canonical_bytes(value: Any) -> bytes:
     check_canonical_value(value)
     try:
         return rfc8785.dumps(value)
-    except (rfc8785.CanonicalizationError, RecursionError) as e:  # pragma: no cover - prechecked
+    except (rfc8785.CanonicalizationError, RecursionError) as e:
+        # Types and ranges are prechecked; what remains is nesting too deep for rfc8785.
         raise CanonicalEncodingError(f"cannot encode value as canonical JSON: {e}") from e
 
 

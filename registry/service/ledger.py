@@ -16,8 +16,10 @@ from sqlmodel import Session
 
 from registry.errors import CheckpointError, InvalidRequestError, NotFoundError, ProofError
 from registry.ledger import merkle
+from registry.ledger.audit import LogReport, audit_log
 from registry.ledger.checkpoint import Checkpoint, sign_checkpoint
 from registry.ledger.entry import Entry, format_time, seal_entry
+from registry.ledger.keys import PublicKey
 from registry.service.context import Registry
 from registry.store import ledger_repo
 from registry.store.ledger_repo import SessionNodeReader
@@ -157,3 +159,17 @@ def consistency_proof(session: Session, *, first: int, second: int) -> Consisten
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def audit_store(session: Session, registry: Registry) -> LogReport:
+    """Check the stored ledger as an auditor would, pinning this registry's own key."""
+    keys = {
+        row.key_id: PublicKey(raw=row.public_key) for row in ledger_repo.registry_keys(session)
+    }
+    return audit_log(
+        ledger_repo.iter_envelopes(session),
+        ledger_repo.iter_checkpoint_notes(session),
+        keys=keys,
+        verifier=registry.note_verifier,
+        origin=registry.origin,
+    )

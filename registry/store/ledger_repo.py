@@ -6,7 +6,7 @@ this module only moves their bytes in and out of the database in as few queries 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from sqlalchemy import func, tuple_
 from sqlmodel import Session, col, select
@@ -98,3 +98,31 @@ def registry_keys(session: Session) -> Sequence[RegistryKeyRow]:
 
 def add_registry_key(session: Session, *, key_id: str, public_key: bytes, valid_from_seq: int) -> None:
     session.add(RegistryKeyRow(key_id=key_id, public_key=public_key, valid_from_seq=valid_from_seq))
+
+
+def iter_envelopes(session: Session, batch: int = 1000) -> Iterator[bytes]:
+    """Every envelope in seq order, read in pages so memory stays flat."""
+    start = 0
+    while True:
+        rows = session.exec(
+            select(LedgerEntry.seq, LedgerEntry.envelope)
+            .where(col(LedgerEntry.seq) >= start)
+            .order_by(col(LedgerEntry.seq))
+            .limit(batch)
+        ).all()
+        if not rows:
+            return
+        for _seq, envelope in rows:
+            yield envelope
+        start = rows[-1][0] + 1
+
+
+def iter_checkpoint_notes(session: Session, batch: int = 1000) -> Iterator[str]:
+    start = 0
+    while True:
+        rows = checkpoints_between(session, start, batch)
+        if not rows:
+            return
+        for row in rows:
+            yield row.note
+        start = rows[-1].size + 1

@@ -9,7 +9,7 @@ queries and must match.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Column, ForeignKey, Integer, LargeBinary, String, Text
 from sqlmodel import Field, SQLModel
 
 
@@ -59,3 +59,187 @@ class RegistryKeyRow(SQLModel, table=True):
 
 
 APPEND_ONLY_TABLES = ("ledger_entry", "tree_node", "checkpoint")
+
+
+# --- the registry's state: derived from the ledger, kept for queries ---------------------------
+# These rows change (blocks split, reports move from submitted to issued), but only inside the
+# same transaction that appends the ledger entry recording why; an auditor can rebuild them all
+# by replaying the ledger and compare (`registry verify --against`).
+
+
+class PartyRow(SQLModel, table=True):
+    __tablename__ = "party"
+
+    id: str = Field(sa_column=Column(String(64), primary_key=True))
+    name: str = Field(sa_column=Column(String(500), nullable=False))
+    role: str = Field(sa_column=Column(String(32), nullable=False))
+    country: str | None = Field(default=None, sa_column=Column(String(2), nullable=True))
+    created_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class PartyKeyRow(SQLModel, table=True):
+    __tablename__ = "party_key"
+
+    key_id: str = Field(sa_column=Column(String(64), primary_key=True))
+    party_id: str = Field(sa_column=Column(String(64), ForeignKey("party.id"), nullable=False))
+    public_key: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    added_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    revoked_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+
+
+class AccountRow(SQLModel, table=True):
+    __tablename__ = "account"
+
+    id: str = Field(sa_column=Column(String(32), primary_key=True))
+    holder: str = Field(sa_column=Column(String(64), ForeignKey("party.id"), nullable=False))
+    kind: str = Field(sa_column=Column(String(16), nullable=False))
+    name: str = Field(sa_column=Column(String(500), nullable=False))
+    unit_id: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
+    created_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class ProjectRow(SQLModel, table=True):
+    __tablename__ = "project"
+
+    id: str = Field(sa_column=Column(String(32), primary_key=True))
+    title: str = Field(sa_column=Column(String(500), nullable=False))
+    partner_country: str = Field(sa_column=Column(String(2), nullable=False))
+    methodology: str = Field(sa_column=Column(String(16), nullable=False))
+    sector: str = Field(sa_column=Column(String(500), nullable=False))
+    participants: str = Field(sa_column=Column(Text, nullable=False))  # JSON list of party ids
+    third_party_entity: str = Field(
+        sa_column=Column(String(64), ForeignKey("party.id"), nullable=False)
+    )
+    crediting_period_start: str = Field(sa_column=Column(String(10), nullable=False))
+    crediting_period_end: str = Field(sa_column=Column(String(10), nullable=False))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    registered_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class ForestUnitRow(SQLModel, table=True):
+    __tablename__ = "forest_unit"
+
+    id: str = Field(sa_column=Column(String(32), primary_key=True))
+    project_id: str = Field(sa_column=Column(String(32), ForeignKey("project.id"), nullable=False))
+    name: str = Field(sa_column=Column(String(500), nullable=False))
+    boundary: str = Field(sa_column=Column(Text, nullable=False))  # normalised GeoJSON text
+    area_ha: int = Field(sa_column=Column(BigInteger, nullable=False))
+    jurisdiction: str = Field(sa_column=Column(String(500), nullable=False))
+    reference_level: int = Field(sa_column=Column(BigInteger, nullable=False))
+    leakage_rate_bp: int = Field(sa_column=Column(Integer, nullable=False))
+    buffer_rate_bp: int = Field(sa_column=Column(Integer, nullable=False))
+    buffer_account: str = Field(sa_column=Column(String(32), nullable=False))
+    shortfall: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    registered_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class ReportRow(SQLModel, table=True):
+    __tablename__ = "monitoring_report"
+
+    id: str = Field(sa_column=Column(String(32), primary_key=True))
+    project_id: str = Field(sa_column=Column(String(32), ForeignKey("project.id"), nullable=False))
+    forest_unit_id: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
+    period_start: str = Field(sa_column=Column(String(10), nullable=False))
+    period_end: str = Field(sa_column=Column(String(10), nullable=False))
+    reductions: int = Field(sa_column=Column(BigInteger, nullable=False))
+    document_sha256: str = Field(sa_column=Column(String(64), nullable=False))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    verified_reductions: int | None = Field(
+        default=None, sa_column=Column(BigInteger, nullable=True)
+    )
+    verifier: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    statement_sha256: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    submitted_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    verified_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+
+
+class BatchRow(SQLModel, table=True):
+    __tablename__ = "batch"
+
+    id: str = Field(sa_column=Column(String(64), primary_key=True))
+    project_id: str = Field(sa_column=Column(String(32), nullable=False))
+    report_id: str = Field(sa_column=Column(String(32), nullable=False, unique=True))
+    programme: str = Field(sa_column=Column(String(8), nullable=False))
+    vintage: int = Field(sa_column=Column(Integer, nullable=False))
+    number: int = Field(sa_column=Column(Integer, nullable=False))
+    quantity: int = Field(sa_column=Column(BigInteger, nullable=False))
+    issued_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class BlockRow(SQLModel, table=True):
+    """Serials ``start..end`` (inclusive) of one batch, held by one account, in one status."""
+
+    __tablename__ = "block"
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True))
+    batch_id: str = Field(sa_column=Column(String(64), ForeignKey("batch.id"), nullable=False))
+    start: int = Field(sa_column=Column(BigInteger, nullable=False))
+    end: int = Field(sa_column=Column(BigInteger, nullable=False))
+    account_id: str = Field(sa_column=Column(String(32), ForeignKey("account.id"), nullable=False))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+
+
+class BlockEventRow(SQLModel, table=True):
+    """A movement of serials by a ledger entry: the index behind a serial's life story."""
+
+    __tablename__ = "block_event"
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    kind: str = Field(sa_column=Column(String(64), nullable=False))
+    batch_id: str = Field(sa_column=Column(String(64), nullable=False))
+    start: int = Field(sa_column=Column(BigInteger, nullable=False))
+    end: int = Field(sa_column=Column(BigInteger, nullable=False))
+    from_account: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
+    to_account: str = Field(sa_column=Column(String(32), nullable=False))
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+
+
+class RetirementRow(SQLModel, table=True):
+    __tablename__ = "retirement"
+
+    id: str = Field(sa_column=Column(String(32), primary_key=True))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    account_id: str = Field(sa_column=Column(String(32), nullable=False))
+    batch_id: str = Field(sa_column=Column(String(64), nullable=False))
+    blocks: str = Field(sa_column=Column(Text, nullable=False))  # JSON [[start, end], ...]
+    quantity: int = Field(sa_column=Column(BigInteger, nullable=False))
+    beneficiary: str = Field(sa_column=Column(String(500), nullable=False))
+    purpose: str = Field(sa_column=Column(String(16), nullable=False))
+    jurisdiction: str = Field(sa_column=Column(String(2), nullable=False))
+    reason: str = Field(sa_column=Column(String(500), nullable=False))
+    time: str = Field(sa_column=Column(String(32), nullable=False))
+
+
+class ReversalRow(SQLModel, table=True):
+    __tablename__ = "reversal"
+
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    unit_id: str = Field(sa_column=Column(String(32), nullable=False))
+    lost: int = Field(sa_column=Column(BigInteger, nullable=False))
+    cancelled: int = Field(sa_column=Column(BigInteger, nullable=False))
+    shortfall: int = Field(sa_column=Column(BigInteger, nullable=False))
+    document_sha256: str = Field(sa_column=Column(String(64), nullable=False))
+    reason: str = Field(sa_column=Column(String(500), nullable=False))
+
+
+class NonceRow(SQLModel, table=True):
+    """Every instruction nonce ever accepted, per party: a replay is refused for ever."""
+
+    __tablename__ = "used_nonce"
+
+    party_id: str = Field(sa_column=Column(String(64), primary_key=True))
+    nonce: str = Field(sa_column=Column(String(128), primary_key=True))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class IdempotencyRow(SQLModel, table=True):
+    """The first answer to an ``Idempotency-Key``, returned again to a retry of the same body."""
+
+    __tablename__ = "idempotency"
+
+    key: str = Field(sa_column=Column(String(128), primary_key=True))
+    request_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    status_code: int = Field(sa_column=Column(Integer, nullable=False))
+    response: str = Field(sa_column=Column(Text, nullable=False))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))

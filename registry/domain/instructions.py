@@ -1,0 +1,262 @@
+"""Signed instructions: what a party asks the registry to do, in the form it signs.
+
+Every mutating request is ``{"instruction": {...}, "signature": "<base64>"}``. The signature is
+Ed25519 by the acting party's key over the RFC 8785 canonical bytes of the ``instruction`` object
+exactly as sent. The registry carries the signed instruction inside the ledger entry, so an
+auditor can prove that the party, not only the registry, asked for the change.
+
+An instruction is ``{"type", "actor", "key_id", "nonce", "expires", "body"}``: ``type`` names the
+use case (``credits.transfer``), ``actor`` the party, ``key_id`` the party key that signs, ``nonce``
+is unique per party for ever, and ``expires`` (RFC 3339 UTC) bounds how long it can be submitted.
+Body models hold only JSON strings, integers, lists and objects, so that validating an instruction
+never changes the bytes that were signed. Nothing here knows the web or the database.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_UPPER_ID = r"^[A-Z0-9][A-Z0-9_-]{0,31}$"
+_SHA256 = r"^[0-9a-f]{64}$"
+_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"
+
+Id = Annotated[StrictStr, Field(pattern=_ID, examples=["kh-moe-admin"])]
+UpperId = Annotated[StrictStr, Field(pattern=_UPPER_ID)]
+Sha256Hex = Annotated[StrictStr, Field(pattern=_SHA256, description="lowercase hex SHA-256")]
+Text = Annotated[StrictStr, Field(min_length=1, max_length=500)]
+Tonnes = Annotated[StrictInt, Field(gt=0, le=2**53 - 1, description="whole tCO2e, > 0")]
+BasisPoints = Annotated[StrictInt, Field(ge=0, le=10000, description="1/100 of a percent")]
+Country = Annotated[StrictStr, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")]
+
+
+def _is_date(value: str) -> str:
+    date.fromisoformat(value)
+    return value
+
+
+IsoDate = Annotated[
+    StrictStr, Field(pattern=r"^\d{4}-\d{2}-\d{2}$", examples=["2025-12-31"]),
+    AfterValidator(_is_date),
+]
+
+
+class Body(BaseModel):
+    """Base of every instruction body: strict, closed, and tied to one instruction type."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    TYPE: ClassVar[str]
+
+
+# --- parties, keys, accounts ---------------------------------------------------------------
+
+Role = Literal["administrator", "participant", "government", "third_party_entity", "auditor"]
+ROLES: tuple[str, ...] = Role.__args__  # type: ignore[attr-defined]
+
+
+class RegisterParty(Body):
+    """An administrator registers a company, government, third-party entity or auditor."""
+
+    TYPE = "party.register"
+    party_id: Id
+    name: Text
+    role: Role
+    country: Country | None = None
+    public_keys: list[Annotated[StrictStr, Field(min_length=40, max_length=60)]] = Field(
+        min_length=1, max_length=8, description="raw Ed25519 public keys, base64"
+    )
+
+
+class AddPartyKey(Body):
+    """Add a key to a party (rotation): by an administrator or by the party itself."""
+
+    TYPE = "party.key_add"
+    party_id: Id
+    public_key: Annotated[StrictStr, Field(min_length=40, max_length=60)]
+
+
+class RevokePartyKey(Body):
+    """Revoke a party key; its past signatures stay valid, new ones are refused."""
+
+    TYPE = "party.key_revoke"
+    party_id: Id
+    key_id: Sha256Hex
+
+
+AccountKind = Literal["holding", "retirement", "cancellation", "buffer"]
+
+
+class OpenAccount(Body):
+    """An administrator opens a holding account for a party."""
+
+    TYPE = "account.open"
+    account_id: UpperId
+    holder: Id
+    name: Text
+
+
+# --- programmes ----------------------------------------------------------------------------
+
+ProjectStatus = Literal["registered", "suspended", "closed"]
+
+
+class RegisterProject(Body):
+    """A JCM project as the Joint Committee registered it."""
+
+    TYPE = "project.register"
+    project_id: UpperId = Field(examples=["KH004"])
+    title: Text
+    partner_country: Country
+    methodology: Annotated[StrictStr, Field(pattern=r"^[A-Z]{2}_AM\d{3}$", examples=["KH_AM001"])]
+    sector: Text
+    participants: list[Id] = Field(min_length=1, max_length=20)
+    third_party_entity: Id
+    crediting_period_start: IsoDate
+    crediting_period_end: IsoDate
+
+
+class SetProjectStatus(Body):
+    TYPE = "project.status"
+    project_id: UpperId
+    status: ProjectStatus
+    reason: Text
+
+
+class RegisterForestUnit(Body):
+    """A REDD+ forest unit; ``boundary`` is GeoJSON text, so the signed bytes hold no floats."""
+
+    TYPE = "forest_unit.register"
+    unit_id: UpperId
+    project_id: UpperId
+    name: Text
+    boundary: Annotated[StrictStr, Field(min_length=10, max_length=2_000_000)] = Field(
+        description="GeoJSON Polygon or MultiPolygon (WGS 84 lon/lat), as JSON text"
+    )
+    jurisdiction: Text
+    reference_level: Tonnes = Field(description="forest reference emission level, tCO2e/yr")
+    leakage_rate_bp: BasisPoints
+    buffer_rate_bp: BasisPoints
+
+
+class SubmitReport(Body):
+    """The project side submits a monitoring report for a period."""
+
+    TYPE = "report.submit"
+    report_id: UpperId
+    project_id: UpperId
+    forest_unit_id: UpperId | None = None
+    period_start: IsoDate
+    period_end: IsoDate
+    reductions: Tonnes = Field(description="claimed emission reductions, tCO2e")
+    document_sha256: Sha256Hex
+
+
+class VerifyReport(Body):
+    """The project's third-party entity verifies a report (possibly for fewer tonnes)."""
+
+    TYPE = "report.verify"
+    report_id: UpperId
+    verified_reductions: Tonnes
+    statement_sha256: Sha256Hex
+
+
+# --- credits -------------------------------------------------------------------------------
+
+
+class Allocation(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    account: UpperId
+    quantity: Tonnes
+
+
+class Issue(Body):
+    """Issue credits from a verified report, allocated as the Joint Committee decided."""
+
+    TYPE = "credits.issue"
+    report_id: UpperId
+    vintage: Annotated[StrictInt, Field(ge=2000, le=2100)]
+    allocations: list[Allocation] = Field(min_length=1, max_length=50)
+
+
+class SerialSpan(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    start: Tonnes
+    end: Tonnes
+
+
+class Movement(Body):
+    """Which credits move: ``quantity`` (lowest serials first) or an explicit serial ``range``."""
+
+    account: UpperId
+    batch: Annotated[StrictStr, Field(max_length=64, examples=["KH-JCM-KH004-2025-00001"])]
+    quantity: Tonnes | None = None
+    range: SerialSpan | None = None
+
+
+class Transfer(Movement):
+    TYPE = "credits.transfer"
+    to_account: UpperId
+
+
+RetirementPurpose = Literal["voluntary", "ndc", "corsia", "other"]
+
+
+class Retire(Movement):
+    TYPE = "credits.retire"
+    beneficiary: Text
+    purpose: RetirementPurpose
+    jurisdiction: Country
+    reason: Text
+
+
+class Cancel(Movement):
+    TYPE = "credits.cancel"
+    reason: Text
+
+
+class RecordReversal(Body):
+    """A verified loss of carbon in a forest unit: cancels buffer credits."""
+
+    TYPE = "redd.reversal"
+    unit_id: UpperId
+    lost: Tonnes
+    document_sha256: Sha256Hex
+    reason: Text
+
+
+BODIES: dict[str, type[Body]] = {
+    cls.TYPE: cls
+    for cls in (
+        RegisterParty, AddPartyKey, RevokePartyKey, OpenAccount, RegisterProject,
+        SetProjectStatus, RegisterForestUnit, SubmitReport, VerifyReport, Issue, Transfer,
+        Retire, Cancel, RecordReversal,
+    )
+}
+
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+
+
+class Instruction(BaseModel):
+    """The signed part of a request. ``body`` is checked against ``BODIES[type]`` separately."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    type: Annotated[StrictStr, Field(examples=["credits.transfer"])]
+    actor: Id
+    key_id: Sha256Hex
+    nonce: Annotated[StrictStr, Field(pattern=_NONCE.pattern)]
+    expires: Annotated[StrictStr, Field(pattern=_TIME, examples=["2026-11-25T12:00:00Z"])]
+    body: dict[str, Any]
+
+
+class SignedInstruction(BaseModel):
+    """What a client sends: the instruction and the actor's Ed25519 signature over its bytes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    instruction: Instruction
+    signature: Annotated[StrictStr, Field(description="base64 Ed25519 signature")]

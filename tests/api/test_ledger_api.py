@@ -1,0 +1,81 @@
+"""The public ledger API over real HTTP: what an auditor's or a monitor's client sees."""
+
+from __future__ import annotations
+
+import base64
+
+from registry.ledger import merkle
+from registry.ledger.checkpoint import NoteVerifier, open_checkpoint
+from registry.ledger.entry import open_entry
+from registry.ledger.keys import PublicKey
+from registry.service.context import Registry
+from tests.factories import append_notes
+from tests.helpers import LiveServer
+
+
+def _b(s: str) -> bytes:
+    return base64.b64decode(s)
+
+
+def test_a_client_checks_entries_and_proofs_against_the_signed_checkpoint(
+    registry: Registry, server: LiveServer
+) -> None:
+    append_notes(registry, 9)
+    http = server.client
+
+    keys = http.get("/v1/keys").json()
+    assert keys["count"] == 1
+    key = keys["data"][0]
+    verifier = NoteVerifier.parse(key["note_verifier"])
+    public = PublicKey(raw=_b(key["public_key"]))
+    assert public.key_id == key["key_id"] == registry.signer.public_key.key_id
+
+    r = http.get("/v1/checkpoint")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    cp = open_checkpoint(r.text, origin=registry.origin, verifiers=[verifier])
+    assert cp.size == 10
+
+    page = http.get("/v1/entries", params={"start": 0, "limit": 4}).json()
+    assert page["count"] == 4 and page["tree_size"] == 10
+    assert [e["seq"] for e in page["data"]] == [0, 1, 2, 3]
+    rest = http.get("/v1/entries", params={"start": 4, "limit": 1000}).json()
+    envelopes = [_b(e["envelope"]) for e in page["data"] + rest["data"]]
+    assert len(envelopes) == 10
+
+    tree = merkle.MemoryTree()
+    for env in envelopes:
+        open_entry(env, {public.key_id: public})
+        tree.append(merkle.leaf_hash(env))
+    assert tree.root() == cp.root
+
+    for index in (0, 5, 9):
+        p = http.get("/v1/proofs/inclusion", params={"index": index, "tree_size": 10}).json()
+        merkle.verify_inclusion(
+            merkle.leaf_hash(envelopes[index]), index, 10, [_b(h) for h in p["proof"]], cp.root
+        )
+
+    old = open_checkpoint(
+        http.get("/v1/checkpoints/3").text, origin=registry.origin, verifiers=[verifier]
+    )
+    c = http.get("/v1/proofs/consistency", params={"first": 3, "second": 10}).json()
+    merkle.verify_consistency(3, 10, [_b(h) for h in c["proof"]], old.root, cp.root)
+
+
+def test_bad_requests_get_machine_readable_errors(server: LiveServer) -> None:
+    http = server.client
+    cases = [
+        ("/v1/proofs/inclusion", {"index": 5, "tree_size": 1}, 422, "invalid_request"),
+        ("/v1/proofs/inclusion", {"index": 0, "tree_size": 99}, 422, "invalid_request"),
+        ("/v1/proofs/inclusion", {"index": -1, "tree_size": 1}, 422, "invalid_request"),
+        ("/v1/proofs/consistency", {"first": 2, "second": 1}, 422, "invalid_request"),
+        ("/v1/proofs/consistency", {"first": "x", "second": 1}, 422, "invalid_request"),
+        ("/v1/entries", {"limit": 5000}, 422, "invalid_request"),
+        ("/v1/entries/77", {}, 404, "not_found"),
+        ("/v1/checkpoints/77", {}, 404, "not_found"),
+        ("/v1/nowhere", {}, 404, "not_found"),
+    ]
+    for path, params, status, code in cases:
+        r = http.get(path, params=params)
+        assert r.status_code == status, (path, params, r.text)
+        body = r.json()["error"]
+        assert body["code"] == code and body["message"], (path, body)

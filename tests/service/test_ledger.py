@@ -1,0 +1,153 @@
+"""Appending to the ledger: chain, tree, checkpoints, proofs, and tampering found by an audit."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from registry.errors import CheckpointError
+from registry.ledger import merkle
+from registry.ledger.checkpoint import open_checkpoint
+from registry.ledger.entry import open_entry
+from registry.service.context import Registry
+from registry.service.ledger import (
+    append_entry,
+    audit_store,
+    consistency_proof,
+    inclusion_proof,
+)
+from registry.store import ledger_repo
+from registry.store.db import read_session, write_transaction
+from tests.factories import append_notes, drop_append_only_triggers
+
+
+def _keys(registry: Registry) -> dict[str, object]:
+    return {registry.signer.public_key.key_id: registry.signer.public_key}
+
+
+def test_genesis_names_the_registry_key(registry: Registry) -> None:
+    with read_session(registry.engine) as s:
+        row = ledger_repo.entry_at(s, 0)
+        note = ledger_repo.latest_checkpoint(s)
+    assert row is not None and note is not None
+    entry = open_entry(row.envelope, {registry.signer.public_key.key_id: registry.signer.public_key})
+    assert entry.kind == "registry.genesis" and entry.prev is None
+    assert entry.payload["registry_key"]["key_id"] == registry.signer.public_key.key_id
+    cp = open_checkpoint(note.note, origin=registry.origin, verifiers=[registry.note_verifier])
+    assert cp.size == 1 and cp.root == merkle.leaf_hash(row.envelope)
+
+
+def test_entries_chain_and_every_checkpoint_is_consistent(registry: Registry) -> None:
+    append_notes(registry, 12)
+    with read_session(registry.engine) as s:
+        rows = ledger_repo.entries_between(s, 0, 100)
+        notes = list(ledger_repo.iter_checkpoint_notes(s))
+        assert [r.seq for r in rows] == list(range(13))
+        for before, after in zip(rows, rows[1:], strict=False):
+            entry = open_entry(after.envelope, {registry.signer.public_key.key_id: registry.signer.public_key})
+            assert entry.prev == before.leaf_hash.hex()
+        checkpoints = [
+            open_checkpoint(n, origin=registry.origin, verifiers=[registry.note_verifier])
+            for n in notes
+        ]
+        assert [c.size for c in checkpoints] == list(range(1, 14))
+        for older, newer in zip(checkpoints, checkpoints[1:], strict=False):
+            p = consistency_proof(s, first=older.size, second=newer.size)
+            merkle.verify_consistency(older.size, newer.size, p.proof, older.root, newer.root)
+        latest = checkpoints[-1]
+        for index in range(13):
+            p2 = inclusion_proof(s, index=index, tree_size=latest.size)
+            merkle.verify_inclusion(p2.leaf_hash, index, latest.size, p2.proof, latest.root)
+        assert audit_store(s, registry).ok
+
+
+def _report(registry: Registry) -> list[tuple[int | None, str]]:
+    with read_session(registry.engine) as s:
+        return [(f.seq, f.code) for f in audit_store(s, registry).failures]
+
+
+@pytest.mark.parametrize("position", [0, 17, "middle", -3, -1])
+def test_one_changed_byte_in_any_envelope_is_found(registry: Registry, position: object) -> None:
+    append_notes(registry, 5)
+    drop_append_only_triggers(registry)
+    for seq in range(6):
+        with write_transaction(registry.engine) as s:
+            row = ledger_repo.entry_at(s, seq)
+            assert row is not None
+            data = bytearray(row.envelope)
+            i = len(data) // 2 if position == "middle" else int(position)  # type: ignore[call-overload]
+            original = bytes(row.envelope)
+            data[i] ^= 0x01
+            s.execute(
+                text("UPDATE ledger_entry SET envelope = :e WHERE seq = :q"),
+                {"e": bytes(data), "q": seq},
+            )
+        failures = _report(registry)
+        assert failures and failures[0][0] == seq, failures
+        assert failures[0][1] in {"bad_signature", "malformed", "unknown_key"}
+        with write_transaction(registry.engine) as s:
+            s.execute(
+                text("UPDATE ledger_entry SET envelope = :e WHERE seq = :q"),
+                {"e": original, "q": seq},
+            )
+    assert _report(registry) == []
+
+
+def test_a_removed_entry_is_found(registry: Registry) -> None:
+    append_notes(registry, 5)
+    drop_append_only_triggers(registry)
+    with write_transaction(registry.engine) as s:
+        s.execute(text("DELETE FROM ledger_entry WHERE seq = 3"))
+    failures = _report(registry)
+    assert (3, "broken_chain") in failures
+    assert any(code == "bad_checkpoint" for _, code in failures)
+
+
+def test_reordered_entries_are_found(registry: Registry) -> None:
+    append_notes(registry, 5)
+    drop_append_only_triggers(registry)
+    with write_transaction(registry.engine) as s:
+        rows = {r.seq: r.envelope for r in ledger_repo.entries_between(s, 2, 4)}
+        for seq, other in ((2, 3), (3, 2)):
+            s.execute(
+                text("UPDATE ledger_entry SET envelope = :e WHERE seq = :q"),
+                {"e": rows[other], "q": seq},
+            )
+    failures = _report(registry)
+    assert (2, "broken_chain") in failures and (3, "broken_chain") in failures
+
+
+def test_checkpoint_signed_by_another_key_is_found(registry: Registry) -> None:
+    from registry.ledger.checkpoint import Checkpoint, sign_checkpoint
+    from registry.ledger.keys import SigningKey
+
+    append_notes(registry, 2)
+    drop_append_only_triggers(registry)
+    with write_transaction(registry.engine) as s:
+        row = ledger_repo.checkpoint_at(s, 2)
+        assert row is not None
+        forged = sign_checkpoint(
+            Checkpoint(origin=registry.origin, size=2, root=row.root),
+            name=registry.origin,
+            key=SigningKey.generate(),
+        )
+        s.execute(text("UPDATE checkpoint SET note = :n WHERE size = 2"), {"n": forged})
+    with read_session(registry.engine) as s:
+        failures = audit_store(s, registry).failures
+    assert [f.code for f in failures] == ["bad_checkpoint"]
+    assert "no signature by the registry key" in failures[0].message
+
+
+def test_registry_refuses_to_sign_an_inconsistent_checkpoint(registry: Registry) -> None:
+    append_notes(registry, 3)
+    drop_append_only_triggers(registry)
+    with write_transaction(registry.engine) as s:
+        s.execute(text("UPDATE checkpoint SET root = :r WHERE size = 4"), {"r": b"\x00" * 32})
+    with pytest.raises(CheckpointError, match="not consistent"), write_transaction(
+        registry.engine
+    ) as s:
+        append_entry(s, registry, kind="test.note", actor="registry", payload={})
+    with read_session(registry.engine) as s:
+        assert ledger_repo.tree_size(s) == 4
+        latest = ledger_repo.latest_checkpoint(s)
+        assert latest is not None and latest.size == 4
