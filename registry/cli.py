@@ -14,8 +14,8 @@ import typer
 
 from registry.config import Settings
 from registry.errors import RegistryError
-from registry.ledger.keys import SigningKey
-from registry.service.setup import initialise, write_key_file
+from registry.ledger.keys import PublicKey, SigningKey
+from registry.service.setup import FirstAdministrator, passphrase_of, initialise, write_key_file
 
 app = typer.Typer(
     help="Cambodia–Japan JCM and REDD+ carbon credit registry.",
@@ -40,9 +40,31 @@ def init(
             help="Write the registry key UNENCRYPTED (local throw-away registries only).",
         ),
     ] = False,
+    admin_id: Annotated[str, typer.Option(help="Party id of the first administrator.")] = (
+        "kh-registry-admin"
+    ),
+    admin_name: Annotated[str, typer.Option(help="Name of the first administrator.")] = (
+        "Registry administrator, Ministry of Environment of Cambodia"
+    ),
+    admin_public_key: Annotated[
+        str | None,
+        typer.Option(help="The administrator's own Ed25519 public key (base64), from keygen."),
+    ] = None,
+    admin_key_out: Annotated[
+        Path,
+        typer.Option(help="Without --admin-public-key: where to write a new administrator key."),
+    ] = Path("var/admin-key.pem"),
 ) -> None:
-    """Create the database, the registry's Ed25519 key and the genesis entry."""
+    """Create the database, the registry's Ed25519 key, the first administrator and genesis."""
     settings = _settings()
+    if admin_public_key is not None:
+        admin_key = PublicKey.from_b64(admin_public_key)
+    else:
+        new_key = SigningKey.generate()
+        passphrase = None if insecure_dev_key else passphrase_of(settings)
+        write_key_file(admin_key_out, new_key, passphrase=passphrase)
+        admin_key = new_key.public_key
+        typer.echo(f"administrator key written to {admin_key_out}")
     if insecure_dev_key:
         typer.secho(
             f"warning: writing the registry key unencrypted to {settings.key_file} "
@@ -50,7 +72,11 @@ def init(
             fg="yellow",
             err=True,
         )
-    registry = initialise(settings, insecure_dev_key=insecure_dev_key)
+    registry = initialise(
+        settings,
+        admin=FirstAdministrator(party_id=admin_id, name=admin_name, public_key=admin_key),
+        insecure_dev_key=insecure_dev_key,
+    )
     typer.echo(f"initialised registry {settings.origin}")
     typer.echo(f"database: {settings.database_url}")
     typer.echo(f"registry key: {registry.signer.public_key.key_id}")

@@ -186,3 +186,34 @@ class OverlapError(ConflictError):
 
     code = "boundary_overlap"
     http_status = 409
+
+
+# --- signed instructions ------------------------------------------------------------------------
+
+
+class InstructionExpiredError(AuthenticationError):
+    """The instruction's ``expires`` has passed (or lies too far ahead to be accepted)."""
+
+    code = "instruction_expired"
+
+
+class KeyRevokedError(AuthenticationError):
+    code = "key_revoked"
+
+
+class ReplayError(ConflictError):
+    """The instruction's nonce was already used by this party: a replay."""
+
+    code = "nonce_reused"
+
+
+class IdempotencyConflictError(ConflictError):
+    """The ``Idempotency-Key`` was used before for a different request."""
+
+    code = "idempotency_key_reused"
+
+
+class StateError(ConflictError):
+    """The request is valid but the registry's state does not allow it now."""
+
+    code = "invalid_state"

@@ -18,11 +18,13 @@ from sqlalchemy import create_engine, text
 
 from registry.config import Settings
 from registry.service.context import Registry
-from registry.service.setup import initialise
+from registry.ledger.keys import SigningKey
+from registry.service.setup import FirstAdministrator, initialise
 from tests.helpers import LiveServer, StepClock, start_server
 
 POSTGRES_URL = os.environ.get("REGISTRY_TEST_POSTGRES_URL")
 ORIGIN = "test.carbon-registry.example/ledger"
+ADMIN = "kh-registry-admin"
 
 
 def _postgres_schema_url(base: str, schema: str) -> str:
@@ -57,8 +59,18 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def registry(settings: Settings) -> Iterator[Registry]:
-    reg = initialise(settings, insecure_dev_key=True, clock=StepClock())
+def admin_key() -> SigningKey:
+    return SigningKey.from_seed(b"A" * 32)
+
+
+@pytest.fixture
+def registry(settings: Settings, admin_key: SigningKey) -> Iterator[Registry]:
+    reg = initialise(
+        settings,
+        admin=FirstAdministrator(party_id=ADMIN, public_key=admin_key.public_key),
+        insecure_dev_key=True,
+        clock=StepClock(),
+    )
     yield reg
     reg.engine.dispose()
 

@@ -18,10 +18,10 @@ from registry.service.context import Registry
 
 
 class StepClock:
-    """A clock that starts at a fixed instant and moves one second per reading."""
+    """A clock that starts at a given instant (default: now) and moves one second per reading."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2026, 1, 15, 9, 0, 0, tzinfo=UTC)
+        self.now = start or datetime.now(UTC).replace(microsecond=0)
 
     def __call__(self) -> datetime:
         current = self.now

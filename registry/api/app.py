@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from registry.api import ledger_routes
+from registry.api import credit_routes, ledger_routes
 from registry.errors import RegistryError
 from registry.service.context import Registry
 
@@ -34,6 +34,7 @@ def create_app(registry: Registry) -> FastAPI:
     )
     app.state.registry = registry
     app.include_router(ledger_routes.router)
+    app.include_router(credit_routes.router)
 
     @app.exception_handler(RegistryError)
     async def _registry_error(_request: Request, exc: RegistryError) -> JSONResponse:

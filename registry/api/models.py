@@ -70,3 +70,13 @@ class RegistryKeyPublic(BaseModel):
 class RegistryKeysPublic(BaseModel):
     data: list[RegistryKeyPublic]
     count: int
+
+
+class SubmissionPublic(BaseModel):
+    """The answer to an accepted instruction: the ledger entry that records it."""
+
+    seq: int = Field(description="the ledger entry's sequence number")
+    kind: str
+    leaf_hash: str = Field(description=B64)
+    tree_size: int = Field(description="ask for inclusion proofs against this size or later")
+    result: dict[str, Any] = Field(description="what changed (also in the entry's effects)")

@@ -260,3 +260,42 @@ class SignedInstruction(BaseModel):
 
     instruction: Instruction
     signature: Annotated[StrictStr, Field(description="base64 Ed25519 signature")]
+
+
+class InstructionHead(BaseModel):
+    """The fields every instruction has besides its type and body."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    actor: Id
+    key_id: Sha256Hex
+    nonce: Annotated[StrictStr, Field(pattern=_NONCE.pattern)]
+    expires: Annotated[StrictStr, Field(pattern=_TIME, examples=["2026-11-25T12:00:00Z"])]
+
+
+def signed_model(kind: str) -> type[BaseModel]:
+    """The typed model of a signed ``kind`` instruction: its JSON Schema and OpenAPI body."""
+    from pydantic import create_model
+
+    body = BODIES[kind]
+    instruction = create_model(
+        f"{body.__name__}Instruction",
+        __base__=InstructionHead,
+        __doc__=f"A {kind} instruction. {body.__doc__ or ''}".strip(),
+        type=(Literal[kind], ...),  # type: ignore[valid-type]
+        body=(body, ...),
+    )
+    return create_model(
+        f"Signed{body.__name__}",
+        __config__=ConfigDict(extra="forbid", strict=True),
+        __doc__=f"A signed {kind} instruction: Ed25519 over the canonical instruction bytes.",
+        instruction=(instruction, ...),
+        signature=(Annotated[StrictStr, Field(description="base64 Ed25519 signature")], ...),
+    )
+
+
+def read_auth_message(*, method: str, path: str, actor: str, date: str) -> bytes:
+    """What a signed read signs: the request line (path with query), the reader and the time."""
+    from registry.ledger.canonical import canonical_bytes
+
+    return canonical_bytes({"method": method.upper(), "path": path, "actor": actor, "date": date})

@@ -167,6 +167,8 @@ def split_note(note: str) -> tuple[str, list[NoteSignature]]:
     if cut < 0:
         raise CheckpointError("signed note has no blank line before its signatures")
     text, block = note[: cut + 1], note[cut + 2 :]
+    if not block:
+        raise CheckpointError("signed note has no signature lines after its last blank line")
     if not block.endswith("\n"):
         raise CheckpointError("signed note must end with a newline after its last signature")
     lines = block[:-1].split("\n")

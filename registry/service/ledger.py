@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session
@@ -35,7 +36,13 @@ class Appended:
 
 
 def append_entry(
-    session: Session, registry: Registry, *, kind: str, actor: str, payload: dict[str, Any]
+    session: Session,
+    registry: Registry,
+    *,
+    kind: str,
+    actor: str,
+    payload: dict[str, Any],
+    now: datetime | None = None,
 ) -> Appended:
     """Sign ``payload`` as the next entry, add it to the tree and publish a checkpoint."""
     last = ledger_repo.last_entry(session)
@@ -43,7 +50,7 @@ def append_entry(
     entry = Entry(
         v=1,
         seq=seq,
-        time=format_time(registry.clock()),
+        time=format_time(now or registry.clock()),
         kind=kind,
         actor=actor,
         payload=payload,

@@ -10,20 +10,24 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 from registry.config import Settings
 from registry.errors import ConfigurationError
-from registry.ledger.keys import SigningKey
+from registry.ledger.keys import PublicKey, SigningKey
 from registry.service.context import Registry, utc_now
 from registry.service.ledger import append_entry, b64
+from registry.service.movements import CANCELLATION_ACCOUNT, RETIREMENT_ACCOUNT
+from registry.service.parties import add_key, create_account
 from registry.store import ledger_repo
 from registry.store.db import make_engine, migrate, read_session, write_transaction
+from registry.store.tables import PartyRow
 
 GENESIS_KIND = "registry.genesis"
 
 
-def _passphrase(settings: Settings) -> bytes | None:
+def passphrase_of(settings: Settings) -> bytes | None:
     if settings.key_passphrase is None:
         return None
     return settings.key_passphrase.get_secret_value().encode()
@@ -43,7 +47,7 @@ def load_signing_key(settings: Settings) -> SigningKey:
         raise ConfigurationError(
             f"no registry key at {settings.key_file}: run `registry init` first"
         )
-    return SigningKey.from_pem(settings.key_file.read_bytes(), _passphrase(settings))
+    return SigningKey.from_pem(settings.key_file.read_bytes(), passphrase_of(settings))
 
 
 def open_registry(
@@ -58,14 +62,35 @@ def open_registry(
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class FirstAdministrator:
+    """The registry administrator created with the registry; it registers everyone else."""
+
+    party_id: str = "kh-registry-admin"
+    name: str = "Registry administrator, Ministry of Environment of Cambodia"
+    country: str = "KH"
+    public_key: PublicKey
+
+
+SYSTEM_ACCOUNTS = (
+    (RETIREMENT_ACCOUNT, "retirement", "Retired credits"),
+    (CANCELLATION_ACCOUNT, "cancellation", "Cancelled credits"),
+)
+
+
 def initialise(
     settings: Settings,
     *,
+    admin: FirstAdministrator,
     insecure_dev_key: bool = False,
     clock: Callable[[], datetime] = utc_now,
 ) -> Registry:
-    """Create the database, the registry key and the genesis entry (seq 0) that names them."""
-    passphrase = _passphrase(settings)
+    """Create the database, the registry key, the first administrator and the genesis entry.
+
+    The genesis entry (seq 0) names the registry key, the first administrator with its key, and
+    the retirement and cancellation accounts, so a replay of the ledger starts from nothing.
+    """
+    passphrase = passphrase_of(settings)
     if passphrase is None and not insecure_dev_key:
         raise ConfigurationError(
             "set REGISTRY_KEY_PASSPHRASE to encrypt the registry key "
@@ -88,6 +113,15 @@ def initialise(
         ledger_repo.add_registry_key(
             session, key_id=public.key_id, public_key=public.raw, valid_from_seq=0
         )
+        session.add(
+            PartyRow(id=admin.party_id, name=admin.name, role="administrator",
+                     country=admin.country, created_seq=0)
+        )
+        session.flush()
+        add_key(session, party_id=admin.party_id, key=admin.public_key, seq=0)
+        for account_id, kind, name in SYSTEM_ACCOUNTS:
+            create_account(session, account_id=account_id, holder=admin.party_id, kind=kind,
+                           name=name, seq=0)
         append_entry(
             session,
             registry,
@@ -101,6 +135,18 @@ def initialise(
                     "public_key": b64(public.raw),
                     "note_verifier": registry.note_verifier.verifier_string(),
                 },
+                "administrator": {
+                    "party_id": admin.party_id,
+                    "name": admin.name,
+                    "role": "administrator",
+                    "country": admin.country,
+                    "key_id": admin.public_key.key_id,
+                    "public_key": b64(admin.public_key.raw),
+                },
+                "accounts": [
+                    {"account_id": a, "kind": k, "holder": admin.party_id, "name": n}
+                    for a, k, n in SYSTEM_ACCOUNTS
+                ],
             },
         )
     return registry

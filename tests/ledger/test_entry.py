@@ -143,7 +143,7 @@ def test_entry_is_frozen_and_owns_its_payload() -> None:
     payload["blocks"][0]["end"] = 999
     assert entry.payload == {"blocks": [{"start": 1, "end": 2}], "pair": [1, 2]}
     with pytest.raises(ValidationError, match="frozen"):
-        entry.seq = 3
+        entry.seq = 3  # type: ignore[misc]
 
 
 # --- bytes --------------------------------------------------------------------------------
@@ -205,7 +205,9 @@ def test_every_byte_of_a_sealed_entry_is_protected(key: SigningKey) -> None:
 
 def test_resealed_by_foreign_key_is_unknown(key: SigningKey) -> None:
     envelope = seal_entry(make_entry(), key)
-    forged = seal_entry(Entry.from_bytes(Envelope.from_bytes(envelope).payload), SigningKey.generate())
+    forged = seal_entry(
+        Entry.from_bytes(Envelope.from_bytes(envelope).payload), SigningKey.generate()
+    )
     with pytest.raises(UnknownKeyError, match="no signature by a trusted key"):
         open_entry(forged, make_keyring(key.public_key))
 

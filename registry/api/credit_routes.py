@@ -1,0 +1,190 @@
+"""The credit life cycle over HTTP: signed instructions in, public and private reads out.
+
+Each instruction type has its own POST route (listed in ``registry.api.paths``), all served by
+one endpoint factory that hands the body, exactly as received, to ``registry.service.submit``.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI must see the generated body models.
+
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from registry.api.deps import ReadSessionDep, RegistryDep
+from registry.api.examples import example_signed
+from registry.api.models import ErrorResponse, SubmissionPublic
+from registry.api.paths import (
+    AUTH_ACTOR,
+    AUTH_DATE,
+    AUTH_KEY_ID,
+    AUTH_SIGNATURE,
+    INSTRUCTION_PATHS,
+)
+from registry.domain.instructions import BODIES, read_auth_message, signed_model
+from registry.errors import AuthenticationError
+from registry.service import views
+from registry.service.instructions import authenticate_read
+from registry.service.submit import submit
+
+router = APIRouter(prefix="", tags=["credits"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422)
+}
+
+
+def _instruction_endpoint(kind: str) -> Callable[..., Coroutine[Any, Any, JSONResponse]]:
+    model = signed_model(kind)
+
+    async def endpoint(
+        request: Request,
+        registry: RegistryDep,
+        body: Annotated[model, Body(openapi_examples=example_signed(kind))],  # type: ignore[valid-type]
+        idempotency_key: Annotated[
+            str,
+            Header(alias="Idempotency-Key", description="Unique per request; a retry reuses it"),
+        ],
+    ) -> JSONResponse:
+        raw = await request.json()
+        outcome = await run_in_threadpool(
+            submit, registry, raw, expected_type=kind, idempotency_key=idempotency_key
+        )
+        headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+        return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
+
+    endpoint.__name__ = "submit_" + kind.replace(".", "_")
+    return endpoint
+
+
+for _kind, _path in INSTRUCTION_PATHS.items():
+    router.add_api_route(
+        _path,
+        _instruction_endpoint(_kind),
+        methods=["POST"],
+        response_model=SubmissionPublic,
+        responses=ERRORS,
+        summary=f"Submit a signed {_kind} instruction",
+        description=(BODIES[_kind].__doc__ or "").strip(),
+    )
+
+Offset = Annotated[int, Query(ge=0)]
+Limit = Annotated[int, Query(ge=1, le=500)]
+
+
+@router.get("/v1/parties", response_model=views.Page[views.PartyPublic], tags=["reads"])
+def list_parties(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100) -> Any:
+    return views.parties(session, offset, limit)
+
+
+@router.get("/v1/parties/{party_id}", response_model=views.PartyPublic, tags=["reads"],
+            responses=ERRORS)
+def get_party(session: ReadSessionDep, party_id: str) -> Any:
+    return views.party(session, party_id)
+
+
+@router.get("/v1/accounts", response_model=views.Page[views.AccountPublic], tags=["reads"])
+def list_accounts(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100) -> Any:
+    return views.accounts(session, offset, limit)
+
+
+@router.get("/v1/projects", response_model=views.Page[views.ProjectPublic], tags=["reads"])
+def list_projects(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100) -> Any:
+    return views.projects(session, offset, limit)
+
+
+@router.get("/v1/projects/{project_id}", response_model=views.ProjectPublic, tags=["reads"],
+            responses=ERRORS)
+def get_project(session: ReadSessionDep, project_id: str) -> Any:
+    return views.project(session, project_id)
+
+
+@router.get("/v1/forest-units", response_model=views.Page[views.ForestUnitPublic],
+            tags=["reads"])
+def list_forest_units(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100) -> Any:
+    return views.forest_units(session, offset, limit)
+
+
+@router.get("/v1/forest-units/{unit_id}", response_model=views.ForestUnitPublic, tags=["reads"],
+            responses=ERRORS)
+def get_forest_unit(session: ReadSessionDep, unit_id: str) -> Any:
+    return views.forest_unit(session, unit_id)
+
+
+@router.get("/v1/reports", response_model=views.Page[views.ReportPublic], tags=["reads"])
+def list_reports(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100,
+                 project_id: str | None = None) -> Any:
+    return views.reports(session, offset, limit, project_id)
+
+
+@router.get("/v1/reports/{report_id}", response_model=views.ReportPublic, tags=["reads"],
+            responses=ERRORS)
+def get_report(session: ReadSessionDep, report_id: str) -> Any:
+    return views.report(session, report_id)
+
+
+@router.get("/v1/batches", response_model=views.Page[views.BatchPublic], tags=["reads"])
+def list_batches(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100) -> Any:
+    return views.batches(session, offset, limit)
+
+
+@router.get("/v1/batches/{batch_id}", response_model=views.BatchPublic, tags=["reads"],
+            responses=ERRORS)
+def get_batch(session: ReadSessionDep, batch_id: str) -> Any:
+    return views.batch(session, batch_id)
+
+
+@router.get("/v1/serials/{serial}", response_model=views.SerialStoryPublic, tags=["reads"],
+            responses=ERRORS, summary="Where one credit is now and every entry that moved it")
+def get_serial(session: ReadSessionDep, serial: str) -> Any:
+    return views.serial_story(session, serial)
+
+
+@router.get("/v1/retirements", response_model=views.Page[views.RetirementPublic], tags=["reads"])
+def list_retirements(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100) -> Any:
+    return views.retirements(session, offset, limit)
+
+
+@router.get("/v1/retirements/{retirement_id}", response_model=views.RetirementPublic,
+            tags=["reads"], responses=ERRORS)
+def get_retirement(session: ReadSessionDep, retirement_id: str) -> Any:
+    return views.retirement(session, retirement_id)
+
+
+@router.get("/v1/reversals", response_model=views.Page[views.ReversalPublic], tags=["reads"])
+def list_reversals(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100) -> Any:
+    return views.reversals(session, offset, limit)
+
+
+@router.get(
+    "/v1/accounts/{account_id}/holdings", response_model=views.HoldingsPublic, tags=["reads"],
+    responses=ERRORS,
+    summary="An account's credit blocks (signed read: holder, administrators, auditors)",
+)
+def get_holdings(
+    request: Request,
+    session: ReadSessionDep,
+    registry: RegistryDep,
+    account_id: str,
+    actor: Annotated[str | None, Header(alias=AUTH_ACTOR)] = None,
+    key_id: Annotated[str | None, Header(alias=AUTH_KEY_ID)] = None,
+    date: Annotated[str | None, Header(alias=AUTH_DATE)] = None,
+    signature: Annotated[str | None, Header(alias=AUTH_SIGNATURE)] = None,
+    offset: Offset = 0,
+    limit: Limit = 100,
+) -> Any:
+    if not (actor and key_id and date and signature):
+        raise AuthenticationError(
+            f"holdings are private: sign the request ({AUTH_ACTOR}, {AUTH_KEY_ID}, "
+            f"{AUTH_DATE}, {AUTH_SIGNATURE}); `registry holdings` does this for you"
+        )
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    message = read_auth_message(method="GET", path=path, actor=actor, date=date)
+    reader = authenticate_read(
+        session, actor=actor, key_id=key_id, date=date, signature=signature, message=message,
+        now=registry.clock(),
+    )
+    return views.holdings(session, account_id=account_id, reader=reader, offset=offset,
+                          limit=limit)

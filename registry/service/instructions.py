@@ -1,0 +1,174 @@
+"""Checking a signed instruction: who signs, with which key, whether it is fresh and unused.
+
+Every mutating use case starts here. :func:`authenticate` returns an :class:`Acting` (the party,
+its validated body, the exact signed bytes) or raises; the nonce is recorded in the same
+transaction, so a replay is refused for ever and a failed request leaves no trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+from pydantic import ValidationError
+from sqlmodel import Session
+
+from registry.domain.instructions import BODIES, Body, Instruction, SignedInstruction
+from registry.errors import (
+    AuthenticationError,
+    BadSignatureError,
+    InstructionExpiredError,
+    InvalidRequestError,
+    KeyRevokedError,
+    PermissionDeniedError,
+    ReplayError,
+)
+from registry.ledger.canonical import canonical_bytes
+from registry.ledger.keys import PublicKey, b64decode_strict
+from registry.store.tables import NonceRow, PartyKeyRow, PartyRow
+
+#: How far ahead an instruction may expire: long enough for an offline signing ceremony,
+#: short enough that a leaked signed instruction is soon worthless.
+MAX_VALIDITY = timedelta(days=7)
+
+B = TypeVar("B", bound=Body)
+
+
+@dataclass(frozen=True)
+class Acting(Generic[B]):
+    """An authenticated instruction about to become ledger entry ``seq``."""
+
+    seq: int
+    now: datetime
+    party: PartyRow
+    instruction: Instruction
+    body: B
+    signed: dict[str, Any]
+    """``{"instruction", "signature"}`` exactly as received: carried into the ledger entry."""
+
+    def require_role(self, *roles: str) -> None:
+        if self.party.role not in roles:
+            raise PermissionDeniedError(
+                f"{self.instruction.type} needs the role {' or '.join(roles)}; "
+                f"party {self.party.id} is {self.party.role}",
+                details={"party": self.party.id, "role": self.party.role, "allowed": list(roles)},
+            )
+
+
+def _validation_error(e: ValidationError, what: str) -> InvalidRequestError:
+    errors = [
+        {"loc": [str(p) for p in err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in e.errors(include_url=False, include_input=False)
+    ]
+    first = errors[0]
+    return InvalidRequestError(
+        f"{what}.{'.'.join(first['loc'])}: {first['msg']}", details={"errors": errors}
+    )
+
+
+def parse_signed(raw: object, *, expected_type: str) -> tuple[SignedInstruction, Body]:
+    """Validate the shape of a signed instruction and its body, without touching the database."""
+    try:
+        signed = SignedInstruction.model_validate(raw)
+    except ValidationError as e:
+        raise _validation_error(e, "$") from e
+    kind = signed.instruction.type
+    if kind != expected_type:
+        raise InvalidRequestError(
+            f"this endpoint takes {expected_type} instructions, got {kind!r}",
+            details={"expected": expected_type, "got": kind},
+        )
+    try:
+        body = BODIES[kind].model_validate(signed.instruction.body)
+    except ValidationError as e:
+        raise _validation_error(e, "$.instruction.body") from e
+    return signed, body
+
+
+def verify_instruction_signature(raw_instruction: dict[str, Any], signature: str, key: PublicKey) -> None:
+    """The one check of a party's signature: Ed25519 over the canonical instruction bytes."""
+    key.verify(b64decode_strict(signature, what="signature"), canonical_bytes(raw_instruction))
+
+
+def authenticate(
+    session: Session, raw: dict[str, Any], *, expected_type: str, seq: int, now: datetime
+) -> Acting[Body]:
+    signed, body = parse_signed(raw, expected_type=expected_type)
+    ins = signed.instruction
+    party = session.get(PartyRow, ins.actor)
+    if party is None:
+        raise AuthenticationError(f"unknown party {ins.actor!r}", details={"actor": ins.actor})
+    key_row = session.get(PartyKeyRow, ins.key_id)
+    if key_row is None or key_row.party_id != party.id:
+        raise AuthenticationError(
+            f"key {ins.key_id} is not a key of party {party.id}",
+            details={"actor": party.id, "key_id": ins.key_id},
+        )
+    if key_row.revoked_seq is not None:
+        raise KeyRevokedError(
+            f"key {ins.key_id} of party {party.id} was revoked at entry {key_row.revoked_seq}",
+            details={"key_id": ins.key_id, "revoked_seq": key_row.revoked_seq},
+        )
+    try:
+        verify_instruction_signature(raw["instruction"], raw["signature"], PublicKey(raw=key_row.public_key))
+    except BadSignatureError as e:
+        raise BadSignatureError(
+            f"the signature of party {party.id} does not verify over this instruction",
+            details={"actor": party.id, "key_id": ins.key_id},
+        ) from e
+    expires = parse_time_lenient(ins.expires)
+    if expires <= now:
+        raise InstructionExpiredError(
+            f"the instruction expired at {ins.expires}", details={"expires": ins.expires}
+        )
+    if expires > now + MAX_VALIDITY:
+        raise InstructionExpiredError(
+            f"expires {ins.expires} is more than {MAX_VALIDITY.days} days ahead",
+            details={"expires": ins.expires},
+        )
+    if session.get(NonceRow, (party.id, ins.nonce)) is not None:
+        raise ReplayError(
+            f"nonce {ins.nonce} was already used by party {party.id}: a replayed instruction",
+            details={"actor": party.id, "nonce": ins.nonce},
+        )
+    session.add(NonceRow(party_id=party.id, nonce=ins.nonce, seq=seq))
+    return Acting(
+        seq=seq, now=now, party=party, instruction=ins, body=body,
+        signed={"instruction": raw["instruction"], "signature": raw["signature"]},
+    )
+
+
+def parse_time_lenient(text: str) -> datetime:
+    """An RFC 3339 UTC time, with or without fractional seconds (clients write either)."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as e:
+        raise InvalidRequestError(f"not an RFC 3339 UTC time: {text!r}") from e
+
+
+#: How far a signed read's date may be from the registry's clock.
+READ_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def authenticate_read(
+    session: Session, *, actor: str, key_id: str, date: str, signature: str, message: bytes,
+    now: datetime,
+) -> PartyRow:
+    """The party behind a signed read (``message`` is what the client signed), or raise."""
+    party = session.get(PartyRow, actor)
+    key_row = session.get(PartyKeyRow, key_id)
+    if party is None or key_row is None or key_row.party_id != party.id:
+        raise AuthenticationError(f"key {key_id} is not a key of party {actor!r}")
+    if key_row.revoked_seq is not None:
+        raise KeyRevokedError(f"key {key_id} of party {actor} was revoked")
+    when = parse_time_lenient(date)
+    if abs(when - now) > READ_CLOCK_SKEW:
+        raise InstructionExpiredError(
+            f"signed read dated {date} is more than {READ_CLOCK_SKEW} from the registry's clock"
+        )
+    try:
+        PublicKey(raw=key_row.public_key).verify(b64decode_strict(signature, what="signature"), message)
+    except BadSignatureError as e:
+        raise BadSignatureError(f"the read signature of party {actor} does not verify") from e
+    return party

@@ -1,0 +1,109 @@
+"""JCM projects and REDD+ forest units: registration and status."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlmodel import Session, select
+
+from registry.domain.forest import Boundary, check_no_overlap, parse_boundary
+from registry.domain.instructions import RegisterForestUnit, RegisterProject, SetProjectStatus
+from registry.errors import ConflictError, InvalidGeometryError, InvalidRequestError
+from registry.service.instructions import Acting
+from registry.service.parties import create_account
+from registry.store.credits_repo import get_or_404
+from registry.store.tables import ForestUnitRow, PartyRow, ProjectRow
+
+Effects = dict[str, Any]
+
+#: Overlap allowed between two forest units before it counts as double counting (GIS noise).
+OVERLAP_TOLERANCE_HA = 1.0
+
+
+def _party_with_role(session: Session, party_id: str, *roles: str) -> PartyRow:
+    party = get_or_404(session, PartyRow, party_id, "party")
+    if party.role not in roles:
+        raise InvalidRequestError(
+            f"party {party_id} is a {party.role}, expected {' or '.join(roles)}",
+            details={"party": party_id, "role": party.role},
+        )
+    return party
+
+
+def register_project(session: Session, acting: Acting[RegisterProject]) -> Effects:
+    acting.require_role("administrator")
+    b = acting.body
+    if session.get(ProjectRow, b.project_id) is not None:
+        raise ConflictError(f"project {b.project_id} already exists", details={"project": b.project_id})
+    if b.crediting_period_end < b.crediting_period_start:
+        raise InvalidRequestError(
+            f"crediting period ends ({b.crediting_period_end}) before it starts "
+            f"({b.crediting_period_start})"
+        )
+    if len(set(b.participants)) != len(b.participants):
+        raise InvalidRequestError("participants are listed twice")
+    for p in b.participants:
+        _party_with_role(session, p, "participant", "government")
+    _party_with_role(session, b.third_party_entity, "third_party_entity")
+    session.add(
+        ProjectRow(
+            id=b.project_id, title=b.title, partner_country=b.partner_country,
+            methodology=b.methodology, sector=b.sector, participants=json.dumps(b.participants),
+            third_party_entity=b.third_party_entity,
+            crediting_period_start=b.crediting_period_start,
+            crediting_period_end=b.crediting_period_end, status="registered",
+            registered_seq=acting.seq,
+        )
+    )
+    return {"project_id": b.project_id, "status": "registered"}
+
+
+def set_project_status(session: Session, acting: Acting[SetProjectStatus]) -> Effects:
+    acting.require_role("administrator")
+    project = get_or_404(session, ProjectRow, acting.body.project_id, "project")
+    if project.status == "closed":
+        raise ConflictError(f"project {project.id} is closed; its status cannot change")
+    previous, project.status = project.status, acting.body.status
+    session.add(project)
+    return {"project_id": project.id, "from": previous, "to": project.status}
+
+
+def parse_boundary_text(text: str) -> Boundary:
+    try:
+        geojson = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidGeometryError(f"boundary is not JSON: {e.msg} at position {e.pos}") from e
+    if not isinstance(geojson, dict):
+        raise InvalidGeometryError("boundary must be a GeoJSON geometry object")
+    return parse_boundary(geojson)
+
+
+def register_forest_unit(session: Session, acting: Acting[RegisterForestUnit]) -> Effects:
+    acting.require_role("administrator")
+    b = acting.body
+    if session.get(ForestUnitRow, b.unit_id) is not None:
+        raise ConflictError(f"forest unit {b.unit_id} already exists", details={"unit": b.unit_id})
+    get_or_404(session, ProjectRow, b.project_id, "project")
+    boundary = parse_boundary_text(b.boundary)
+    existing = [
+        (row.id, parse_boundary_text(row.boundary))
+        for row in session.exec(select(ForestUnitRow)).all()
+    ]
+    check_no_overlap(boundary, existing, tolerance_ha=OVERLAP_TOLERANCE_HA)
+    buffer_account = f"BUF-{b.unit_id}"
+    create_account(
+        session, account_id=buffer_account, holder=acting.party.id, kind="buffer",
+        name=f"Non-permanence buffer pool of {b.name}", seq=acting.seq, unit_id=b.unit_id,
+    )
+    session.add(
+        ForestUnitRow(
+            id=b.unit_id, project_id=b.project_id, name=b.name,
+            boundary=json.dumps(boundary.to_geojson(), separators=(",", ":")),
+            area_ha=boundary.area_hectares, jurisdiction=b.jurisdiction,
+            reference_level=b.reference_level, leakage_rate_bp=b.leakage_rate_bp,
+            buffer_rate_bp=b.buffer_rate_bp, buffer_account=buffer_account, shortfall=0,
+            registered_seq=acting.seq,
+        )
+    )
+    return {"unit_id": b.unit_id, "area_ha": boundary.area_hectares, "buffer_account": buffer_account}

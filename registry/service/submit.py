@@ -1,0 +1,101 @@
+"""The one door for every change: a signed instruction in, one ledger entry out, or nothing.
+
+:func:`submit` runs a whole use case in one serialised write transaction: it honours the
+``Idempotency-Key``, authenticates the instruction, lets the use case check and update the
+state tables, appends exactly one signed ledger entry carrying the instruction and its effects,
+and records the answer for retries. Any error rolls all of it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlmodel import Session
+
+from registry.domain import instructions as ins
+from registry.errors import IdempotencyConflictError, InvalidRequestError
+from registry.ledger.canonical import canonical_bytes
+from registry.service import issuance, movements, parties, projects, reports, reversal
+from registry.service.context import Registry
+from registry.service.instructions import Acting, authenticate
+from registry.service.ledger import append_entry, b64
+from registry.store import ledger_repo
+from registry.store.db import write_transaction
+from registry.store.tables import IdempotencyRow
+
+Handler = Callable[[Session, Acting[Any]], dict[str, Any]]
+
+HANDLERS: dict[str, Handler] = {
+    ins.RegisterParty.TYPE: parties.register_party,
+    ins.AddPartyKey.TYPE: parties.add_party_key,
+    ins.RevokePartyKey.TYPE: parties.revoke_party_key,
+    ins.OpenAccount.TYPE: parties.open_account,
+    ins.RegisterProject.TYPE: projects.register_project,
+    ins.SetProjectStatus.TYPE: projects.set_project_status,
+    ins.RegisterForestUnit.TYPE: projects.register_forest_unit,
+    ins.SubmitReport.TYPE: reports.submit_report,
+    ins.VerifyReport.TYPE: reports.verify_report,
+    ins.Issue.TYPE: issuance.issue,
+    ins.Transfer.TYPE: movements.transfer,
+    ins.Retire.TYPE: movements.retire,
+    ins.Cancel.TYPE: movements.cancel,
+    ins.RecordReversal.TYPE: reversal.record_reversal,
+}
+assert set(HANDLERS) == set(ins.BODIES), "every instruction type has exactly one use case"
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The answer to a submission; ``replayed`` when it is the stored answer to a retry."""
+
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+def request_hash(kind: str, raw: object) -> str:
+    return hashlib.sha256(kind.encode() + b"\n" + canonical_bytes(raw)).hexdigest()
+
+
+def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_key: str) -> Outcome:
+    """Carry out one signed instruction of type ``expected_type``; see the module docstring."""
+    if not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        raise InvalidRequestError(
+            "Idempotency-Key must be 1 to 128 printable ASCII characters without spaces"
+        )
+    if not isinstance(raw, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    fingerprint = request_hash(expected_type, raw)
+    with write_transaction(registry.engine) as session:
+        prior = session.get(IdempotencyRow, idempotency_key)
+        if prior is not None:
+            if prior.request_hash != fingerprint:
+                raise IdempotencyConflictError(
+                    f"Idempotency-Key {idempotency_key!r} was used for a different request",
+                    details={"idempotency_key": idempotency_key, "seq": prior.seq},
+                )
+            return Outcome(prior.status_code, json.loads(prior.response), replayed=True)
+        seq = ledger_repo.tree_size(session)
+        now = registry.clock()
+        acting = authenticate(session, raw, expected_type=expected_type, seq=seq, now=now)
+        effects = HANDLERS[expected_type](session, acting)
+        appended = append_entry(
+            session, registry, kind=expected_type, actor=acting.party.id, now=now,
+            payload={**acting.signed, "effects": effects},
+        )
+        body = {
+            "seq": seq, "kind": expected_type, "leaf_hash": b64(appended.leaf_hash),
+            "tree_size": seq + 1, "result": effects,
+        }
+        session.add(
+            IdempotencyRow(key=idempotency_key, request_hash=fingerprint, status_code=200,
+                           response=json.dumps(body), seq=seq)
+        )
+    return Outcome(200, body)

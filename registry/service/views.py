@@ -1,0 +1,375 @@
+"""What the registry shows of its state: the ``...Public`` models and the queries that fill them.
+
+Projects, forest units, reports, batches, retirements and a serial's story are public, as public
+registries' records are; an account's holdings only to its holder, administrators and auditors.
+Every list is paginated (``offset``, ``limit``) and says how many items there are in all.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+from sqlmodel import Session, SQLModel, col, func, select
+
+from registry.domain.serials import SerialRange, format_block, parse_unit_serial
+from registry.errors import NotFoundError, PermissionDeniedError
+from registry.ledger.keys import b64encode
+from registry.store.credits_repo import account as get_account
+from registry.store.credits_repo import get_or_404
+from registry.store.tables import (
+    AccountRow,
+    BatchRow,
+    BlockEventRow,
+    BlockRow,
+    ForestUnitRow,
+    PartyKeyRow,
+    PartyRow,
+    ProjectRow,
+    ReportRow,
+    RetirementRow,
+    ReversalRow,
+)
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    count: int
+    offset: int
+    limit: int
+
+
+class PartyKeyPublic(BaseModel):
+    key_id: str
+    public_key: str
+    added_seq: int
+    revoked_seq: int | None
+
+
+class PartyPublic(BaseModel):
+    id: str
+    name: str
+    role: str
+    country: str | None
+    created_seq: int
+    keys: list[PartyKeyPublic]
+
+
+class AccountPublic(BaseModel):
+    id: str
+    holder: str
+    kind: str
+    name: str
+    unit_id: str | None
+    created_seq: int
+
+
+class ProjectPublic(BaseModel):
+    id: str
+    title: str
+    partner_country: str
+    methodology: str
+    sector: str
+    participants: list[str]
+    third_party_entity: str
+    crediting_period_start: str
+    crediting_period_end: str
+    status: str
+    registered_seq: int
+
+
+class ForestUnitPublic(BaseModel):
+    id: str
+    project_id: str
+    name: str
+    boundary: dict[str, Any]
+    area_ha: int
+    jurisdiction: str
+    reference_level: int
+    leakage_rate_bp: int
+    buffer_rate_bp: int
+    buffer_account: str
+    buffer_pool: int
+    shortfall: int
+    registered_seq: int
+
+
+class ReportPublic(BaseModel):
+    id: str
+    project_id: str
+    forest_unit_id: str | None
+    period_start: str
+    period_end: str
+    reductions: int
+    document_sha256: str
+    status: str
+    verified_reductions: int | None
+    verifier: str | None
+    statement_sha256: str | None
+    submitted_seq: int
+    verified_seq: int | None
+
+
+class BatchPublic(BaseModel):
+    id: str
+    project_id: str
+    report_id: str
+    programme: str
+    vintage: int
+    quantity: int
+    active: int
+    retired: int
+    cancelled: int
+    issued_seq: int
+
+
+class BlockPublic(BaseModel):
+    block: str
+    batch: str
+    start: int
+    end: int
+    quantity: int
+    account: str
+    status: str
+
+
+class HoldingsPublic(BaseModel):
+    account: AccountPublic
+    total_active: int
+    blocks: Page[BlockPublic]
+
+
+class RetirementPublic(BaseModel):
+    id: str
+    seq: int
+    account: str
+    batch: str
+    blocks: list[str]
+    quantity: int
+    beneficiary: str
+    purpose: str
+    jurisdiction: str
+    reason: str
+    time: str
+
+
+class EventPublic(BaseModel):
+    seq: int
+    kind: str
+    block: str
+    from_account: str | None
+    to_account: str
+    status: str
+
+
+class SerialStoryPublic(BaseModel):
+    serial: str
+    batch: str
+    number: int
+    now: BlockPublic
+    history: list[EventPublic]
+
+
+class ReversalPublic(BaseModel):
+    seq: int
+    unit_id: str
+    lost: int
+    cancelled: int
+    shortfall: int
+    document_sha256: str
+    reason: str
+
+
+def _page(session: Session, model: type[SQLModel], order: Any, offset: int, limit: int,
+          *where: Any) -> tuple[list[Any], int]:
+    query = select(model)
+    count_query = select(func.count()).select_from(model)
+    for w in where:
+        query, count_query = query.where(w), count_query.where(w)
+    orders = order if isinstance(order, tuple) else (order,)
+    rows = list(session.exec(query.order_by(*orders).offset(offset).limit(limit)).all())
+    return rows, int(session.exec(count_query).one())
+
+
+def _block(row: BlockRow) -> BlockPublic:
+    return BlockPublic(
+        block=format_block(row.batch_id, SerialRange(row.start, row.end)), batch=row.batch_id,
+        start=row.start, end=row.end, quantity=row.end - row.start + 1, account=row.account_id,
+        status=row.status,
+    )
+
+
+def party(session: Session, party_id: str) -> PartyPublic:
+    row = get_or_404(session, PartyRow, party_id, "party")
+    keys = session.exec(select(PartyKeyRow).where(PartyKeyRow.party_id == party_id)).all()
+    return PartyPublic(
+        **row.model_dump(),
+        keys=[PartyKeyPublic(key_id=k.key_id, public_key=_b64(k.public_key),
+                             added_seq=k.added_seq, revoked_seq=k.revoked_seq) for k in keys],
+    )
+
+
+def _b64(data: bytes) -> str:
+    return b64encode(data)
+
+
+def parties(session: Session, offset: int, limit: int) -> Page[PartyPublic]:
+    rows, count = _page(session, PartyRow, col(PartyRow.id), offset, limit)
+    return Page(data=[party(session, r.id) for r in rows], count=count, offset=offset, limit=limit)
+
+
+def accounts(session: Session, offset: int, limit: int) -> Page[AccountPublic]:
+    rows, count = _page(session, AccountRow, col(AccountRow.id), offset, limit)
+    return Page(data=[AccountPublic(**r.model_dump()) for r in rows], count=count,
+                offset=offset, limit=limit)
+
+
+def _project(row: ProjectRow) -> ProjectPublic:
+    data = row.model_dump()
+    data["participants"] = json.loads(row.participants)
+    return ProjectPublic(**data)
+
+
+def project(session: Session, project_id: str) -> ProjectPublic:
+    return _project(get_or_404(session, ProjectRow, project_id, "project"))
+
+
+def projects(session: Session, offset: int, limit: int) -> Page[ProjectPublic]:
+    rows, count = _page(session, ProjectRow, col(ProjectRow.id), offset, limit)
+    return Page(data=[_project(r) for r in rows], count=count, offset=offset, limit=limit)
+
+
+def _pool(session: Session, account_id: str) -> int:
+    total = session.exec(
+        select(func.coalesce(func.sum(col(BlockRow.end) - col(BlockRow.start) + 1), 0)).where(
+            BlockRow.account_id == account_id, BlockRow.status == "active"
+        )
+    ).one()
+    return int(total)
+
+
+def _unit(session: Session, row: ForestUnitRow) -> ForestUnitPublic:
+    data = row.model_dump()
+    data["boundary"] = json.loads(row.boundary)
+    return ForestUnitPublic(**data, buffer_pool=_pool(session, row.buffer_account))
+
+
+def forest_unit(session: Session, unit_id: str) -> ForestUnitPublic:
+    return _unit(session, get_or_404(session, ForestUnitRow, unit_id, "forest unit"))
+
+
+def forest_units(session: Session, offset: int, limit: int) -> Page[ForestUnitPublic]:
+    rows, count = _page(session, ForestUnitRow, col(ForestUnitRow.id), offset, limit)
+    return Page(data=[_unit(session, r) for r in rows], count=count, offset=offset, limit=limit)
+
+
+def report(session: Session, report_id: str) -> ReportPublic:
+    return ReportPublic(**get_or_404(session, ReportRow, report_id, "report").model_dump())
+
+
+def reports(session: Session, offset: int, limit: int, project_id: str | None = None
+            ) -> Page[ReportPublic]:
+    where = [] if project_id is None else [ReportRow.project_id == project_id]
+    rows, count = _page(session, ReportRow, col(ReportRow.submitted_seq), offset, limit, *where)
+    return Page(data=[ReportPublic(**r.model_dump()) for r in rows], count=count,
+                offset=offset, limit=limit)
+
+
+def _batch(session: Session, row: BatchRow) -> BatchPublic:
+    sums = dict(
+        session.exec(
+            select(BlockRow.status, func.sum(col(BlockRow.end) - col(BlockRow.start) + 1))
+            .where(BlockRow.batch_id == row.id)
+            .group_by(col(BlockRow.status))
+        ).all()
+    )
+    return BatchPublic(
+        id=row.id, project_id=row.project_id, report_id=row.report_id, programme=row.programme,
+        vintage=row.vintage, quantity=row.quantity, issued_seq=row.issued_seq,
+        active=int(sums.get("active", 0)), retired=int(sums.get("retired", 0)),
+        cancelled=int(sums.get("cancelled", 0)),
+    )
+
+
+def batch(session: Session, batch_id: str) -> BatchPublic:
+    return _batch(session, get_or_404(session, BatchRow, batch_id, "batch"))
+
+
+def batches(session: Session, offset: int, limit: int) -> Page[BatchPublic]:
+    rows, count = _page(session, BatchRow, col(BatchRow.issued_seq), offset, limit)
+    return Page(data=[_batch(session, r) for r in rows], count=count, offset=offset, limit=limit)
+
+
+def _retirement(row: RetirementRow) -> RetirementPublic:
+    blocks = []
+    for part in row.blocks.split(","):
+        start, end = (int(x) for x in part.split("-"))
+        blocks.append(format_block(row.batch_id, SerialRange(start, end)))
+    return RetirementPublic(
+        id=row.id, seq=row.seq, account=row.account_id, batch=row.batch_id, blocks=blocks,
+        quantity=row.quantity, beneficiary=row.beneficiary, purpose=row.purpose,
+        jurisdiction=row.jurisdiction, reason=row.reason, time=row.time,
+    )
+
+
+def retirement(session: Session, retirement_id: str) -> RetirementPublic:
+    return _retirement(get_or_404(session, RetirementRow, retirement_id, "retirement"))
+
+
+def retirements(session: Session, offset: int, limit: int) -> Page[RetirementPublic]:
+    rows, count = _page(session, RetirementRow, col(RetirementRow.seq), offset, limit)
+    return Page(data=[_retirement(r) for r in rows], count=count, offset=offset, limit=limit)
+
+
+def reversals(session: Session, offset: int, limit: int) -> Page[ReversalPublic]:
+    rows, count = _page(session, ReversalRow, col(ReversalRow.seq), offset, limit)
+    return Page(data=[ReversalPublic(**r.model_dump()) for r in rows], count=count,
+                offset=offset, limit=limit)
+
+
+def holdings(session: Session, *, account_id: str, reader: PartyRow, offset: int, limit: int
+             ) -> HoldingsPublic:
+    """An account's blocks, for its holder, administrators and auditors only."""
+    acct = get_account(session, account_id)
+    if reader.id != acct.holder and reader.role not in {"administrator", "auditor"}:
+        raise PermissionDeniedError(
+            f"holdings of {account_id} are private to {acct.holder}",
+            details={"account": account_id, "reader": reader.id},
+        )
+    rows, count = _page(session, BlockRow, (col(BlockRow.batch_id), col(BlockRow.start)),
+                        offset, limit, BlockRow.account_id == account_id)
+    return HoldingsPublic(
+        account=AccountPublic(**acct.model_dump()),
+        total_active=_pool(session, account_id),
+        blocks=Page(data=[_block(r) for r in rows], count=count, offset=offset, limit=limit),
+    )
+
+
+def serial_story(session: Session, serial: str) -> SerialStoryPublic:
+    """Where one credit is now, and every ledger entry that moved it."""
+    batch_id, number = parse_unit_serial(serial)
+    row = session.exec(
+        select(BlockRow).where(
+            BlockRow.batch_id == batch_id, col(BlockRow.start) <= number, col(BlockRow.end) >= number
+        )
+    ).first()
+    if row is None:
+        raise NotFoundError(f"serial {serial} was never issued", details={"serial": serial})
+    events = session.exec(
+        select(BlockEventRow)
+        .where(BlockEventRow.batch_id == batch_id, col(BlockEventRow.start) <= number,
+               col(BlockEventRow.end) >= number)
+        .order_by(col(BlockEventRow.seq))
+    ).all()
+    return SerialStoryPublic(
+        serial=serial, batch=batch_id, number=number, now=_block(row),
+        history=[
+            EventPublic(seq=e.seq, kind=e.kind,
+                        block=format_block(e.batch_id, SerialRange(e.start, e.end)),
+                        from_account=e.from_account, to_account=e.to_account, status=e.status)
+            for e in events
+        ],
+    )
