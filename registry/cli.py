@@ -15,7 +15,7 @@ import typer
 from registry.config import Settings
 from registry.errors import RegistryError
 from registry.ledger.keys import PublicKey, SigningKey
-from registry.service.setup import FirstAdministrator, passphrase_of, initialise, write_key_file
+from registry.service.setup import FirstAdministrator, initialise, passphrase_of, write_key_file
 
 app = typer.Typer(
     help="Cambodia–Japan JCM and REDD+ carbon credit registry.",

@@ -53,7 +53,10 @@ def sign_instruction(
         "expires": rfc3339((now or datetime.now(UTC)) + valid_for),
         "body": body,
     }
-    return {"instruction": instruction, "signature": b64encode(key.sign(canonical_bytes(instruction)))}
+    return {
+        "instruction": instruction,
+        "signature": b64encode(key.sign(canonical_bytes(instruction))),
+    }
 
 
 def read_auth_headers(key: SigningKey, *, actor: str, method: str, path: str) -> dict[str, str]:
@@ -94,8 +97,14 @@ class RegistryClient:
     key: SigningKey | None = None
 
     @classmethod
-    def connect(cls, url: str, *, actor: str | None = None, key: SigningKey | None = None,
-                timeout: float = 30) -> RegistryClient:
+    def connect(
+        cls,
+        url: str,
+        *,
+        actor: str | None = None,
+        key: SigningKey | None = None,
+        timeout: float = 30,
+    ) -> RegistryClient:
         return cls(httpx.Client(base_url=url, timeout=timeout), actor=actor, key=key)
 
     def as_party(self, actor: str, key: SigningKey) -> RegistryClient:
@@ -106,14 +115,16 @@ class RegistryClient:
             raise ValueError("this client has no party key to sign with")
         return sign_instruction(self.key, actor=self.actor, type=type, body=body, **kw)
 
-    def post_signed(self, signed: dict[str, Any], *, idempotency_key: str | None = None
-                    ) -> httpx.Response:
+    def post_signed(
+        self, signed: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> httpx.Response:
         path = INSTRUCTION_PATHS[signed["instruction"]["type"]]
         headers = {"Idempotency-Key": idempotency_key or new_nonce()}
         return self.http.post(path, json=signed, headers=headers)
 
-    def submit(self, type: str, body: dict[str, Any], *, idempotency_key: str | None = None,
-               **kw: Any) -> dict[str, Any]:
+    def submit(
+        self, type: str, body: dict[str, Any], *, idempotency_key: str | None = None, **kw: Any
+    ) -> dict[str, Any]:
         """Sign and submit; returns the registry's answer or raises :class:`ClientError`."""
         response = self.post_signed(self.sign(type, body, **kw), idempotency_key=idempotency_key)
         _raise_for(response)

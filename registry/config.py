@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     """SQLAlchemy URL: ``sqlite:///path`` (embedded) or ``postgresql+psycopg://...``."""
 
     origin: str = "kh.carbon-registry.example/ledger"
-    """The checkpoint origin line (C2SP tlog-checkpoint): names this log, never reused by another."""
+    """The checkpoint origin line (C2SP tlog-checkpoint): names this log and no other."""
 
     key_file: Path = Path("var/registry-key.pem")
     """The registry's Ed25519 signing key, PKCS#8 PEM, encrypted with ``key_passphrase``."""
@@ -45,5 +45,7 @@ class Settings(BaseSettings):
     @classmethod
     def _origin_is_one_line(cls, value: str) -> str:
         if not value or any(c.isspace() for c in value) or "+" in value:
-            raise ValueError(f"origin must be a non-empty name without spaces or '+', got {value!r}")
+            raise ValueError(
+                f"origin must be a non-empty name without spaces or '+', got {value!r}"
+            )
         return value

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from registry.config import Settings
-from registry.service.context import Registry
 from registry.ledger.keys import SigningKey
+from registry.service.context import Registry
 from registry.service.setup import FirstAdministrator, initialise
 from tests.helpers import LiveServer, StepClock, start_server
 

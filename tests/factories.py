@@ -11,9 +11,7 @@ def append_notes(registry: Registry, count: int) -> None:
     """Append ``count`` simple entries, each in its own transaction, as real use cases do."""
     for i in range(count):
         with write_transaction(registry.engine) as session:
-            append_entry(
-                session, registry, kind="test.note", actor="registry", payload={"n": i}
-            )
+            append_entry(session, registry, kind="test.note", actor="registry", payload={"n": i})
 
 
 def drop_append_only_triggers(registry: Registry) -> None:

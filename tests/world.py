@@ -82,54 +82,111 @@ def build_world(url: str, admin_key: SigningKey) -> World:
     for i, (party, (name, role, country)) in enumerate(PRIVATE_PARTIES.items()):
         key = SigningKey.from_seed(bytes([i + 1]) * 32)
         world.keys[party] = key
-        world.submit("kh-registry-admin", "party.register", {
-            "party_id": party, "name": name, "role": role, "country": country,
-            "public_keys": [key.public_key.to_b64()],
-        })
+        world.submit(
+            "kh-registry-admin",
+            "party.register",
+            {
+                "party_id": party,
+                "name": name,
+                "role": role,
+                "country": country,
+                "public_keys": [key.public_key.to_b64()],
+            },
+        )
     for account, holder in ACCOUNTS.items():
-        world.submit("kh-registry-admin", "account.open",
-                     {"account_id": account, "holder": holder, "name": f"{holder} holding"})
-    world.submit("kh-registry-admin", "project.register", {
-        "project_id": "KH004",
-        "title": "Energy Saving by Inverters for Distribution Pumps in Water Treatment Plant",
-        "partner_country": "KH", "methodology": "KH_AM001", "sector": "Energy efficiency",
-        "participants": ["kh-water", "kh-gov"], "third_party_entity": "lrqa",
-        "crediting_period_start": "2023-06-09", "crediting_period_end": "2030-12-31",
-    })
-    world.submit("kh-registry-admin", "project.register", {
-        "project_id": "KH005",
-        "title": "Prey Lang Wildlife Sanctuary - Stung Treng REDD+ project",
-        "partner_country": "KH", "methodology": "KH_AM004", "sector": "REDD+",
-        "participants": ["kh-gov"], "third_party_entity": "lrqa",
-        "crediting_period_start": "2018-03-12", "crediting_period_end": "2037-12-31",
-    })
-    world.submit("kh-registry-admin", "forest_unit.register", {
-        "unit_id": "KH005-FU1", "project_id": "KH005", "name": "Prey Lang block 1 (illustrative)",
-        "boundary": json.dumps(SQUARE), "jurisdiction": "Stung Treng",
-        "reference_level": 400000, "leakage_rate_bp": 1000, "buffer_rate_bp": 2000,
-    })
+        world.submit(
+            "kh-registry-admin",
+            "account.open",
+            {"account_id": account, "holder": holder, "name": f"{holder} holding"},
+        )
+    world.submit(
+        "kh-registry-admin",
+        "project.register",
+        {
+            "project_id": "KH004",
+            "title": "Energy Saving by Inverters for Distribution Pumps in Water Treatment Plant",
+            "partner_country": "KH",
+            "methodology": "KH_AM001",
+            "sector": "Energy efficiency",
+            "participants": ["kh-water", "kh-gov"],
+            "third_party_entity": "lrqa",
+            "crediting_period_start": "2023-06-09",
+            "crediting_period_end": "2030-12-31",
+        },
+    )
+    world.submit(
+        "kh-registry-admin",
+        "project.register",
+        {
+            "project_id": "KH005",
+            "title": "Prey Lang Wildlife Sanctuary - Stung Treng REDD+ project",
+            "partner_country": "KH",
+            "methodology": "KH_AM004",
+            "sector": "REDD+",
+            "participants": ["kh-gov"],
+            "third_party_entity": "lrqa",
+            "crediting_period_start": "2018-03-12",
+            "crediting_period_end": "2037-12-31",
+        },
+    )
+    world.submit(
+        "kh-registry-admin",
+        "forest_unit.register",
+        {
+            "unit_id": "KH005-FU1",
+            "project_id": "KH005",
+            "name": "Prey Lang block 1 (illustrative)",
+            "boundary": json.dumps(SQUARE),
+            "jurisdiction": "Stung Treng",
+            "reference_level": 400000,
+            "leakage_rate_bp": 1000,
+            "buffer_rate_bp": 2000,
+        },
+    )
     return world
 
 
-def issue_jcm(world: World, report_id: str = "KH004-MR1", quantity: int = 1000,
-              period: tuple[str, str] = ("2024-01-01", "2024-12-31")) -> str:
+def issue_jcm(
+    world: World,
+    report_id: str = "KH004-MR1",
+    quantity: int = 1000,
+    period: tuple[str, str] = ("2024-01-01", "2024-12-31"),
+) -> str:
     """Submit, verify and issue a KH004 report; the participant gets 80%, governments 10% each."""
-    world.submit("kh-water", "report.submit", {
-        "report_id": report_id, "project_id": "KH004", "period_start": period[0],
-        "period_end": period[1], "reductions": quantity, "document_sha256": sha(report_id),
-    })
-    world.submit("lrqa", "report.verify", {
-        "report_id": report_id, "verified_reductions": quantity,
-        "statement_sha256": sha(report_id + "/statement"),
-    })
+    world.submit(
+        "kh-water",
+        "report.submit",
+        {
+            "report_id": report_id,
+            "project_id": "KH004",
+            "period_start": period[0],
+            "period_end": period[1],
+            "reductions": quantity,
+            "document_sha256": sha(report_id),
+        },
+    )
+    world.submit(
+        "lrqa",
+        "report.verify",
+        {
+            "report_id": report_id,
+            "verified_reductions": quantity,
+            "statement_sha256": sha(report_id + "/statement"),
+        },
+    )
     tenth = quantity // 10
-    result = world.submit("kh-registry-admin", "credits.issue", {
-        "report_id": report_id, "vintage": int(period[0][:4]),
-        "allocations": [
-            {"account": "KH-WATER-1", "quantity": quantity - 2 * tenth},
-            {"account": "KH-GOV-1", "quantity": tenth},
-            {"account": "JP-GOV-1", "quantity": tenth},
-        ],
-    })
+    result = world.submit(
+        "kh-registry-admin",
+        "credits.issue",
+        {
+            "report_id": report_id,
+            "vintage": int(period[0][:4]),
+            "allocations": [
+                {"account": "KH-WATER-1", "quantity": quantity - 2 * tenth},
+                {"account": "KH-GOV-1", "quantity": tenth},
+                {"account": "JP-GOV-1", "quantity": tenth},
+            ],
+        },
+    )
     batch: str = result["result"]["batch"]
     return batch

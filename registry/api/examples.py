@@ -47,7 +47,7 @@ EXAMPLE_BODIES: dict[str, dict[str, Any]] = {
         "project_id": "KH005",
         "name": "Prey Lang Wildlife Sanctuary, Stung Treng (illustrative boundary)",
         "boundary": '{"type":"Polygon","coordinates":[[[105.8,13.6],[106.0,13.6],'
-        '[106.0,13.8],[105.8,13.8],[105.8,13.6]]]}',
+        "[106.0,13.8],[105.8,13.8],[105.8,13.6]]]}",
         "jurisdiction": "Stung Treng, KH",
         "reference_level": 250000,
         "leakage_rate_bp": 1000,

@@ -24,13 +24,14 @@ from registry.ledger.keys import PublicKey
 from registry.service import ledger as ledger_service
 from registry.service.ledger import b64
 from registry.store import ledger_repo
+from registry.store.tables import LedgerEntry
 
 router = APIRouter(prefix="/v1", tags=["ledger"], responses={422: {"model": ErrorResponse}})
 
 MAX_PAGE = 1000
 
 
-def _entry_public(row: ledger_repo.LedgerEntry) -> EntryPublic:
+def _entry_public(row: LedgerEntry) -> EntryPublic:
     return EntryPublic(
         seq=row.seq, kind=row.kind, leaf_hash=b64(row.leaf_hash), envelope=b64(row.envelope)
     )
@@ -46,9 +47,12 @@ def get_checkpoint(session: ReadSessionDep) -> str:
     return ledger_service.latest_checkpoint_note(session)
 
 
-@router.get("/checkpoints/{size}", response_class=PlainTextResponse,
-            summary="The checkpoint signed for one tree size",
-            responses={200: {"content": {"text/plain": {}}}, 404: {"model": ErrorResponse}})
+@router.get(
+    "/checkpoints/{size}",
+    response_class=PlainTextResponse,
+    summary="The checkpoint signed for one tree size",
+    responses={200: {"content": {"text/plain": {}}}, 404: {"model": ErrorResponse}},
+)
 def get_checkpoint_at(session: ReadSessionDep, size: int) -> str:
     row = ledger_repo.checkpoint_at(session, size)
     if row is None:
@@ -67,8 +71,12 @@ def list_entries(
     return EntriesPublic(data=[_entry_public(r) for r in rows], count=len(rows), tree_size=size)
 
 
-@router.get("/entries/{seq}", response_model=EntryPublic, summary="One ledger entry",
-            responses={404: {"model": ErrorResponse}})
+@router.get(
+    "/entries/{seq}",
+    response_model=EntryPublic,
+    summary="One ledger entry",
+    responses={404: {"model": ErrorResponse}},
+)
 def get_entry(session: ReadSessionDep, seq: int) -> EntryPublic:
     row = ledger_repo.entry_at(session, seq)
     if row is None:
@@ -76,8 +84,11 @@ def get_entry(session: ReadSessionDep, seq: int) -> EntryPublic:
     return _entry_public(row)
 
 
-@router.get("/proofs/inclusion", response_model=InclusionProofPublic,
-            summary="Inclusion proof of an entry in a tree size")
+@router.get(
+    "/proofs/inclusion",
+    response_model=InclusionProofPublic,
+    summary="Inclusion proof of an entry in a tree size",
+)
 def get_inclusion_proof(
     session: ReadSessionDep,
     index: Annotated[int, Query(ge=0)],
@@ -85,13 +96,19 @@ def get_inclusion_proof(
 ) -> InclusionProofPublic:
     p = ledger_service.inclusion_proof(session, index=index, tree_size=tree_size)
     return InclusionProofPublic(
-        index=p.index, tree_size=p.tree_size, leaf_hash=b64(p.leaf_hash), root=b64(p.root),
+        index=p.index,
+        tree_size=p.tree_size,
+        leaf_hash=b64(p.leaf_hash),
+        root=b64(p.root),
         proof=[b64(h) for h in p.proof],
     )
 
 
-@router.get("/proofs/consistency", response_model=ConsistencyProofPublic,
-            summary="Consistency proof between two tree sizes")
+@router.get(
+    "/proofs/consistency",
+    response_model=ConsistencyProofPublic,
+    summary="Consistency proof between two tree sizes",
+)
 def get_consistency_proof(
     session: ReadSessionDep,
     first: Annotated[int, Query(ge=1)],
@@ -99,8 +116,11 @@ def get_consistency_proof(
 ) -> ConsistencyProofPublic:
     p = ledger_service.consistency_proof(session, first=first, second=second)
     return ConsistencyProofPublic(
-        first=p.first, second=p.second, first_root=b64(p.first_root),
-        second_root=b64(p.second_root), proof=[b64(h) for h in p.proof],
+        first=p.first,
+        second=p.second,
+        first_root=b64(p.first_root),
+        second_root=b64(p.second_root),
+        proof=[b64(h) for h in p.proof],
     )
 
 

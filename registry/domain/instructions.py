@@ -278,11 +278,13 @@ def signed_model(kind: str) -> type[BaseModel]:
     from pydantic import create_model
 
     body = BODIES[kind]
+    kind_type: Any = Literal[kind]
+    signature_type: Any = Annotated[StrictStr, Field(description="base64 Ed25519 signature")]
     instruction = create_model(
         f"{body.__name__}Instruction",
         __base__=InstructionHead,
         __doc__=f"A {kind} instruction. {body.__doc__ or ''}".strip(),
-        type=(Literal[kind], ...),  # type: ignore[valid-type]
+        type=(kind_type, ...),
         body=(body, ...),
     )
     return create_model(
@@ -290,7 +292,7 @@ def signed_model(kind: str) -> type[BaseModel]:
         __config__=ConfigDict(extra="forbid", strict=True),
         __doc__=f"A signed {kind} instruction: Ed25519 over the canonical instruction bytes.",
         instruction=(instruction, ...),
-        signature=(Annotated[StrictStr, Field(description="base64 Ed25519 signature")], ...),
+        signature=(signature_type, ...),
     )
 
 

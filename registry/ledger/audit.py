@@ -111,14 +111,14 @@ def audit_log(
         prev_leaf = leaf
         tree.append(leaf)
         report.entries = tree.size
-        cp = pending.pop(tree.size, None)
-        if cp is not None and cp.root != tree.root():
+        reached = pending.pop(tree.size) if tree.size in pending else None
+        if reached is not None and reached.root != tree.root():
             report.fail(
                 CheckpointError(
-                    f"checkpoint for size {cp.size} has root {cp.root.hex()}, "
+                    f"checkpoint for size {reached.size} has root {reached.root.hex()}, "
                     f"the entries give {tree.root().hex()}"
                 ),
-                seq=cp.size,
+                seq=reached.size,
             )
     report.root = tree.root()
     for size in sorted(pending):
@@ -140,9 +140,7 @@ def verify_log(
     origin: str,
 ) -> LogReport:
     """Like :func:`audit_log`, but raise :class:`VerificationFailedError` listing them."""
-    report = audit_log(
-        envelopes, checkpoint_notes, keys=keys, verifier=verifier, origin=origin
-    )
+    report = audit_log(envelopes, checkpoint_notes, keys=keys, verifier=verifier, origin=origin)
     if report.failures:
         raise VerificationFailedError(
             f"{len(report.failures)} check(s) failed; first: {report.failures[0]}",

@@ -170,9 +170,7 @@ def b64(data: bytes) -> str:
 
 def audit_store(session: Session, registry: Registry) -> LogReport:
     """Check the stored ledger as an auditor would, pinning this registry's own key."""
-    keys = {
-        row.key_id: PublicKey(raw=row.public_key) for row in ledger_repo.registry_keys(session)
-    }
+    keys = {row.key_id: PublicKey(raw=row.public_key) for row in ledger_repo.registry_keys(session)}
     return audit_log(
         ledger_repo.iter_envelopes(session),
         ledger_repo.iter_checkpoint_notes(session),

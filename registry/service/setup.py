@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from datetime import datetime
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from registry.config import Settings
@@ -104,7 +104,9 @@ def initialise(
                 f"the registry at {engine.url.render_as_string()} is already initialised"
             )
     if settings.key_file.exists():
-        raise ConfigurationError(f"a key file already exists at {settings.key_file}; not replacing it")
+        raise ConfigurationError(
+            f"a key file already exists at {settings.key_file}; not replacing it"
+        )
     key = SigningKey.generate()
     write_key_file(settings.key_file, key, passphrase=None if insecure_dev_key else passphrase)
     registry = Registry(engine=engine, signer=key, origin=settings.origin, clock=clock)
@@ -114,14 +116,20 @@ def initialise(
             session, key_id=public.key_id, public_key=public.raw, valid_from_seq=0
         )
         session.add(
-            PartyRow(id=admin.party_id, name=admin.name, role="administrator",
-                     country=admin.country, created_seq=0)
+            PartyRow(
+                id=admin.party_id,
+                name=admin.name,
+                role="administrator",
+                country=admin.country,
+                created_seq=0,
+            )
         )
         session.flush()
         add_key(session, party_id=admin.party_id, key=admin.public_key, seq=0)
         for account_id, kind, name in SYSTEM_ACCOUNTS:
-            create_account(session, account_id=account_id, holder=admin.party_id, kind=kind,
-                           name=name, seq=0)
+            create_account(
+                session, account_id=account_id, holder=admin.party_id, kind=kind, name=name, seq=0
+            )
         append_entry(
             session,
             registry,

@@ -44,20 +44,36 @@ def add_block(
 ) -> None:
     session.add(
         BlockRow(
-            batch_id=batch_id, start=serials.start, end=serials.end,
-            account_id=account_id, status=status,
+            batch_id=batch_id,
+            start=serials.start,
+            end=serials.end,
+            account_id=account_id,
+            status=status,
         )
     )
 
 
 def record_event(
-    session: Session, *, seq: int, kind: str, batch_id: str, serials: SerialRange,
-    from_account: str | None, to_account: str, status: str,
+    session: Session,
+    *,
+    seq: int,
+    kind: str,
+    batch_id: str,
+    serials: SerialRange,
+    from_account: str | None,
+    to_account: str,
+    status: str,
 ) -> None:
     session.add(
         BlockEventRow(
-            seq=seq, kind=kind, batch_id=batch_id, start=serials.start, end=serials.end,
-            from_account=from_account, to_account=to_account, status=status,
+            seq=seq,
+            kind=kind,
+            batch_id=batch_id,
+            start=serials.start,
+            end=serials.end,
+            from_account=from_account,
+            to_account=to_account,
+            status=status,
         )
     )
 
@@ -100,11 +116,20 @@ def move_serials(
                 session.add(row)
             else:
                 add_block(
-                    session, batch_id=row.batch_id, serials=piece,
-                    account_id=account_id, status=piece_status,
+                    session,
+                    batch_id=row.batch_id,
+                    serials=piece,
+                    account_id=account_id,
+                    status=piece_status,
                 )
             if moves:
                 record_event(
-                    session, seq=seq, kind=kind, batch_id=row.batch_id, serials=piece,
-                    from_account=source_account, to_account=to_account, status=status,
+                    session,
+                    seq=seq,
+                    kind=kind,
+                    batch_id=row.batch_id,
+                    serials=piece,
+                    from_account=source_account,
+                    to_account=to_account,
+                    status=status,
                 )

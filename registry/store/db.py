@@ -37,7 +37,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     if parsed.get_backend_name() == "postgresql":
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
-    raise ValueError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
+    raise ValueError(
+        f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
+    )
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -64,11 +66,11 @@ def is_postgres(engine: Engine) -> bool:
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Session]:
     """One serialised read-write transaction: commits on success, rolls back on any exception."""
-    with Session(engine.execution_options(**{_WRITE: True}), expire_on_commit=False) as session:
-        with session.begin():
-            if is_postgres(engine):
-                session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LEDGER_LOCK_KEY})
-            yield session
+    writer = engine.execution_options(**{_WRITE: True})
+    with Session(writer, expire_on_commit=False) as session, session.begin():
+        if is_postgres(engine):
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LEDGER_LOCK_KEY})
+        yield session
 
 
 @contextmanager

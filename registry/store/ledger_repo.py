@@ -46,9 +46,7 @@ def last_entry(session: Session) -> LedgerEntry | None:
     return session.exec(select(LedgerEntry).order_by(col(LedgerEntry.seq).desc()).limit(1)).first()
 
 
-def add_entry(
-    session: Session, *, seq: int, kind: str, leaf_hash: bytes, envelope: bytes
-) -> None:
+def add_entry(session: Session, *, seq: int, kind: str, leaf_hash: bytes, envelope: bytes) -> None:
     session.add(LedgerEntry(seq=seq, kind=kind, leaf_hash=leaf_hash, envelope=envelope))
 
 
@@ -96,7 +94,9 @@ def registry_keys(session: Session) -> Sequence[RegistryKeyRow]:
     return session.exec(select(RegistryKeyRow).order_by(col(RegistryKeyRow.valid_from_seq))).all()
 
 
-def add_registry_key(session: Session, *, key_id: str, public_key: bytes, valid_from_seq: int) -> None:
+def add_registry_key(
+    session: Session, *, key_id: str, public_key: bytes, valid_from_seq: int
+) -> None:
     session.add(RegistryKeyRow(key_id=key_id, public_key=public_key, valid_from_seq=valid_from_seq))
 
 

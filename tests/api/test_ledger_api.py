@@ -63,7 +63,7 @@ def test_a_client_checks_entries_and_proofs_against_the_signed_checkpoint(
 
 def test_bad_requests_get_machine_readable_errors(server: LiveServer) -> None:
     http = server.client
-    cases = [
+    cases: list[tuple[str, dict[str, str | int], int, str]] = [
         ("/v1/proofs/inclusion", {"index": 5, "tree_size": 1}, 422, "invalid_request"),
         ("/v1/proofs/inclusion", {"index": 0, "tree_size": 99}, 422, "invalid_request"),
         ("/v1/proofs/inclusion", {"index": -1, "tree_size": 1}, 422, "invalid_request"),

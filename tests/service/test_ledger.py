@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from sqlalchemy import text
 
@@ -30,7 +32,9 @@ def test_genesis_names_the_registry_key(registry: Registry) -> None:
         row = ledger_repo.entry_at(s, 0)
         note = ledger_repo.latest_checkpoint(s)
     assert row is not None and note is not None
-    entry = open_entry(row.envelope, {registry.signer.public_key.key_id: registry.signer.public_key})
+    entry = open_entry(
+        row.envelope, {registry.signer.public_key.key_id: registry.signer.public_key}
+    )
     assert entry.kind == "registry.genesis" and entry.prev is None
     assert entry.payload["registry_key"]["key_id"] == registry.signer.public_key.key_id
     cp = open_checkpoint(note.note, origin=registry.origin, verifiers=[registry.note_verifier])
@@ -43,15 +47,17 @@ def test_entries_chain_and_every_checkpoint_is_consistent(registry: Registry) ->
         rows = ledger_repo.entries_between(s, 0, 100)
         notes = list(ledger_repo.iter_checkpoint_notes(s))
         assert [r.seq for r in rows] == list(range(13))
-        for before, after in zip(rows, rows[1:], strict=False):
-            entry = open_entry(after.envelope, {registry.signer.public_key.key_id: registry.signer.public_key})
+        for before, after in itertools.pairwise(rows):
+            entry = open_entry(
+                after.envelope, {registry.signer.public_key.key_id: registry.signer.public_key}
+            )
             assert entry.prev == before.leaf_hash.hex()
         checkpoints = [
             open_checkpoint(n, origin=registry.origin, verifiers=[registry.note_verifier])
             for n in notes
         ]
         assert [c.size for c in checkpoints] == list(range(1, 14))
-        for older, newer in zip(checkpoints, checkpoints[1:], strict=False):
+        for older, newer in itertools.pairwise(checkpoints):
             p = consistency_proof(s, first=older.size, second=newer.size)
             merkle.verify_consistency(older.size, newer.size, p.proof, older.root, newer.root)
         latest = checkpoints[-1]
@@ -143,9 +149,10 @@ def test_registry_refuses_to_sign_an_inconsistent_checkpoint(registry: Registry)
     drop_append_only_triggers(registry)
     with write_transaction(registry.engine) as s:
         s.execute(text("UPDATE checkpoint SET root = :r WHERE size = 4"), {"r": b"\x00" * 32})
-    with pytest.raises(CheckpointError, match="not consistent"), write_transaction(
-        registry.engine
-    ) as s:
+    with (
+        pytest.raises(CheckpointError, match="not consistent"),
+        write_transaction(registry.engine) as s,
+    ):
         append_entry(s, registry, kind="test.note", actor="registry", payload={})
     with read_session(registry.engine) as s:
         assert ledger_repo.tree_size(s) == 4

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import Connection
+from sqlmodel import SQLModel
 
 from registry.store import tables  # noqa: F401  (registers the tables on the metadata)
-from sqlmodel import SQLModel
 
 connection: Connection | None = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - the registry always passes its own connection

@@ -7,6 +7,8 @@ Create Date: 2026-11-25
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -16,11 +18,11 @@ branch_labels = None
 depends_on = None
 
 
-def _str(name: str, length: int, **kw: object) -> sa.Column:  # type: ignore[type-arg]
+def _str(name: str, length: int, **kw: Any) -> sa.Column[Any]:
     return sa.Column(name, sa.String(length), nullable=bool(kw.pop("nullable", False)), **kw)
 
 
-def _int(name: str, **kw: object) -> sa.Column:  # type: ignore[type-arg]
+def _int(name: str, **kw: Any) -> sa.Column[Any]:
     return sa.Column(name, sa.BigInteger, nullable=bool(kw.pop("nullable", False)), **kw)
 
 
