@@ -6,16 +6,23 @@ Errors become exit codes here and nowhere else: a :class:`RegistryError` prints
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from registry.api.paths import INSTRUCTION_PATHS
+from registry.client import ClientError, RegistryClient, sign_instruction
 from registry.config import Settings
-from registry.errors import RegistryError
+from registry.errors import ConfigurationError, InvalidRequestError, RegistryError
 from registry.ledger.keys import PublicKey, SigningKey
 from registry.service.setup import FirstAdministrator, initialise, passphrase_of, write_key_file
+from registry.store.db import read_session
+from registry.store.ledger_repo import tree_size
 
 app = typer.Typer(
     help="Cambodia–Japan JCM and REDD+ carbon credit registry.",
@@ -114,8 +121,6 @@ def keygen(
     ] = False,
 ) -> None:
     """Create an Ed25519 key pair for a party; prints the public key to register."""
-    import os
-
     passphrase = os.environ.get("REGISTRY_PARTY_KEY_PASSPHRASE")
     if passphrase is None and not unencrypted:
         raise RegistryError(
@@ -126,9 +131,137 @@ def keygen(
     typer.echo(key.public_key.to_b64())
 
 
+def _read_party_key(path: Path) -> SigningKey:
+    passphrase = os.environ.get("REGISTRY_PARTY_KEY_PASSPHRASE")
+    return SigningKey.from_pem(path.read_bytes(), passphrase.encode() if passphrase else None)
+
+
+def _read_json(path: str) -> Any:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidRequestError(f"{path} is not JSON: {e}") from e
+
+
+UrlOption = Annotated[str, typer.Option(envvar="REGISTRY_URL", help="The registry's base URL.")]
+ActorOption = Annotated[str, typer.Option(help="Your party id.")]
+KeyOption = Annotated[
+    Path, typer.Option(help="Your private key (PEM); REGISTRY_PARTY_KEY_PASSPHRASE decrypts it.")
+]
+
+
+@app.command()
+def sign(
+    kind: Annotated[str, typer.Argument(help=f"Instruction type: {', '.join(INSTRUCTION_PATHS)}.")],
+    body: Annotated[str, typer.Argument(help="The instruction body as a JSON file, or - .")],
+    actor: ActorOption,
+    key: KeyOption,
+    valid_for: Annotated[int, typer.Option(help="Seconds until the instruction expires.")] = 3600,
+) -> None:
+    """Sign an instruction with your key; prints the signed JSON to submit."""
+    if kind not in INSTRUCTION_PATHS:
+        raise InvalidRequestError(f"unknown instruction type {kind!r}")
+    signed = sign_instruction(
+        _read_party_key(key),
+        actor=actor,
+        type=kind,
+        body=_read_json(body),
+        valid_for=timedelta(seconds=valid_for),
+    )
+    typer.echo(json.dumps(signed, indent=2))
+
+
+@app.command()
+def submit(
+    signed: Annotated[str, typer.Argument(help="A signed instruction (JSON file, or - ).")],
+    url: UrlOption = "http://127.0.0.1:8000",
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Reuse the same key when retrying the same instruction.")
+    ] = None,
+) -> None:
+    """Submit a signed instruction; prints the ledger entry that records it."""
+    document = _read_json(signed)
+    client = RegistryClient.connect(url)
+    try:
+        kind = document["instruction"]["type"]
+        if kind not in INSTRUCTION_PATHS:
+            raise KeyError(kind)
+    except (KeyError, TypeError) as e:
+        raise InvalidRequestError("not a signed instruction (see `registry sign`)") from e
+    response = client.post_signed(document, idempotency_key=idempotency_key)
+    if response.status_code >= 400:
+        error = response.json().get("error", {})
+        raise RemoteError(error.get("code", "http_error"), error.get("message", response.text))
+    typer.echo(json.dumps(response.json(), indent=2))
+
+
+@app.command()
+def holdings(
+    account: Annotated[str, typer.Argument(help="Account id.")],
+    actor: ActorOption,
+    key: KeyOption,
+    url: UrlOption = "http://127.0.0.1:8000",
+) -> None:
+    """Show an account's credit blocks (a signed read: holder, administrators, auditors)."""
+    client = RegistryClient.connect(url, actor=actor, key=_read_party_key(key))
+    try:
+        data = client.get(f"/v1/accounts/{account}/holdings", signed=True, params={"limit": 500})
+    except ClientError as e:
+        raise RemoteError(e.code, e.message) from e
+    typer.echo(
+        f"{data['account']['id']} ({data['account']['kind']}, held by "
+        f"{data['account']['holder']}): {data['total_active']} active tCO2e"
+    )
+    for block in data["blocks"]["data"]:
+        typer.echo(f"  {block['block']:<40} {block['quantity']:>12}  {block['status']}")
+
+
+@app.command()
+def demo(
+    admin_id: Annotated[str, typer.Option(help="The first administrator's party id.")] = (
+        "kh-registry-admin"
+    ),
+    admin_key: Annotated[Path, typer.Option(help="The administrator's key.")] = Path(
+        "var/admin-key.pem"
+    ),
+    keys_dir: Annotated[Path, typer.Option(help="Where to write the demo parties' keys.")] = Path(
+        "var/demo-keys"
+    ),
+) -> None:
+    """Seed a freshly initialised registry with the Cambodia–Japan demo data set."""
+    from registry.demo import run_demo
+    from registry.service.setup import open_registry
+
+    settings = _settings()
+    registry = open_registry(settings)
+    with read_session(registry.engine) as session:
+        if tree_size(session) != 1:
+            raise ConfigurationError("the demo seeds a freshly initialised registry only")
+    run = run_demo(
+        registry,
+        admin_id=admin_id,
+        admin_key=SigningKey.from_pem(admin_key.read_bytes(), passphrase_of(settings)),
+        keys_dir=keys_dir,
+        log=typer.echo,
+    )
+    typer.echo(f"demo: {len(run.results)} entries; party keys (unencrypted) in {keys_dir}/")
+
+
+class RemoteError(RegistryError):
+    """The registry answered a request with an error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.remote_code = code
+
+
 def main() -> None:
     try:
         app()
+    except RemoteError as e:
+        typer.secho(f"error[{e.remote_code}]: {e.message}", fg="red", err=True)
+        sys.exit(1)
     except RegistryError as e:
         typer.secho(f"error[{e.code}]: {e.message}", fg="red", err=True)
         sys.exit(1)
