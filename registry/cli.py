@@ -20,7 +20,13 @@ from registry.client import ClientError, RegistryClient, sign_instruction
 from registry.config import Settings
 from registry.errors import ConfigurationError, InvalidRequestError, RegistryError
 from registry.ledger.keys import PublicKey, SigningKey
-from registry.service.setup import FirstAdministrator, initialise, passphrase_of, write_key_file
+from registry.service.setup import (
+    FirstAdministrator,
+    initialise,
+    passphrase_of,
+    preflight,
+    write_key_file,
+)
 from registry.store.db import read_session
 from registry.store.ledger_repo import tree_size
 
@@ -64,6 +70,7 @@ def init(
 ) -> None:
     """Create the database, the registry's Ed25519 key, the first administrator and genesis."""
     settings = _settings()
+    preflight(settings, insecure_dev_key=insecure_dev_key)
     if admin_public_key is not None:
         admin_key = PublicKey.from_b64(admin_public_key)
     else:

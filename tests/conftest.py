@@ -21,6 +21,7 @@ from registry.ledger.keys import SigningKey
 from registry.service.context import Registry
 from registry.service.setup import FirstAdministrator, initialise
 from tests.helpers import LiveServer, StepClock, start_server
+from tests.world import World, build_world
 
 POSTGRES_URL = os.environ.get("REGISTRY_TEST_POSTGRES_URL")
 ORIGIN = "test.carbon-registry.example/ledger"
@@ -79,3 +80,11 @@ def registry(settings: Settings, admin_key: SigningKey) -> Iterator[Registry]:
 def server(registry: Registry) -> Iterator[LiveServer]:
     with start_server(registry) as live:
         yield live
+
+
+@pytest.fixture
+def world(server: LiveServer, admin_key: SigningKey) -> Iterator[World]:
+    """A small Cambodia–Japan registry built over HTTP (see tests/world.py)."""
+    built = build_world(server.url, admin_key)
+    yield built
+    built.http.http.close()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from registry.config import Settings
 from registry.errors import ConfigurationError
 from registry.ledger.keys import PublicKey, SigningKey
@@ -37,7 +39,10 @@ def write_key_file(path: Path, key: SigningKey, *, passphrase: bytes | None) -> 
     """Write ``key`` as PEM, readable only by its owner; ``None`` writes it unencrypted."""
     pem = key.to_pem_unencrypted_unsafe() if passphrase is None else key.to_pem(passphrase)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as e:
+        raise ConfigurationError(f"{path} already exists; not replacing a key") from e
     with os.fdopen(fd, "wb") as out:
         out.write(pem)
 
@@ -60,6 +65,28 @@ def open_registry(
     return Registry(
         engine=engine, signer=load_signing_key(settings), origin=settings.origin, clock=clock
     )
+
+
+def preflight(settings: Settings, *, insecure_dev_key: bool) -> Engine:
+    """Refuse, before anything is written, to initialise a registry that cannot or must not be."""
+    passphrase = passphrase_of(settings)
+    if passphrase is None and not insecure_dev_key:
+        raise ConfigurationError(
+            "set REGISTRY_KEY_PASSPHRASE to encrypt the registry key "
+            "(or pass --insecure-dev-key for a local, throw-away registry)"
+        )
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    with read_session(engine) as session:
+        if ledger_repo.tree_size(session) > 0:
+            raise ConfigurationError(
+                f"the registry at {engine.url.render_as_string()} is already initialised"
+            )
+    if settings.key_file.exists():
+        raise ConfigurationError(
+            f"a key file already exists at {settings.key_file}; not replacing it"
+        )
+    return engine
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,23 +117,8 @@ def initialise(
     The genesis entry (seq 0) names the registry key, the first administrator with its key, and
     the retirement and cancellation accounts, so a replay of the ledger starts from nothing.
     """
+    engine = preflight(settings, insecure_dev_key=insecure_dev_key)
     passphrase = passphrase_of(settings)
-    if passphrase is None and not insecure_dev_key:
-        raise ConfigurationError(
-            "set REGISTRY_KEY_PASSPHRASE to encrypt the registry key "
-            "(or pass --insecure-dev-key for a local, throw-away registry)"
-        )
-    engine = make_engine(settings.database_url)
-    migrate(engine)
-    with read_session(engine) as session:
-        if ledger_repo.tree_size(session) > 0:
-            raise ConfigurationError(
-                f"the registry at {engine.url.render_as_string()} is already initialised"
-            )
-    if settings.key_file.exists():
-        raise ConfigurationError(
-            f"a key file already exists at {settings.key_file}; not replacing it"
-        )
     key = SigningKey.generate()
     write_key_file(settings.key_file, key, passphrase=None if insecure_dev_key else passphrase)
     registry = Registry(engine=engine, signer=key, origin=settings.origin, clock=clock)

@@ -1,0 +1,102 @@
+"""The `registry` command as an operator and a project developer use it (real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from registry.ledger.keys import SigningKey
+from tests.helpers import LiveServer
+from tests.world import World, issue_jcm
+
+REGISTRY = str(Path(sys.executable).with_name("registry"))
+
+
+def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    return subprocess.run(
+        [REGISTRY, *args],
+        cwd=cwd,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_init_refuses_an_unprotected_key_and_placeholder_passphrases(tmp_path: Path) -> None:
+    r = run(["init"], tmp_path)
+    assert r.returncode == 1
+    assert "error[configuration_error]" in r.stderr and "REGISTRY_KEY_PASSPHRASE" in r.stderr
+    assert not (tmp_path / "var" / "registry-key.pem").exists()
+    r = run(["init"], tmp_path, REGISTRY_KEY_PASSPHRASE="changeme")
+    assert r.returncode != 0 and "placeholder" in r.stderr
+    assert not (tmp_path / "var" / "registry-key.pem").exists()
+
+
+def test_init_encrypts_keys_and_refuses_to_run_twice(tmp_path: Path) -> None:
+    secret = "correct horse battery staple"
+    r = run(["init"], tmp_path, REGISTRY_KEY_PASSPHRASE=secret)
+    assert r.returncode == 0, r.stderr
+    assert "checkpoint verifier key: kh.carbon-registry.example/ledger+" in r.stdout
+    for name in ("registry-key.pem", "admin-key.pem"):
+        pem = (tmp_path / "var" / name).read_bytes()
+        assert b"ENCRYPTED PRIVATE KEY" in pem, name
+        assert oct((tmp_path / "var" / name).stat().st_mode & 0o777) == "0o600"
+        SigningKey.from_pem(pem, secret.encode())
+    r = run(["init"], tmp_path, REGISTRY_KEY_PASSPHRASE=secret)
+    assert r.returncode == 1 and "already initialised" in r.stderr
+    r = run(["demo"], tmp_path, REGISTRY_KEY_PASSPHRASE="wrong but not a placeholder")
+    assert r.returncode == 1 and "error[bad_key_file]" in r.stderr
+
+
+def test_a_developer_signs_submits_and_reads_holdings(
+    tmp_path: Path, server: LiveServer, world: World
+) -> None:
+    batch = issue_jcm(world)
+    key_file = tmp_path / "kh-water.pem"
+    key_file.write_bytes(world.keys["kh-water"].to_pem(b"water utility passphrase"))
+    env = {"REGISTRY_URL": server.url, "REGISTRY_PARTY_KEY_PASSPHRASE": "water utility passphrase"}
+    body = tmp_path / "transfer.json"
+    body.write_text(
+        json.dumps(
+            {"account": "KH-WATER-1", "batch": batch, "quantity": 25, "to_account": "JP-BUYER-1"}
+        )
+    )
+    signed = run(
+        ["sign", "credits.transfer", str(body), "--actor", "kh-water", "--key", str(key_file)],
+        tmp_path,
+        **env,
+    )
+    assert signed.returncode == 0, signed.stderr
+    (tmp_path / "signed.json").write_text(signed.stdout)
+    first = run(["submit", "signed.json", "--idempotency-key", "cli-1"], tmp_path, **env)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["result"]["quantity"] == 25
+    again = run(["submit", "signed.json", "--idempotency-key", "cli-1"], tmp_path, **env)
+    assert json.loads(again.stdout) == json.loads(first.stdout)
+    replay = run(["submit", "signed.json", "--idempotency-key", "cli-2"], tmp_path, **env)
+    assert replay.returncode == 1 and "error[nonce_reused]" in replay.stderr
+    shown = run(
+        ["holdings", "KH-WATER-1", "--actor", "kh-water", "--key", str(key_file)], tmp_path, **env
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "775 active tCO2e" in shown.stdout
+    assert f"{batch}-26-800" in shown.stdout
+    denied = run(
+        ["holdings", "KH-GOV-1", "--actor", "kh-water", "--key", str(key_file)], tmp_path, **env
+    )
+    assert denied.returncode == 1 and "error[forbidden]" in denied.stderr
+
+
+@pytest.mark.parametrize("bad", ["{not json", '{"instruction": 1}'])
+def test_submit_refuses_what_is_not_a_signed_instruction(tmp_path: Path, bad: str) -> None:
+    (tmp_path / "bad.json").write_text(bad)
+    r = run(["submit", "bad.json", "--url", "http://127.0.0.1:9"], tmp_path)
+    assert r.returncode == 1 and "error[invalid_request]" in r.stderr
