@@ -501,16 +501,34 @@ class CompactRange:
         """Number of leaves appended."""
         return self._size
 
-    def append(self, leaf: bytes) -> None:
-        """Append a leaf *hash* (``leaf_hash(data)``)."""
-        current = leaf
+    @classmethod
+    def from_frontier(cls, size: int, hashes: Sequence[bytes]) -> CompactRange:
+        """Resume a tree of ``size`` leaves from the hashes of ``range_nodes(0, size)``.
+
+        This is how the store appends without reading more than O(log n) rows.
+        """
+        expected = len(range_nodes(0, size)) if size else 0
+        if len(hashes) != expected:
+            raise LedgerError(f"a frontier of size {size} has {expected} hashes, got {len(hashes)}")
+        compact = cls()
+        compact._size = size
+        compact._frontier = list(hashes)
+        return compact
+
+    def append(self, leaf: bytes) -> dict[NodeKey, bytes]:
+        """Append a leaf *hash* (``leaf_hash(data)``); returns the subtrees it completes."""
         index = self._size
+        current = leaf
+        completed: dict[NodeKey, bytes] = {(0, index): leaf}
+        level = 0
         # Each trailing one bit of the index is a left sibling that this leaf now completes.
-        while index & 1:
+        while (index >> level) & 1:
             current = node_hash(self._frontier.pop(), current)
-            index >>= 1
+            level += 1
+            completed[(level, index >> level)] = current
         self._frontier.append(current)
         self._size += 1
+        return completed
 
     def root(self) -> bytes:
         """Root hash of all leaves appended so far."""

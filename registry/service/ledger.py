@@ -44,7 +44,11 @@ def append_entry(
     payload: dict[str, Any],
     now: datetime | None = None,
 ) -> Appended:
-    """Sign ``payload`` as the next entry, add it to the tree and publish a checkpoint."""
+    """Sign ``payload`` as the next entry, add it to the tree and publish a checkpoint.
+
+    Reads two things (the last entry, the tree's right frontier: O(log n) rows) and writes the
+    entry, the subtrees it completes and the new checkpoint.
+    """
     last = ledger_repo.last_entry(session)
     seq = 0 if last is None else last.seq + 1
     entry = Entry(
@@ -58,38 +62,57 @@ def append_entry(
     )
     envelope = seal_entry(entry, registry.signer)
     leaf = merkle.leaf_hash(envelope)
+    frontier_keys = merkle.range_nodes(0, seq) if seq else []
+    frontier = SessionNodeReader(session).get_nodes(frontier_keys)
+    tree = merkle.CompactRange.from_frontier(seq, [frontier[k] for k in frontier_keys])
+    previous_root = tree.root()
+    completed = tree.append(leaf)
     ledger_repo.add_entry(session, seq=seq, kind=kind, leaf_hash=leaf, envelope=envelope)
-    reader = SessionNodeReader(session)
-    siblings = reader.get_nodes(merkle.left_siblings_for_append(seq))
-    ledger_repo.add_nodes(session, merkle.nodes_completed_by_append(seq, leaf, siblings))
-    session.flush()
-    publish_checkpoint(session, registry, size=seq + 1)
+    ledger_repo.add_nodes(session, completed)
+    _publish(session, registry, size=seq + 1, root=tree.root(), previous=(seq, previous_root))
     return Appended(entry=entry, envelope=envelope, leaf_hash=leaf)
 
 
-def publish_checkpoint(session: Session, registry: Registry, *, size: int) -> str:
-    """Sign a checkpoint for ``size``, refusing one that is inconsistent with the last signed."""
-    reader = SessionNodeReader(session)
-    new_root = merkle.root(size, reader)
+def _publish(
+    session: Session,
+    registry: Registry,
+    *,
+    size: int,
+    root: bytes,
+    previous: tuple[int, bytes],
+) -> str:
+    """Sign a checkpoint for ``size``, refusing one inconsistent with the last one signed.
+
+    ``previous`` is the tree this one extends by appending (its size and root, rebuilt from the
+    stored frontier): when the last checkpoint signed that size, equal roots prove consistency
+    without a proof. Otherwise (a checkpoint was skipped) the consistency proof is checked.
+    """
     last = ledger_repo.latest_checkpoint(session)
     if last is not None:
         if last.size >= size:
             raise CheckpointError(
                 f"refusing to sign size {size}: a checkpoint for size {last.size} exists"
             )
-        proof = merkle.consistency_proof(last.size, size, reader)
-        try:
-            merkle.verify_consistency(last.size, size, proof, last.root, new_root)
-        except ProofError as e:
+        if last.size == previous[0]:
+            consistent = last.root == previous[1]
+        else:
+            reader = SessionNodeReader(session)
+            proof = merkle.consistency_proof(last.size, size - 1, reader)
+            try:
+                merkle.verify_consistency(last.size, size - 1, proof, last.root, previous[1])
+                consistent = True
+            except ProofError:
+                consistent = False
+        if not consistent:
             raise CheckpointError(
                 f"refusing to sign size {size}: not consistent with checkpoint {last.size}"
-            ) from e
+            )
     note = sign_checkpoint(
-        Checkpoint(origin=registry.origin, size=size, root=new_root),
+        Checkpoint(origin=registry.origin, size=size, root=root),
         name=registry.origin,
         key=registry.signer,
     )
-    ledger_repo.add_checkpoint(session, size=size, root=new_root, note=note)
+    ledger_repo.add_checkpoint(session, size=size, root=root, note=note)
     return note
 
 

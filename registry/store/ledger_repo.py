@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 
-from sqlalchemy import func, tuple_
+from sqlalchemy import func, insert, tuple_
 from sqlmodel import Session, col, select
 
 from registry.errors import LedgerError
@@ -46,12 +46,22 @@ def last_entry(session: Session) -> LedgerEntry | None:
     return session.exec(select(LedgerEntry).order_by(col(LedgerEntry.seq).desc()).limit(1)).first()
 
 
+# Appends use Core inserts: they run on every request, and these rows are never read back
+# as objects in the same transaction.
+
+
 def add_entry(session: Session, *, seq: int, kind: str, leaf_hash: bytes, envelope: bytes) -> None:
-    session.add(LedgerEntry(seq=seq, kind=kind, leaf_hash=leaf_hash, envelope=envelope))
+    session.execute(
+        insert(LedgerEntry),
+        [{"seq": seq, "kind": kind, "leaf_hash": leaf_hash, "envelope": envelope}],
+    )
 
 
 def add_nodes(session: Session, nodes: Mapping[NodeKey, bytes]) -> None:
-    session.add_all(TreeNode(level=level, idx=idx, hash=h) for (level, idx), h in nodes.items())
+    session.execute(
+        insert(TreeNode),
+        [{"level": level, "idx": idx, "hash": h} for (level, idx), h in nodes.items()],
+    )
 
 
 def entries_between(session: Session, start: int, end: int) -> Sequence[LedgerEntry]:
@@ -87,7 +97,7 @@ def checkpoints_between(session: Session, start: int, limit: int) -> Sequence[Ch
 
 
 def add_checkpoint(session: Session, *, size: int, root: bytes, note: str) -> None:
-    session.add(CheckpointRow(size=size, root=root, note=note))
+    session.execute(insert(CheckpointRow), [{"size": size, "root": root, "note": note}])
 
 
 def registry_keys(session: Session) -> Sequence[RegistryKeyRow]:
