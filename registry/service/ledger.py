@@ -43,14 +43,15 @@ def append_entry(
     actor: str,
     payload: dict[str, Any],
     now: datetime | None = None,
+    head: tuple[int, bytes | None] | None = None,
 ) -> Appended:
     """Sign ``payload`` as the next entry, add it to the tree and publish a checkpoint.
 
-    Reads two things (the last entry, the tree's right frontier: O(log n) rows) and writes the
-    entry, the subtrees it completes and the new checkpoint.
+    Reads the head (``ledger_repo.head``, unless the caller read it in this transaction) and
+    the tree's right frontier (O(log n) rows); writes the entry, the subtrees it completes and
+    the new checkpoint.
     """
-    last = ledger_repo.last_entry(session)
-    seq = 0 if last is None else last.seq + 1
+    seq, last_leaf = head if head is not None else ledger_repo.head(session)
     entry = Entry(
         v=1,
         seq=seq,
@@ -58,7 +59,7 @@ def append_entry(
         kind=kind,
         actor=actor,
         payload=payload,
-        prev=None if last is None else last.leaf_hash.hex(),
+        prev=None if last_leaf is None else last_leaf.hex(),
     )
     envelope = seal_entry(entry, registry.signer)
     leaf = merkle.leaf_hash(envelope)

@@ -82,12 +82,13 @@ def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_k
                     details={"idempotency_key": idempotency_key, "seq": prior.seq},
                 )
             return Outcome(prior.status_code, json.loads(prior.response), replayed=True)
-        seq = ledger_repo.tree_size(session)
+        head = ledger_repo.head(session)
+        seq = head[0]
         now = registry.clock()
         acting = authenticate(session, raw, expected_type=expected_type, seq=seq, now=now)
         effects = HANDLERS[expected_type](session, acting)
         appended = append_entry(
-            session, registry, kind=expected_type, actor=acting.party.id, now=now,
+            session, registry, kind=expected_type, actor=acting.party.id, now=now, head=head,
             payload={**acting.signed, "effects": effects},
         )
         body = {

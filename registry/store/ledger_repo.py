@@ -42,6 +42,16 @@ def tree_size(session: Session) -> int:
     return 0 if last is None else int(last) + 1
 
 
+def head(session: Session) -> tuple[int, bytes | None]:
+    """The ledger's size and its last leaf hash (``None`` when empty), in one indexed read."""
+    row = session.exec(
+        select(LedgerEntry.seq, LedgerEntry.leaf_hash)
+        .order_by(col(LedgerEntry.seq).desc())
+        .limit(1)
+    ).first()
+    return (0, None) if row is None else (row[0] + 1, row[1])
+
+
 def last_entry(session: Session) -> LedgerEntry | None:
     return session.exec(select(LedgerEntry).order_by(col(LedgerEntry.seq).desc()).limit(1)).first()
 
