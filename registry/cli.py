@@ -255,6 +255,55 @@ def demo(
     typer.echo(f"demo: {len(run.results)} entries; party keys (unencrypted) in {keys_dir}/")
 
 
+proof_app = typer.Typer(help="Proofs anyone can check offline.", no_args_is_help=True)
+app.add_typer(proof_app, name="proof")
+
+
+@proof_app.command("retirement")
+def proof_retirement(
+    retirement_id: Annotated[str, typer.Argument(help="e.g. RET-36")],
+    url: UrlOption = "http://127.0.0.1:8000",
+    out: Annotated[Path | None, typer.Option("-o", help="Write the receipt here.")] = None,
+) -> None:
+    """Fetch a retirement receipt: the entry, its inclusion proof and the signed checkpoint."""
+    client = RegistryClient.connect(url)
+    try:
+        receipt = client.get(f"/v1/retirements/{retirement_id}/receipt")
+    except ClientError as e:
+        raise RemoteError(e.code, e.message) from e
+    text = json.dumps(receipt, indent=2)
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text + "\n")
+        typer.echo(f"receipt for {retirement_id} written to {out}")
+
+
+@app.command("verify-receipt")
+def verify_receipt_cmd(
+    receipt: Annotated[Path, typer.Argument(help="A receipt from `registry proof retirement`.")],
+    registry_key: Annotated[
+        str, typer.Option(help="The registry's checkpoint verifier key (name+id+key), pinned.")
+    ],
+) -> None:
+    """Check a retirement receipt offline against the registry's pinned key."""
+    from pydantic import ValidationError
+
+    from registry.ledger.checkpoint import NoteVerifier
+    from registry.ledger.receipt import RetirementReceipt, verify_receipt
+
+    try:
+        parsed = RetirementReceipt.model_validate(_read_json(str(receipt)))
+    except ValidationError as e:
+        raise InvalidRequestError(f"{receipt} is not a retirement receipt: {e}") from e
+    checked = verify_receipt(parsed, verifier=NoteVerifier.parse(registry_key))
+    typer.echo(
+        f"OK: retirement {checked.retirement_id} of {checked.quantity} tCO2e by {checked.holder} "
+        f"is entry {checked.entry.seq}, included in the tree of {checked.checkpoint.size} entries "
+        f"signed by {registry_key.split('+')[0]}; the holder's signature verifies"
+    )
+
+
 class RemoteError(RegistryError):
     """The registry answered a request with an error."""
 

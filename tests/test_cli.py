@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from registry.ledger.checkpoint import NoteVerifier
 from registry.ledger.keys import SigningKey
 from tests.helpers import LiveServer
 from tests.world import World, issue_jcm
@@ -100,3 +101,36 @@ def test_submit_refuses_what_is_not_a_signed_instruction(tmp_path: Path, bad: st
     (tmp_path / "bad.json").write_text(bad)
     r = run(["submit", "bad.json", "--url", "http://127.0.0.1:9"], tmp_path)
     assert r.returncode == 1 and "error[invalid_request]" in r.stderr
+
+
+def test_a_beneficiary_fetches_and_checks_a_receipt(
+    tmp_path: Path, server: LiveServer, world: World
+) -> None:
+    batch = issue_jcm(world)
+    retired = world.submit(
+        "kh-water",
+        "credits.retire",
+        {
+            "account": "KH-WATER-1",
+            "batch": batch,
+            "quantity": 5,
+            "beneficiary": "Example Co.",
+            "purpose": "ndc",
+            "jurisdiction": "KH",
+            "reason": "test",
+        },
+    )
+    retirement_id = retired["result"]["retirement_id"]
+    verifier = world.http.get("/v1/keys")["data"][0]["note_verifier"]
+    r = run(
+        ["proof", "retirement", retirement_id, "--url", server.url, "-o", "receipt.json"], tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    ok = run(["verify-receipt", "receipt.json", "--registry-key", verifier], tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert f"OK: retirement {retirement_id} of 5 tCO2e by kh-water" in ok.stdout
+    other = NoteVerifier(name=verifier.split("+")[0], key=SigningKey.generate().public_key)
+    bad = run(
+        ["verify-receipt", "receipt.json", "--registry-key", other.verifier_string()], tmp_path
+    )
+    assert bad.returncode == 1 and "error[bad_checkpoint]" in bad.stderr

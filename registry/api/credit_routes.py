@@ -25,15 +25,21 @@ from registry.api.paths import (
 )
 from registry.domain.instructions import BODIES, read_auth_message, signed_model
 from registry.errors import AuthenticationError
+from registry.ledger.canonical import MAX_SAFE_INTEGER
+from registry.ledger.receipt import RetirementReceipt
 from registry.service import views
 from registry.service.instructions import authenticate_read
+from registry.service.receipts import retirement_receipt
 from registry.service.submit import submit
 
-router = APIRouter(prefix="", tags=["credits"])
+# Every route's 422 is our ErrorResponse (the one handler), not FastAPI's HTTPValidationError.
+router = APIRouter(prefix="", tags=["credits"], responses={422: {"model": ErrorResponse}})
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422)
 }
+#: A body that is not even text (not UTF-8) is a 400 from FastAPI, before any validation.
+SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 400: {"model": ErrorResponse}}
 
 
 def _instruction_endpoint(kind: str) -> Callable[..., Coroutine[Any, Any, JSONResponse]]:
@@ -65,12 +71,13 @@ for _kind, _path in INSTRUCTION_PATHS.items():
         _instruction_endpoint(_kind),
         methods=["POST"],
         response_model=SubmissionPublic,
-        responses=ERRORS,
+        responses=SUBMIT_ERRORS,
         summary=f"Submit a signed {_kind} instruction",
         description=(BODIES[_kind].__doc__ or "").strip(),
     )
 
-Offset = Annotated[int, Query(ge=0)]
+# Bounded so that no offset overflows the database's 64-bit integers (a 500, not a 422).
+Offset = Annotated[int, Query(ge=0, le=MAX_SAFE_INTEGER)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
 
@@ -79,8 +86,9 @@ def list_parties(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100
     return views.parties(session, offset, limit)
 
 
-@router.get("/v1/parties/{party_id}", response_model=views.PartyPublic, tags=["reads"],
-            responses=ERRORS)
+@router.get(
+    "/v1/parties/{party_id}", response_model=views.PartyPublic, tags=["reads"], responses=ERRORS
+)
 def get_party(session: ReadSessionDep, party_id: str) -> Any:
     return views.party(session, party_id)
 
@@ -95,32 +103,41 @@ def list_projects(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 10
     return views.projects(session, offset, limit)
 
 
-@router.get("/v1/projects/{project_id}", response_model=views.ProjectPublic, tags=["reads"],
-            responses=ERRORS)
+@router.get(
+    "/v1/projects/{project_id}",
+    response_model=views.ProjectPublic,
+    tags=["reads"],
+    responses=ERRORS,
+)
 def get_project(session: ReadSessionDep, project_id: str) -> Any:
     return views.project(session, project_id)
 
 
-@router.get("/v1/forest-units", response_model=views.Page[views.ForestUnitPublic],
-            tags=["reads"])
+@router.get("/v1/forest-units", response_model=views.Page[views.ForestUnitPublic], tags=["reads"])
 def list_forest_units(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100) -> Any:
     return views.forest_units(session, offset, limit)
 
 
-@router.get("/v1/forest-units/{unit_id}", response_model=views.ForestUnitPublic, tags=["reads"],
-            responses=ERRORS)
+@router.get(
+    "/v1/forest-units/{unit_id}",
+    response_model=views.ForestUnitPublic,
+    tags=["reads"],
+    responses=ERRORS,
+)
 def get_forest_unit(session: ReadSessionDep, unit_id: str) -> Any:
     return views.forest_unit(session, unit_id)
 
 
 @router.get("/v1/reports", response_model=views.Page[views.ReportPublic], tags=["reads"])
-def list_reports(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100,
-                 project_id: str | None = None) -> Any:
+def list_reports(
+    session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100, project_id: str | None = None
+) -> Any:
     return views.reports(session, offset, limit, project_id)
 
 
-@router.get("/v1/reports/{report_id}", response_model=views.ReportPublic, tags=["reads"],
-            responses=ERRORS)
+@router.get(
+    "/v1/reports/{report_id}", response_model=views.ReportPublic, tags=["reads"], responses=ERRORS
+)
 def get_report(session: ReadSessionDep, report_id: str) -> Any:
     return views.report(session, report_id)
 
@@ -130,14 +147,20 @@ def list_batches(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100
     return views.batches(session, offset, limit)
 
 
-@router.get("/v1/batches/{batch_id}", response_model=views.BatchPublic, tags=["reads"],
-            responses=ERRORS)
+@router.get(
+    "/v1/batches/{batch_id}", response_model=views.BatchPublic, tags=["reads"], responses=ERRORS
+)
 def get_batch(session: ReadSessionDep, batch_id: str) -> Any:
     return views.batch(session, batch_id)
 
 
-@router.get("/v1/serials/{serial}", response_model=views.SerialStoryPublic, tags=["reads"],
-            responses=ERRORS, summary="Where one credit is now and every entry that moved it")
+@router.get(
+    "/v1/serials/{serial}",
+    response_model=views.SerialStoryPublic,
+    tags=["reads"],
+    responses=ERRORS,
+    summary="Where one credit is now and every entry that moved it",
+)
 def get_serial(session: ReadSessionDep, serial: str) -> Any:
     return views.serial_story(session, serial)
 
@@ -147,10 +170,25 @@ def list_retirements(session: ReadSessionDep, offset: Offset = 0, limit: Limit =
     return views.retirements(session, offset, limit)
 
 
-@router.get("/v1/retirements/{retirement_id}", response_model=views.RetirementPublic,
-            tags=["reads"], responses=ERRORS)
+@router.get(
+    "/v1/retirements/{retirement_id}",
+    response_model=views.RetirementPublic,
+    tags=["reads"],
+    responses=ERRORS,
+)
 def get_retirement(session: ReadSessionDep, retirement_id: str) -> Any:
     return views.retirement(session, retirement_id)
+
+
+@router.get(
+    "/v1/retirements/{retirement_id}/receipt",
+    response_model=RetirementReceipt,
+    tags=["reads"],
+    responses=ERRORS,
+    summary="A receipt proving the retirement is in the signed ledger",
+)
+def get_retirement_receipt(session: ReadSessionDep, retirement_id: str) -> Any:
+    return retirement_receipt(session, retirement_id)
 
 
 @router.get("/v1/reversals", response_model=views.Page[views.ReversalPublic], tags=["reads"])
@@ -159,7 +197,9 @@ def list_reversals(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 1
 
 
 @router.get(
-    "/v1/accounts/{account_id}/holdings", response_model=views.HoldingsPublic, tags=["reads"],
+    "/v1/accounts/{account_id}/holdings",
+    response_model=views.HoldingsPublic,
+    tags=["reads"],
     responses=ERRORS,
     summary="An account's credit blocks (signed read: holder, administrators, auditors)",
 )
@@ -183,8 +223,12 @@ def get_holdings(
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     message = read_auth_message(method="GET", path=path, actor=actor, date=date)
     reader = authenticate_read(
-        session, actor=actor, key_id=key_id, date=date, signature=signature, message=message,
+        session,
+        actor=actor,
+        key_id=key_id,
+        date=date,
+        signature=signature,
+        message=message,
         now=registry.clock(),
     )
-    return views.holdings(session, account_id=account_id, reader=reader, offset=offset,
-                          limit=limit)
+    return views.holdings(session, account_id=account_id, reader=reader, offset=offset, limit=limit)

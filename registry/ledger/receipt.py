@@ -1,0 +1,131 @@
+"""Retirement receipts: what a beneficiary keeps to prove, offline, that a retirement happened.
+
+A receipt holds the retirement's ledger entry, an inclusion proof of it in a tree size, and the
+checkpoint the registry signed for that size; and, to show the holder (not only the registry)
+asked for it, the entry that registered the holder's key, with its own inclusion proof. Checking
+it needs only the registry's checkpoint verifier key, obtained out of band.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry.errors import MalformedError, ProofError
+from registry.ledger.canonical import canonical_bytes
+from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
+from registry.ledger.entry import Entry, open_entry
+from registry.ledger.keys import PublicKey, b64decode_strict
+from registry.ledger.merkle import leaf_hash, verify_inclusion
+
+RECEIPT_FORMAT = "kh-carbon-registry-receipt"
+KEY_ENTRY_KINDS = ("registry.genesis", "party.register", "party.key_add")
+
+
+class IncludedEntry(BaseModel):
+    """An entry's exact envelope bytes and its RFC 9162 inclusion proof in ``tree_size``."""
+
+    model_config = ConfigDict(extra="forbid")
+    seq: int = Field(ge=0)
+    envelope: str = Field(description="standard base64 of the DSSE envelope bytes")
+    tree_size: int = Field(ge=1)
+    proof: list[str] = Field(description="inclusion proof hashes, standard base64")
+
+
+class RetirementReceipt(BaseModel):
+    """Proof that a retirement is in the ledger, checkable with the registry key alone."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: str = Field(default=RECEIPT_FORMAT, json_schema_extra={"const": RECEIPT_FORMAT})
+    version: int = 1
+    retirement_id: str
+    checkpoint: str = Field(description="the C2SP signed note for `tree_size`")
+    retirement: IncludedEntry
+    holder_key: IncludedEntry = Field(description="the entry that registered the signing key")
+
+
+@dataclass(frozen=True)
+class CheckedReceipt:
+    """What a valid receipt proves."""
+
+    retirement_id: str
+    entry: Entry
+    checkpoint: Checkpoint
+    holder: str
+    quantity: int
+    blocks: list[dict[str, Any]]
+
+
+def _included(item: IncludedEntry, cp: Checkpoint, keys: dict[str, PublicKey], what: str) -> Entry:
+    envelope = b64decode_strict(item.envelope, what=f"{what} envelope")
+    entry = open_entry(envelope, keys)
+    if entry.seq != item.seq:
+        raise MalformedError(
+            f"{what}: the envelope holds seq {entry.seq}, the receipt says {item.seq}"
+        )
+    if item.tree_size != cp.size:
+        raise ProofError(
+            f"{what}: proof is for size {item.tree_size}, the checkpoint signs {cp.size}"
+        )
+    proof = [b64decode_strict(h, what=f"{what} proof hash") for h in item.proof]
+    try:
+        verify_inclusion(leaf_hash(envelope), item.seq, item.tree_size, proof, cp.root)
+    except ProofError as e:
+        raise ProofError(f"{what}: not included in the signed tree of size {cp.size}: {e}") from e
+    return entry
+
+
+def _registered_key(entry: Entry, party: str, key_id: str) -> PublicKey:
+    """The public key ``entry`` registered for ``party`` with ``key_id``, or raise."""
+    payload = entry.payload
+    candidates: list[tuple[str, str]] = []
+    if entry.kind == "registry.genesis":
+        admin = payload.get("administrator", {})
+        candidates.append((admin.get("party_id"), admin.get("public_key")))
+    elif entry.kind == "party.register":
+        body = payload["instruction"]["body"]
+        candidates += [(body["party_id"], k) for k in body["public_keys"]]
+    elif entry.kind == "party.key_add":
+        body = payload["instruction"]["body"]
+        candidates.append((body["party_id"], body["public_key"]))
+    for owner, text in candidates:
+        if owner == party and isinstance(text, str):
+            key = PublicKey(raw=base64.b64decode(text))
+            if key.key_id == key_id:
+                return key
+    raise MalformedError(f"entry {entry.seq} ({entry.kind}) registers no key {key_id} for {party}")
+
+
+def verify_receipt(receipt: RetirementReceipt, *, verifier: NoteVerifier) -> CheckedReceipt:
+    """Check every part of a receipt against the pinned registry key; raise on any failure."""
+    if receipt.format != RECEIPT_FORMAT or receipt.version != 1:
+        raise MalformedError(f"not a version 1 {RECEIPT_FORMAT}")
+    cp = open_checkpoint(receipt.checkpoint, origin=verifier.name, verifiers=[verifier])
+    keys = {verifier.key.key_id: verifier.key}
+    entry = _included(receipt.retirement, cp, keys, "retirement entry")
+    effects = entry.payload.get("effects", {})
+    if entry.kind != "credits.retire" or effects.get("retirement_id") != receipt.retirement_id:
+        raise MalformedError(
+            f"entry {entry.seq} is {entry.kind} {effects.get('retirement_id')!r}, "
+            f"not retirement {receipt.retirement_id}"
+        )
+    instruction = entry.payload["instruction"]
+    key_entry = _included(receipt.holder_key, cp, keys, "key registration entry")
+    if key_entry.kind not in KEY_ENTRY_KINDS or key_entry.seq >= entry.seq:
+        raise MalformedError(f"entry {key_entry.seq} cannot have registered the holder's key")
+    holder_key = _registered_key(key_entry, instruction["actor"], instruction["key_id"])
+    holder_key.verify(
+        b64decode_strict(entry.payload["signature"], what="holder signature"),
+        canonical_bytes(instruction),
+    )
+    return CheckedReceipt(
+        retirement_id=receipt.retirement_id,
+        entry=entry,
+        checkpoint=cp,
+        holder=instruction["actor"],
+        quantity=int(effects["quantity"]),
+        blocks=list(effects["blocks"]),
+    )
