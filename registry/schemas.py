@@ -15,6 +15,7 @@ from registry.api import models as api_models
 from registry.domain.instructions import BODIES, signed_model
 from registry.ledger.dsse import PAYLOAD_TYPE
 from registry.ledger.entry import Entry
+from registry.ledger.receipt import RetirementReceipt
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 BASE_ID = "https://kh.carbon-registry.example/schemas/"
@@ -57,6 +58,7 @@ def all_schemas() -> dict[str, dict[str, Any]]:
         "registry-keys": api_models.RegistryKeysPublic,
         "submission-response": api_models.SubmissionPublic,
         "error": api_models.ErrorResponse,
+        "retirement-receipt": RetirementReceipt,
     }
     for kind in BODIES:
         models[f"instruction-{kind.replace('.', '-').replace('_', '-')}"] = signed_model(kind)

@@ -64,7 +64,7 @@ def test_receipt_verifies_offline_and_survives_later_growth(
 
 
 def _tampered(receipt: dict[str, Any], how: str, registry: Registry) -> dict[str, Any]:
-    r = json.loads(json.dumps(receipt))
+    r: dict[str, Any] = json.loads(json.dumps(receipt))
     if how == "envelope byte":
         raw = bytearray(base64.b64decode(r["retirement"]["envelope"]))
         raw[len(raw) // 2] ^= 1
