@@ -304,6 +304,48 @@ def verify_receipt_cmd(
     )
 
 
+@app.command()
+def audit(
+    url: UrlOption = "http://127.0.0.1:8000",
+    registry_key: Annotated[
+        str, typer.Option(help="The registry's checkpoint verifier key (name+id+key), pinned.")
+    ] = "",
+    state: Annotated[Path, typer.Option(help="Where the monitor remembers what it saw.")] = Path(
+        "registry-monitor.json"
+    ),
+    watch: Annotated[
+        float, typer.Option(help="Seconds between rounds; 0 checks once and exits.")
+    ] = 0,
+    rounds: Annotated[int, typer.Option(min=1, help="With --watch: stop after this many.")] = (
+        1_000_000
+    ),
+) -> None:
+    """Monitor a running registry: alarm (exit 2) on any rollback, fork or rewrite."""
+    import time
+
+    from registry.ledger.checkpoint import NoteVerifier
+    from registry.monitor import MonitorAlarm, MonitorState, check_round
+
+    if not registry_key:
+        raise InvalidRequestError("--registry-key is required: pin the key you got out of band")
+    verifier = NoteVerifier.parse(registry_key)
+    http = RegistryClient.connect(url).http
+    for n in range(rounds):
+        try:
+            new_state, done = check_round(http, verifier, MonitorState.load(state))
+        except MonitorAlarm as e:
+            typer.secho(f"ALARM: {e.message}", fg="red", bold=True, err=True)
+            raise typer.Exit(2) from e
+        new_state.save(state)
+        typer.echo(
+            f"ok: {done.size} entries, {done.new_entries} new since {done.previous_size}, "
+            "all consistent with what was seen before"
+        )
+        if not watch or n == rounds - 1:
+            break
+        time.sleep(watch)
+
+
 class RemoteError(RegistryError):
     """The registry answered a request with an error."""
 

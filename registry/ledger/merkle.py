@@ -501,6 +501,11 @@ class CompactRange:
         """Number of leaves appended."""
         return self._size
 
+    @property
+    def frontier(self) -> list[bytes]:
+        """The hashes of ``range_nodes(0, size)``: what ``from_frontier`` resumes from."""
+        return list(self._frontier)
+
     @classmethod
     def from_frontier(cls, size: int, hashes: Sequence[bytes]) -> CompactRange:
         """Resume a tree of ``size`` leaves from the hashes of ``range_nodes(0, size)``.

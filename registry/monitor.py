@@ -1,0 +1,136 @@
+"""`registry audit --url`: watch a running registry and shout if it rewrites its history.
+
+The monitor keeps a small state file: the last checkpoint it accepted and the tree's right
+frontier (O(log n) hashes). Each round it fetches the newest checkpoint, checks the pinned
+signature, proves it consistent with the last one, fetches the new entries, checks their
+signatures and chain, and rebuilds the new root from the frontier. Anything else is an alarm:
+a rollback, a fork (two roots for one size), a rewrite (no consistency proof), or entries
+that do not hash to the signed root.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from registry.errors import RegistryError
+from registry.ledger.checkpoint import NoteVerifier, open_checkpoint
+from registry.ledger.entry import open_entry
+from registry.ledger.merkle import CompactRange, leaf_hash, verify_consistency
+
+PAGE = 1000
+
+
+class MonitorAlarm(RegistryError):
+    """The registry served something that contradicts what it signed before."""
+
+    code = "ledger_alarm"
+
+
+@dataclass
+class MonitorState:
+    size: int = 0
+    root: str = ""
+    frontier: list[str] = field(default_factory=list)
+    last_leaf: str | None = None
+    checkpoint: str = ""
+
+    @classmethod
+    def load(cls, path: Path) -> MonitorState | None:
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class Round:
+    previous_size: int
+    size: int
+    new_entries: int
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def check_round(
+    http: httpx.Client, verifier: NoteVerifier, state: MonitorState | None
+) -> tuple[MonitorState, Round]:
+    """One round of checks; returns the state to keep, or raises :class:`MonitorAlarm`."""
+    note = http.get("/v1/checkpoint").raise_for_status().text
+    try:
+        cp = open_checkpoint(note, origin=verifier.name, verifiers=[verifier])
+    except RegistryError as e:
+        raise MonitorAlarm(f"the served checkpoint does not verify: {e.message}") from e
+    old = state or MonitorState()
+    old_root = base64.b64decode(old.root) if old.root else b""
+    if cp.size < old.size:
+        raise MonitorAlarm(f"ROLLBACK: the tree shrank from {old.size} to {cp.size} entries")
+    if cp.size == old.size and old.size and cp.root != old_root:
+        raise MonitorAlarm(f"FORK: two different roots signed for size {cp.size}")
+    if old.size and cp.size > old.size:
+        proof = (
+            http.get("/v1/proofs/consistency", params={"first": old.size, "second": cp.size})
+            .raise_for_status()
+            .json()
+        )
+        try:
+            verify_consistency(
+                old.size,
+                cp.size,
+                [base64.b64decode(h) for h in proof["proof"]],
+                old_root,
+                cp.root,
+            )
+        except RegistryError as e:
+            raise MonitorAlarm(
+                f"REWRITE: checkpoint {cp.size} is not consistent with {old.size}: {e.message}"
+            ) from e
+    keys = {verifier.key.key_id: verifier.key}
+    tree = CompactRange.from_frontier(old.size, [base64.b64decode(h) for h in old.frontier])
+    prev = old.last_leaf
+    while tree.size < cp.size:
+        page = (
+            http.get(
+                "/v1/entries", params={"start": tree.size, "limit": min(PAGE, cp.size - tree.size)}
+            )
+            .raise_for_status()
+            .json()
+        )
+        if not page["data"]:
+            raise MonitorAlarm(f"the registry signed {cp.size} entries but serves {tree.size}")
+        for item in page["data"]:
+            envelope = base64.b64decode(item["envelope"])
+            try:
+                entry = open_entry(envelope, keys)
+            except RegistryError as e:
+                raise MonitorAlarm(f"entry {tree.size}: {e.message}") from e
+            if entry.seq != tree.size or entry.prev != prev:
+                raise MonitorAlarm(f"entry {tree.size}: broken chain (seq {entry.seq})")
+            leaf = leaf_hash(envelope)
+            prev = leaf.hex()
+            tree.append(leaf)
+            if tree.size == cp.size:
+                break
+    if tree.root() != cp.root:
+        raise MonitorAlarm(
+            f"the served entries hash to {tree.root().hex()}, the checkpoint signs {cp.root.hex()}"
+        )
+    new = MonitorState(
+        size=cp.size,
+        root=_b64(cp.root),
+        frontier=[_b64(h) for h in tree.frontier],
+        last_leaf=prev,
+        checkpoint=note,
+    )
+    return new, Round(previous_size=old.size, size=cp.size, new_entries=cp.size - old.size)
