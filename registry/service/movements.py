@@ -3,6 +3,7 @@
 Partial quantities split blocks, lowest serials first unless the instruction names a range.
 Retired and cancelled serials sit in the registry's retirement and cancellation accounts with
 that status, and no instruction can move them again: only ``active`` blocks are ever taken.
+A forest unit's buffer pool leaves only by cancellation (a reversal, or its administrator's).
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ Effects = dict[str, Any]
 RETIREMENT_ACCOUNT = "RETIREMENT"
 CANCELLATION_ACCOUNT = "CANCELLATION"
 
+#: The accounts each movement may take credits from. Buffer credits insure a forest unit against
+#: reversals: they may be cancelled, but never transferred or retired for someone's claim.
+_MOVABLE_FROM: dict[str, frozenset[str]] = {
+    Transfer.TYPE: frozenset({"holding"}),
+    Retire.TYPE: frozenset({"holding"}),
+    Cancel.TYPE: frozenset({"holding", "buffer"}),
+}
+
 
 def _source(session: Session, acting: Acting[Any], body: Movement) -> AccountRow:
     source = account(session, body.account)
@@ -31,8 +40,12 @@ def _source(session: Session, acting: Acting[Any], body: Movement) -> AccountRow
             f"account {source.id} is held by {source.holder}, not {acting.party.id}",
             details={"account": source.id, "holder": source.holder, "actor": acting.party.id},
         )
-    if source.kind not in {"holding", "buffer"}:
-        raise InvalidRequestError(f"credits in {source.kind} account {source.id} cannot move")
+    kind = acting.instruction.type
+    if source.kind not in _MOVABLE_FROM[kind]:
+        raise InvalidRequestError(
+            f"credits in {source.kind} account {source.id} cannot move by {kind}",
+            details={"account": source.id, "kind": source.kind},
+        )
     return source
 
 

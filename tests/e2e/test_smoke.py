@@ -17,4 +17,5 @@ def test_issue_transfer_retire(world: World) -> None:
     assert world.active("JP-BUYER-1") == 250
     story = world.http.get(f"/v1/serials/{batch}-120")
     assert story["now"]["status"] == "retired"
-    assert [e["kind"] for e in story["history"]] == ["credits.issue", "credits.transfer", "credits.retire"]
+    assert [e["kind"] for e in story["history"]] == [
+        "credits.issue", "credits.transfer", "credits.retire"]

@@ -1,0 +1,216 @@
+"""Bad input over HTTP: every refusal is a 4xx with a machine code, and nothing changes.
+
+Each test wraps its refusals in ``World.unchanged()`` (checkpoint, lists and holdings before and
+after), and ``World.refuse`` checks the checkpoint after every single refusal.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from datetime import timedelta
+from typing import Any
+
+from registry.client import sign_instruction
+from registry.ledger.keys import SigningKey
+from tests.world import ADMIN, UNIT, World, expect_error, flip_first_byte, issue_jcm
+
+BATCH = "KH-JCM-KH004-2024-00001"
+
+
+def transfer(**changes: Any) -> dict[str, Any]:
+    """A fresh transfer body (signing keeps a reference to it, and some tests alter it)."""
+    body: dict[str, Any] = {
+        "account": "KH-WATER-1", "batch": BATCH, "quantity": 10, "to_account": "JP-BUYER-1"}
+    return {**body, **changes}
+
+
+def unit_body(unit_id: str, boundary: str) -> dict[str, Any]:
+    return {"unit_id": unit_id, "project_id": "KH005", "name": "Prey Lang block (illustrative)",
+            "boundary": boundary, "jurisdiction": "Stung Treng", "reference_level": 1000,
+            "leakage_rate_bp": 1000, "buffer_rate_bp": 2000}
+
+
+def polygon(*ring: tuple[float, float]) -> str:
+    return json.dumps({"type": "Polygon", "coordinates": [[list(p) for p in ring]]})
+
+
+def test_bad_boundaries_are_refused(world: World) -> None:
+    bad = {
+        "not JSON": "{this is not json",
+        "bow-tie": polygon((106.0, 13.0), (106.1, 13.1), (106.1, 13.0), (106.0, 13.1),
+                           (106.0, 13.0)),
+        "unclosed ring": polygon((106.0, 13.0), (106.1, 13.0), (106.1, 13.1), (106.0, 13.1)),
+        "latitude out of range": polygon((106.0, 89.0), (106.1, 89.0), (106.1, 95.0),
+                                         (106.0, 89.0)),
+        "a Point": json.dumps({"type": "Point", "coordinates": [106.0, 13.0]}),
+        "a Feature": json.dumps({"type": "Feature", "properties": {},
+                                 "geometry": json.loads(polygon(
+                                     (106.0, 13.0), (106.1, 13.0), (106.1, 13.1),
+                                     (106.0, 13.0)))}),
+        "a JSON list": "[[106.0, 13.0], [106.1, 13.0]]",
+        "string coordinates": polygon(("106.0", "13.0"), (106.1, 13.0),  # type: ignore[arg-type]
+                                      (106.1, 13.1), ("106.0", "13.0")),  # type: ignore[arg-type]
+    }
+    with world.unchanged():
+        for what, boundary in bad.items():
+            error = world.refuse(ADMIN, "forest_unit.register", unit_body("KH005-FU2", boundary),
+                                 status=422, code="invalid_geometry")
+            assert error["message"], what
+    # Half of KH005-FU1 (105.8..105.9 x 13.6..13.7) and half outside it.
+    overlapping = polygon((105.85, 13.6), (105.95, 13.6), (105.95, 13.7), (105.85, 13.7),
+                          (105.85, 13.6))
+    with world.unchanged():
+        error = world.refuse(ADMIN, "forest_unit.register",
+                             unit_body("KH005-FU2", overlapping), status=409,
+                             code="boundary_overlap")
+        assert UNIT in error["message"]
+        assert error["details"]["unit_id"] == UNIT
+        assert error["details"]["overlap_hectares"] > 5000
+        # Inside it entirely, too; and a unit id that exists already.
+        inside = polygon((105.82, 13.62), (105.83, 13.62), (105.83, 13.63), (105.82, 13.62))
+        world.refuse(ADMIN, "forest_unit.register", unit_body("KH005-FU2", inside),
+                     status=409, code="boundary_overlap")
+        elsewhere = polygon((107.0, 12.0), (107.1, 12.0), (107.1, 12.1), (107.0, 12.0))
+        world.refuse(ADMIN, "forest_unit.register", unit_body(UNIT, elsewhere),
+                     status=409, code="conflict")
+        world.refuse(ADMIN, "forest_unit.register",
+                     {**unit_body("KH005-FU2", elsewhere), "project_id": "KH404"},
+                     status=404, code="not_found")
+        world.refuse("kh-gov", "forest_unit.register", unit_body("KH005-FU2", elsewhere),
+                     status=403, code="forbidden")
+        world.refuse(ADMIN, "forest_unit.register",
+                     {**unit_body("KH005-FU2", elsewhere), "buffer_rate_bp": 10001},
+                     status=422, code="invalid_request")
+    assert world.http.get("/v1/forest-units")["count"] == 1
+
+
+def test_quantities_must_be_positive_whole_numbers(world: World) -> None:
+    issue_jcm(world)
+    by_range = {k: v for k, v in transfer().items() if k != "quantity"}
+    with world.unchanged():
+        for quantity in (0, -5, "10", True, None):
+            world.refuse("kh-water", "credits.transfer", transfer(quantity=quantity),
+                         status=422, code="invalid_request")
+        for span in ({"start": 0, "end": 5}, {"start": "1", "end": 5}, {"start": 1}):
+            world.refuse("kh-water", "credits.transfer", {**by_range, "range": span},
+                         status=422, code="invalid_request")
+        world.refuse("kh-water", "report.submit", {
+            "report_id": "KH004-MR2", "project_id": "KH004", "period_start": "2025-01-01",
+            "period_end": "2025-12-31", "reductions": "500", "document_sha256": "d" * 64},
+            status=422, code="invalid_request")
+        # Floats and integers beyond 2^53 - 1 have no canonical bytes to sign, so our client
+        # cannot send them; a careless one might. They are refused before any signature check.
+        for unsignable in (2.5, 10.0, 2**53, 1e300):
+            signed = world.as_("kh-water").sign("credits.transfer", transfer())
+            signed["instruction"]["body"]["quantity"] = unsignable
+            expect_error(world.post_raw("/v1/transfers", signed), 422, "invalid_request")
+        signed = world.as_("kh-water").sign("credits.transfer", {**by_range, "range": {
+            "start": 1, "end": 5}})
+        signed["instruction"]["body"]["range"]["start"] = 1.0
+        expect_error(world.post_raw("/v1/transfers", signed), 422, "invalid_request")
+        signed = world.as_(ADMIN).sign("credits.issue", {
+            "report_id": "KH004-MR1", "vintage": 2024,
+            "allocations": [{"account": "KH-WATER-1", "quantity": 1000}]})
+        signed["instruction"]["body"]["allocations"][0]["quantity"] = 1000.0
+        expect_error(world.post_raw("/v1/issuances", signed), 422, "invalid_request")
+
+
+def test_signatures_expiry_and_nonces(world: World) -> None:
+    issue_jcm(world)
+    water = world.as_("kh-water")
+    with world.unchanged():
+        # A signature with one bit flipped.
+        signed = water.sign("credits.transfer", transfer())
+        signed["signature"] = flip_first_byte(signed["signature"])
+        expect_error(water.post_signed(signed), 401, "bad_signature")
+        # Signed, then the body altered: more credits, or to another account.
+        for field, value in (("quantity", 800), ("to_account", "JP-GOV-1")):
+            signed = water.sign("credits.transfer", transfer())
+            signed["instruction"]["body"][field] = value
+            expect_error(water.post_signed(signed), 401, "bad_signature")
+        # Signed, then the expiry pushed back.
+        signed = water.sign("credits.transfer", transfer())
+        signed["instruction"]["expires"] = "2099-01-01T00:00:00Z"
+        expect_error(water.post_signed(signed), 401, "bad_signature")
+        # Not base64 at all is malformed; base64 of the wrong length does not verify.
+        for signature, status, code in (("!!!", 422, "malformed"),
+                                        (base64.b64encode(b"short").decode(), 401,
+                                         "bad_signature")):
+            signed = water.sign("credits.transfer", transfer())
+            signed["signature"] = signature
+            expect_error(water.post_signed(signed), status, code)
+        # Signed by the buyer's key in the water utility's name: not a key of the actor.
+        forged = sign_instruction(world.keys["jp-buyer"], actor="kh-water",
+                                  type="credits.transfer", body=transfer())
+        error = expect_error(water.post_signed(forged), 401, "unauthenticated")
+        assert "kh-water" in error["message"]
+        # The buyer's key, naming the water utility's key id.
+        forged = sign_instruction(world.keys["jp-buyer"], actor="kh-water",
+                                  type="credits.transfer", body=transfer())
+        forged["instruction"]["key_id"] = world.keys["kh-water"].public_key.key_id
+        expect_error(water.post_signed(forged), 401, "bad_signature")
+        # A party the registry has never heard of, with a key it has never seen.
+        stranger = SigningKey.from_seed(b"s" * 32)
+        unknown = sign_instruction(stranger, actor="kh-stranger", type="credits.transfer",
+                                   body=transfer())
+        error = expect_error(water.post_signed(unknown), 401, "unauthenticated")
+        assert "kh-stranger" in error["message"]
+        # Expired, expiring more than a week ahead, or with a nonce too short to be unique.
+        world.refuse("kh-water", "credits.transfer", transfer(), status=401,
+                     code="instruction_expired", valid_for=timedelta(seconds=-1))
+        error = world.refuse("kh-water", "credits.transfer", transfer(), status=401,
+                             code="instruction_expired", valid_for=timedelta(days=8))
+        assert "7 days" in error["message"]
+        world.refuse("kh-water", "credits.transfer", transfer(), status=422,
+                     code="invalid_request", nonce="short")
+    # A week ahead (less the registry's test clock drift) is accepted.
+    water.submit("credits.transfer", transfer(), valid_for=timedelta(days=6))
+    # The same signed instruction posted again with a new Idempotency-Key is a replay.
+    signed = water.sign("credits.transfer", transfer())
+    assert water.post_signed(signed, idempotency_key="first-post").status_code == 200
+    with world.unchanged():
+        error = expect_error(water.post_signed(signed, idempotency_key="second-post"),
+                             409, "nonce_reused")
+        assert signed["instruction"]["nonce"] in error["message"]
+        # The nonce is spent for ever, whatever instruction carries it.
+        world.refuse("kh-water", "credits.transfer", transfer(quantity=1),
+                     status=409, code="nonce_reused", nonce=signed["instruction"]["nonce"])
+    # Nonces are per party: another party may use the same one.
+    world.submit("jp-buyer", "credits.transfer",
+                 transfer(account="JP-BUYER-1", to_account="KH-WATER-1", quantity=1),
+                 nonce=signed["instruction"]["nonce"])
+    assert world.active("JP-BUYER-1") == 19
+
+
+def test_malformed_requests(world: World) -> None:
+    issue_jcm(world)
+    water = world.as_("kh-water")
+    signed = water.sign("credits.transfer", transfer())
+    with world.unchanged():
+        # An instruction type posted to another type's endpoint.
+        for path in ("/v1/retirements", "/v1/issuances", "/v1/parties"):
+            expect_error(world.post_raw(path, signed), 422, "invalid_request")
+        # No Idempotency-Key, or an unusable one.
+        error = expect_error(world.post_raw("/v1/transfers", signed, idempotency_key=""),
+                             422, "invalid_request")
+        assert "Idempotency-Key" in error["message"]
+        expect_error(world.post_raw("/v1/transfers", signed, idempotency_key="has space"),
+                     422, "invalid_request")
+        # Unknown fields anywhere: in the body, the instruction, or the envelope.
+        for where in ("body", "instruction", "envelope"):
+            altered = copy.deepcopy(signed)
+            {"body": altered["instruction"]["body"], "instruction": altered["instruction"],
+             "envelope": altered}[where]["memo"] = "hi"
+            expect_error(world.post_raw("/v1/transfers", altered), 422, "invalid_request")
+        # Missing pieces, or not an object at all.
+        for payload in ({"instruction": signed["instruction"]}, {"signature": "x"}, [signed],
+                        "transfer", None):
+            expect_error(world.post_raw("/v1/transfers", payload), 422, "invalid_request")
+        response = world.http.http.post("/v1/transfers", content=b"{not json",
+                                        headers={"Idempotency-Key": "raw-1",
+                                                 "Content-Type": "application/json"})
+        expect_error(response, 422, "invalid_request")
+    # The untouched instruction still goes through once.
+    assert world.post_raw("/v1/transfers", signed).status_code == 200

@@ -1,0 +1,93 @@
+"""Idempotency over HTTP: a retry returns the first answer and never appends twice."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from tests.world import World, expect_error, issue_jcm
+
+BATCH = "KH-JCM-KH004-2024-00001"
+
+
+def move(quantity: int = 800) -> dict[str, Any]:
+    return {"account": "KH-WATER-1", "batch": BATCH, "quantity": quantity,
+            "to_account": "JP-BUYER-1"}
+
+
+def test_retry_returns_the_original_answer_and_appends_once(world: World) -> None:
+    client = world.as_("kh-water")
+    signed = client.sign("credits.transfer", move())
+    # Only a success is remembered: a refusal leaves nothing, so a retry is judged afresh.
+    expect_error(client.post_signed(signed, idempotency_key="transfer-2024-0001"),
+                 404, "not_found")
+    issue_jcm(world)
+    before = world.tree_size()
+    first = client.post_signed(signed, idempotency_key="transfer-2024-0001")
+    assert first.status_code == 200 and "Idempotent-Replayed" not in first.headers
+    # Every credit has moved, so doing it again would fail: a retry is answered, not redone.
+    for _ in range(3):
+        retry = client.post_signed(signed, idempotency_key="transfer-2024-0001")
+        assert retry.status_code == 200
+        assert retry.headers["Idempotent-Replayed"] == "true"
+        assert retry.json() == first.json()
+    assert world.tree_size() == before + 1
+    assert world.active("KH-WATER-1") == 0 and world.active("JP-BUYER-1") == 800
+
+
+def test_same_key_for_another_request_is_a_conflict(world: World) -> None:
+    issue_jcm(world)
+    client = world.as_("kh-water")
+    first = client.post_signed(client.sign("credits.transfer", move(10)), idempotency_key="K-1")
+    assert first.status_code == 200
+    with world.unchanged():
+        other = client.sign("credits.transfer", move(20))
+        error = expect_error(client.post_signed(other, idempotency_key="K-1"),
+                             409, "idempotency_key_reused")
+        assert error["details"] == {"idempotency_key": "K-1", "seq": first.json()["seq"]}
+        # The same body re-signed (a fresh nonce) is another request too.
+        again = client.sign("credits.transfer", move(10))
+        expect_error(client.post_signed(again, idempotency_key="K-1"),
+                     409, "idempotency_key_reused")
+        # So is the key reused by another party.
+        buyer = world.as_("jp-buyer")
+        theirs = buyer.sign("credits.transfer", {**move(1), "account": "JP-BUYER-1",
+                                                 "to_account": "KH-WATER-1"})
+        expect_error(buyer.post_signed(theirs, idempotency_key="K-1"),
+                     409, "idempotency_key_reused")
+    assert world.active("JP-BUYER-1") == 10
+
+
+def test_concurrent_retries_append_exactly_once(world: World) -> None:
+    issue_jcm(world)
+    url = str(world.http.http.base_url)
+
+    def race(signed: dict[str, Any], keys: list[str]) -> list[httpx.Response]:
+        def post(key: str) -> httpx.Response:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                return client.post("/v1/transfers", json=signed,
+                                   headers={"Idempotency-Key": key})
+
+        with ThreadPoolExecutor(max_workers=len(keys)) as pool:
+            return list(pool.map(post, keys))
+
+    # Eight retries of one request under one Idempotency-Key: one append, eight equal answers.
+    before = world.tree_size()
+    signed = world.as_("kh-water").sign("credits.transfer", move(300))
+    responses = race(signed, ["concurrent-1"] * 8)
+    assert [r.status_code for r in responses] == [200] * 8
+    assert len({r.text for r in responses}) == 1
+    assert sum("Idempotent-Replayed" not in r.headers for r in responses) == 1
+    assert world.tree_size() == before + 1
+    assert world.active("KH-WATER-1") == 500 and world.active("JP-BUYER-1") == 300
+    # Eight copies of one instruction, each under its own key: the nonce stops seven.
+    signed = world.as_("kh-water").sign("credits.transfer", move(300))
+    responses = race(signed, [f"copy-{i}" for i in range(8)])
+    assert sorted(r.status_code for r in responses) == [200] + [409] * 7
+    for r in responses:
+        if r.status_code == 409:
+            expect_error(r, 409, "nonce_reused")
+    assert world.tree_size() == before + 2
+    assert world.active("KH-WATER-1") == 200

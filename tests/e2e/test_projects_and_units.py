@@ -1,0 +1,138 @@
+"""JCM projects and REDD+ forest units over HTTP: registration, status, boundaries."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from tests.world import ADMIN, BUFFER, SQUARE, UNIT, World, submit_report, verify_report
+
+KH006: dict[str, Any] = {
+    "project_id": "KH006",
+    "title": "Installation of high-efficiency chillers in a Phnom Penh shopping mall "
+             "(illustrative)",
+    "partner_country": "KH", "methodology": "KH_AM002", "sector": "Energy efficiency",
+    "participants": ["jp-buyer", "kh-gov"], "third_party_entity": "lrqa",
+    "crediting_period_start": "2024-01-01", "crediting_period_end": "2030-12-31",
+}
+
+
+def square(lon: float, lat: float, size: float = 0.1) -> str:
+    ring = [[lon, lat], [lon + size, lat], [lon + size, lat + size], [lon, lat + size],
+            [lon, lat]]
+    return json.dumps({"type": "Polygon", "coordinates": [ring]})
+
+
+def spherical_hectares(lon0: float, lat0: float, lon1: float, lat1: float) -> float:
+    """Area of a lon/lat rectangle on the authalic sphere: an estimate independent of pyproj."""
+    radius = 6_371_007.2
+    area = radius**2 * math.radians(lon1 - lon0) * (
+        math.sin(math.radians(lat1)) - math.sin(math.radians(lat0)))
+    return area / 10_000
+
+
+def test_jcm_project_registration(world: World) -> None:
+    answer = world.submit(ADMIN, "project.register", KH006)
+    assert answer["result"] == {"project_id": "KH006", "status": "registered"}
+    project = world.http.get("/v1/projects/KH006")
+    expected = {k: v for k, v in KH006.items() if k != "project_id"}
+    assert project == {**expected, "id": "KH006", "status": "registered",
+                       "registered_seq": answer["seq"]}
+    assert "KH006" in [p["id"] for p in world.http.get("/v1/projects")["data"]]
+    base = {**KH006, "project_id": "KH007"}
+    with world.unchanged():
+        world.refuse(ADMIN, "project.register", KH006, status=409, code="conflict")
+        world.refuse("kh-gov", "project.register", base, status=403, code="forbidden")
+        world.refuse(ADMIN, "project.register", {**base, "participants": ["lrqa"]},
+                     status=422, code="invalid_request")
+        world.refuse(ADMIN, "project.register", {**base, "third_party_entity": "kh-gov"},
+                     status=422, code="invalid_request")
+        world.refuse(ADMIN, "project.register", {**base, "participants": ["nobody"]},
+                     status=404, code="not_found")
+        world.refuse(ADMIN, "project.register",
+                     {**base, "participants": ["kh-gov", "kh-gov"]},
+                     status=422, code="invalid_request")
+        world.refuse(ADMIN, "project.register",
+                     {**base, "crediting_period_start": "2031-01-01"},
+                     status=422, code="invalid_request")
+        world.refuse(ADMIN, "project.register", {**base, "crediting_period_end": "2030-02-30"},
+                     status=422, code="invalid_request")
+        world.refuse(ADMIN, "project.register", {**base, "methodology": "AM0001"},
+                     status=422, code="invalid_request")
+
+
+def test_suspended_project_cannot_report_or_issue(world: World) -> None:
+    submit_report(world, "KH004-MR1", 1000)
+    verify_report(world, "KH004-MR1", 1000)
+    answer = world.submit(ADMIN, "project.status",
+                          {"project_id": "KH004", "status": "suspended", "reason": "site audit"})
+    assert answer["result"] == {"project_id": "KH004", "from": "registered", "to": "suspended"}
+    assert world.http.get("/v1/projects/KH004")["status"] == "suspended"
+    issue = {"report_id": "KH004-MR1", "vintage": 2024,
+             "allocations": [{"account": "KH-WATER-1", "quantity": 1000}]}
+    with world.unchanged():
+        error = world.refuse("kh-water", "report.submit", {
+            "report_id": "KH004-MR2", "project_id": "KH004", "period_start": "2025-01-01",
+            "period_end": "2025-12-31", "reductions": 5, "document_sha256": "c" * 64},
+            status=409, code="invalid_state")
+        assert "suspended" in error["message"]
+        error = world.refuse(ADMIN, "credits.issue", issue, status=409, code="invalid_state")
+        assert "suspended" in error["message"]
+        world.refuse("kh-gov", "project.status",
+                     {"project_id": "KH004", "status": "registered", "reason": "x"},
+                     status=403, code="forbidden")
+        world.refuse(ADMIN, "project.status",
+                     {"project_id": "KH404", "status": "registered", "reason": "x"},
+                     status=404, code="not_found")
+    # Reinstated, the project issues the report it had verified.
+    world.submit(ADMIN, "project.status",
+                 {"project_id": "KH004", "status": "registered", "reason": "audit passed"})
+    world.submit(ADMIN, "credits.issue", issue)
+    assert world.active("KH-WATER-1") == 1000
+    # A closed project stays closed.
+    world.submit(ADMIN, "project.status",
+                 {"project_id": "KH004", "status": "closed", "reason": "crediting ended"})
+    world.refuse(ADMIN, "project.status",
+                 {"project_id": "KH004", "status": "registered", "reason": "reopen"},
+                 status=409, code="conflict")
+
+
+def test_forest_unit_area_and_buffer_account(world: World) -> None:
+    unit = world.http.get(f"/v1/forest-units/{UNIT}")
+    expected = spherical_hectares(105.8, 13.6, 105.9, 13.7)
+    assert isinstance(unit["area_ha"], int)
+    assert abs(unit["area_ha"] - expected) / expected < 0.005, (unit["area_ha"], expected)
+    assert unit["buffer_account"] == BUFFER
+    assert (unit["buffer_pool"], unit["shortfall"]) == (0, 0)
+    assert (unit["leakage_rate_bp"], unit["buffer_rate_bp"]) == (1000, 2000)
+    assert unit["boundary"]["type"] == "Polygon"
+    assert unit["boundary"]["coordinates"][0][0] == SQUARE["coordinates"][0][0]
+    # A second unit sharing an edge with the first is no overlap; its area is its own.
+    answer = world.submit(ADMIN, "forest_unit.register", {
+        "unit_id": "KH005-FU2", "project_id": "KH005", "name": "Prey Lang block 2",
+        "boundary": square(105.9, 13.6, 0.05), "jurisdiction": "Stung Treng",
+        "reference_level": 1000, "leakage_rate_bp": 0, "buffer_rate_bp": 1500,
+    })
+    area = answer["result"]["area_ha"]
+    expected = spherical_hectares(105.9, 13.6, 105.95, 13.65)
+    assert abs(area - expected) / expected < 0.005
+    assert answer["result"] == {"unit_id": "KH005-FU2", "area_ha": area,
+                                "buffer_account": "BUF-KH005-FU2"}
+    assert world.http.get("/v1/forest-units/KH005-FU2")["area_ha"] == area
+    accounts = {a["id"]: a for a in world.http.get("/v1/accounts")["data"]}
+    assert accounts["BUF-KH005-FU2"]["kind"] == "buffer"
+    assert accounts["BUF-KH005-FU2"]["unit_id"] == "KH005-FU2"
+    assert world.http.get("/v1/forest-units")["count"] == 2
+    # A MultiPolygon measures the sum of its parts.
+    parts = [json.loads(square(106.5, 13.0, 0.02))["coordinates"],
+             json.loads(square(106.6, 13.0, 0.02))["coordinates"]]
+    answer = world.submit(ADMIN, "forest_unit.register", {
+        "unit_id": "KH005-FU3", "project_id": "KH005", "name": "Prey Lang islands",
+        "boundary": json.dumps({"type": "MultiPolygon", "coordinates": parts}),
+        "jurisdiction": "Stung Treng", "reference_level": 1000, "leakage_rate_bp": 0,
+        "buffer_rate_bp": 0,
+    })
+    expected = (spherical_hectares(106.5, 13.0, 106.52, 13.02)
+                + spherical_hectares(106.6, 13.0, 106.62, 13.02))
+    assert abs(answer["result"]["area_ha"] - expected) / expected < 0.005

@@ -1,0 +1,200 @@
+"""Monitoring reports and issuance over HTTP: JCM allocation, REDD+ leakage and buffer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.world import (
+    ADMIN,
+    BUFFER,
+    UNIT,
+    World,
+    issue_jcm,
+    sha,
+    submit_report,
+    verify_report,
+)
+
+
+def ceil_bp(amount: int, bp: int) -> int:
+    return -(-amount * bp // 10_000)
+
+
+def issue_body(report: str, *allocations: tuple[str, int], vintage: int = 2024
+               ) -> dict[str, Any]:
+    return {"report_id": report, "vintage": vintage,
+            "allocations": [{"account": a, "quantity": q} for a, q in allocations]}
+
+
+def test_report_submitted_by_a_participant_and_verified_by_its_tpe(world: World) -> None:
+    submitted = submit_report(world, "KH004-MR1", 1200)
+    assert submitted["result"] == {"report_id": "KH004-MR1", "status": "submitted"}
+    report = world.http.get("/v1/reports/KH004-MR1")
+    assert (report["status"], report["reductions"], report["verified_reductions"]) == (
+        "submitted", 1200, None)
+    assert report["document_sha256"] == sha("KH004-MR1")
+    body = {"report_id": "KH004-MR2", "project_id": "KH004", "period_start": "2025-01-01",
+            "period_end": "2025-12-31", "reductions": 500, "document_sha256": "d" * 64}
+    verify = {"report_id": "KH004-MR1", "verified_reductions": 1150,
+              "statement_sha256": "e" * 64}
+    with world.unchanged():
+        # Only the project's participants submit; only its third-party entity verifies.
+        world.refuse("jp-buyer", "report.submit", body, status=403, code="forbidden")
+        world.refuse("lrqa", "report.submit", body, status=403, code="forbidden")
+        world.refuse("kh-water", "report.verify", verify, status=403, code="forbidden")
+        world.refuse(ADMIN, "report.verify", verify, status=403, code="forbidden")
+        # Verifying more than claimed.
+        error = world.refuse("lrqa", "report.verify", {**verify, "verified_reductions": 1201},
+                             status=422, code="invalid_request")
+        assert error["details"] == {"verified": 1201, "claimed": 1200}
+        world.refuse("lrqa", "report.verify", {**verify, "report_id": "KH004-MR9"},
+                     status=404, code="not_found")
+        # The same days reported twice would count the same reductions twice.
+        error = world.refuse("kh-water", "report.submit",
+                             {**body, "period_start": "2024-12-31"},
+                             status=409, code="conflict")
+        assert "KH004-MR1" in error["message"]
+        world.refuse("kh-water", "report.submit",
+                     {**body, "period_start": "2023-07-01", "period_end": "2025-06-30"},
+                     status=409, code="conflict")
+        world.refuse("kh-water", "report.submit", {**body, "report_id": "KH004-MR1"},
+                     status=409, code="conflict")
+        world.refuse("kh-water", "report.submit", {**body, "period_end": "2024-12-31"},
+                     status=422, code="invalid_request")
+        world.refuse("kh-water", "report.submit", {**body, "period_end": "2031-01-31"},
+                     status=422, code="invalid_request")
+        world.refuse("kh-water", "report.submit", {**body, "project_id": "KH404"},
+                     status=404, code="not_found")
+        world.refuse("kh-water", "report.submit", {**body, "forest_unit_id": UNIT},
+                     status=422, code="invalid_request")
+        # A REDD+ report names its forest unit and stays under the reference level.
+        redd = {**body, "project_id": "KH005", "report_id": "KH005-MR1"}
+        world.refuse("kh-gov", "report.submit", redd, status=422, code="invalid_request")
+        error = world.refuse("kh-gov", "report.submit",
+                             {**redd, "forest_unit_id": UNIT, "reductions": 400_001},
+                             status=422, code="invalid_request")
+        assert error["details"] == {"reductions": 400_001, "ceiling": 400_000}
+    # The third-party entity may verify fewer tonnes than claimed, and only once.
+    verified = world.submit("lrqa", "report.verify", verify)
+    assert verified["result"] == {"report_id": "KH004-MR1", "status": "verified",
+                                  "verified_reductions": 1150}
+    report = world.http.get("/v1/reports/KH004-MR1")
+    assert (report["status"], report["verified_reductions"], report["verifier"]) == (
+        "verified", 1150, "lrqa")
+    assert (report["verified_seq"], report["statement_sha256"]) == (verified["seq"], "e" * 64)
+    world.refuse("lrqa", "report.verify", verify, status=409, code="invalid_state")
+    # The next period, adjacent to the first, is fine.
+    submit_report(world, "KH004-MR2", 500, period=("2025-01-01", "2025-12-31"))
+    assert world.http.get("/v1/reports", params={"project_id": "KH004"})["count"] == 2
+    assert world.http.get("/v1/reports", params={"project_id": "KH005"})["count"] == 0
+
+
+def test_jcm_issuance_exact_allocation(world: World) -> None:
+    submit_report(world, "KH004-MR1", 1000)
+    ok = issue_body("KH004-MR1", ("KH-WATER-1", 800), ("KH-GOV-1", 100), ("JP-GOV-1", 100))
+    with world.unchanged():
+        error = world.refuse(ADMIN, "credits.issue", ok, status=409, code="invalid_state")
+        assert "submitted" in error["message"]
+    verify_report(world, "KH004-MR1", 1000)
+    with world.unchanged():
+        world.refuse("kh-water", "credits.issue", ok, status=403, code="forbidden")
+        world.refuse("lrqa", "credits.issue", ok, status=403, code="forbidden")
+        error = world.refuse(ADMIN, "credits.issue",
+                             issue_body("KH004-MR1", ("KH-WATER-1", 900), ("KH-GOV-1", 99)),
+                             status=422, code="invalid_request")
+        assert error["details"] == {"allocated": 999, "expected": 1000}
+        world.refuse(ADMIN, "credits.issue",
+                     issue_body("KH004-MR1", ("KH-WATER-1", 901), ("KH-GOV-1", 100)),
+                     status=422, code="invalid_request")
+        world.refuse(ADMIN, "credits.issue",
+                     issue_body("KH004-MR1", ("KH-WATER-1", 900), ("KH-NOBODY-1", 100)),
+                     status=404, code="not_found")
+        for account in ("RETIREMENT", "CANCELLATION", BUFFER):
+            world.refuse(ADMIN, "credits.issue",
+                         issue_body("KH004-MR1", ("KH-WATER-1", 900), (account, 100)),
+                         status=422, code="invalid_request")
+        world.refuse(ADMIN, "credits.issue",
+                     issue_body("KH004-MR1", ("KH-WATER-1", 500), ("KH-WATER-1", 500)),
+                     status=422, code="invalid_request")
+        world.refuse(ADMIN, "credits.issue", issue_body("KH004-MR9", ("KH-WATER-1", 1000)),
+                     status=404, code="not_found")
+        world.refuse(ADMIN, "credits.issue", {**ok, "vintage": 1999},
+                     status=422, code="invalid_request")
+    answer = world.submit(ADMIN, "credits.issue", ok)
+    batch = "KH-JCM-KH004-2024-00001"
+    assert answer["result"] == {"batch": batch, "quantity": 1000, "blocks": [
+        {"account": "KH-WATER-1", "start": 1, "end": 800},
+        {"account": "KH-GOV-1", "start": 801, "end": 900},
+        {"account": "JP-GOV-1", "start": 901, "end": 1000},
+    ]}
+    assert world.blocks("KH-WATER-1") == [(batch, 1, 800, "active")]
+    assert world.blocks("KH-GOV-1") == [(batch, 801, 900, "active")]
+    assert world.blocks("JP-GOV-1") == [(batch, 901, 1000, "active")]
+    assert world.http.get(f"/v1/batches/{batch}") == {
+        "id": batch, "project_id": "KH004", "report_id": "KH004-MR1", "programme": "JCM",
+        "vintage": 2024, "quantity": 1000, "active": 1000, "retired": 0, "cancelled": 0,
+        "issued_seq": answer["seq"]}
+    assert world.http.get("/v1/reports/KH004-MR1")["status"] == "issued"
+    # A report issues once.
+    with world.unchanged():
+        error = world.refuse(ADMIN, "credits.issue", ok, status=409, code="conflict")
+        assert "KH004-MR1" in error["message"]
+    # Batch numbers count per project and vintage.
+    assert issue_jcm(world, "KH004-MR2", 50, ("2025-01-01", "2025-06-30")) == (
+        "KH-JCM-KH004-2025-00001")
+    assert issue_jcm(world, "KH004-MR3", 50, ("2025-07-01", "2025-12-31")) == (
+        "KH-JCM-KH004-2025-00002")
+    assert world.active("KH-WATER-1") == 800 + 40 + 40
+
+
+def test_redd_issuance_deducts_leakage_and_fills_the_buffer(world: World) -> None:
+    gross = 12_347
+    leakage = ceil_bp(gross, 1000)
+    net = gross - leakage
+    buffer = ceil_bp(net, 2000)
+    issuable = net - buffer
+    # Both deductions round up: 1234.7 -> 1235 and 2222.4 -> 2223.
+    assert (leakage, net, buffer, issuable) == (1235, 11_112, 2223, 8889)
+    submit_report(world, "KH005-MR1", gross, project="KH005", party="kh-gov", unit=UNIT)
+    verify_report(world, "KH005-MR1", gross)
+    with world.unchanged():
+        for wrong in (gross, net, issuable + 1, issuable - 1):
+            error = world.refuse(ADMIN, "credits.issue",
+                                 issue_body("KH005-MR1", ("KH-GOV-1", wrong)),
+                                 status=422, code="invalid_request")
+            assert error["details"] == {"allocated": wrong, "expected": issuable}
+    answer = world.submit(ADMIN, "credits.issue", issue_body(
+        "KH005-MR1", ("KH-GOV-1", 8000), ("JP-GOV-1", 889)))
+    batch = "KH-REDD-KH005-2024-00001"
+    assert answer["result"] == {
+        "batch": batch, "quantity": net,
+        "blocks": [{"account": "KH-GOV-1", "start": 1, "end": 8000},
+                   {"account": "JP-GOV-1", "start": 8001, "end": 8889},
+                   {"account": BUFFER, "start": 8890, "end": net}],
+        "redd": {"gross": gross, "leakage": leakage, "net": net, "buffer": buffer,
+                 "buffer_account": BUFFER},
+    }
+    assert world.blocks(BUFFER) == [(batch, 8890, 11_112, "active")]
+    assert world.http.get(f"/v1/forest-units/{UNIT}")["buffer_pool"] == buffer
+    assert world.http.get(f"/v1/batches/{batch}")["quantity"] == net
+    assert world.active("KH-GOV-1") == 8000 and world.active("JP-GOV-1") == 889
+
+
+def test_billion_tonnes_is_one_block_per_allocation(world: World) -> None:
+    batch = issue_jcm(world, quantity=10**9)
+    holdings = world.holdings("KH-WATER-1")
+    assert holdings["total_active"] == 800_000_000
+    assert holdings["blocks"]["count"] == 1
+    assert world.blocks("KH-GOV-1") == [(batch, 800_000_001, 900_000_000, "active")]
+    assert world.blocks("JP-GOV-1") == [(batch, 900_000_001, 10**9, "active")]
+    assert world.http.get(f"/v1/batches/{batch}")["active"] == 10**9
+    # Taking one serial out of the middle splits the block in three pieces, not 10^9 rows.
+    world.submit("kh-water", "credits.transfer", {
+        "account": "KH-WATER-1", "batch": batch,
+        "range": {"start": 500_000_000, "end": 500_000_000}, "to_account": "JP-BUYER-1"})
+    assert world.blocks("KH-WATER-1") == [(batch, 1, 499_999_999, "active"),
+                                         (batch, 500_000_001, 800_000_000, "active")]
+    assert world.blocks("JP-BUYER-1") == [(batch, 500_000_000, 500_000_000, "active")]
+    story = world.http.get(f"/v1/serials/{batch}-500000000")
+    assert story["now"]["account"] == "JP-BUYER-1"
+

@@ -1,0 +1,80 @@
+"""REDD+ reversals over HTTP: lost carbon cancels buffer credits; a shortfall is recorded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.world import ADMIN, BUFFER, UNIT, World, issue_redd
+
+BATCH_2024 = "KH-REDD-KH005-2024-00001"
+BATCH_2025 = "KH-REDD-KH005-2025-00001"
+
+
+def reversal(lost: int, unit: str = UNIT) -> dict[str, Any]:
+    return {"unit_id": unit, "lost": lost, "document_sha256": "f" * 64,
+            "reason": "illegal logging in the north-east corner (illustrative)"}
+
+
+def test_reversal_cancels_buffer_then_records_the_shortfall(world: World) -> None:
+    # gross 10000: leakage 1000, net 9000, buffer 1800 (serials 7201-9000), issuable 7200.
+    issue_redd(world, gross=10_000, issuable=7200)
+    assert world.http.get(f"/v1/forest-units/{UNIT}")["buffer_pool"] == 1800
+    first = world.submit(ADMIN, "redd.reversal", reversal(500))
+    assert first["result"] == {"unit_id": UNIT, "lost": 500, "pool_before": 1800,
+                               "cancelled": 500, "shortfall": 0,
+                               "blocks": [{"batch": BATCH_2024, "start": 7201, "end": 7700}]}
+    assert world.blocks(BUFFER) == [(BATCH_2024, 7701, 9000, "active")]
+    # More carbon lost than the pool holds: the pool is emptied, the rest is a shortfall.
+    second = world.submit(ADMIN, "redd.reversal", reversal(2000))
+    assert second["result"] == {"unit_id": UNIT, "lost": 2000, "pool_before": 1300,
+                                "cancelled": 1300, "shortfall": 700,
+                                "blocks": [{"batch": BATCH_2024, "start": 7701, "end": 9000}]}
+    unit = world.http.get(f"/v1/forest-units/{UNIT}")
+    assert (unit["buffer_pool"], unit["shortfall"]) == (0, 700)
+    assert world.blocks(BUFFER) == []
+    reversals = world.http.get("/v1/reversals")
+    assert reversals["count"] == 2
+    assert [(r["seq"], r["lost"], r["cancelled"], r["shortfall"]) for r in reversals["data"]] == [
+        (first["seq"], 500, 500, 0), (second["seq"], 2000, 1300, 700)]
+    # With the pool empty, all of a further loss is shortfall; the unit adds it up.
+    third = world.submit(ADMIN, "redd.reversal", reversal(40))
+    assert (third["result"]["cancelled"], third["result"]["shortfall"]) == (0, 40)
+    assert world.http.get(f"/v1/forest-units/{UNIT}")["shortfall"] == 740
+    # The proponent's credits are untouched; the cancelled buffer shows on the batch.
+    assert world.active("KH-GOV-1") == 7200
+    batch = world.http.get(f"/v1/batches/{BATCH_2024}")
+    assert (batch["active"], batch["cancelled"]) == (7200, 1800)
+    story = world.http.get(f"/v1/serials/{BATCH_2024}-7701")
+    assert (story["now"]["account"], story["now"]["status"]) == ("CANCELLATION", "cancelled")
+    assert [(e["kind"], e["to_account"]) for e in story["history"]] == [
+        ("credits.issue", BUFFER), ("redd.reversal", "CANCELLATION")]
+
+
+def test_buffer_pool_guards_and_reversal_across_batches(world: World) -> None:
+    issue_redd(world, gross=1000, issuable=720)  # buffer: serials 721-900
+    with world.unchanged():
+        world.refuse("kh-gov", "redd.reversal", reversal(10), status=403, code="forbidden")
+        world.refuse("lrqa", "redd.reversal", reversal(10), status=403, code="forbidden")
+        world.refuse(ADMIN, "redd.reversal", reversal(10, unit="KH005-FU9"),
+                     status=404, code="not_found")
+        world.refuse(ADMIN, "redd.reversal", reversal(0), status=422, code="invalid_request")
+        # Buffer credits insure against reversals: they are not the administrator's to hand
+        # out or to retire for someone's claim.
+        move = {"account": BUFFER, "batch": BATCH_2024, "quantity": 10}
+        world.refuse(ADMIN, "credits.transfer", {**move, "to_account": "KH-GOV-1"},
+                     status=422, code="invalid_request")
+        world.refuse(ADMIN, "credits.retire", {
+            **move, "beneficiary": "anyone", "purpose": "voluntary", "jurisdiction": "KH",
+            "reason": "buffer release"}, status=422, code="invalid_request")
+        world.refuse("kh-gov", "credits.cancel", {**move, "reason": "not theirs"},
+                     status=403, code="forbidden")
+    assert world.http.get(f"/v1/forest-units/{UNIT}")["buffer_pool"] == 180
+    # With a second batch in the pool, a reversal takes the oldest vintage's serials first.
+    issue_redd(world, gross=1000, issuable=720, report_id="KH005-MR2",
+               period=("2025-01-01", "2025-12-31"))
+    assert world.http.get(f"/v1/forest-units/{UNIT}")["buffer_pool"] == 360
+    answer = world.submit(ADMIN, "redd.reversal", reversal(200))
+    assert answer["result"]["blocks"] == [
+        {"batch": BATCH_2024, "start": 721, "end": 900},
+        {"batch": BATCH_2025, "start": 721, "end": 740}]
+    assert world.blocks(BUFFER) == [(BATCH_2025, 741, 900, "active")]
