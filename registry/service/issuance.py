@@ -38,6 +38,13 @@ def issue(session: Session, acting: Acting[Issue]) -> Effects:
     for account_id, _ in shares:
         if account(session, account_id).kind != "holding":
             raise InvalidRequestError(f"account {account_id} is not a holding account")
+    first_year, last_year = int(report.period_start[:4]), int(report.period_end[:4])
+    if not first_year <= b.vintage <= last_year:
+        raise InvalidRequestError(
+            f"vintage {b.vintage} is outside the report's period "
+            f"{report.period_start}..{report.period_end}",
+            details={"vintage": b.vintage, "period": [report.period_start, report.period_end]},
+        )
     allocated = sum(q for _, q in shares)
     verified = report.verified_reductions
     redd: dict[str, Any] | None = None
@@ -49,8 +56,13 @@ def issue(session: Session, acting: Acting[Issue]) -> Effects:
         expected = calc.issuable
         if calc.buffer:
             shares.append((unit.buffer_account, calc.buffer))
-        redd = {"gross": calc.gross, "leakage": calc.leakage, "net": calc.net,
-                "buffer": calc.buffer, "buffer_account": unit.buffer_account}
+        redd = {
+            "gross": calc.gross,
+            "leakage": calc.leakage,
+            "net": calc.net,
+            "buffer": calc.buffer,
+            "buffer_account": unit.buffer_account,
+        }
     else:
         expected = verified
     if allocated != expected:
@@ -59,27 +71,50 @@ def issue(session: Session, acting: Acting[Issue]) -> Effects:
             details={"allocated": allocated, "expected": expected},
         )
     programme = "JCM" if redd is None else "REDD"
-    number = 1 + session.exec(
-        select(func.count()).select_from(BatchRow).where(
-            BatchRow.project_id == project.id, BatchRow.vintage == b.vintage
-        )
-    ).one()
+    number = (
+        1
+        + session.exec(
+            select(func.count())
+            .select_from(BatchRow)
+            .where(BatchRow.project_id == project.id, BatchRow.vintage == b.vintage)
+        ).one()
+    )
     batch_id = batch_serial_id(
-        country=project.partner_country, programme=programme, project_id=project.id,
-        vintage=b.vintage, number=number,
+        country=project.partner_country,
+        programme=programme,
+        project_id=project.id,
+        vintage=b.vintage,
+        number=number,
     )
     total = sum(q for _, q in shares)
     session.add(
-        BatchRow(id=batch_id, project_id=project.id, report_id=report.id, programme=programme,
-                 vintage=b.vintage, number=number, quantity=total, issued_seq=acting.seq)
+        BatchRow(
+            id=batch_id,
+            project_id=project.id,
+            report_id=report.id,
+            programme=programme,
+            vintage=b.vintage,
+            number=number,
+            quantity=total,
+            issued_seq=acting.seq,
+        )
     )
     session.flush()
     blocks = []
     for account_id, serials in allocate(total, shares):
-        add_block(session, batch_id=batch_id, serials=serials, account_id=account_id,
-                  status="active")
-        record_event(session, seq=acting.seq, kind=Issue.TYPE, batch_id=batch_id,
-                     serials=serials, from_account=None, to_account=account_id, status="active")
+        add_block(
+            session, batch_id=batch_id, serials=serials, account_id=account_id, status="active"
+        )
+        record_event(
+            session,
+            seq=acting.seq,
+            kind=Issue.TYPE,
+            batch_id=batch_id,
+            serials=serials,
+            from_account=None,
+            to_account=account_id,
+            status="active",
+        )
         blocks.append({"account": account_id, "start": serials.start, "end": serials.end})
     report.status = "issued"
     session.add(report)
