@@ -68,7 +68,7 @@ class ProofError(LedgerError):
 
 
 class ChainError(LedgerError):
-    """Entries do not form one unbroken chain: a gap in ``seq``, or ``prev`` is not the last leaf."""
+    """Entries do not form one chain: a gap in ``seq``, or ``prev`` is not the last leaf hash."""
 
     code = "broken_chain"
 

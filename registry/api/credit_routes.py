@@ -9,7 +9,7 @@ one endpoint factory that hands the body, exactly as received, to ``registry.ser
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -79,6 +79,10 @@ for _kind, _path in INSTRUCTION_PATHS.items():
 # Bounded so that no offset overflows the database's 64-bit integers (a 500, not a 422).
 Offset = Annotated[int, Query(ge=0, le=MAX_SAFE_INTEGER)]
 Limit = Annotated[int, Query(ge=1, le=500)]
+# Every record id is printable ASCII. Anything else names nothing, and PostgreSQL text cannot
+# even hold a NUL (a 500 there), so such an id is refused as a 422 before any query.
+_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
+RecordId = Annotated[str, Path(pattern=_ID_PATTERN)]
 
 
 @router.get("/v1/parties", response_model=views.Page[views.PartyPublic], tags=["reads"])
@@ -89,7 +93,7 @@ def list_parties(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100
 @router.get(
     "/v1/parties/{party_id}", response_model=views.PartyPublic, tags=["reads"], responses=ERRORS
 )
-def get_party(session: ReadSessionDep, party_id: str) -> Any:
+def get_party(session: ReadSessionDep, party_id: RecordId) -> Any:
     return views.party(session, party_id)
 
 
@@ -109,7 +113,7 @@ def list_projects(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 10
     tags=["reads"],
     responses=ERRORS,
 )
-def get_project(session: ReadSessionDep, project_id: str) -> Any:
+def get_project(session: ReadSessionDep, project_id: RecordId) -> Any:
     return views.project(session, project_id)
 
 
@@ -124,13 +128,16 @@ def list_forest_units(session: ReadSessionDep, offset: Offset = 0, limit: Limit 
     tags=["reads"],
     responses=ERRORS,
 )
-def get_forest_unit(session: ReadSessionDep, unit_id: str) -> Any:
+def get_forest_unit(session: ReadSessionDep, unit_id: RecordId) -> Any:
     return views.forest_unit(session, unit_id)
 
 
 @router.get("/v1/reports", response_model=views.Page[views.ReportPublic], tags=["reads"])
 def list_reports(
-    session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100, project_id: str | None = None
+    session: ReadSessionDep,
+    offset: Offset = 0,
+    limit: Limit = 100,
+    project_id: Annotated[str | None, Query(pattern=_ID_PATTERN)] = None,
 ) -> Any:
     return views.reports(session, offset, limit, project_id)
 
@@ -138,7 +145,7 @@ def list_reports(
 @router.get(
     "/v1/reports/{report_id}", response_model=views.ReportPublic, tags=["reads"], responses=ERRORS
 )
-def get_report(session: ReadSessionDep, report_id: str) -> Any:
+def get_report(session: ReadSessionDep, report_id: RecordId) -> Any:
     return views.report(session, report_id)
 
 
@@ -150,7 +157,7 @@ def list_batches(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100
 @router.get(
     "/v1/batches/{batch_id}", response_model=views.BatchPublic, tags=["reads"], responses=ERRORS
 )
-def get_batch(session: ReadSessionDep, batch_id: str) -> Any:
+def get_batch(session: ReadSessionDep, batch_id: RecordId) -> Any:
     return views.batch(session, batch_id)
 
 
@@ -176,7 +183,7 @@ def list_retirements(session: ReadSessionDep, offset: Offset = 0, limit: Limit =
     tags=["reads"],
     responses=ERRORS,
 )
-def get_retirement(session: ReadSessionDep, retirement_id: str) -> Any:
+def get_retirement(session: ReadSessionDep, retirement_id: RecordId) -> Any:
     return views.retirement(session, retirement_id)
 
 
@@ -187,7 +194,7 @@ def get_retirement(session: ReadSessionDep, retirement_id: str) -> Any:
     responses=ERRORS,
     summary="A receipt proving the retirement is in the signed ledger",
 )
-def get_retirement_receipt(session: ReadSessionDep, retirement_id: str) -> Any:
+def get_retirement_receipt(session: ReadSessionDep, retirement_id: RecordId) -> Any:
     return retirement_receipt(session, retirement_id)
 
 
@@ -207,7 +214,7 @@ def get_holdings(
     request: Request,
     session: ReadSessionDep,
     registry: RegistryDep,
-    account_id: str,
+    account_id: RecordId,
     actor: Annotated[str | None, Header(alias=AUTH_ACTOR)] = None,
     key_id: Annotated[str | None, Header(alias=AUTH_KEY_ID)] = None,
     date: Annotated[str | None, Header(alias=AUTH_DATE)] = None,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import PlainTextResponse
 
 from registry.api.deps import ReadSessionDep, RegistryDep
@@ -19,6 +19,7 @@ from registry.api.models import (
     RegistryKeysPublic,
 )
 from registry.errors import NotFoundError
+from registry.ledger.canonical import MAX_SAFE_INTEGER
 from registry.ledger.checkpoint import NoteVerifier
 from registry.ledger.keys import PublicKey
 from registry.service import ledger as ledger_service
@@ -29,6 +30,19 @@ from registry.store.tables import LedgerEntry
 router = APIRouter(prefix="/v1", tags=["ledger"], responses={422: {"model": ErrorResponse}})
 
 MAX_PAGE = 1000
+
+#: Sequence numbers and tree sizes are ledger integers (at most 2**53 - 1); a larger one would
+#: overflow the database's 64-bit column, so it is refused as a 422 like any other bad value.
+SEQ_MAX = MAX_SAFE_INTEGER
+
+# The checkpoint routes answer text/plain, but their errors are JSON like every other error.
+# FastAPI labels a ``model`` response with the route's media type, so spell the content out.
+_JSON_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+TEXT_ROUTE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+    404: {"description": "Not Found", "content": _JSON_ERROR},
+    422: {"description": "Unprocessable Entity", "content": _JSON_ERROR},
+}
 
 
 def _entry_public(row: LedgerEntry) -> EntryPublic:
@@ -41,7 +55,7 @@ def _entry_public(row: LedgerEntry) -> EntryPublic:
     "/checkpoint",
     response_class=PlainTextResponse,
     summary="The latest signed checkpoint (C2SP signed note)",
-    responses={200: {"content": {"text/plain": {}}}, 404: {"model": ErrorResponse}},
+    responses=TEXT_ROUTE_RESPONSES,
 )
 def get_checkpoint(session: ReadSessionDep) -> str:
     return ledger_service.latest_checkpoint_note(session)
@@ -51,9 +65,11 @@ def get_checkpoint(session: ReadSessionDep) -> str:
     "/checkpoints/{size}",
     response_class=PlainTextResponse,
     summary="The checkpoint signed for one tree size",
-    responses={200: {"content": {"text/plain": {}}}, 404: {"model": ErrorResponse}},
+    responses=TEXT_ROUTE_RESPONSES,
 )
-def get_checkpoint_at(session: ReadSessionDep, size: int) -> str:
+def get_checkpoint_at(
+    session: ReadSessionDep, size: Annotated[int, Path(ge=0, le=SEQ_MAX)]
+) -> str:
     row = ledger_repo.checkpoint_at(session, size)
     if row is None:
         raise NotFoundError(f"no checkpoint was signed for tree size {size}")
@@ -63,7 +79,7 @@ def get_checkpoint_at(session: ReadSessionDep, size: int) -> str:
 @router.get("/entries", response_model=EntriesPublic, summary="Ledger entries by range")
 def list_entries(
     session: ReadSessionDep,
-    start: Annotated[int, Query(ge=0, description="first seq")] = 0,
+    start: Annotated[int, Query(ge=0, le=SEQ_MAX, description="first seq")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> EntriesPublic:
     size = ledger_repo.tree_size(session)
@@ -77,7 +93,9 @@ def list_entries(
     summary="One ledger entry",
     responses={404: {"model": ErrorResponse}},
 )
-def get_entry(session: ReadSessionDep, seq: int) -> EntryPublic:
+def get_entry(
+    session: ReadSessionDep, seq: Annotated[int, Path(ge=0, le=SEQ_MAX)]
+) -> EntryPublic:
     row = ledger_repo.entry_at(session, seq)
     if row is None:
         raise NotFoundError(f"no entry with seq {seq}", details={"seq": seq})
@@ -91,8 +109,8 @@ def get_entry(session: ReadSessionDep, seq: int) -> EntryPublic:
 )
 def get_inclusion_proof(
     session: ReadSessionDep,
-    index: Annotated[int, Query(ge=0)],
-    tree_size: Annotated[int, Query(ge=1)],
+    index: Annotated[int, Query(ge=0, le=SEQ_MAX)],
+    tree_size: Annotated[int, Query(ge=1, le=SEQ_MAX)],
 ) -> InclusionProofPublic:
     p = ledger_service.inclusion_proof(session, index=index, tree_size=tree_size)
     return InclusionProofPublic(
@@ -111,8 +129,8 @@ def get_inclusion_proof(
 )
 def get_consistency_proof(
     session: ReadSessionDep,
-    first: Annotated[int, Query(ge=1)],
-    second: Annotated[int, Query(ge=1)],
+    first: Annotated[int, Query(ge=1, le=SEQ_MAX)],
+    second: Annotated[int, Query(ge=1, le=SEQ_MAX)],
 ) -> ConsistencyProofPublic:
     p = ledger_service.consistency_proof(session, first=first, second=second)
     return ConsistencyProofPublic(

@@ -40,7 +40,8 @@ def _is_date(value: str) -> str:
 
 
 IsoDate = Annotated[
-    StrictStr, Field(pattern=r"^\d{4}-\d{2}-\d{2}$", examples=["2025-12-31"]),
+    StrictStr,
+    Field(pattern=r"^\d{4}-\d{2}-\d{2}$", examples=["2025-12-31"]),
     AfterValidator(_is_date),
 ]
 
@@ -231,9 +232,20 @@ class RecordReversal(Body):
 BODIES: dict[str, type[Body]] = {
     cls.TYPE: cls
     for cls in (
-        RegisterParty, AddPartyKey, RevokePartyKey, OpenAccount, RegisterProject,
-        SetProjectStatus, RegisterForestUnit, SubmitReport, VerifyReport, Issue, Transfer,
-        Retire, Cancel, RecordReversal,
+        RegisterParty,
+        AddPartyKey,
+        RevokePartyKey,
+        OpenAccount,
+        RegisterProject,
+        SetProjectStatus,
+        RegisterForestUnit,
+        SubmitReport,
+        VerifyReport,
+        Issue,
+        Transfer,
+        Retire,
+        Cancel,
+        RecordReversal,
     )
 }
 

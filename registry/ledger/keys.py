@@ -69,6 +69,11 @@ class PublicKey:
             raise MalformedError(f"not an Ed25519 public key: {self.raw.hex()}") from e
         object.__setattr__(self, "_key", key)
 
+    def __reduce__(self) -> tuple[type[PublicKey], tuple[bytes]]:
+        # Pickle as the raw bytes (the loaded pyca key cannot be pickled), so keys can travel
+        # to the verifier's worker processes.
+        return (PublicKey, (self.raw,))
+
     @property
     def key_id(self) -> str:
         """Lowercase hex SHA-256 of the raw key: how envelopes and keyrings name this key."""

@@ -83,10 +83,27 @@ def parse_signed(raw: object, *, expected_type: str) -> tuple[SignedInstruction,
         body = BODIES[kind].model_validate(signed.instruction.body)
     except ValidationError as e:
         raise _validation_error(e, "$.instruction.body") from e
+    _refuse_nul(signed.instruction.body, "$.instruction.body")
     return signed, body
 
 
-def verify_instruction_signature(raw_instruction: dict[str, Any], signature: str, key: PublicKey) -> None:
+def _refuse_nul(value: object, where: str) -> None:
+    """Refuse U+0000 in any string: PostgreSQL text cannot store it (SQLite can), so without
+    this one engine would answer 500 where the other accepts. Bodies are shallow (validated)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidRequestError(f"{where}: NUL characters are not allowed")
+    elif isinstance(value, dict):
+        for key, child in value.items():
+            _refuse_nul(child, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            _refuse_nul(child, f"{where}[{i}]")
+
+
+def verify_instruction_signature(
+    raw_instruction: dict[str, Any], signature: str, key: PublicKey
+) -> None:
     """The one check of a party's signature: Ed25519 over the canonical instruction bytes."""
     key.verify(b64decode_strict(signature, what="signature"), canonical_bytes(raw_instruction))
 
@@ -111,7 +128,9 @@ def authenticate(
             details={"key_id": ins.key_id, "revoked_seq": key_row.revoked_seq},
         )
     try:
-        verify_instruction_signature(raw["instruction"], raw["signature"], PublicKey(raw=key_row.public_key))
+        verify_instruction_signature(
+            raw["instruction"], raw["signature"], PublicKey(raw=key_row.public_key)
+        )
     except BadSignatureError as e:
         raise BadSignatureError(
             f"the signature of party {party.id} does not verify over this instruction",
@@ -134,7 +153,11 @@ def authenticate(
         )
     session.add(NonceRow(party_id=party.id, nonce=ins.nonce, seq=seq))
     return Acting(
-        seq=seq, now=now, party=party, instruction=ins, body=body,
+        seq=seq,
+        now=now,
+        party=party,
+        instruction=ins,
+        body=body,
         signed={"instruction": raw["instruction"], "signature": raw["signature"]},
     )
 
@@ -142,9 +165,13 @@ def authenticate(
 def parse_time_lenient(text: str) -> datetime:
     """An RFC 3339 UTC time, with or without fractional seconds (clients write either)."""
     try:
-        return datetime.fromisoformat(text)
+        when = datetime.fromisoformat(text)
     except ValueError as e:
         raise InvalidRequestError(f"not an RFC 3339 UTC time: {text!r}") from e
+    if when.tzinfo is None:
+        # A naive time cannot be compared with the registry's clock; it names no instant.
+        raise InvalidRequestError(f"not an RFC 3339 UTC time (no offset): {text!r}")
+    return when
 
 
 #: How far a signed read's date may be from the registry's clock.
@@ -152,7 +179,13 @@ READ_CLOCK_SKEW = timedelta(minutes=5)
 
 
 def authenticate_read(
-    session: Session, *, actor: str, key_id: str, date: str, signature: str, message: bytes,
+    session: Session,
+    *,
+    actor: str,
+    key_id: str,
+    date: str,
+    signature: str,
+    message: bytes,
     now: datetime,
 ) -> PartyRow:
     """The party behind a signed read (``message`` is what the client signed), or raise."""
@@ -168,7 +201,9 @@ def authenticate_read(
             f"signed read dated {date} is more than {READ_CLOCK_SKEW} from the registry's clock"
         )
     try:
-        PublicKey(raw=key_row.public_key).verify(b64decode_strict(signature, what="signature"), message)
+        PublicKey(raw=key_row.public_key).verify(
+            b64decode_strict(signature, what="signature"), message
+        )
     except BadSignatureError as e:
         raise BadSignatureError(f"the read signature of party {actor} does not verify") from e
     return party

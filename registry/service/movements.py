@@ -66,8 +66,13 @@ def _move(
         assert body.quantity is not None
         taken, _ = take_lowest(held, body.quantity)
     move_serials(
-        session, rows=rows, taken=taken, to_account=to_account, status=status,
-        seq=acting.seq, kind=acting.instruction.type,
+        session,
+        rows=rows,
+        taken=taken,
+        to_account=to_account,
+        status=status,
+        seq=acting.seq,
+        kind=acting.instruction.type,
     )
     return taken
 
@@ -87,8 +92,13 @@ def transfer(session: Session, acting: Acting[Transfer]) -> Effects:
             "(use a retirement or cancellation instead)"
         )
     taken = _move(session, acting, b, to_account=destination.id, status="active")
-    return {"batch": b.batch, "from": b.account, "to": b.to_account,
-            "quantity": sum(r.quantity for r in taken), "blocks": _ranges(taken)}
+    return {
+        "batch": b.batch,
+        "from": b.account,
+        "to": b.to_account,
+        "quantity": sum(r.quantity for r in taken),
+        "blocks": _ranges(taken),
+    }
 
 
 def retire(session: Session, acting: Acting[Retire]) -> Effects:
@@ -98,18 +108,34 @@ def retire(session: Session, acting: Acting[Retire]) -> Effects:
     retirement_id = f"RET-{acting.seq}"
     session.add(
         RetirementRow(
-            id=retirement_id, seq=acting.seq, account_id=b.account, batch_id=b.batch,
-            blocks=",".join(f"{r.start}-{r.end}" for r in taken), quantity=quantity,
-            beneficiary=b.beneficiary, purpose=b.purpose, jurisdiction=b.jurisdiction,
-            reason=b.reason, time=acting.now.isoformat(),
+            id=retirement_id,
+            seq=acting.seq,
+            account_id=b.account,
+            batch_id=b.batch,
+            blocks=",".join(f"{r.start}-{r.end}" for r in taken),
+            quantity=quantity,
+            beneficiary=b.beneficiary,
+            purpose=b.purpose,
+            jurisdiction=b.jurisdiction,
+            reason=b.reason,
+            time=acting.now.isoformat(),
         )
     )
-    return {"retirement_id": retirement_id, "batch": b.batch, "from": b.account,
-            "quantity": quantity, "blocks": _ranges(taken)}
+    return {
+        "retirement_id": retirement_id,
+        "batch": b.batch,
+        "from": b.account,
+        "quantity": quantity,
+        "blocks": _ranges(taken),
+    }
 
 
 def cancel(session: Session, acting: Acting[Cancel]) -> Effects:
     b = acting.body
     taken = _move(session, acting, b, to_account=CANCELLATION_ACCOUNT, status="cancelled")
-    return {"batch": b.batch, "from": b.account, "quantity": sum(r.quantity for r in taken),
-            "blocks": _ranges(taken)}
+    return {
+        "batch": b.batch,
+        "from": b.account,
+        "quantity": sum(r.quantity for r in taken),
+        "blocks": _ranges(taken),
+    }

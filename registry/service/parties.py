@@ -25,8 +25,12 @@ def public_key_from_b64(text: str) -> PublicKey:
 
 def add_key(session: Session, *, party_id: str, key: PublicKey, seq: int) -> str:
     if session.get(PartyKeyRow, key.key_id) is not None:
-        raise ConflictError(f"key {key.key_id} is already registered", details={"key_id": key.key_id})
-    session.add(PartyKeyRow(key_id=key.key_id, party_id=party_id, public_key=key.raw, added_seq=seq))
+        raise ConflictError(
+            f"key {key.key_id} is already registered", details={"key_id": key.key_id}
+        )
+    session.add(
+        PartyKeyRow(key_id=key.key_id, party_id=party_id, public_key=key.raw, added_seq=seq)
+    )
     return key.key_id
 
 
@@ -34,11 +38,18 @@ def register_party(session: Session, acting: Acting[RegisterParty]) -> Effects:
     acting.require_role("administrator")
     body = acting.body
     if session.get(PartyRow, body.party_id) is not None:
-        raise ConflictError(f"party {body.party_id} already exists", details={"party": body.party_id})
+        raise ConflictError(
+            f"party {body.party_id} already exists", details={"party": body.party_id}
+        )
     keys = [public_key_from_b64(k) for k in body.public_keys]
     session.add(
-        PartyRow(id=body.party_id, name=body.name, role=body.role, country=body.country,
-                 created_seq=acting.seq)
+        PartyRow(
+            id=body.party_id,
+            name=body.name,
+            role=body.role,
+            country=body.country,
+            created_seq=acting.seq,
+        )
     )
     session.flush()
     key_ids = [add_key(session, party_id=body.party_id, key=k, seq=acting.seq) for k in keys]
@@ -73,7 +84,8 @@ def revoke_party_key(session: Session, acting: Acting[RevokePartyKey]) -> Effect
         raise StateError(f"key {body.key_id} is already revoked")
     active = session.exec(
         select(PartyKeyRow).where(
-            PartyKeyRow.party_id == body.party_id, PartyKeyRow.revoked_seq == None  # noqa: E711
+            PartyKeyRow.party_id == body.party_id,
+            PartyKeyRow.revoked_seq == None,  # noqa: E711
         )
     ).all()
     if len(active) <= 1:
@@ -86,14 +98,21 @@ def revoke_party_key(session: Session, acting: Acting[RevokePartyKey]) -> Effect
 
 
 def create_account(
-    session: Session, *, account_id: str, holder: str, kind: str, name: str, seq: int,
+    session: Session,
+    *,
+    account_id: str,
+    holder: str,
+    kind: str,
+    name: str,
+    seq: int,
     unit_id: str | None = None,
 ) -> None:
     if session.get(AccountRow, account_id) is not None:
         raise ConflictError(f"account {account_id} already exists", details={"account": account_id})
     session.add(
-        AccountRow(id=account_id, holder=holder, kind=kind, name=name, unit_id=unit_id,
-                   created_seq=seq)
+        AccountRow(
+            id=account_id, holder=holder, kind=kind, name=name, unit_id=unit_id, created_seq=seq
+        )
     )
 
 
@@ -102,9 +121,15 @@ def open_account(session: Session, acting: Acting[OpenAccount]) -> Effects:
     body = acting.body
     holder = get_or_404(session, PartyRow, body.holder, "party")
     if holder.role in {"auditor", "third_party_entity"}:
-        raise InvalidRequestError(f"a {holder.role} cannot hold credits", details={"holder": holder.id})
+        raise InvalidRequestError(
+            f"a {holder.role} cannot hold credits", details={"holder": holder.id}
+        )
     create_account(
-        session, account_id=body.account_id, holder=holder.id, kind="holding", name=body.name,
+        session,
+        account_id=body.account_id,
+        holder=holder.id,
+        kind="holding",
+        name=body.name,
         seq=acting.seq,
     )
     return {"account_id": body.account_id}

@@ -35,7 +35,9 @@ def register_project(session: Session, acting: Acting[RegisterProject]) -> Effec
     acting.require_role("administrator")
     b = acting.body
     if session.get(ProjectRow, b.project_id) is not None:
-        raise ConflictError(f"project {b.project_id} already exists", details={"project": b.project_id})
+        raise ConflictError(
+            f"project {b.project_id} already exists", details={"project": b.project_id}
+        )
     if b.crediting_period_end < b.crediting_period_start:
         raise InvalidRequestError(
             f"crediting period ends ({b.crediting_period_end}) before it starts "
@@ -48,11 +50,16 @@ def register_project(session: Session, acting: Acting[RegisterProject]) -> Effec
     _party_with_role(session, b.third_party_entity, "third_party_entity")
     session.add(
         ProjectRow(
-            id=b.project_id, title=b.title, partner_country=b.partner_country,
-            methodology=b.methodology, sector=b.sector, participants=json.dumps(b.participants),
+            id=b.project_id,
+            title=b.title,
+            partner_country=b.partner_country,
+            methodology=b.methodology,
+            sector=b.sector,
+            participants=json.dumps(b.participants),
             third_party_entity=b.third_party_entity,
             crediting_period_start=b.crediting_period_start,
-            crediting_period_end=b.crediting_period_end, status="registered",
+            crediting_period_end=b.crediting_period_end,
+            status="registered",
             registered_seq=acting.seq,
         )
     )
@@ -93,17 +100,32 @@ def register_forest_unit(session: Session, acting: Acting[RegisterForestUnit]) -
     check_no_overlap(boundary, existing, tolerance_ha=OVERLAP_TOLERANCE_HA)
     buffer_account = f"BUF-{b.unit_id}"
     create_account(
-        session, account_id=buffer_account, holder=acting.party.id, kind="buffer",
-        name=f"Non-permanence buffer pool of {b.name}", seq=acting.seq, unit_id=b.unit_id,
+        session,
+        account_id=buffer_account,
+        holder=acting.party.id,
+        kind="buffer",
+        name=f"Non-permanence buffer pool of {b.name}",
+        seq=acting.seq,
+        unit_id=b.unit_id,
     )
     session.add(
         ForestUnitRow(
-            id=b.unit_id, project_id=b.project_id, name=b.name,
+            id=b.unit_id,
+            project_id=b.project_id,
+            name=b.name,
             boundary=json.dumps(boundary.to_geojson(), separators=(",", ":")),
-            area_ha=boundary.area_hectares, jurisdiction=b.jurisdiction,
-            reference_level=b.reference_level, leakage_rate_bp=b.leakage_rate_bp,
-            buffer_rate_bp=b.buffer_rate_bp, buffer_account=buffer_account, shortfall=0,
+            area_ha=boundary.area_hectares,
+            jurisdiction=b.jurisdiction,
+            reference_level=b.reference_level,
+            leakage_rate_bp=b.leakage_rate_bp,
+            buffer_rate_bp=b.buffer_rate_bp,
+            buffer_account=buffer_account,
+            shortfall=0,
             registered_seq=acting.seq,
         )
     )
-    return {"unit_id": b.unit_id, "area_ha": boundary.area_hectares, "buffer_account": buffer_account}
+    return {
+        "unit_id": b.unit_id,
+        "area_ha": boundary.area_hectares,
+        "buffer_account": buffer_account,
+    }

@@ -30,8 +30,13 @@ def submit_report(session: Session, acting: Acting[SubmitReport]) -> Effects:
     if session.get(ReportRow, b.report_id) is not None:
         raise ConflictError(f"report {b.report_id} already exists", details={"report": b.report_id})
     if b.period_end < b.period_start:
-        raise InvalidRequestError(f"period ends ({b.period_end}) before it starts ({b.period_start})")
-    if b.period_start < project.crediting_period_start or b.period_end > project.crediting_period_end:
+        raise InvalidRequestError(
+            f"period ends ({b.period_end}) before it starts ({b.period_start})"
+        )
+    if (
+        b.period_start < project.crediting_period_start
+        or b.period_end > project.crediting_period_end
+    ):
         raise InvalidRequestError(
             f"period {b.period_start}..{b.period_end} lies outside the crediting period "
             f"{project.crediting_period_start}..{project.crediting_period_end}"
@@ -66,9 +71,15 @@ def submit_report(session: Session, acting: Acting[SubmitReport]) -> Effects:
             )
     session.add(
         ReportRow(
-            id=b.report_id, project_id=project.id, forest_unit_id=b.forest_unit_id,
-            period_start=b.period_start, period_end=b.period_end, reductions=b.reductions,
-            document_sha256=b.document_sha256, status="submitted", submitted_seq=acting.seq,
+            id=b.report_id,
+            project_id=project.id,
+            forest_unit_id=b.forest_unit_id,
+            period_start=b.period_start,
+            period_end=b.period_end,
+            reductions=b.reductions,
+            document_sha256=b.document_sha256,
+            status="submitted",
+            submitted_seq=acting.seq,
         )
     )
     return {"report_id": b.report_id, "status": "submitted"}
@@ -97,4 +108,8 @@ def verify_report(session: Session, acting: Acting[VerifyReport]) -> Effects:
     report.statement_sha256 = b.statement_sha256
     report.verified_seq = acting.seq
     session.add(report)
-    return {"report_id": report.id, "status": "verified", "verified_reductions": b.verified_reductions}
+    return {
+        "report_id": report.id,
+        "status": "verified",
+        "verified_reductions": b.verified_reductions,
+    }

@@ -39,17 +39,34 @@ def record_reversal(session: Session, acting: Acting[RecordReversal]) -> Effects
         held = [SerialRange(r.start, r.end) for r in batch_rows]
         taken, _ = take_lowest(held, min(remaining, sum(h.quantity for h in held)))
         move_serials(
-            session, rows=batch_rows, taken=taken, to_account=CANCELLATION_ACCOUNT,
-            status="cancelled", seq=acting.seq, kind=RecordReversal.TYPE,
+            session,
+            rows=batch_rows,
+            taken=taken,
+            to_account=CANCELLATION_ACCOUNT,
+            status="cancelled",
+            seq=acting.seq,
+            kind=RecordReversal.TYPE,
         )
         remaining -= sum(t.quantity for t in taken)
         cancelled.extend({"batch": batch_id, "start": t.start, "end": t.end} for t in taken)
     unit.shortfall += outcome.shortfall
     session.add(unit)
     session.add(
-        ReversalRow(seq=acting.seq, unit_id=unit.id, lost=b.lost, cancelled=outcome.cancelled,
-                    shortfall=outcome.shortfall, document_sha256=b.document_sha256,
-                    reason=b.reason)
+        ReversalRow(
+            seq=acting.seq,
+            unit_id=unit.id,
+            lost=b.lost,
+            cancelled=outcome.cancelled,
+            shortfall=outcome.shortfall,
+            document_sha256=b.document_sha256,
+            reason=b.reason,
+        )
     )
-    return {"unit_id": unit.id, "lost": b.lost, "pool_before": pool,
-            "cancelled": outcome.cancelled, "shortfall": outcome.shortfall, "blocks": cancelled}
+    return {
+        "unit_id": unit.id,
+        "lost": b.lost,
+        "pool_before": pool,
+        "cancelled": outcome.cancelled,
+        "shortfall": outcome.shortfall,
+        "blocks": cancelled,
+    }

@@ -88,15 +88,28 @@ def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_k
         acting = authenticate(session, raw, expected_type=expected_type, seq=seq, now=now)
         effects = HANDLERS[expected_type](session, acting)
         appended = append_entry(
-            session, registry, kind=expected_type, actor=acting.party.id, now=now, head=head,
+            session,
+            registry,
+            kind=expected_type,
+            actor=acting.party.id,
+            now=now,
+            head=head,
             payload={**acting.signed, "effects": effects},
         )
         body = {
-            "seq": seq, "kind": expected_type, "leaf_hash": b64(appended.leaf_hash),
-            "tree_size": seq + 1, "result": effects,
+            "seq": seq,
+            "kind": expected_type,
+            "leaf_hash": b64(appended.leaf_hash),
+            "tree_size": seq + 1,
+            "result": effects,
         }
         session.add(
-            IdempotencyRow(key=idempotency_key, request_hash=fingerprint, status_code=200,
-                           response=json.dumps(body), seq=seq)
+            IdempotencyRow(
+                key=idempotency_key,
+                request_hash=fingerprint,
+                status_code=200,
+                response=json.dumps(body),
+                seq=seq,
+            )
         )
     return Outcome(200, body)

@@ -183,8 +183,9 @@ class ReversalPublic(BaseModel):
     reason: str
 
 
-def _page(session: Session, model: type[SQLModel], order: Any, offset: int, limit: int,
-          *where: Any) -> tuple[list[Any], int]:
+def _page(
+    session: Session, model: type[SQLModel], order: Any, offset: int, limit: int, *where: Any
+) -> tuple[list[Any], int]:
     query = select(model)
     count_query = select(func.count()).select_from(model)
     for w in where:
@@ -196,8 +197,12 @@ def _page(session: Session, model: type[SQLModel], order: Any, offset: int, limi
 
 def _block(row: BlockRow) -> BlockPublic:
     return BlockPublic(
-        block=format_block(row.batch_id, SerialRange(row.start, row.end)), batch=row.batch_id,
-        start=row.start, end=row.end, quantity=row.end - row.start + 1, account=row.account_id,
+        block=format_block(row.batch_id, SerialRange(row.start, row.end)),
+        batch=row.batch_id,
+        start=row.start,
+        end=row.end,
+        quantity=row.end - row.start + 1,
+        account=row.account_id,
         status=row.status,
     )
 
@@ -207,8 +212,15 @@ def party(session: Session, party_id: str) -> PartyPublic:
     keys = session.exec(select(PartyKeyRow).where(PartyKeyRow.party_id == party_id)).all()
     return PartyPublic(
         **row.model_dump(),
-        keys=[PartyKeyPublic(key_id=k.key_id, public_key=_b64(k.public_key),
-                             added_seq=k.added_seq, revoked_seq=k.revoked_seq) for k in keys],
+        keys=[
+            PartyKeyPublic(
+                key_id=k.key_id,
+                public_key=_b64(k.public_key),
+                added_seq=k.added_seq,
+                revoked_seq=k.revoked_seq,
+            )
+            for k in keys
+        ],
     )
 
 
@@ -223,8 +235,12 @@ def parties(session: Session, offset: int, limit: int) -> Page[PartyPublic]:
 
 def accounts(session: Session, offset: int, limit: int) -> Page[AccountPublic]:
     rows, count = _page(session, AccountRow, col(AccountRow.id), offset, limit)
-    return Page(data=[AccountPublic(**r.model_dump()) for r in rows], count=count,
-                offset=offset, limit=limit)
+    return Page(
+        data=[AccountPublic(**r.model_dump()) for r in rows],
+        count=count,
+        offset=offset,
+        limit=limit,
+    )
 
 
 def _project(row: ProjectRow) -> ProjectPublic:
@@ -270,12 +286,14 @@ def report(session: Session, report_id: str) -> ReportPublic:
     return ReportPublic(**get_or_404(session, ReportRow, report_id, "report").model_dump())
 
 
-def reports(session: Session, offset: int, limit: int, project_id: str | None = None
-            ) -> Page[ReportPublic]:
+def reports(
+    session: Session, offset: int, limit: int, project_id: str | None = None
+) -> Page[ReportPublic]:
     where = [] if project_id is None else [ReportRow.project_id == project_id]
     rows, count = _page(session, ReportRow, col(ReportRow.submitted_seq), offset, limit, *where)
-    return Page(data=[ReportPublic(**r.model_dump()) for r in rows], count=count,
-                offset=offset, limit=limit)
+    return Page(
+        data=[ReportPublic(**r.model_dump()) for r in rows], count=count, offset=offset, limit=limit
+    )
 
 
 def _batch(session: Session, row: BatchRow) -> BatchPublic:
@@ -287,9 +305,15 @@ def _batch(session: Session, row: BatchRow) -> BatchPublic:
         ).all()
     )
     return BatchPublic(
-        id=row.id, project_id=row.project_id, report_id=row.report_id, programme=row.programme,
-        vintage=row.vintage, quantity=row.quantity, issued_seq=row.issued_seq,
-        active=int(sums.get("active", 0)), retired=int(sums.get("retired", 0)),
+        id=row.id,
+        project_id=row.project_id,
+        report_id=row.report_id,
+        programme=row.programme,
+        vintage=row.vintage,
+        quantity=row.quantity,
+        issued_seq=row.issued_seq,
+        active=int(sums.get("active", 0)),
+        retired=int(sums.get("retired", 0)),
         cancelled=int(sums.get("cancelled", 0)),
     )
 
@@ -309,9 +333,17 @@ def _retirement(row: RetirementRow) -> RetirementPublic:
         start, end = (int(x) for x in part.split("-"))
         blocks.append(format_block(row.batch_id, SerialRange(start, end)))
     return RetirementPublic(
-        id=row.id, seq=row.seq, account=row.account_id, batch=row.batch_id, blocks=blocks,
-        quantity=row.quantity, beneficiary=row.beneficiary, purpose=row.purpose,
-        jurisdiction=row.jurisdiction, reason=row.reason, time=row.time,
+        id=row.id,
+        seq=row.seq,
+        account=row.account_id,
+        batch=row.batch_id,
+        blocks=blocks,
+        quantity=row.quantity,
+        beneficiary=row.beneficiary,
+        purpose=row.purpose,
+        jurisdiction=row.jurisdiction,
+        reason=row.reason,
+        time=row.time,
     )
 
 
@@ -326,12 +358,17 @@ def retirements(session: Session, offset: int, limit: int) -> Page[RetirementPub
 
 def reversals(session: Session, offset: int, limit: int) -> Page[ReversalPublic]:
     rows, count = _page(session, ReversalRow, col(ReversalRow.seq), offset, limit)
-    return Page(data=[ReversalPublic(**r.model_dump()) for r in rows], count=count,
-                offset=offset, limit=limit)
+    return Page(
+        data=[ReversalPublic(**r.model_dump()) for r in rows],
+        count=count,
+        offset=offset,
+        limit=limit,
+    )
 
 
-def holdings(session: Session, *, account_id: str, reader: PartyRow, offset: int, limit: int
-             ) -> HoldingsPublic:
+def holdings(
+    session: Session, *, account_id: str, reader: PartyRow, offset: int, limit: int
+) -> HoldingsPublic:
     """An account's blocks, for its holder, administrators and auditors only."""
     acct = get_account(session, account_id)
     if reader.id != acct.holder and reader.role not in {"administrator", "auditor"}:
@@ -339,8 +376,14 @@ def holdings(session: Session, *, account_id: str, reader: PartyRow, offset: int
             f"holdings of {account_id} are private to {acct.holder}",
             details={"account": account_id, "reader": reader.id},
         )
-    rows, count = _page(session, BlockRow, (col(BlockRow.batch_id), col(BlockRow.start)),
-                        offset, limit, BlockRow.account_id == account_id)
+    rows, count = _page(
+        session,
+        BlockRow,
+        (col(BlockRow.batch_id), col(BlockRow.start)),
+        offset,
+        limit,
+        BlockRow.account_id == account_id,
+    )
     return HoldingsPublic(
         account=AccountPublic(**acct.model_dump()),
         total_active=_pool(session, account_id),
@@ -353,23 +396,36 @@ def serial_story(session: Session, serial: str) -> SerialStoryPublic:
     batch_id, number = parse_unit_serial(serial)
     row = session.exec(
         select(BlockRow).where(
-            BlockRow.batch_id == batch_id, col(BlockRow.start) <= number, col(BlockRow.end) >= number
+            BlockRow.batch_id == batch_id,
+            col(BlockRow.start) <= number,
+            col(BlockRow.end) >= number,
         )
     ).first()
     if row is None:
         raise NotFoundError(f"serial {serial} was never issued", details={"serial": serial})
     events = session.exec(
         select(BlockEventRow)
-        .where(BlockEventRow.batch_id == batch_id, col(BlockEventRow.start) <= number,
-               col(BlockEventRow.end) >= number)
+        .where(
+            BlockEventRow.batch_id == batch_id,
+            col(BlockEventRow.start) <= number,
+            col(BlockEventRow.end) >= number,
+        )
         .order_by(col(BlockEventRow.seq))
     ).all()
     return SerialStoryPublic(
-        serial=serial, batch=batch_id, number=number, now=_block(row),
+        serial=serial,
+        batch=batch_id,
+        number=number,
+        now=_block(row),
         history=[
-            EventPublic(seq=e.seq, kind=e.kind,
-                        block=format_block(e.batch_id, SerialRange(e.start, e.end)),
-                        from_account=e.from_account, to_account=e.to_account, status=e.status)
+            EventPublic(
+                seq=e.seq,
+                kind=e.kind,
+                block=format_block(e.batch_id, SerialRange(e.start, e.end)),
+                from_account=e.from_account,
+                to_account=e.to_account,
+                status=e.status,
+            )
             for e in events
         ],
     )

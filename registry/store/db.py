@@ -69,7 +69,12 @@ def write_transaction(engine: Engine) -> Iterator[Session]:
     writer = engine.execution_options(**{_WRITE: True})
     with Session(writer, expire_on_commit=False) as session, session.begin():
         if is_postgres(engine):
-            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LEDGER_LOCK_KEY})
+            # One lock per registry: keyed by the schema, so registries sharing a database
+            # (as the test suite's schemas do) never wait for each other.
+            session.execute(
+                text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema()))"),
+                {"k": LEDGER_LOCK_KEY},
+            )
         yield session
 
 
