@@ -12,7 +12,9 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
-from sqlmodel import Session
+from sqlalchemy import and_, insert
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
 
 from registry.domain.instructions import BODIES, Body, Instruction, SignedInstruction
 from registry.errors import (
@@ -108,16 +110,50 @@ def verify_instruction_signature(
     key.verify(b64decode_strict(signature, what="signature"), canonical_bytes(raw_instruction))
 
 
-def authenticate(
-    session: Session, raw: dict[str, Any], *, expected_type: str, seq: int, now: datetime
-) -> Acting[Body]:
+@dataclass(frozen=True)
+class Parsed:
+    """A signed instruction checked for shape, with the exact bytes its signature covers.
+
+    Built before the write transaction starts, so the serialised part of a request does only
+    what needs the database.
+    """
+
+    signed: SignedInstruction
+    body: Body
+    message: bytes
+    signature: bytes
+    raw: dict[str, Any]
+
+
+def parse_request(raw: dict[str, Any], *, expected_type: str) -> Parsed:
     signed, body = parse_signed(raw, expected_type=expected_type)
-    ins = signed.instruction
-    party = session.get(PartyRow, ins.actor)
-    if party is None:
+    return Parsed(
+        signed=signed,
+        body=body,
+        message=canonical_bytes(raw["instruction"]),
+        signature=b64decode_strict(signed.signature, what="signature"),
+        raw={"instruction": raw["instruction"], "signature": raw["signature"]},
+    )
+
+
+def authenticate(session: Session, parsed: Parsed, *, seq: int, now: datetime) -> Acting[Body]:
+    """Who signed ``parsed``, with a live key, in time, for the first time; or raise."""
+    ins = parsed.signed.instruction
+    found = session.exec(
+        select(PartyRow, PartyKeyRow)
+        .join(
+            PartyKeyRow,
+            and_(
+                col(PartyKeyRow.party_id) == col(PartyRow.id), col(PartyKeyRow.key_id) == ins.key_id
+            ),
+            isouter=True,
+        )
+        .where(PartyRow.id == ins.actor)
+    ).first()
+    if found is None:
         raise AuthenticationError(f"unknown party {ins.actor!r}", details={"actor": ins.actor})
-    key_row = session.get(PartyKeyRow, ins.key_id)
-    if key_row is None or key_row.party_id != party.id:
+    party, key_row = found
+    if key_row is None:
         raise AuthenticationError(
             f"key {ins.key_id} is not a key of party {party.id}",
             details={"actor": party.id, "key_id": ins.key_id},
@@ -128,9 +164,7 @@ def authenticate(
             details={"key_id": ins.key_id, "revoked_seq": key_row.revoked_seq},
         )
     try:
-        verify_instruction_signature(
-            raw["instruction"], raw["signature"], PublicKey(raw=key_row.public_key)
-        )
+        PublicKey(raw=key_row.public_key).verify(parsed.signature, parsed.message)
     except BadSignatureError as e:
         raise BadSignatureError(
             f"the signature of party {party.id} does not verify over this instruction",
@@ -146,19 +180,21 @@ def authenticate(
             f"expires {ins.expires} is more than {MAX_VALIDITY.days} days ahead",
             details={"expires": ins.expires},
         )
-    if session.get(NonceRow, (party.id, ins.nonce)) is not None:
+    try:
+        # The primary key (party, nonce) is the replay check: one statement, no race.
+        session.execute(insert(NonceRow), [{"party_id": party.id, "nonce": ins.nonce, "seq": seq}])
+    except IntegrityError as e:
         raise ReplayError(
             f"nonce {ins.nonce} was already used by party {party.id}: a replayed instruction",
             details={"actor": party.id, "nonce": ins.nonce},
-        )
-    session.add(NonceRow(party_id=party.id, nonce=ins.nonce, seq=seq))
+        ) from e
     return Acting(
         seq=seq,
         now=now,
         party=party,
         instruction=ins,
-        body=body,
-        signed={"instruction": raw["instruction"], "signature": raw["signature"]},
+        body=parsed.body,
+        signed=parsed.raw,
     )
 
 

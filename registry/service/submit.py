@@ -18,11 +18,10 @@ from typing import Any
 from sqlmodel import Session
 
 from registry.domain import instructions as ins
-from registry.errors import IdempotencyConflictError, InvalidRequestError
-from registry.ledger.canonical import canonical_bytes
+from registry.errors import IdempotencyConflictError, InvalidRequestError, RegistryError
 from registry.service import issuance, movements, parties, projects, reports, reversal
 from registry.service.context import Registry
-from registry.service.instructions import Acting, authenticate
+from registry.service.instructions import Acting, Parsed, authenticate, parse_request
 from registry.service.ledger import append_entry, b64
 from registry.store import ledger_repo
 from registry.store.db import write_transaction
@@ -61,7 +60,9 @@ class Outcome:
 
 
 def request_hash(kind: str, raw: object) -> str:
-    return hashlib.sha256(kind.encode() + b"\n" + canonical_bytes(raw)).hexdigest()
+    """Fingerprint of a request for idempotency (key order does not matter)."""
+    text = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{kind}\n{text}".encode()).hexdigest()
 
 
 def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_key: str) -> Outcome:
@@ -73,6 +74,13 @@ def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_k
     if not isinstance(raw, dict):
         raise InvalidRequestError("the request body must be a JSON object")
     fingerprint = request_hash(expected_type, raw)
+    try:
+        parsed: Parsed | None = parse_request(raw, expected_type=expected_type)
+        refusal: RegistryError | None = None
+    except RegistryError as e:
+        # A retry of an accepted request must get its answer even if it would not parse now;
+        # so a refusal is only raised once the idempotency key has been looked up.
+        parsed, refusal = None, e
     with write_transaction(registry.engine) as session:
         prior = session.get(IdempotencyRow, idempotency_key)
         if prior is not None:
@@ -85,7 +93,10 @@ def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_k
         head = ledger_repo.head(session)
         seq = head[0]
         now = registry.clock()
-        acting = authenticate(session, raw, expected_type=expected_type, seq=seq, now=now)
+        if parsed is None:
+            assert refusal is not None
+            raise refusal
+        acting = authenticate(session, parsed, seq=seq, now=now)
         effects = HANDLERS[expected_type](session, acting)
         appended = append_entry(
             session,
