@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from registry.api.paths import INSTRUCTION_PATHS
+from registry.audit_cli import export_cmd, verify_cmd
 from registry.client import ClientError, RegistryClient, sign_instruction
 from registry.config import Settings
 from registry.errors import ConfigurationError, InvalidRequestError, RegistryError
@@ -254,6 +255,9 @@ def demo(
     )
     typer.echo(f"demo: {len(run.results)} entries; party keys (unencrypted) in {keys_dir}/")
 
+
+app.command("export")(export_cmd)
+app.command("verify")(verify_cmd)
 
 proof_app = typer.Typer(help="Proofs anyone can check offline.", no_args_is_help=True)
 app.add_typer(proof_app, name="proof")

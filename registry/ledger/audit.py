@@ -4,10 +4,13 @@ The server (for ``--against`` and self-checks) and the offline auditor use this 
 streams: entries are read once, in order, and memory stays O(log n) for the tree plus the
 checkpoints not yet reached. :func:`audit_log` collects every failure for a report;
 :func:`verify_log` raises on the first, for callers that only need yes or no.
+:class:`LogAuditor` is the same check fed one item at a time, for a verifier that opens
+envelopes elsewhere (in worker processes) or reads checkpoints lazily from a bundle.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -36,22 +39,183 @@ class Failure:
         where = "" if self.seq is None else f"seq {self.seq}: "
         return f"{where}{self.message} [{self.code}]"
 
+    def to_json_value(self) -> dict[str, object]:
+        return {"seq": self.seq, "code": self.code, "message": self.message}
+
 
 @dataclass
 class LogReport:
-    """What an audit of the log found: how far it got and every failure on the way."""
+    """What an audit of the log found: how far it got and every failure on the way.
+
+    ``limit_per_code`` bounds how many failures of one code are kept (one changed byte early in a
+    long ledger makes every later checkpoint disagree); the rest are only counted in
+    ``omitted``, so the report stays small and ``ok`` stays exact.
+    """
 
     entries: int = 0
     checkpoints: int = 0
     root: bytes = b""
     failures: list[Failure] = field(default_factory=list)
+    limit_per_code: int | None = None
+    omitted: Counter[str] = field(default_factory=Counter)
+    _kept: Counter[str] = field(default_factory=Counter, repr=False)
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.omitted
+
+    @property
+    def failure_count(self) -> int:
+        return len(self.failures) + sum(self.omitted.values())
+
+    def add(self, failure: Failure) -> None:
+        if self.limit_per_code is not None and self._kept[failure.code] >= self.limit_per_code:
+            self.omitted[failure.code] += 1
+            return
+        self._kept[failure.code] += 1
+        self.failures.append(failure)
 
     def fail(self, error: RegistryError, seq: int | None = None) -> None:
-        self.failures.append(Failure(code=error.code, message=error.message, seq=seq))
+        self.add(Failure(code=error.code, message=error.message, seq=seq))
+
+
+class LogAuditor:
+    """The checks of :func:`audit_log`, fed one checkpoint or envelope at a time.
+
+    Checkpoints may arrive before the entries (as ``audit_log`` feeds them) or interleaved, as
+    long as each arrives before the tree grows past its size; one that arrives later is reported
+    as out of order, since its root can no longer be recomputed without keeping every node.
+    """
+
+    def __init__(
+        self,
+        *,
+        keys: Mapping[str, PublicKey],
+        verifier: NoteVerifier,
+        origin: str,
+        report: LogReport | None = None,
+    ) -> None:
+        self.keys = keys
+        self.verifier = verifier
+        self.origin = origin
+        self.report = report if report is not None else LogReport()
+        self.tree = CompactRange()
+        self._pending: dict[int, Checkpoint] = {}
+        self._checked: Checkpoint | None = None
+        self._prev_leaf: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        """Entries added so far."""
+        return self.tree.size
+
+    def add_checkpoint(self, note: str) -> Checkpoint | None:
+        """Open a signed checkpoint and keep it until the tree reaches its size."""
+        try:
+            cp = open_checkpoint(note, origin=self.origin, verifiers=[self.verifier])
+        except RegistryError as e:
+            self.report.fail(e)
+            return None
+        self.add_opened_checkpoint(cp)
+        return cp
+
+    def add_opened_checkpoint(self, cp: Checkpoint) -> None:
+        """Add a checkpoint whose note was already verified against the pinned key."""
+        report = self.report
+        report.checkpoints += 1
+        if cp.size < self.tree.size or (cp.size == 0 and self.tree.size == 0):
+            self._check_past(cp)
+            return
+        seen = self._pending.get(cp.size)
+        if seen is None and self._checked is not None and self._checked.size == cp.size:
+            seen = self._checked
+        if seen is not None and seen.root != cp.root:
+            report.fail(
+                ForkError(f"two checkpoints for size {cp.size} with different roots: a fork"),
+                seq=cp.size,
+            )
+        self._pending[cp.size] = cp
+        if cp.size == self.tree.size:
+            self._check_pending()
+
+    def _check_past(self, cp: Checkpoint) -> None:
+        if cp.size == 0:
+            self._compare(cp, CompactRange().root())
+            return
+        self.report.fail(
+            CheckpointError(
+                f"checkpoint for size {cp.size} comes after the tree reached size "
+                f"{self.tree.size}; checkpoints must be in increasing size order"
+            ),
+            seq=cp.size,
+        )
+
+    def add_envelope(self, envelope: bytes) -> Entry | None:
+        """Verify and open ``envelope`` as the next entry; returns it, or ``None`` if it fails."""
+        try:
+            entry = open_entry(envelope, self.keys)
+        except RegistryError as e:
+            self.add_opened(envelope, None, Failure(code=e.code, message=e.message))
+            return None
+        self.add_opened(envelope, entry, None)
+        return entry
+
+    def add_opened(self, envelope: bytes, entry: Entry | None, failure: Failure | None) -> None:
+        """Add the next envelope, already opened elsewhere: ``entry`` if its registry signature
+        verified, else the ``failure`` (its ``seq`` is filled in here)."""
+        report = self.report
+        position = self.tree.size
+        if failure is not None:
+            report.add(Failure(code=failure.code, message=failure.message, seq=position))
+        if entry is not None:
+            if entry.seq != position:
+                report.fail(
+                    ChainError(f"entry at position {position} says seq {entry.seq}"), seq=position
+                )
+            expected_prev = None if self._prev_leaf is None else self._prev_leaf.hex()
+            if entry.prev != expected_prev:
+                report.fail(
+                    ChainError(
+                        f"prev is {entry.prev}, but the previous leaf hash is {expected_prev}"
+                    ),
+                    seq=position,
+                )
+        leaf = leaf_hash(envelope)
+        self._prev_leaf = leaf
+        self.tree.append(leaf)
+        report.entries = self.tree.size
+        self._check_pending()
+
+    def _check_pending(self) -> None:
+        cp = self._pending.pop(self.tree.size, None)
+        if cp is not None:
+            self._compare(cp, self.tree.root())
+
+    def _compare(self, cp: Checkpoint, root: bytes) -> None:
+        self._checked = cp
+        if cp.root != root:
+            self.report.fail(
+                CheckpointError(
+                    f"checkpoint for size {cp.size} has root {cp.root.hex()}, "
+                    f"the entries give {root.hex()}"
+                ),
+                seq=cp.size,
+            )
+
+    def finish(self) -> LogReport:
+        """Report checkpoints for sizes the ledger never reached; return the report."""
+        report = self.report
+        report.root = self.tree.root()
+        for size in sorted(self._pending):
+            report.fail(
+                CheckpointError(
+                    f"a checkpoint signs size {size}, but the ledger holds only "
+                    f"{self.tree.size} entries"
+                ),
+                seq=size,
+            )
+        self._pending.clear()
+        return report
 
 
 def audit_log(
@@ -68,67 +232,14 @@ def audit_log(
     ``keys`` are the registry keys entries may be signed with; ``verifier`` is the pinned key
     checkpoints must carry. Pass ``entries_out`` to also receive the opened entries (for replay).
     """
-    report = LogReport()
-    pending: dict[int, Checkpoint] = {}
+    auditor = LogAuditor(keys=keys, verifier=verifier, origin=origin)
     for note in checkpoint_notes:
-        try:
-            cp = open_checkpoint(note, origin=origin, verifiers=[verifier])
-        except RegistryError as e:
-            report.fail(e)
-            continue
-        report.checkpoints += 1
-        seen = pending.get(cp.size)
-        if seen is not None and seen.root != cp.root:
-            report.fail(
-                ForkError(f"two checkpoints for size {cp.size} with different roots: a fork"),
-                seq=cp.size,
-            )
-        pending[cp.size] = cp
-
-    tree = CompactRange()
-    prev_leaf: bytes | None = None
-    for position, envelope in enumerate(envelopes):
-        leaf = leaf_hash(envelope)
-        try:
-            entry = open_entry(envelope, keys)
-        except RegistryError as e:
-            report.fail(e, seq=position)
-        else:
-            if entry.seq != position:
-                report.fail(
-                    ChainError(f"entry at position {position} says seq {entry.seq}"), seq=position
-                )
-            expected_prev = None if prev_leaf is None else prev_leaf.hex()
-            if entry.prev != expected_prev:
-                report.fail(
-                    ChainError(
-                        f"prev is {entry.prev}, but the previous leaf hash is {expected_prev}"
-                    ),
-                    seq=position,
-                )
-            if entries_out is not None:
-                entries_out.append(entry)
-        prev_leaf = leaf
-        tree.append(leaf)
-        report.entries = tree.size
-        reached = pending.pop(tree.size) if tree.size in pending else None
-        if reached is not None and reached.root != tree.root():
-            report.fail(
-                CheckpointError(
-                    f"checkpoint for size {reached.size} has root {reached.root.hex()}, "
-                    f"the entries give {tree.root().hex()}"
-                ),
-                seq=reached.size,
-            )
-    report.root = tree.root()
-    for size in sorted(pending):
-        report.fail(
-            CheckpointError(
-                f"a checkpoint signs size {size}, but the ledger holds only {tree.size} entries"
-            ),
-            seq=size,
-        )
-    return report
+        auditor.add_checkpoint(note)
+    for envelope in envelopes:
+        entry = auditor.add_envelope(envelope)
+        if entry is not None and entries_out is not None:
+            entries_out.append(entry)
+    return auditor.finish()
 
 
 def verify_log(

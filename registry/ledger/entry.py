@@ -19,7 +19,15 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from registry.errors import CanonicalEncodingError, ChainError, MalformedError
 from registry.ledger.canonical import (
@@ -37,6 +45,7 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _TIME_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 _KIND = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
 _LEAF_HEX = re.compile(r"[0-9a-f]{64}")
+_FROM_CANONICAL = "payload parsed from canonical bytes"
 
 
 def format_time(dt: datetime) -> str:
@@ -112,7 +121,12 @@ class Entry(BaseModel):
 
     @field_validator("payload")
     @classmethod
-    def _payload_canonical(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _payload_canonical(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if info.context is not None and info.context.get(_FROM_CANONICAL) is True:
+            # Only ``from_bytes`` sets this: it just parsed the payload out of bytes that
+            # ``parse_canonical`` proved canonical, and nobody else holds that object, so
+            # checking and copying it again would only double the cost of opening an entry.
+            return value
         check_canonical_value(value, path="$.payload")
         # Keep our own copy in JSON shape (tuples become lists), so later mutation of the
         # caller's dict cannot change the entry and from_bytes(to_bytes()) == the entry.
@@ -160,7 +174,7 @@ class Entry(BaseModel):
         if not isinstance(value, dict):
             raise MalformedError(f"an entry is a JSON object, got {type(value).__name__}")
         try:
-            return cls.model_validate(value)
+            return cls.model_validate(value, context={_FROM_CANONICAL: True})
         except ValidationError as e:
             raise MalformedError(
                 f"not a valid ledger entry: {e}",

@@ -1,0 +1,150 @@
+"""The auditor's two commands, ``registry export`` and ``registry verify``, as plain functions.
+
+``registry/cli.py`` registers them (``app.command("export")(export_cmd)``,
+``app.command("verify")(verify_cmd)``); keeping them here keeps the CLI module a list of thin
+edges. Exit codes of ``registry verify``:
+
+* **0**: every check passed;
+* **1**: a usage error (not a bundle, unreadable key, database unreachable): a
+  :class:`~registry.errors.RegistryError` that ``registry.cli.main`` prints as ``error[code]``;
+* **2**: the bundle was read and at least one check failed; the report lists each failure.
+
+A progress bar goes to stderr, and only when stderr is a terminal, so pipes and ``--json``
+output stay clean.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from registry.config import Settings
+from registry.errors import ConfigurationError, RegistryError
+from registry.ledger.audit import Failure
+from registry.ledger.bundle import BundleReader
+from registry.ledger.verify_bundle import EXIT_FAILED, verify_bundle
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise ConfigurationError(f"bad REGISTRY_* setting: {e.errors()[0]['msg']}") from e
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal; otherwise nothing."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def export_cmd(
+    out: Annotated[Path, typer.Argument(help="Where to write the bundle (JSON Lines).")],
+) -> None:
+    """Export the whole ledger (entries, checkpoints, keys) as a bundle for offline audit."""
+    from registry.service.export import export_bundle
+    from registry.store import ledger_repo
+    from registry.store.db import make_engine, read_session
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with read_session(engine) as session:
+            total = ledger_repo.tree_size(session)
+        with _progress(total, "exporting") as progress:
+            result = export_bundle(engine, out, progress=progress)
+    finally:
+        engine.dispose()
+    typer.echo(
+        f"exported {result.tree_size} entries, {result.checkpoints} checkpoints and "
+        f"{result.party_keys} party keys to {result.path} ({result.bytes:,} bytes)"
+    )
+
+
+def verify_cmd(
+    bundle: Annotated[Path, typer.Argument(help="The bundle `registry export` wrote.")],
+    registry_key: Annotated[
+        str,
+        typer.Option(
+            "--registry-key",
+            help="The registry key you trust, obtained independently: its note verifier key "
+            "(<origin>+<keyid>+<base64>, as `registry init` prints) or raw base64 Ed25519 key.",
+        ),
+    ],
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON on stdout.")
+    ] = False,
+    against: Annotated[
+        str | None,
+        typer.Option(
+            "--against",
+            help="Also compare the replayed state with this database's state tables "
+            "(a SQLAlchemy URL, read only).",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Processes checking signatures (default: every core)."),
+    ] = None,
+) -> None:
+    """Verify a bundle offline: signatures, chain, tree, checkpoints, and a full replay.
+
+    Exits 0 when every check passes, 2 when any fails (each failure is listed with its entry),
+    1 on a usage error.
+    """
+    if not bundle.is_file():
+        raise ConfigurationError(f"no bundle at {bundle}")
+    total = BundleReader(bundle).header.tree_size
+    with _progress(total, "verifying") as progress:
+        verification = verify_bundle(
+            bundle, registry_key=registry_key, workers=workers, progress=progress
+        )
+    report = verification.report
+    if against is not None:
+        from registry.service.compare import compare_with_database, describe_url
+
+        try:
+            differences = compare_with_database(against, verification.state)
+        except RegistryError:
+            raise
+        except Exception as e:  # a bad URL or an unreachable server is a usage error
+            raise ConfigurationError(
+                f"cannot read the database {describe_url(against)}: {e}"
+            ) from e
+        report.against = describe_url(against)
+        for difference in differences:
+            report.log.add(Failure(code="state_mismatch", message=str(difference)))
+    if json_out:
+        typer.echo(json.dumps(report.to_json_value(), indent=2, ensure_ascii=False))
+    else:
+        typer.echo(report.render())
+    if not report.ok:
+        raise typer.Exit(code=EXIT_FAILED)

@@ -1,0 +1,347 @@
+"""The export bundle: one self-contained file an auditor needs to check the whole registry offline.
+
+This module owns the bundle format (``kh-carbon-registry-export``, version 1), its pydantic
+models (``BUNDLE_MODELS``, from which ``schemas/export-*.json`` are generated), and a streaming
+writer and reader. A bundle is JSON Lines, UTF-8, one JSON object per line, in four sections
+that always come in this order::
+
+    {"format": "kh-carbon-registry-export", "version": 1, "origin": ..., "tree_size": N,
+     "exported_at": ..., "registry_keys": [...]}                         header, line 1
+    {"type": "entry", "seq": 0, "envelope": "<base64 of the exact envelope bytes>"}   N lines
+    {"type": "checkpoint", "size": s, "note": "<signed note>"}       in increasing size
+    {"type": "party_key", "party_id", "key_id", "public_key", "valid_from_seq",
+     "valid_until_seq"}
+
+Entries are the DSSE envelopes exactly as stored: the Merkle leaves are the hashes of those
+bytes, so nothing is re-serialised. Checkpoints are the signed notes the registry published.
+Party keys and the header's registry keys are a convenience index: the verifier trusts only the
+key pinned on its command line and the key history the ledger itself records, and reports any
+disagreement with these lines.
+
+Memory is flat whatever the size: the writer writes line by line, and the reader yields lines
+from its own file handles, so a verifier can walk the entries and, in step with them, the
+checkpoints further down the same file. Nothing here knows the database or the rules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from registry.errors import LedgerError, MalformedError
+from registry.ledger.keys import b64decode_strict, b64encode
+
+FORMAT: Final = "kh-carbon-registry-export"
+VERSION: Final = 1
+
+Seq = Annotated[StrictInt, Field(ge=0, le=2**53 - 1)]
+B64Key = Annotated[StrictStr, Field(description="raw 32-byte Ed25519 public key, standard base64")]
+KeyId = Annotated[
+    StrictStr,
+    Field(pattern=r"^[0-9a-f]{64}$", description="lowercase hex SHA-256 of the raw public key"),
+]
+
+
+class BundleFormatError(MalformedError):
+    """The file is not an export bundle this verifier can read (wrong format or version)."""
+
+    code = "bad_bundle"
+
+
+class _Line(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class BundleRegistryKey(_Line):
+    """A key the registry signed entries and checkpoints with, and over which entries."""
+
+    key_id: KeyId
+    algorithm: Literal["ed25519"] = "ed25519"
+    public_key: B64Key
+    note_verifier: StrictStr = Field(description="C2SP signed-note verifier key for checkpoints")
+    valid_from_seq: Seq
+    valid_until_seq: Seq | None = None
+
+
+class BundleHeader(_Line):
+    """Line 1 of a bundle: what it is, which log, how many entries, and the registry's keys."""
+
+    model_config = ConfigDict(title="ExportHeader")
+    format: Literal["kh-carbon-registry-export"]
+    version: Literal[1]
+    origin: StrictStr = Field(min_length=1, description="the checkpoint origin line of the log")
+    tree_size: Seq = Field(description="number of entry lines that follow")
+    exported_at: StrictStr = Field(description="RFC 3339 UTC time the export was taken")
+    registry_keys: list[BundleRegistryKey]
+
+
+class BundleEntry(_Line):
+    """One ledger entry: its DSSE envelope's exact bytes, base64-encoded."""
+
+    model_config = ConfigDict(title="ExportEntry")
+    type: Literal["entry"]
+    seq: Seq
+    envelope: StrictStr = Field(description="standard base64 of the stored envelope bytes")
+
+
+class BundleCheckpoint(_Line):
+    """A checkpoint the registry signed: a C2SP signed note over origin, size and root."""
+
+    model_config = ConfigDict(title="ExportCheckpoint")
+    type: Literal["checkpoint"]
+    size: Seq
+    note: StrictStr
+
+
+class BundlePartyKey(_Line):
+    """A party's public key and the entries over which the ledger says it was valid.
+
+    ``valid_from_seq`` is the entry that added it; ``valid_until_seq`` the entry that revoked it
+    (instructions in that entry and later may not use it), or null while it is valid.
+    """
+
+    model_config = ConfigDict(title="ExportPartyKey")
+    type: Literal["party_key"]
+    party_id: StrictStr
+    key_id: KeyId
+    public_key: B64Key
+    valid_from_seq: Seq
+    valid_until_seq: Seq | None = None
+
+
+BUNDLE_MODELS: dict[str, type[BaseModel]] = {
+    "header": BundleHeader,
+    "entry": BundleEntry,
+    "checkpoint": BundleCheckpoint,
+    "party-key": BundlePartyKey,
+}
+"""Schema name -> model; ``registry.schemas`` publishes them as ``schemas/export-<name>.json``."""
+
+_SECTION_ORDER: Final = {"entry": 0, "checkpoint": 1, "party_key": 2}
+_ENTRY_PREFIX: Final = b'{"type":"entry"'
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+class BundleWriter:
+    """Writes a bundle line by line to a binary stream, refusing lines out of section order."""
+
+    def __init__(self, out: IO[bytes], header: BundleHeader) -> None:
+        self._out = out
+        self._section = 0
+        self.entries = 0
+        self.checkpoints = 0
+        self.party_keys = 0
+        self._tree_size = header.tree_size
+        self._write(header)
+
+    def _write(self, line: BaseModel) -> None:
+        self._out.write(line.model_dump_json().encode("utf-8") + b"\n")
+
+    def _enter(self, kind: str) -> None:
+        rank = _SECTION_ORDER[kind]
+        if rank < self._section:
+            raise LedgerError(f"a {kind} line cannot follow the next section of a bundle")
+        if rank > 0 and self.entries != self._tree_size:
+            raise LedgerError(
+                f"the header promises {self._tree_size} entries, {self.entries} were written"
+            )
+        self._section = rank
+
+    def entry(self, seq: int, envelope: bytes) -> None:
+        self._enter("entry")
+        if seq != self.entries:
+            raise LedgerError(
+                f"entry lines must run 0..n-1; expected seq {self.entries}, got {seq}"
+            )
+        if self.entries >= self._tree_size:
+            raise LedgerError(f"the header promises {self._tree_size} entries; got more")
+        self._write(BundleEntry(type="entry", seq=seq, envelope=b64encode(envelope)))
+        self.entries += 1
+
+    def checkpoint(self, size: int, note: str) -> None:
+        self._enter("checkpoint")
+        self._write(BundleCheckpoint(type="checkpoint", size=size, note=note))
+        self.checkpoints += 1
+
+    def party_key(self, key: BundlePartyKey) -> None:
+        self._enter("party_key")
+        self._write(key)
+        self.party_keys += 1
+
+    def close(self) -> None:
+        """Check the promised entries were all written (a bundle with none is fine)."""
+        if self.entries != self._tree_size:
+            raise LedgerError(
+                f"the header promises {self._tree_size} entries, {self.entries} were written"
+            )
+
+
+def atomic_output(path: Path) -> tuple[IO[bytes], Path]:
+    """A temporary file beside ``path``: write there, then :func:`commit_output` renames it.
+
+    So a failed or interrupted export never leaves a half bundle under the real name.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    return os.fdopen(fd, "wb"), Path(tmp)
+
+
+def commit_output(out: IO[bytes], tmp: Path, path: Path) -> None:
+    out.flush()
+    os.fsync(out.fileno())
+    out.close()
+    os.replace(tmp, path)
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EntryLine:
+    """An entry line: ``envelope`` holds the exact bytes, or ``problem`` says why it cannot."""
+
+    line: int
+    seq: int | None
+    envelope: bytes | None
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointLine:
+    line: int
+    size: int
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class PartyKeyLine:
+    line: int
+    key: BundlePartyKey
+
+
+@dataclass(frozen=True, slots=True)
+class LineProblem:
+    """A line after the entries that is not where it should be or cannot be read."""
+
+    line: int
+    message: str
+
+
+TailLine = CheckpointLine | PartyKeyLine | LineProblem
+
+
+def _line_type(raw: bytes) -> str | None:
+    """The ``type`` of a line, or ``None`` when it is not a JSON object with a string type."""
+    if raw.startswith(_ENTRY_PREFIX):
+        return "entry"  # the writer's own spelling: skipping a million entries stays cheap
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in err["loc"]) or "line"
+    return f"{where}: {err['msg']}"
+
+
+class BundleReader:
+    """Reads a bundle from ``path``; each iterator has its own file handle, so they can advance
+    in step (entries and, further down the file, checkpoints) with flat memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            with path.open("rb") as f:
+                first = f.readline()
+        except OSError as e:
+            raise BundleFormatError(f"cannot read the bundle {path}: {e.strerror}") from e
+        self.header = self._parse_header(first)
+
+    def _parse_header(self, raw: bytes) -> BundleHeader:
+        try:
+            value = json.loads(raw)
+        except ValueError as e:
+            raise BundleFormatError(
+                f"{self.path} is not an export bundle: line 1 is not JSON"
+            ) from e
+        if not isinstance(value, dict) or value.get("format") != FORMAT:
+            raise BundleFormatError(
+                f'{self.path} is not an export bundle: line 1 lacks "format": "{FORMAT}"'
+            )
+        if value.get("version") != VERSION:
+            raise BundleFormatError(
+                f"bundle version {value.get('version')!r} is not supported; this verifier "
+                f"reads version {VERSION}"
+            )
+        try:
+            return BundleHeader.model_validate_json(raw)
+        except ValidationError as e:
+            raise BundleFormatError(f"the bundle header is not valid: {_first_error(e)}") from e
+
+    def _lines(self) -> Iterator[tuple[int, bytes]]:
+        """``(line number, bytes without the newline)`` after the header."""
+        with self.path.open("rb") as f:
+            f.readline()
+            for number, raw in enumerate(f, start=2):
+                yield number, raw.rstrip(b"\n")
+
+    def entries(self) -> Iterator[EntryLine]:
+        """The entry lines, in file order, up to the first checkpoint or party key line."""
+        for number, raw in self._lines():
+            kind = _line_type(raw)
+            if kind in ("checkpoint", "party_key"):
+                return
+            if kind != "entry":
+                yield EntryLine(number, None, None, f"line {number} is not an entry line")
+                continue
+            try:
+                line = BundleEntry.model_validate_json(raw)
+                envelope = b64decode_strict(line.envelope, what=f"envelope on line {number}")
+            except ValidationError as e:
+                yield EntryLine(number, None, None, f"line {number}: {_first_error(e)}")
+                continue
+            except MalformedError as e:
+                yield EntryLine(number, line.seq, None, e.message)
+                continue
+            yield EntryLine(number, line.seq, envelope)
+
+    def tail(self) -> Iterator[TailLine]:
+        """Everything after the entries: checkpoints, then party keys, and any misplaced line."""
+        started = False
+        section = 1
+        for number, raw in self._lines():
+            kind = _line_type(raw)
+            if not started:
+                if kind not in ("checkpoint", "party_key"):
+                    continue
+                started = True
+            if kind not in ("checkpoint", "party_key"):
+                what = "an entry line" if kind == "entry" else "not a bundle line"
+                yield LineProblem(number, f"line {number} is {what}, after the entries ended")
+                continue
+            rank = _SECTION_ORDER[kind]
+            if rank < section:
+                yield LineProblem(number, f"line {number}: a checkpoint after the party keys")
+                continue
+            section = rank
+            try:
+                if kind == "checkpoint":
+                    cp = BundleCheckpoint.model_validate_json(raw)
+                    yield CheckpointLine(number, cp.size, cp.note)
+                else:
+                    yield PartyKeyLine(number, BundlePartyKey.model_validate_json(raw))
+            except ValidationError as e:
+                yield LineProblem(number, f"line {number} ({kind}): {_first_error(e)}")

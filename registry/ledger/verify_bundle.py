@@ -1,0 +1,469 @@
+"""Offline verification of an export bundle against one pinned registry key.
+
+This module owns the auditor's whole check of a bundle (``registry verify BUNDLE``): with nothing
+but the file and the registry key the auditor trusts (a note verifier string, or the raw base64
+key), it checks the log (every envelope's signature, the ``seq``/``prev`` chain, the Merkle tree,
+every signed checkpoint's root, in step; :class:`~registry.ledger.audit.LogAuditor`), replays
+every entry (:class:`~registry.ledger.replay.Replay`: holder signatures, keys, nonces, expiry,
+roles, effects re-derived, supply and buffer invariants), and checks the bundle's own index
+lines (header, registry keys, party keys) against what the ledger says. Every failure is
+collected into one report; nothing stops at the first. An entry whose registry signature fails
+is still replayed when its bytes parse (the failure is reported all the same), so that one bad
+signature does not bury every later entry under consequential failures.
+
+Signature checks and canonical parsing, the bulk of the cost, run on ``workers`` processes over
+chunks of entries and the checkpoints that fall in them (:mod:`registry.ledger.opening`).
+Results are consumed in ledger order through a window of ``2 * workers`` chunks, so memory stays
+bounded however long the ledger; the replay itself runs in order in this process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from registry.errors import MalformedError
+from registry.ledger.audit import Failure, LogAuditor, LogReport
+from registry.ledger.bundle import (
+    BundleHeader,
+    BundleReader,
+    CheckpointLine,
+    LineProblem,
+    PartyKeyLine,
+    TailLine,
+)
+from registry.ledger.checkpoint import NoteVerifier
+from registry.ledger.keys import PublicKey, b64encode
+from registry.ledger.opening import Context, Job, JobResult, OpenedCheckpoint, run_job
+from registry.ledger.replay import Replay, ReplayedState
+
+DEFAULT_CHUNK = 256
+"""Entries per job: large enough to amortise inter-process traffic, small enough to stream."""
+
+MAX_KEYS_SENT = 4096
+"""Party keys sent with each job for instruction signatures (the most recently added)."""
+
+DEFAULT_LIMIT_PER_CODE = 50
+"""Failures of one code listed in a report; the rest are counted."""
+
+EXIT_FAILED = 2
+"""Exit status of ``registry verify`` when the bundle fails a check (1 is a usage error)."""
+
+
+def pin_registry_key(text: str, *, origin: str) -> NoteVerifier:
+    """The auditor's trust anchor from ``text``: a note verifier string
+    (``<origin>+<keyid>+<base64>``, as ``registry init`` prints) or a raw base64 Ed25519 key,
+    which is then named by the bundle's ``origin``. ``MalformedError`` if it is neither."""
+    text = text.strip()
+    if "+" in text.rstrip("="):
+        try:
+            return NoteVerifier.parse(text)
+        except MalformedError:
+            pass
+    try:
+        key = PublicKey.from_b64(text)
+    except MalformedError as e:
+        raise MalformedError(
+            "--registry-key must be a note verifier key (<origin>+<keyid>+<base64>) or the "
+            f"registry's raw Ed25519 public key in base64; got {text[:80]!r}"
+        ) from e
+    return NoteVerifier(name=origin, key=key)
+
+
+@dataclass
+class BundleReport:
+    """What the verification of one bundle found; ``ok`` only when every check passed."""
+
+    bundle: str
+    origin: str
+    tree_size: int
+    exported_at: str
+    registry_key: str
+    log: LogReport
+    summary: dict[str, int] = field(default_factory=dict)
+    party_keys: int = 0
+    workers: int = 1
+    seconds: float = 0.0
+    against: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.log.ok
+
+    @property
+    def failures(self) -> list[Failure]:
+        return self.log.failures
+
+    def to_json_value(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "bundle": self.bundle,
+            "origin": self.origin,
+            "registry_key": self.registry_key,
+            "tree_size": self.tree_size,
+            "exported_at": self.exported_at,
+            "entries": self.log.entries,
+            "checkpoints": self.log.checkpoints,
+            "party_keys": self.party_keys,
+            "root": b64encode(self.log.root),
+            "state": self.summary,
+            "against": self.against,
+            "failure_count": self.log.failure_count,
+            "failures": [f.to_json_value() for f in self.log.failures],
+            "omitted": dict(sorted(self.log.omitted.items())),
+            "workers": self.workers,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def render(self) -> str:
+        """A readable report: what was checked, then every failure with its seq."""
+        log, s = self.log, self.summary
+        lines = [
+            f"bundle      {self.bundle}",
+            f"log         {self.origin}: {log.entries} entries, {log.checkpoints} checkpoints, "
+            f"root {b64encode(log.root)}",
+            f"pinned key  {self.registry_key}",
+        ]
+        if s:
+            lines.append(
+                f"replayed    {s['parties']} parties, {s['accounts']} accounts, "
+                f"{s['projects']} projects, {s['forest_units']} forest units, "
+                f"{s['reports']} reports, {s['batches']} batches in {s['blocks']} blocks"
+            )
+            lines.append(
+                f"credits     issued {s['issued']} = active {s['active']} + retired "
+                f"{s['retired']} + cancelled {s['cancelled']} tCO2e; buffer shortfall "
+                f"{s['shortfall']}"
+            )
+        if self.against:
+            lines.append(f"against     {self.against}")
+        rate = log.entries / self.seconds if self.seconds > 0 else 0.0
+        lines.append(
+            f"checked in  {self.seconds:.2f} s with {self.workers} worker(s), {rate:,.0f} entries/s"
+        )
+        if self.ok:
+            lines.append("PASS: every check passed")
+            return "\n".join(lines)
+        lines.append(f"FAIL: {log.failure_count} check(s) failed")
+        lines.extend(f"  {f}" for f in log.failures)
+        for code, count in sorted(log.omitted.items()):
+            lines.append(f"  ... and {count} more [{code}] failures not listed")
+        return "\n".join(lines)
+
+
+@dataclass
+class Verification:
+    """The report and the replayed state (to compare with a database, ``--against``)."""
+
+    report: BundleReport
+    state: ReplayedState
+
+
+class _Lookahead:
+    """An iterator of bundle tail lines with one line of lookahead."""
+
+    def __init__(self, lines: Iterator[TailLine]) -> None:
+        self._lines = lines
+        self._next: TailLine | None = None
+        self._done = False
+
+    def peek(self) -> TailLine | None:
+        if self._next is None and not self._done:
+            self._next = next(self._lines, None)
+            self._done = self._next is None
+        return self._next
+
+    def pop(self) -> TailLine | None:
+        line = self.peek()
+        self._next = None
+        return line
+
+
+def _pipeline(jobs: Iterator[Job], workers: int) -> Iterator[tuple[Job, JobResult]]:
+    """Run ``jobs`` on ``workers`` processes; yield results in job order, keeping at most
+    ``2 * workers`` jobs in flight."""
+    if workers <= 1:
+        for job in jobs:
+            yield job, run_job(job)
+        return
+    # spawn, not fork: the caller may have threads (a server, a test client) that fork would
+    # copy in a half-held state.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        window: deque[tuple[Job, Future[JobResult]]] = deque()
+        for job in jobs:
+            window.append((job, pool.submit(run_job, job)))
+            if len(window) >= 2 * workers:
+                done, future = window.popleft()
+                yield done, future.result()
+        while window:
+            done, future = window.popleft()
+            yield done, future.result()
+
+
+class _Verifier:
+    """One run of :func:`verify_bundle`; holds the auditor, the replay and the report."""
+
+    def __init__(
+        self,
+        reader: BundleReader,
+        verifier: NoteVerifier,
+        *,
+        chunk_size: int,
+        limit_per_code: int | None,
+    ) -> None:
+        self.reader = reader
+        self.header = reader.header
+        self.verifier = verifier
+        self.chunk_size = chunk_size
+        self.report = LogReport(limit_per_code=limit_per_code)
+        keys = {verifier.key.key_id: verifier.key}
+        self.context = Context(registry_keys=keys, verifier=verifier, origin=self.header.origin)
+        self.auditor = LogAuditor(
+            keys=keys, verifier=verifier, origin=self.header.origin, report=self.report
+        )
+        self.replay = Replay(
+            registry_key=verifier.key, origin=self.header.origin, report=self.report
+        )
+        self.tail = _Lookahead(reader.tail())
+        self._keys_sent: dict[str, bytes] = {}
+        self._keys_count = -1
+
+    def fail(self, code: str, message: str, seq: int | None = None) -> None:
+        self.report.add(Failure(code=code, message=message, seq=seq))
+
+    def check_header(self) -> None:
+        h: BundleHeader = self.header
+        pinned = self.verifier
+        if pinned.name != h.origin:
+            self.fail(
+                "bad_bundle",
+                f"the pinned key is for the log {pinned.name!r}, but the "
+                f"bundle is for {h.origin!r}",
+            )
+        listed = False
+        for k in h.registry_keys:
+            try:
+                key = PublicKey.from_b64(k.public_key)
+            except MalformedError as e:
+                self.fail("bad_bundle", f"header registry key {k.key_id}: {e.message}")
+                continue
+            if key.key_id != k.key_id:
+                self.fail(
+                    "bad_bundle",
+                    f"header registry key {k.key_id} is not the SHA-256 of "
+                    f"its public key ({key.key_id})",
+                )
+            if key == pinned.key:
+                listed = True
+                if k.note_verifier != pinned.verifier_string():
+                    self.fail(
+                        "bad_bundle",
+                        f"header note verifier {k.note_verifier!r} is not "
+                        f"the pinned {pinned.verifier_string()!r}",
+                    )
+            else:
+                self.fail(
+                    "unknown_key",
+                    f"the header lists registry key {k.key_id}, which was "
+                    "not pinned and which no ledger entry establishes",
+                )
+        if not listed:
+            self.fail(
+                "bad_bundle",
+                f"the pinned registry key {pinned.key.key_id} is not among "
+                "the header's registry keys",
+            )
+
+    def _party_keys(self) -> dict[str, bytes]:
+        keys = self.replay.state.keys
+        if len(keys) != self._keys_count:
+            recent = itertools.islice(reversed(keys.items()), MAX_KEYS_SENT)
+            self._keys_sent = {key_id: k.public_key for key_id, k in recent}
+            self._keys_count = len(keys)
+        return self._keys_sent
+
+    def _checkpoints_up_to(self, size: int | None) -> list[tuple[int, int, str]]:
+        """Checkpoint lines next in the file whose size is at most ``size`` (all if None)."""
+        found: list[tuple[int, int, str]] = []
+        while True:
+            line = self.tail.peek()
+            if isinstance(line, LineProblem):
+                self.tail.pop()
+                self.fail("bad_bundle", line.message)
+                continue
+            if not isinstance(line, CheckpointLine) or (size is not None and line.size > size):
+                return found
+            self.tail.pop()
+            found.append((line.line, line.size, line.note))
+
+    def jobs(self) -> Iterator[Job]:
+        position = 0
+        entry_lines = self.reader.entries()
+        while True:
+            chunk = list(itertools.islice(entry_lines, self.chunk_size))
+            if not chunk:
+                break
+            envelopes: list[bytes | None] = []
+            for offset, line in enumerate(chunk):
+                seq = position + offset
+                if line.problem is not None:
+                    self.fail("bad_bundle", line.problem, seq=seq)
+                elif line.seq != seq:
+                    self.fail(
+                        "bad_bundle",
+                        f"line {line.line} says seq {line.seq}, but it is entry line {seq}",
+                        seq=seq,
+                    )
+                envelopes.append(line.envelope)
+            position += len(chunk)
+            yield Job(
+                self.context, envelopes, self._checkpoints_up_to(position), self._party_keys()
+            )
+        yield Job(self.context, [], self._checkpoints_up_to(None), {})
+
+    def _add_checkpoint(self, cp: OpenedCheckpoint) -> None:
+        if cp.failure is not None or cp.checkpoint is None:
+            code, message = cp.failure or ("bad_checkpoint", "unreadable")
+            self.fail(code, f"checkpoint on line {cp.line}: {message}", seq=cp.size)
+            return
+        if cp.checkpoint.size != cp.size:
+            self.fail(
+                "bad_bundle",
+                f"checkpoint line {cp.line} says size {cp.size}, but its "
+                f"note signs size {cp.checkpoint.size}",
+                seq=cp.size,
+            )
+        self.auditor.add_opened_checkpoint(cp.checkpoint)
+
+    def consume(self, job: Job, result: JobResult) -> None:
+        """Feed one job's results in order: each checkpoint as soon as the tree reaches the size
+        its line states, each entry to the log auditor and then to the replay."""
+        checkpoints = deque(result.checkpoints)
+
+        def reached() -> None:
+            while checkpoints and checkpoints[0].size <= self.auditor.size:
+                self._add_checkpoint(checkpoints.popleft())
+
+        reached()
+        for data, opened in zip(job.envelopes, result.entries, strict=True):
+            failure = None if opened.failure is None else Failure(*opened.failure)
+            self.auditor.add_opened(
+                data if data is not None else b"", opened.entry if opened.trusted else None, failure
+            )
+            if opened.entry is not None:
+                self.replay.apply(opened.entry, opened.signature)
+            reached()
+        # What is left signs sizes the tree has not reached (yet, or ever).
+        while checkpoints:
+            self._add_checkpoint(checkpoints.popleft())
+
+    def check_party_keys(self) -> int:
+        """Compare the bundle's party key lines with the key history the ledger records."""
+        keys = self.replay.state.keys
+        seen: set[str] = set()
+        count = 0
+        while (line := self.tail.pop()) is not None:
+            if isinstance(line, LineProblem):
+                self.fail("bad_bundle", line.message)
+                continue
+            if isinstance(line, CheckpointLine):
+                self.fail(
+                    "bad_bundle",
+                    f"checkpoint line {line.line} comes after a checkpoint "
+                    "of a larger size or after the party keys",
+                )
+                continue
+            assert isinstance(line, PartyKeyLine)
+            count += 1
+            k = line.key
+            known = keys.get(k.key_id)
+            if known is None:
+                self.fail(
+                    "bad_bundle",
+                    f"party key line {line.line}: key {k.key_id} of "
+                    f"{k.party_id} was never added by any entry",
+                )
+                continue
+            seen.add(k.key_id)
+            listed = (k.party_id, k.public_key, k.valid_from_seq, k.valid_until_seq)
+            ledger = (
+                known.party_id,
+                b64encode(known.public_key),
+                known.added_seq,
+                known.revoked_seq,
+            )
+            if listed != ledger:
+                self.fail(
+                    "bad_bundle",
+                    f"party key line {line.line}: key {k.key_id} is listed "
+                    f"as (party, key, from, until) {listed}, the ledger says {ledger}",
+                )
+        for key_id, known in keys.items():
+            if key_id not in seen:
+                self.fail(
+                    "bad_bundle",
+                    f"key {key_id} of party {known.party_id} (added at "
+                    f"entry {known.added_seq}) is missing from the bundle's party keys",
+                )
+        return count
+
+
+def verify_bundle(
+    path: Path,
+    *,
+    registry_key: str,
+    workers: int | None = 1,
+    progress: Callable[[int], None] | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    limit_per_code: int | None = DEFAULT_LIMIT_PER_CODE,
+) -> Verification:
+    """Check the bundle at ``path`` against the pinned ``registry_key``; see the module docstring.
+
+    ``workers=None`` uses every core. ``progress`` is called with the number of entries checked
+    so far. Raises :class:`~registry.ledger.bundle.BundleFormatError` (a usage error) only when
+    the file is not a bundle at all or the key cannot be read; everything else is a failure in
+    the returned report.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    count = workers if workers is not None else (os.cpu_count() or 1)
+    started = time.perf_counter()
+    reader = BundleReader(path)
+    pinned = pin_registry_key(registry_key, origin=reader.header.origin)
+    run = _Verifier(reader, pinned, chunk_size=chunk_size, limit_per_code=limit_per_code)
+    run.check_header()
+    for job, result in _pipeline(run.jobs(), max(count, 1)):
+        run.consume(job, result)
+        if progress is not None and job.envelopes:
+            progress(run.auditor.size)
+    log = run.auditor.finish()
+    run.replay.finish()
+    if run.header.tree_size != log.entries:
+        run.fail(
+            "bad_bundle",
+            f"the header says the log holds {run.header.tree_size} entries; "
+            f"the bundle has {log.entries} entry lines",
+        )
+    party_keys = run.check_party_keys()
+    report = BundleReport(
+        bundle=str(path),
+        origin=run.header.origin,
+        tree_size=run.header.tree_size,
+        exported_at=run.header.exported_at,
+        registry_key=pinned.describe(),
+        log=log,
+        summary=run.replay.state.summary(),
+        party_keys=party_keys,
+        workers=max(count, 1),
+        seconds=time.perf_counter() - started,
+    )
+    return Verification(report=report, state=run.replay.state)

@@ -1,0 +1,366 @@
+"""The tamper matrix: every way a bundle can lie is found, with the entry and a precise message.
+
+Log-level tampering (bytes, keys, order, checkpoints) is found by the log audit. A registry that
+re-signs its own log after forging an entry passes the log audit, and is caught by the replay.
+All cases edit copies of one SQLite-built bundle: the checks are the same for any engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry.client import sign_instruction
+from registry.ledger.checkpoint import Checkpoint, sign_checkpoint
+from registry.ledger.entry import Entry, parse_time, seal_entry
+from registry.ledger.keys import SigningKey
+from registry.ledger.verify_bundle import verify_bundle
+from tests.audit.bundles import RawBundle
+from tests.audit.conftest import JCM_BATCH, Exported
+from tests.conftest import ADMIN, ORIGIN
+
+FOREIGN = SigningKey.from_seed(b"F" * 32)
+OLD_WATER_KEY = SigningKey.from_seed(bytes([3]) * 32)  # kh-water's first key, revoked
+BUYER_KEY = SigningKey.from_seed(bytes([4]) * 32)
+ADMIN_KEY = SigningKey.from_seed(b"A" * 32)
+
+
+def failures(bundle: RawBundle, exported: Exported) -> list[tuple[int | None, str, str]]:
+    report = verify_bundle(bundle.write(), registry_key=exported.key, workers=1).report
+    assert not report.ok
+    return [(f.seq, f.code, f.message) for f in report.failures]
+
+
+def codes(found: list[tuple[int | None, str, str]]) -> set[tuple[int | None, str]]:
+    return {(seq, code) for seq, code, _ in found}
+
+
+def message(found: list[tuple[int | None, str, str]], seq: int | None, code: str) -> str:
+    return next(m for s, c, m in found if (s, c) == (seq, code))
+
+
+def forge(
+    bundle: RawBundle,
+    exported: Exported,
+    position: int,
+    *,
+    kind: str,
+    actor: str,
+    key: SigningKey,
+    body: dict[str, Any],
+    effects: dict[str, Any],
+    expires_in: timedelta = timedelta(hours=1),
+) -> None:
+    """Insert at ``position`` an entry the registry signs with its own key, then re-chain the
+    log and re-sign every checkpoint: a registry covering its tracks."""
+    time = bundle.entry(position - 1).time
+    signed = sign_instruction(
+        key, actor=actor, type=kind, body=body, now=parse_time(time), valid_for=expires_in
+    )
+    entry = Entry(
+        v=1, seq=position, time=time, kind=kind, actor=actor,
+        payload={**signed, "effects": effects}, prev="0" * 64,
+    )
+    bundle.insert(position, seal_entry(entry, exported.registry.signer))
+    bundle.reseal(exported.registry.signer, start=position)
+    bundle.resign(exported.registry.signer, ORIGIN)
+
+
+def test_the_untouched_bundle_passes(sqlite_bundle: Exported, tmp_path: Path) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    report = verify_bundle(bundle.write(), registry_key=sqlite_bundle.key, workers=1).report
+    assert report.ok, report.render()
+    assert report.summary["retired"] == 50 and report.summary["shortfall"] == 700
+
+
+def test_a_byte_changed_in_any_envelope_is_found(sqlite_bundle: Exported, tmp_path: Path) -> None:
+    original = sqlite_bundle.copy(tmp_path)
+    size = len(original.envelopes)
+    for seq in range(size):
+        bundle = sqlite_bundle.copy(tmp_path)
+        data = bytearray(bundle.envelopes[seq])
+        data[len(data) // 2] ^= 0x01
+        bundle.envelopes[seq] = bytes(data)
+        found = failures(bundle, sqlite_bundle)
+        first = next((s, c) for s, c, _ in found if s == seq)
+        assert first[1] in {"bad_signature", "malformed", "unknown_key"}, found
+        if seq + 1 < size:
+            assert (seq + 1, "broken_chain") in codes(found)
+        assert (seq + 1, "bad_checkpoint") in codes(found)
+
+
+def test_a_quantity_changed_and_resigned_with_a_foreign_key(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    seq = sqlite_bundle.history.seq["transfer"]
+    old = bundle.entry(seq)
+    payload = old.payload
+    payload["effects"]["quantity"] = 3000
+    payload["instruction"]["body"]["quantity"] = 3000
+    forged = Entry(**{**old.to_json_value(), "payload": payload})
+    bundle.envelopes[seq] = seal_entry(forged, FOREIGN)
+    found = failures(bundle, sqlite_bundle)
+    assert (seq, "unknown_key") in codes(found)
+    assert "no signature by a trusted key" in message(found, seq, "unknown_key")
+    assert FOREIGN.public_key.key_id in message(found, seq, "unknown_key")
+    assert (seq + 1, "broken_chain") in codes(found)
+    # The holder never signed 3000: the replay says so too.
+    assert (seq, "bad_signature") in codes(found)
+
+
+def test_a_deleted_entry_is_found(sqlite_bundle: Exported, tmp_path: Path) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    del bundle.envelopes[20]
+    found = failures(bundle, sqlite_bundle)
+    assert message(found, 20, "broken_chain") == "entry at position 20 says seq 21"
+    size = len(bundle.envelopes) + 1
+    assert "the ledger holds only" in message(found, size, "bad_checkpoint")
+    assert any("the header says the log holds" in m for _, _, m in found)
+
+
+def test_two_swapped_entries_are_found(sqlite_bundle: Exported, tmp_path: Path) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    bundle.envelopes[17], bundle.envelopes[18] = bundle.envelopes[18], bundle.envelopes[17]
+    found = failures(bundle, sqlite_bundle)
+    assert message(found, 17, "broken_chain") == "entry at position 17 says seq 18"
+    assert message(found, 18, "broken_chain") == "entry at position 18 says seq 17"
+    assert (19, "broken_chain") in codes(found)  # 19's prev is the old 18's leaf
+
+
+def test_a_checkpoint_from_a_different_tree_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    other_root = hashlib.sha256(b"another tree").digest()
+    forged = sign_checkpoint(
+        Checkpoint(origin=ORIGIN, size=10, root=other_root),
+        name=ORIGIN, key=sqlite_bundle.registry.signer,
+    )
+    bundle.checkpoints[9] = (10, forged)
+    found = failures(bundle, sqlite_bundle)
+    assert codes(found) == {(10, "bad_checkpoint")}
+    assert message(found, 10, "bad_checkpoint").startswith(
+        f"checkpoint for size 10 has root {other_root.hex()}, the entries give "
+    )
+
+
+def test_a_checkpoint_of_another_log_is_found(sqlite_bundle: Exported, tmp_path: Path) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    size, _ = bundle.checkpoints[4]
+    other = sign_checkpoint(
+        Checkpoint(origin="other.example/ledger", size=size, root=b"\x00" * 32),
+        name="other.example/ledger", key=FOREIGN,
+    )
+    bundle.checkpoints[4] = (size, other)
+    found = failures(bundle, sqlite_bundle)
+    assert codes(found) == {(size, "bad_checkpoint")}
+    assert "no signature by the registry key" in message(found, size, "bad_checkpoint")
+
+
+def test_a_transfer_without_a_valid_holder_signature(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """The registry itself changes what kh-water signed and re-signs the whole log."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    seq = sqlite_bundle.history.seq["transfer"]
+    old = bundle.entry(seq)
+    payload = old.payload
+    payload["instruction"]["body"]["quantity"] = 299
+    payload["effects"]["quantity"] = 299
+    payload["effects"]["blocks"] = [{"start": 1, "end": 299}]
+    bundle.envelopes[seq] = seal_entry(
+        Entry(**{**old.to_json_value(), "payload": payload}), sqlite_bundle.registry.signer
+    )
+    bundle.reseal(sqlite_bundle.registry.signer, start=seq)
+    bundle.resign(sqlite_bundle.registry.signer, ORIGIN)
+    found = failures(bundle, sqlite_bundle)
+    assert codes(found) == {(seq, "bad_signature")}, found
+    assert message(found, seq, "bad_signature") == (
+        f"credits.transfer: the signature of party kh-water (key "
+        f"{OLD_WATER_KEY.public_key.key_id}) does not verify over its instruction"
+    )
+
+
+def test_a_retirement_of_retired_serials_forged_by_the_registry(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    position = sqlite_bundle.history.seq["retire"] + 1
+    body = {
+        "account": "JP-BUYER-1", "batch": JCM_BATCH, "range": {"start": 101, "end": 150},
+        "beneficiary": "Example Co.", "purpose": "voluntary", "jurisdiction": "JP",
+        "reason": "retired twice",
+    }
+    effects = {"retirement_id": f"RET-{position}", "batch": JCM_BATCH, "from": "JP-BUYER-1",
+               "quantity": 50, "blocks": [{"start": 101, "end": 150}]}
+    forge(bundle, sqlite_bundle, position, kind="credits.retire", actor="jp-buyer",
+          key=BUYER_KEY, body=body, effects=effects)
+    found = failures(bundle, sqlite_bundle)
+    assert codes(found) == {(position, "serials_not_held"), (position, "moved_retired_serials")}
+    assert message(found, position, "serials_not_held").startswith(
+        "credits.retire should have been refused: serials 101-150 are not all held: "
+        "missing 101-150"
+    )
+    assert message(found, position, "moved_retired_serials") == (
+        f"credits.retire moves serials 101-150 of {JCM_BATCH}, which are already retired "
+        "(in RETIREMENT) and can never move again"
+    )
+
+
+def test_a_replayed_instruction_is_found(sqlite_bundle: Exported, tmp_path: Path) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    seq = sqlite_bundle.history.seq["transfer"]
+    copy = bundle.entry(seq)
+    end = len(bundle.envelopes)
+    replayed = Entry(**{**copy.to_json_value(), "seq": end, "prev": "0" * 64,
+                        "time": bundle.entry(end - 1).time})
+    bundle.envelopes.append(seal_entry(replayed, sqlite_bundle.registry.signer))
+    bundle.reseal(sqlite_bundle.registry.signer, start=end)
+    bundle.resign(sqlite_bundle.registry.signer, ORIGIN)
+    found = failures(bundle, sqlite_bundle)
+    assert message(found, end, "nonce_reused").endswith(
+        f"was already used at entry {seq}: a replayed instruction"
+    )
+    # ... and its serials 1-300 have since moved on: JP-BUYER-1 holds them, not KH-WATER-1.
+    assert (end, "serials_not_held") in codes(found)
+
+
+def test_a_revoked_key_and_an_expired_instruction_are_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    end = len(bundle.envelopes)
+    body = {"account": "KH-WATER-1", "batch": JCM_BATCH, "range": {"start": 600, "end": 609},
+            "to_account": "JP-BUYER-1"}
+    effects = {"batch": JCM_BATCH, "from": "KH-WATER-1", "to": "JP-BUYER-1", "quantity": 10,
+               "blocks": [{"start": 600, "end": 609}]}
+    forge(bundle, sqlite_bundle, end, kind="credits.transfer", actor="kh-water",
+          key=OLD_WATER_KEY, body=body, effects=effects, expires_in=-timedelta(minutes=5))
+    found = failures(bundle, sqlite_bundle)
+    revoked = sqlite_bundle.history.seq["key_revoke"]
+    assert codes(found) == {(end, "key_revoked"), (end, "instruction_expired")}
+    assert message(found, end, "key_revoked") == (
+        f"credits.transfer: key {OLD_WATER_KEY.public_key.key_id} of party kh-water was "
+        f"revoked at entry {revoked}, before this one"
+    )
+    assert "before the entry's time" in message(found, end, "instruction_expired")
+
+
+def test_issuing_without_verification_twice_and_beyond_redd_net(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    end = len(bundle.envelopes)
+    # 1. An issuance against KH004-MR1 again.
+    forge(bundle, sqlite_bundle, end, kind="credits.issue", actor=ADMIN, key=ADMIN_KEY,
+          body={"report_id": "KH004-MR1", "vintage": 2024,
+                "allocations": [{"account": "KH-WATER-1", "quantity": 1000}]},
+          effects={"batch": "KH-JCM-KH004-2024-00002", "quantity": 1000,
+                   "blocks": [{"account": "KH-WATER-1", "start": 1, "end": 1000}]})
+    # 2. More REDD+ credits than the report's net: the real issuance, with 100 tonnes more.
+    redd = sqlite_bundle.history.seq["redd_issue"]
+    old = bundle.entry(redd)
+    payload = old.payload
+    signed = sign_instruction(
+        ADMIN_KEY, actor=ADMIN, type="credits.issue", now=parse_time(old.time),
+        body={"report_id": "KH005-MR1", "vintage": 2024,
+              "allocations": [{"account": "KH-GOV-1", "quantity": 7300}]},
+    )
+    payload["instruction"], payload["signature"] = signed["instruction"], signed["signature"]
+    payload["effects"]["quantity"] = 9100
+    payload["effects"]["blocks"] = [
+        {"account": "KH-GOV-1", "start": 1, "end": 7300},
+        {"account": "BUF-KH005-FU1", "start": 7301, "end": 9100},
+    ]
+    bundle.envelopes[redd] = seal_entry(
+        Entry(**{**old.to_json_value(), "payload": payload}), sqlite_bundle.registry.signer
+    )
+    bundle.reseal(sqlite_bundle.registry.signer, start=redd)
+    bundle.resign(sqlite_bundle.registry.signer, ORIGIN)
+    found = failures(bundle, sqlite_bundle)
+    assert message(found, end, "conflict") == (
+        "credits.issue should have been refused: report KH004-MR1 has already been issued "
+        "against"
+    )
+    assert message(found, end, "report_issued_twice").startswith(
+        "credits.issue creates batch KH-JCM-KH004-2024-00002 from report KH004-MR1, which is "
+        "issued"
+    )
+    assert message(found, redd, "invalid_request") == (
+        "credits.issue should have been refused: allocations sum to 7300 tCO2e but 7200 must "
+        "be allocated"
+    )
+    assert message(found, redd, "redd_over_issuance").startswith(
+        "credits.issue issues 9100 tCO2e from REDD+ report KH005-MR1, more than the 9000 net"
+    )
+
+
+def test_an_issuance_from_an_unverified_report(sqlite_bundle: Exported, tmp_path: Path) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    end = len(bundle.envelopes)
+    water = sqlite_bundle.history.world.keys["kh-water"]
+    digest = hashlib.sha256(b"MR2").hexdigest()
+    forge(bundle, sqlite_bundle, end, kind="report.submit", actor="kh-water", key=water,
+          body={"report_id": "KH004-MR2", "project_id": "KH004", "period_start": "2025-01-01",
+                "period_end": "2025-06-30", "reductions": 100, "document_sha256": digest},
+          effects={"report_id": "KH004-MR2", "status": "submitted"})
+    forge(bundle, sqlite_bundle, end + 1, kind="credits.issue", actor=ADMIN, key=ADMIN_KEY,
+          body={"report_id": "KH004-MR2", "vintage": 2025,
+                "allocations": [{"account": "KH-WATER-1", "quantity": 100}]},
+          effects={"batch": "KH-JCM-KH004-2025-00001", "quantity": 100,
+                   "blocks": [{"account": "KH-WATER-1", "start": 1, "end": 100}]})
+    found = failures(bundle, sqlite_bundle)
+    assert codes(found) == {(end + 1, "invalid_state"), (end + 1, "issued_without_verification")}
+    assert message(found, end + 1, "invalid_state") == (
+        "credits.issue should have been refused: report KH004-MR2 is submitted; only a "
+        "verified report issues"
+    )
+
+
+@pytest.mark.parametrize("field", ["valid_until_seq", "party_id"])
+def test_a_party_key_line_that_disagrees_with_the_ledger(
+    sqlite_bundle: Exported, tmp_path: Path, field: str
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    line = next(k for k in bundle.party_keys if k["valid_until_seq"] is not None)
+    line[field] = None if field == "valid_until_seq" else "jp-buyer"
+    found = failures(bundle, sqlite_bundle)
+    assert len(found) == 1 and found[0][1] == "bad_bundle"
+    assert f"key {line['key_id']} is listed as (party, key, from, until)" in found[0][2]
+
+
+def test_a_wrong_pinned_key_fails_everything_it_should(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    report = verify_bundle(
+        bundle.write(), registry_key=FOREIGN.public_key.to_b64(), workers=1, limit_per_code=10
+    ).report
+    found = {(f.seq, f.code) for f in report.failures}
+    assert (0, "unknown_key") in found and (5, "unknown_key") in found
+    assert (1, "bad_checkpoint") in found
+    assert any("genesis names registry key" in f.message for f in report.failures)
+    # A flood of one failure is counted, not listed, and still fails the report.
+    assert report.log.omitted["unknown_key"] > 0 and report.log.omitted["bad_checkpoint"] > 0
+    assert len([f for f in report.failures if f.code == "unknown_key"]) == 10
+    assert "more [unknown_key] failures not listed" in report.render()
+
+
+def test_an_instruction_the_service_would_refuse_as_input(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    end = len(bundle.envelopes)
+    forge(bundle, sqlite_bundle, end, kind="project.status", actor=ADMIN, key=ADMIN_KEY,
+          body={"project_id": "KH004", "status": "suspended", "reason": "a\x00b"},
+          effects={"project_id": "KH004", "from": "registered", "to": "suspended"})
+    found = failures(bundle, sqlite_bundle)
+    assert [(s, c, m) for s, c, m in found] == [(
+        end, "invalid_request", "project.status should have been refused: "
+        "$.instruction.body.reason: NUL characters are not allowed",
+    )]
