@@ -38,7 +38,7 @@ import json
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
@@ -46,10 +46,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from registry.domain import instructions as ins
 from registry.domain.forest import Boundary, check_no_overlap, parse_boundary
 from registry.domain.redd import compute_issuance, compute_reversal
+from registry.domain.rules import (
+    BufferTerms,
+    check_no_period_overlap,
+    check_report_period,
+    check_within_reference_level,
+    plan_issuance,
+)
 from registry.domain.serials import (
     SerialRange,
-    allocate,
-    batch_serial_id,
     parse_batch_serial_id,
     take_lowest,
     take_range,
@@ -1115,18 +1120,12 @@ class Replay:
             raise StateError(f"project {project.id} is {project.status}; it cannot report")
         if b.report_id in state.reports:
             raise ConflictError(f"report {b.report_id} already exists")
-        if b.period_end < b.period_start:
-            raise InvalidRequestError(
-                f"period ends ({b.period_end}) before it starts ({b.period_start})"
-            )
-        if (
-            b.period_start < project.crediting_period_start
-            or b.period_end > project.crediting_period_end
-        ):
-            raise InvalidRequestError(
-                f"period {b.period_start}..{b.period_end} lies outside the crediting period "
-                f"{project.crediting_period_start}..{project.crediting_period_end}"
-            )
+        check_report_period(
+            period_start=b.period_start,
+            period_end=b.period_end,
+            crediting_start=project.crediting_period_start,
+            crediting_end=project.crediting_period_end,
+        )
         units = [u for u in state.units.values() if u.project_id == project.id]
         if units and b.forest_unit_id is None:
             raise InvalidRequestError(f"project {project.id} is REDD+: name the forest_unit_id")
@@ -1136,19 +1135,21 @@ class Replay:
                 raise InvalidRequestError(
                     f"forest unit {b.forest_unit_id} is not a unit of project {project.id}"
                 )
-            days = (date.fromisoformat(b.period_end) - date.fromisoformat(b.period_start)).days + 1
-            ceiling = -(-unit.reference_level * days // 365)
-            if b.reductions > ceiling:
-                raise InvalidRequestError(
-                    f"{b.reductions} tCO2e exceeds the reference level for {days} days ({ceiling})"
-                )
+            check_within_reference_level(
+                reductions=b.reductions,
+                reference_level=unit.reference_level,
+                period_start=b.period_start,
+                period_end=b.period_end,
+            )
         scope = (project.id, b.forest_unit_id)
-        for other_id in state.reports_by_scope.get(scope, []):
-            other = state.reports[other_id]
-            if other.period_start <= b.period_end and b.period_start <= other.period_end:
-                raise ConflictError(
-                    f"period overlaps report {other.id} ({other.period_start}..{other.period_end})"
-                )
+        check_no_period_overlap(
+            period_start=b.period_start,
+            period_end=b.period_end,
+            others=[
+                (o.id, o.period_start, o.period_end)
+                for o in (state.reports[i] for i in state.reports_by_scope.get(scope, []))
+            ],
+        )
 
         def apply() -> None:
             state.reports[b.report_id] = ReportState(
@@ -1219,51 +1220,26 @@ class Replay:
         for account_id, _ in shares:
             if _get(state.accounts, account_id, "account").kind != "holding":
                 raise InvalidRequestError(f"account {account_id} is not a holding account")
-        first_year, last_year = int(report.period_start[:4]), int(report.period_end[:4])
-        if not first_year <= b.vintage <= last_year:
-            raise InvalidRequestError(
-                f"vintage {b.vintage} is outside the report's period "
-                f"{report.period_start}..{report.period_end}"
-            )
-        allocated = sum(q for _, q in shares)
-        verified = report.verified_reductions
-        redd: dict[str, Any] | None = None
+        terms = None
         if report.forest_unit_id is not None:
             unit: UnitState = _get(state.units, report.forest_unit_id, "forest unit")
-            calc = compute_issuance(
-                gross=verified, leakage_bp=unit.leakage_rate_bp, buffer_bp=unit.buffer_rate_bp
+            terms = BufferTerms(
+                leakage_rate_bp=unit.leakage_rate_bp,
+                buffer_rate_bp=unit.buffer_rate_bp,
+                buffer_account=unit.buffer_account,
             )
-            expected = calc.issuable
-            if calc.buffer:
-                shares.append((unit.buffer_account, calc.buffer))
-            redd = {
-                "gross": calc.gross,
-                "leakage": calc.leakage,
-                "net": calc.net,
-                "buffer": calc.buffer,
-                "buffer_account": unit.buffer_account,
-            }
-        else:
-            expected = verified
-        if allocated != expected:
-            raise InvalidRequestError(
-                f"allocations sum to {allocated} tCO2e but {expected} must be allocated"
-            )
-        number = 1 + state.batch_numbers.get((project.id, b.vintage), 0)
-        batch_id = batch_serial_id(
+        plan = plan_issuance(
             country=project.partner_country,
-            programme="JCM" if redd is None else "REDD",
             project_id=project.id,
             vintage=b.vintage,
-            number=number,
+            batch_number=1 + state.batch_numbers.get((project.id, b.vintage), 0),
+            period_start=report.period_start,
+            period_end=report.period_end,
+            verified=report.verified_reductions,
+            allocations=shares,
+            redd=terms,
         )
-        total = sum(q for _, q in shares)
-        blocks = [
-            {"account": a, "start": r.start, "end": r.end} for a, r in allocate(total, shares)
-        ]
-        effects: dict[str, Any] = {"batch": batch_id, "quantity": total, "blocks": blocks}
-        if redd is not None:
-            effects["redd"] = redd
+        effects = plan.effects()
         return _Derived(effects)
 
     def _source(self, acting: _Acting, body: ins.Movement) -> AccountState:

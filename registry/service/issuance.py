@@ -13,8 +13,7 @@ from typing import Any
 from sqlmodel import Session, func, select
 
 from registry.domain.instructions import Issue
-from registry.domain.redd import compute_issuance
-from registry.domain.serials import allocate, batch_serial_id
+from registry.domain.rules import BufferTerms, plan_issuance
 from registry.errors import ConflictError, InvalidRequestError, StateError
 from registry.service.instructions import Acting
 from registry.store.credits_repo import account, add_block, get_or_404, record_event
@@ -38,39 +37,14 @@ def issue(session: Session, acting: Acting[Issue]) -> Effects:
     for account_id, _ in shares:
         if account(session, account_id).kind != "holding":
             raise InvalidRequestError(f"account {account_id} is not a holding account")
-    first_year, last_year = int(report.period_start[:4]), int(report.period_end[:4])
-    if not first_year <= b.vintage <= last_year:
-        raise InvalidRequestError(
-            f"vintage {b.vintage} is outside the report's period "
-            f"{report.period_start}..{report.period_end}",
-            details={"vintage": b.vintage, "period": [report.period_start, report.period_end]},
-        )
-    allocated = sum(q for _, q in shares)
-    verified = report.verified_reductions
-    redd: dict[str, Any] | None = None
+    terms = None
     if report.forest_unit_id is not None:
         unit = get_or_404(session, ForestUnitRow, report.forest_unit_id, "forest unit")
-        calc = compute_issuance(
-            gross=verified, leakage_bp=unit.leakage_rate_bp, buffer_bp=unit.buffer_rate_bp
+        terms = BufferTerms(
+            leakage_rate_bp=unit.leakage_rate_bp,
+            buffer_rate_bp=unit.buffer_rate_bp,
+            buffer_account=unit.buffer_account,
         )
-        expected = calc.issuable
-        if calc.buffer:
-            shares.append((unit.buffer_account, calc.buffer))
-        redd = {
-            "gross": calc.gross,
-            "leakage": calc.leakage,
-            "net": calc.net,
-            "buffer": calc.buffer,
-            "buffer_account": unit.buffer_account,
-        }
-    else:
-        expected = verified
-    if allocated != expected:
-        raise InvalidRequestError(
-            f"allocations sum to {allocated} tCO2e but {expected} must be allocated",
-            details={"allocated": allocated, "expected": expected},
-        )
-    programme = "JCM" if redd is None else "REDD"
     number = (
         1
         + session.exec(
@@ -79,46 +53,44 @@ def issue(session: Session, acting: Acting[Issue]) -> Effects:
             .where(BatchRow.project_id == project.id, BatchRow.vintage == b.vintage)
         ).one()
     )
-    batch_id = batch_serial_id(
+    plan = plan_issuance(
         country=project.partner_country,
-        programme=programme,
         project_id=project.id,
         vintage=b.vintage,
-        number=number,
+        batch_number=number,
+        period_start=report.period_start,
+        period_end=report.period_end,
+        verified=report.verified_reductions,
+        allocations=shares,
+        redd=terms,
     )
-    total = sum(q for _, q in shares)
     session.add(
         BatchRow(
-            id=batch_id,
+            id=plan.batch_id,
             project_id=project.id,
             report_id=report.id,
-            programme=programme,
+            programme=plan.programme,
             vintage=b.vintage,
             number=number,
-            quantity=total,
+            quantity=plan.total,
             issued_seq=acting.seq,
         )
     )
     session.flush()
-    blocks = []
-    for account_id, serials in allocate(total, shares):
+    for account_id, serials in plan.blocks:
         add_block(
-            session, batch_id=batch_id, serials=serials, account_id=account_id, status="active"
+            session, batch_id=plan.batch_id, serials=serials, account_id=account_id, status="active"
         )
         record_event(
             session,
             seq=acting.seq,
             kind=Issue.TYPE,
-            batch_id=batch_id,
+            batch_id=plan.batch_id,
             serials=serials,
             from_account=None,
             to_account=account_id,
             status="active",
         )
-        blocks.append({"account": account_id, "start": serials.start, "end": serials.end})
     report.status = "issued"
     session.add(report)
-    effects: Effects = {"batch": batch_id, "quantity": total, "blocks": blocks}
-    if redd is not None:
-        effects["redd"] = redd
-    return effects
+    return plan.effects()

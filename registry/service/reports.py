@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
-from datetime import date
 from typing import Any
 
 from sqlmodel import Session, select
 
 from registry.domain.instructions import SubmitReport, VerifyReport
+from registry.domain.rules import (
+    check_no_period_overlap,
+    check_report_period,
+    check_within_reference_level,
+)
 from registry.errors import ConflictError, InvalidRequestError, PermissionDeniedError, StateError
 from registry.service.instructions import Acting
 from registry.store.credits_repo import get_or_404
@@ -29,18 +33,12 @@ def submit_report(session: Session, acting: Acting[SubmitReport]) -> Effects:
         raise StateError(f"project {project.id} is {project.status}; it cannot report")
     if session.get(ReportRow, b.report_id) is not None:
         raise ConflictError(f"report {b.report_id} already exists", details={"report": b.report_id})
-    if b.period_end < b.period_start:
-        raise InvalidRequestError(
-            f"period ends ({b.period_end}) before it starts ({b.period_start})"
-        )
-    if (
-        b.period_start < project.crediting_period_start
-        or b.period_end > project.crediting_period_end
-    ):
-        raise InvalidRequestError(
-            f"period {b.period_start}..{b.period_end} lies outside the crediting period "
-            f"{project.crediting_period_start}..{project.crediting_period_end}"
-        )
+    check_report_period(
+        period_start=b.period_start,
+        period_end=b.period_end,
+        crediting_start=project.crediting_period_start,
+        crediting_end=project.crediting_period_end,
+    )
     units = session.exec(select(ForestUnitRow).where(ForestUnitRow.project_id == project.id)).all()
     if units and b.forest_unit_id is None:
         raise InvalidRequestError(f"project {project.id} is REDD+: name the forest_unit_id")
@@ -50,25 +48,22 @@ def submit_report(session: Session, acting: Acting[SubmitReport]) -> Effects:
             raise InvalidRequestError(
                 f"forest unit {b.forest_unit_id} is not a unit of project {project.id}"
             )
-        days = (date.fromisoformat(b.period_end) - date.fromisoformat(b.period_start)).days + 1
-        ceiling = -(-unit.reference_level * days // 365)
-        if b.reductions > ceiling:
-            raise InvalidRequestError(
-                f"{b.reductions} tCO2e exceeds the reference level for {days} days ({ceiling})",
-                details={"reductions": b.reductions, "ceiling": ceiling},
-            )
-    # Two reports covering the same days of the same project (or forest unit) would count the
-    # same reductions twice.
-    for other in session.exec(
+        check_within_reference_level(
+            reductions=b.reductions,
+            reference_level=unit.reference_level,
+            period_start=b.period_start,
+            period_end=b.period_end,
+        )
+    same_scope = session.exec(
         select(ReportRow).where(
             ReportRow.project_id == project.id, ReportRow.forest_unit_id == b.forest_unit_id
         )
-    ).all():
-        if other.period_start <= b.period_end and b.period_start <= other.period_end:
-            raise ConflictError(
-                f"period overlaps report {other.id} ({other.period_start}..{other.period_end})",
-                details={"report": other.id},
-            )
+    ).all()
+    check_no_period_overlap(
+        period_start=b.period_start,
+        period_end=b.period_end,
+        others=[(r.id, r.period_start, r.period_end) for r in same_scope],
+    )
     session.add(
         ReportRow(
             id=b.report_id,

@@ -1,0 +1,157 @@
+"""Rules of reporting and issuance that both the registry and the auditor's replay apply.
+
+The service layer checks them against the database, the replay (``registry.ledger.replay``)
+against the state it rebuilt from the ledger; both call these functions, so the two can never
+disagree about what a valid report or issuance is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from registry.domain.redd import compute_issuance
+from registry.domain.serials import SerialRange, allocate, batch_serial_id
+from registry.errors import ConflictError, InvalidRequestError
+
+DAYS_PER_YEAR = 365
+
+
+def check_report_period(
+    *, period_start: str, period_end: str, crediting_start: str, crediting_end: str
+) -> None:
+    """A monitoring period runs forwards and lies inside the project's crediting period."""
+    if period_end < period_start:
+        raise InvalidRequestError(f"period ends ({period_end}) before it starts ({period_start})")
+    if period_start < crediting_start or period_end > crediting_end:
+        raise InvalidRequestError(
+            f"period {period_start}..{period_end} lies outside the crediting period "
+            f"{crediting_start}..{crediting_end}"
+        )
+
+
+def check_within_reference_level(
+    *, reductions: int, reference_level: int, period_start: str, period_end: str
+) -> None:
+    """A REDD+ unit cannot reduce more than its reference level emits over the period."""
+    days = (date.fromisoformat(period_end) - date.fromisoformat(period_start)).days + 1
+    ceiling = -(-reference_level * days // DAYS_PER_YEAR)
+    if reductions > ceiling:
+        raise InvalidRequestError(
+            f"{reductions} tCO2e exceeds the reference level for {days} days ({ceiling})",
+            details={"reductions": reductions, "ceiling": ceiling},
+        )
+
+
+def check_no_period_overlap(
+    *, period_start: str, period_end: str, others: Iterable[tuple[str, str, str]]
+) -> None:
+    """Two reports covering the same days of one project (or unit) would count them twice.
+
+    ``others`` are ``(report_id, start, end)`` of the same project and forest unit.
+    """
+    for other_id, start, end in others:
+        if start <= period_end and period_start <= end:
+            raise ConflictError(
+                f"period overlaps report {other_id} ({start}..{end})",
+                details={"report": other_id},
+            )
+
+
+@dataclass(frozen=True)
+class BufferTerms:
+    """What a REDD+ forest unit's issuance deducts and where its buffer share goes."""
+
+    leakage_rate_bp: int
+    buffer_rate_bp: int
+    buffer_account: str
+
+
+@dataclass(frozen=True)
+class IssuancePlan:
+    """A checked issuance: the batch id and every block it creates, in serial order."""
+
+    batch_id: str
+    programme: str
+    total: int
+    blocks: list[tuple[str, SerialRange]]
+    redd: dict[str, Any] | None
+
+    def effects(self) -> dict[str, Any]:
+        """The ``effects`` the ledger entry records for this issuance."""
+        effects: dict[str, Any] = {
+            "batch": self.batch_id,
+            "quantity": self.total,
+            "blocks": [
+                {"account": account, "start": r.start, "end": r.end} for account, r in self.blocks
+            ],
+        }
+        if self.redd is not None:
+            effects["redd"] = self.redd
+        return effects
+
+
+def plan_issuance(
+    *,
+    country: str,
+    project_id: str,
+    vintage: int,
+    batch_number: int,
+    period_start: str,
+    period_end: str,
+    verified: int,
+    allocations: Sequence[tuple[str, int]],
+    redd: BufferTerms | None,
+) -> IssuancePlan:
+    """Check an issuance against its verified report and lay out its serial blocks.
+
+    JCM: the allocations must sum exactly to the verified reductions. REDD+: leakage is
+    deducted, the buffer share goes to the unit's buffer pool (last in serial order), and the
+    allocations must sum exactly to what remains.
+    """
+    if not int(period_start[:4]) <= vintage <= int(period_end[:4]):
+        raise InvalidRequestError(
+            f"vintage {vintage} is outside the report's period {period_start}..{period_end}",
+            details={"vintage": vintage, "period": [period_start, period_end]},
+        )
+    shares = list(allocations)
+    allocated = sum(q for _, q in shares)
+    redd_effects: dict[str, Any] | None = None
+    if redd is None:
+        expected = verified
+    else:
+        calc = compute_issuance(
+            gross=verified, leakage_bp=redd.leakage_rate_bp, buffer_bp=redd.buffer_rate_bp
+        )
+        expected = calc.issuable
+        if calc.buffer:
+            shares.append((redd.buffer_account, calc.buffer))
+        redd_effects = {
+            "gross": calc.gross,
+            "leakage": calc.leakage,
+            "net": calc.net,
+            "buffer": calc.buffer,
+            "buffer_account": redd.buffer_account,
+        }
+    if allocated != expected:
+        raise InvalidRequestError(
+            f"allocations sum to {allocated} tCO2e but {expected} must be allocated",
+            details={"allocated": allocated, "expected": expected},
+        )
+    programme = "JCM" if redd is None else "REDD"
+    total = sum(q for _, q in shares)
+    return IssuancePlan(
+        batch_id=batch_serial_id(
+            country=country,
+            programme=programme,
+            project_id=project_id,
+            vintage=vintage,
+            number=batch_number,
+        ),
+        programme=programme,
+        total=total,
+        blocks=allocate(total, shares),
+        redd=redd_effects,
+    )

@@ -1,0 +1,116 @@
+"""The reporting and issuance rules the registry and the auditor's replay share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from registry.domain.rules import (
+    BufferTerms,
+    check_no_period_overlap,
+    check_report_period,
+    check_within_reference_level,
+    plan_issuance,
+)
+from registry.domain.serials import SerialRange
+from registry.errors import ConflictError, InvalidRequestError
+
+JCM: dict[str, Any] = {
+    "country": "KH",
+    "project_id": "KH004",
+    "vintage": 2024,
+    "batch_number": 1,
+    "period_start": "2023-06-09",
+    "period_end": "2024-05-31",
+    "redd": None,
+}
+
+
+def test_jcm_issuance_is_laid_out_in_allocation_order() -> None:
+    plan = plan_issuance(**JCM, verified=1820, allocations=[("A", 1000), ("B", 820)])
+    assert plan.batch_id == "KH-JCM-KH004-2024-00001"
+    assert plan.blocks == [("A", SerialRange(1, 1000)), ("B", SerialRange(1001, 1820))]
+    assert plan.effects()["quantity"] == 1820 and "redd" not in plan.effects()
+
+
+def test_redd_issuance_deducts_leakage_and_fills_the_buffer_last() -> None:
+    terms = BufferTerms(leakage_rate_bp=1000, buffer_rate_bp=1500, buffer_account="BUF-U1")
+    plan = plan_issuance(
+        **{
+            **JCM,
+            "redd": terms,
+            "vintage": 2020,
+            "period_start": "2018-03-12",
+            "period_end": "2020-12-31",
+        },
+        verified=1_150_000,
+        allocations=[("KH", 439_875), ("JP", 439_875)],
+    )
+    assert plan.batch_id == "KH-REDD-KH004-2020-00001" and plan.total == 1_035_000
+    assert plan.blocks[-1] == ("BUF-U1", SerialRange(879_751, 1_035_000))
+    assert plan.redd == {
+        "gross": 1_150_000,
+        "leakage": 115_000,
+        "net": 1_035_000,
+        "buffer": 155_250,
+        "buffer_account": "BUF-U1",
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"allocations": [("A", 1819)]}, "allocations sum to 1819 tCO2e but 1820"),
+        ({"vintage": 2022}, "vintage 2022 is outside the report's period"),
+        ({"vintage": 2025}, "vintage 2025 is outside the report's period"),
+    ],
+)
+def test_bad_issuances_are_refused(change: dict[str, object], message: str) -> None:
+    args: dict[str, Any] = {**JCM, "verified": 1820, "allocations": [("A", 1820)], **change}
+    with pytest.raises(InvalidRequestError, match=message):
+        plan_issuance(**args)
+
+
+def test_report_periods() -> None:
+    check_report_period(
+        period_start="2024-01-01",
+        period_end="2024-12-31",
+        crediting_start="2023-06-09",
+        crediting_end="2030-12-31",
+    )
+    with pytest.raises(InvalidRequestError, match="before it starts"):
+        check_report_period(
+            period_start="2024-12-31",
+            period_end="2024-01-01",
+            crediting_start="2023-06-09",
+            crediting_end="2030-12-31",
+        )
+    with pytest.raises(InvalidRequestError, match="outside the crediting period"):
+        check_report_period(
+            period_start="2023-01-01",
+            period_end="2023-12-31",
+            crediting_start="2023-06-09",
+            crediting_end="2030-12-31",
+        )
+    with pytest.raises(ConflictError, match="overlaps report MR1"):
+        check_no_period_overlap(
+            period_start="2024-06-01",
+            period_end="2024-12-31",
+            others=[("MR1", "2024-01-01", "2024-06-01")],
+        )
+    check_no_period_overlap(
+        period_start="2024-06-02",
+        period_end="2024-12-31",
+        others=[("MR1", "2024-01-01", "2024-06-01")],
+    )
+
+
+def test_reductions_cannot_exceed_the_reference_level() -> None:
+    check_within_reference_level(
+        reductions=365, reference_level=365, period_start="2025-01-01", period_end="2025-12-31"
+    )
+    with pytest.raises(InvalidRequestError, match="exceeds the reference level for 365 days"):
+        check_within_reference_level(
+            reductions=366, reference_level=365, period_start="2025-01-01", period_end="2025-12-31"
+        )
