@@ -235,6 +235,33 @@ def _range_hashes(ranges: Sequence[tuple[int, int]], reader: NodeReader, what: s
     return [_fold([nodes[key] for key in keys_of_range]) for keys_of_range in per_range]
 
 
+def inclusion_keys(index: int, size: int) -> list[NodeKey]:
+    """Every stored node ``inclusion_proof(index, size)`` reads (for a store to prefetch)."""
+    return [key for start, end in _inclusion_ranges(index, size) for key in range_nodes(start, end)]
+
+
+def consistency_keys(size1: int, size2: int) -> list[NodeKey]:
+    """Every stored node ``consistency_proof(size1, size2)`` reads (for a store to prefetch)."""
+    if size1 == size2:
+        return []
+    return [
+        key for start, end in _consistency_ranges(size1, size2) for key in range_nodes(start, end)
+    ]
+
+
+class NodeCache:
+    """A ``NodeReader`` over nodes already fetched: lets one query serve a root and a proof."""
+
+    def __init__(self, nodes: Mapping[NodeKey, bytes]) -> None:
+        self._nodes = nodes
+
+    def get_nodes(self, keys: Sequence[NodeKey]) -> Mapping[NodeKey, bytes]:
+        missing = [key for key in keys if key not in self._nodes]
+        if missing:
+            raise ProofError(f"tree nodes not available: {missing[:5]}")
+        return {key: self._nodes[key] for key in keys}
+
+
 # --- building ---------------------------------------------------------------------------------
 
 

@@ -142,49 +142,60 @@ class ConsistencyProof:
     proof: list[bytes]
 
 
-def _check_size(session: Session, size: int, what: str) -> None:
-    current = ledger_repo.tree_size(session)
-    if size < 1 or size > current:
+def _prefetch(
+    session: Session, keys: list[merkle.NodeKey], size: int, what: str
+) -> merkle.NodeCache:
+    """Every node a root and proof need, in one query; a size beyond the tree is a 422."""
+    nodes = ledger_repo.fetch_nodes(session, keys)
+    if len(nodes) < len(set(keys)):
+        current = ledger_repo.tree_size(session)
         raise InvalidRequestError(
             f"{what} must be between 1 and the tree size {current}, got {size}",
             details={what: size, "tree_size": current},
         )
+    return merkle.NodeCache(nodes)
 
 
 def inclusion_proof(session: Session, *, index: int, tree_size: int) -> InclusionProof:
     """The audit path proving entry ``index`` is in the tree of ``tree_size`` leaves."""
-    _check_size(session, tree_size, "tree_size")
+    if tree_size < 1:
+        raise InvalidRequestError(f"tree_size must be at least 1, got {tree_size}")
     if not 0 <= index < tree_size:
         raise InvalidRequestError(
             f"index must be in [0, {tree_size}), got {index}",
             details={"index": index, "tree_size": tree_size},
         )
-    reader = SessionNodeReader(session)
-    leaf = reader.get_nodes([(0, index)])[(0, index)]
+    root_keys = merkle.range_nodes(0, tree_size)
+    keys = [(0, index), *root_keys, *merkle.inclusion_keys(index, tree_size)]
+    nodes = _prefetch(session, keys, tree_size, "tree_size")
     return InclusionProof(
         index=index,
         tree_size=tree_size,
-        leaf_hash=leaf,
-        root=merkle.root(tree_size, reader),
-        proof=merkle.inclusion_proof(index, tree_size, reader),
+        leaf_hash=nodes.get_nodes([(0, index)])[(0, index)],
+        root=merkle.root(tree_size, nodes),
+        proof=merkle.inclusion_proof(index, tree_size, nodes),
     )
 
 
 def consistency_proof(session: Session, *, first: int, second: int) -> ConsistencyProof:
     """The proof that the tree of ``first`` leaves is a prefix of the tree of ``second``."""
-    _check_size(session, second, "second")
     if not 1 <= first <= second:
         raise InvalidRequestError(
             f"first must be in [1, second={second}], got {first}",
             details={"first": first, "second": second},
         )
-    reader = SessionNodeReader(session)
+    keys = [
+        *merkle.range_nodes(0, first),
+        *merkle.range_nodes(0, second),
+        *merkle.consistency_keys(first, second),
+    ]
+    nodes = _prefetch(session, keys, second, "second")
     return ConsistencyProof(
         first=first,
         second=second,
-        first_root=merkle.root(first, reader),
-        second_root=merkle.root(second, reader),
-        proof=merkle.consistency_proof(first, second, reader),
+        first_root=merkle.root(first, nodes),
+        second_root=merkle.root(second, nodes),
+        proof=merkle.consistency_proof(first, second, nodes),
     )
 
 

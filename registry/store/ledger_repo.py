@@ -8,12 +8,33 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 
-from sqlalchemy import func, insert, tuple_
+from sqlalchemy import and_, func, insert, or_
 from sqlmodel import Session, col, select
 
 from registry.errors import LedgerError
 from registry.ledger.merkle import NodeKey
 from registry.store.tables import CheckpointRow, LedgerEntry, RegistryKeyRow, TreeNode
+
+
+def fetch_nodes(session: Session, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
+    """The stored subtree hashes among ``keys``, in one query (absent keys are left out).
+
+    The condition is written per level, ``level = l AND idx IN (...)``, so both engines walk
+    the primary key; a row-value ``(level, idx) IN (...)`` makes SQLite scan the whole table.
+    """
+    by_level: dict[int, list[int]] = {}
+    for level, idx in dict.fromkeys(keys):
+        by_level.setdefault(level, []).append(idx)
+    if not by_level:
+        return {}
+    condition = or_(
+        *(
+            and_(col(TreeNode.level) == level, col(TreeNode.idx).in_(idxs))
+            for level, idxs in by_level.items()
+        )
+    )
+    rows = session.execute(select(TreeNode.level, TreeNode.idx, TreeNode.hash).where(condition))
+    return {(level, idx): h for level, idx, h in rows}
 
 
 class SessionNodeReader:
@@ -23,14 +44,8 @@ class SessionNodeReader:
         self._session = session
 
     def get_nodes(self, keys: Sequence[NodeKey]) -> Mapping[NodeKey, bytes]:
-        if not keys:
-            return {}
-        wanted = list(dict.fromkeys(keys))
-        rows = self._session.exec(
-            select(TreeNode).where(tuple_(col(TreeNode.level), col(TreeNode.idx)).in_(wanted))
-        ).all()
-        found = {(row.level, row.idx): row.hash for row in rows}
-        missing = [key for key in wanted if key not in found]
+        found = fetch_nodes(self._session, keys)
+        missing = [key for key in keys if key not in found]
         if missing:
             raise LedgerError(f"tree nodes missing from the store: {missing[:5]}")
         return found
