@@ -117,6 +117,7 @@ def serve(
         host=host or settings.host,
         port=port or settings.port,
         workers=workers,
+        http="registry.api.server:NoDelayH11Protocol",
         log_level="info",
     )
 

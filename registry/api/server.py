@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from registry.api.app import create_app
 from registry.config import Settings
@@ -12,3 +16,17 @@ from registry.service.setup import open_registry
 def app_from_env() -> FastAPI:
     """Build the app from ``REGISTRY_*`` settings; the schema was migrated before workers start."""
     return create_app(open_registry(Settings(), migrate_schema=False))
+
+
+class NoDelayH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with Nagle's algorithm off on every accepted connection.
+
+    With ``--workers N`` uvicorn binds the listening socket itself without ``TCP_NODELAY``, and
+    a keep-alive client then waits ~40 ms on every response for the delayed ACK.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)

@@ -8,6 +8,7 @@ same head (or the same holding) and append; acknowledged means committed and dur
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,7 +37,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+        # Writes are serialised anyway; a small pool keeps several processes well inside
+        # PostgreSQL's default 100 connections.
+        return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8, **kwargs)
     raise ValueError(
         f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
     )
@@ -63,9 +66,35 @@ def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+_local_writers: dict[str, threading.Lock] = {}
+_local_writers_guard = threading.Lock()
+
+
+def _local_writer_lock(engine: Engine) -> threading.Lock:
+    """One lock per SQLite database and process.
+
+    Threads waiting for SQLite's write lock poll with a growing back-off (up to 100 ms a try)
+    while the lock may already be free; queueing them on a Python lock first hands the write
+    lock over at once. Other processes still serialise on ``BEGIN IMMEDIATE``.
+    """
+    key = engine.url.render_as_string()
+    with _local_writers_guard:
+        return _local_writers.setdefault(key, threading.Lock())
+
+
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Session]:
     """One serialised read-write transaction: commits on success, rolls back on any exception."""
+    if is_postgres(engine):
+        with _write_session(engine) as session:
+            yield session
+    else:
+        with _local_writer_lock(engine), _write_session(engine) as session:
+            yield session
+
+
+@contextmanager
+def _write_session(engine: Engine) -> Iterator[Session]:
     writer = engine.execution_options(**{_WRITE: True})
     with Session(writer, expire_on_commit=False) as session, session.begin():
         if is_postgres(engine):
@@ -80,8 +109,18 @@ def write_transaction(engine: Engine) -> Iterator[Session]:
 
 @contextmanager
 def read_session(engine: Engine) -> Iterator[Session]:
-    """A read-only view; on SQLite WAL it never blocks or is blocked by the writer."""
-    with Session(engine, expire_on_commit=False) as session, session.begin():
+    """A read-only snapshot: every query of one read sees the same committed state.
+
+    SQLite in WAL mode gives each read transaction a snapshot and never blocks the writer;
+    PostgreSQL needs REPEATABLE READ for that (its default, READ COMMITTED, lets a page's rows
+    and its totals come from different moments).
+    """
+    reader = engine
+    if is_postgres(engine):
+        reader = engine.execution_options(
+            isolation_level="REPEATABLE READ", postgresql_readonly=True
+        )
+    with Session(reader, expire_on_commit=False) as session, session.begin():
         yield session
 
 

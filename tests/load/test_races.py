@@ -272,15 +272,10 @@ def test_races_long(settings: Settings, registry: Registry, admin_key: SigningKe
 
 
 def test_reads_under_load_are_snapshots(settings: Settings, registry: Registry,
-                                        admin_key: SigningKey, tmp_path: Path,
-                                        request: pytest.FixtureRequest) -> None:
+                                        admin_key: SigningKey, tmp_path: Path) -> None:
     """A holdings read is one snapshot: its blocks add up to its ``total_active``, however fast
-    transfers commit around it. (Each is a separate statement; PostgreSQL's READ COMMITTED gives
-    each statement its own snapshot unless the read transaction asks for REPEATABLE READ.)"""
-    if settings.database_url.startswith("postgresql"):
-        request.applymarker(pytest.mark.xfail(
-            reason="read_session runs READ COMMITTED on PostgreSQL: statements of one read see "
-                   "different snapshots (registry/store/db.py read_session)", strict=False))
+    transfers commit around it. (Each is a separate statement; PostgreSQL's READ COMMITTED would
+    give each statement its own snapshot, so read transactions ask for REPEATABLE READ.)"""
     with serving(settings, tmp_path) as servers:
         world = build_world(servers[0].url, admin_key)
         try:
