@@ -16,6 +16,7 @@ are always WGS84. A boundary may not cross the antimeridian (longitude extent ab
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -284,6 +285,21 @@ def parse_boundary(geojson: Mapping[str, Any]) -> Boundary:
 
 
 # --- overlaps ---------------------------------------------------------------------------------
+
+
+def parse_boundary_text(text: str) -> Boundary:
+    """A boundary as instructions carry it: JSON text holding a GeoJSON geometry object.
+
+    Instructions carry the boundary as text so that the signed bytes hold no floats (the
+    ledger's canonical JSON is integers only); the registry and the auditor parse it here.
+    """
+    try:
+        geojson = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidGeometryError(f"boundary is not JSON: {e.msg} at position {e.pos}") from e
+    if not isinstance(geojson, dict):
+        raise InvalidGeometryError("boundary must be a GeoJSON geometry object")
+    return parse_boundary(geojson)
 
 
 def _tolerance(value: object) -> float:

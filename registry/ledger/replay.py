@@ -44,7 +44,7 @@ from typing import Any, Final, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from registry.domain import instructions as ins
-from registry.domain.forest import Boundary, check_no_overlap, parse_boundary
+from registry.domain.forest import Boundary, check_no_overlap, parse_boundary_text
 from registry.domain.redd import compute_issuance, compute_reversal
 from registry.domain.rules import (
     BufferTerms,
@@ -61,7 +61,6 @@ from registry.domain.serials import (
 )
 from registry.errors import (
     ConflictError,
-    InvalidGeometryError,
     InvalidRequestError,
     MalformedError,
     NotFoundError,
@@ -1065,7 +1064,7 @@ class Replay:
         if b.unit_id in state.units:
             raise ConflictError(f"forest unit {b.unit_id} already exists")
         _get(state.projects, b.project_id, "project")
-        boundary = _parse_boundary_text(b.boundary)
+        boundary = parse_boundary_text(b.boundary)
         check_no_overlap(
             boundary,
             [(u.id, u.boundary) for u in state.units.values()],
@@ -1687,17 +1686,6 @@ def _parse_expiry(text: str) -> datetime | None:
     except ValueError:
         return None
     return value if value.tzinfo is not None else None
-
-
-def _parse_boundary_text(text: str) -> Boundary:
-    """The service's reading of a boundary: JSON text holding a GeoJSON geometry object."""
-    try:
-        geojson = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidGeometryError(f"boundary is not JSON: {e.msg} at position {e.pos}") from e
-    if not isinstance(geojson, dict):
-        raise InvalidGeometryError("boundary must be a GeoJSON geometry object")
-    return parse_boundary(geojson)
 
 
 def _first_error(e: ValidationError) -> str:

@@ -7,9 +7,9 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from registry.domain.forest import Boundary, check_no_overlap, parse_boundary
+from registry.domain.forest import check_no_overlap, parse_boundary_text
 from registry.domain.instructions import RegisterForestUnit, RegisterProject, SetProjectStatus
-from registry.errors import ConflictError, InvalidGeometryError, InvalidRequestError
+from registry.errors import ConflictError, InvalidRequestError
 from registry.service.instructions import Acting
 from registry.service.parties import create_account
 from registry.store.credits_repo import get_or_404
@@ -74,16 +74,6 @@ def set_project_status(session: Session, acting: Acting[SetProjectStatus]) -> Ef
     previous, project.status = project.status, acting.body.status
     session.add(project)
     return {"project_id": project.id, "from": previous, "to": project.status}
-
-
-def parse_boundary_text(text: str) -> Boundary:
-    try:
-        geojson = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidGeometryError(f"boundary is not JSON: {e.msg} at position {e.pos}") from e
-    if not isinstance(geojson, dict):
-        raise InvalidGeometryError("boundary must be a GeoJSON geometry object")
-    return parse_boundary(geojson)
 
 
 def register_forest_unit(session: Session, acting: Acting[RegisterForestUnit]) -> Effects:
