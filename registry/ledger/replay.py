@@ -953,7 +953,13 @@ class Replay:
     def _add_party_key(self, acting: _Acting) -> _Derived:
         b: ins.AddPartyKey = acting.body
         state, seq = self.state, acting.seq
-        self._self_or_admin(acting, b.party_id)
+        if acting.actor != b.party_id:
+            self.fail(
+                acting.seq,
+                "forbidden",
+                f"party.key_add: only party {b.party_id} itself may add a key to itself, "
+                f"not {acting.actor}",
+            )
         _get(state.parties, b.party_id, "party")
         key = self._new_key(b.public_key, set())
 

@@ -65,8 +65,19 @@ def _self_or_admin(acting: Acting[Any], party_id: str) -> None:
 
 
 def add_party_key(session: Session, acting: Acting[AddPartyKey]) -> Effects:
+    """A party adds a key to itself, signing with a key it already has.
+
+    Nobody else may, administrators included: a key an administrator could add would let the
+    registry sign transfers in the holder's name, and the holder's signature in the ledger would
+    prove nothing. (Revocation stays open to administrators: it can stop a thief, never enable
+    one.)
+    """
     body = acting.body
-    _self_or_admin(acting, body.party_id)
+    if acting.party.id != body.party_id:
+        raise PermissionDeniedError(
+            f"only party {body.party_id} itself may add a key to itself",
+            details={"party": body.party_id, "actor": acting.party.id},
+        )
     get_or_404(session, PartyRow, body.party_id, "party")
     key_id = add_key(
         session, party_id=body.party_id, key=public_key_from_b64(body.public_key), seq=acting.seq

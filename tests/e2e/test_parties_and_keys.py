@@ -77,12 +77,14 @@ def test_key_rotation(world: World) -> None:
     world.refuse("kh-water", "party.key_revoke",
                  {"party_id": "kh-water", "key_id": old.public_key.key_id},
                  status=409, code="invalid_state")
-    # The administrator may add a key for a party; another party may not.
+    # Only the party itself adds keys: not another party, and not an administrator either
+    # (a key the registry could add would let it sign transfers in the holder's name).
     third = SigningKey.from_seed(b"t" * 32)
-    world.refuse("jp-buyer", "party.key_add",
-                 {"party_id": "kh-water", "public_key": third.public_key.to_b64()},
-                 status=403, code="forbidden")
-    world.submit(ADMIN, "party.key_add",
+    for intruder in ("jp-buyer", ADMIN):
+        world.refuse(intruder, "party.key_add",
+                     {"party_id": "kh-water", "public_key": third.public_key.to_b64()},
+                     status=403, code="forbidden")
+    world.submit("kh-water", "party.key_add",
                  {"party_id": "kh-water", "public_key": third.public_key.to_b64()})
     world.keys["kh-water"] = third
     assert world.active("KH-WATER-1") == 0
