@@ -46,14 +46,21 @@ def check_within_reference_level(
 
 
 def check_no_period_overlap(
-    *, period_start: str, period_end: str, others: Iterable[tuple[str, str, str]]
+    *,
+    period_start: str,
+    period_end: str,
+    forest_unit_id: str | None,
+    others: Iterable[tuple[str, str, str, str | None]],
 ) -> None:
-    """Two reports covering the same days of one project (or unit) would count them twice.
+    """Two reports covering the same days of the same area would count the reductions twice.
 
-    ``others`` are ``(report_id, start, end)`` of the same project and forest unit.
+    ``others`` are ``(report_id, start, end, forest_unit_id)`` of every report of the project.
+    A project-wide report (no forest unit) covers every unit, so it overlaps reports of any
+    unit; reports of two different units do not overlap.
     """
-    for other_id, start, end in others:
-        if start <= period_end and period_start <= end:
+    for other_id, start, end, other_unit in others:
+        same_area = forest_unit_id is None or other_unit is None or other_unit == forest_unit_id
+        if same_area and start <= period_end and period_start <= end:
             raise ConflictError(
                 f"period overlaps report {other_id} ({start}..{end})",
                 details={"report": other_id},
@@ -155,3 +162,17 @@ def plan_issuance(
         blocks=allocate(total, shares),
         redd=redd_effects,
     )
+
+
+def check_unit_can_join(*, project_id: str, project_wide_reports: Sequence[str]) -> None:
+    """A project that already reported project-wide cannot gain a forest unit.
+
+    Its earlier reports covered the whole project area; a unit's reports would count those
+    hectares again.
+    """
+    if project_wide_reports:
+        raise ConflictError(
+            f"project {project_id} already has project-wide report {project_wide_reports[0]}; "
+            "a forest unit now would count its area twice",
+            details={"project": project_id, "report": project_wide_reports[0]},
+        )

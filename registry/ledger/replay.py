@@ -50,6 +50,7 @@ from registry.domain.rules import (
     BufferTerms,
     check_no_period_overlap,
     check_report_period,
+    check_unit_can_join,
     check_within_reference_level,
     plan_issuance,
 )
@@ -1070,6 +1071,14 @@ class Replay:
         if b.unit_id in state.units:
             raise ConflictError(f"forest unit {b.unit_id} already exists")
         _get(state.projects, b.project_id, "project")
+        check_unit_can_join(
+            project_id=b.project_id,
+            project_wide_reports=[
+                r.id
+                for r in state.reports.values()
+                if r.project_id == b.project_id and r.forest_unit_id is None
+            ],
+        )
         boundary = parse_boundary_text(b.boundary)
         check_no_overlap(
             boundary,
@@ -1150,9 +1159,11 @@ class Replay:
         check_no_period_overlap(
             period_start=b.period_start,
             period_end=b.period_end,
+            forest_unit_id=b.forest_unit_id,
             others=[
-                (o.id, o.period_start, o.period_end)
-                for o in (state.reports[i] for i in state.reports_by_scope.get(scope, []))
+                (o.id, o.period_start, o.period_end, o.forest_unit_id)
+                for o in state.reports.values()
+                if o.project_id == project.id
             ],
         )
 

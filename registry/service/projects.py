@@ -9,11 +9,12 @@ from sqlmodel import Session, select
 
 from registry.domain.forest import check_no_overlap, parse_boundary_text
 from registry.domain.instructions import RegisterForestUnit, RegisterProject, SetProjectStatus
+from registry.domain.rules import check_unit_can_join
 from registry.errors import ConflictError, InvalidRequestError
 from registry.service.instructions import Acting
 from registry.service.parties import create_account
 from registry.store.credits_repo import get_or_404
-from registry.store.tables import ForestUnitRow, PartyRow, ProjectRow
+from registry.store.tables import ForestUnitRow, PartyRow, ProjectRow, ReportRow
 
 Effects = dict[str, Any]
 
@@ -82,6 +83,13 @@ def register_forest_unit(session: Session, acting: Acting[RegisterForestUnit]) -
     if session.get(ForestUnitRow, b.unit_id) is not None:
         raise ConflictError(f"forest unit {b.unit_id} already exists", details={"unit": b.unit_id})
     get_or_404(session, ProjectRow, b.project_id, "project")
+    project_wide = session.exec(
+        select(ReportRow.id).where(
+            ReportRow.project_id == b.project_id,
+            ReportRow.forest_unit_id == None,  # noqa: E711
+        )
+    ).all()
+    check_unit_can_join(project_id=b.project_id, project_wide_reports=list(project_wide))
     boundary = parse_boundary_text(b.boundary)
     existing = [
         (row.id, parse_boundary_text(row.boundary))

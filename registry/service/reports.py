@@ -54,15 +54,12 @@ def submit_report(session: Session, acting: Acting[SubmitReport]) -> Effects:
             period_start=b.period_start,
             period_end=b.period_end,
         )
-    same_scope = session.exec(
-        select(ReportRow).where(
-            ReportRow.project_id == project.id, ReportRow.forest_unit_id == b.forest_unit_id
-        )
-    ).all()
+    same_scope = session.exec(select(ReportRow).where(ReportRow.project_id == project.id)).all()
     check_no_period_overlap(
         period_start=b.period_start,
         period_end=b.period_end,
-        others=[(r.id, r.period_start, r.period_end) for r in same_scope],
+        forest_unit_id=b.forest_unit_id,
+        others=[(r.id, r.period_start, r.period_end, r.forest_unit_id) for r in same_scope],
     )
     session.add(
         ReportRow(

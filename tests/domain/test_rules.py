@@ -97,13 +97,37 @@ def test_report_periods() -> None:
         check_no_period_overlap(
             period_start="2024-06-01",
             period_end="2024-12-31",
-            others=[("MR1", "2024-01-01", "2024-06-01")],
+            forest_unit_id=None,
+            others=[("MR1", "2024-01-01", "2024-06-01", None)],
         )
     check_no_period_overlap(
         period_start="2024-06-02",
         period_end="2024-12-31",
-        others=[("MR1", "2024-01-01", "2024-06-01")],
+        forest_unit_id=None,
+        others=[("MR1", "2024-01-01", "2024-06-01", None)],
     )
+
+
+@pytest.mark.parametrize(
+    ("new_unit", "old_unit", "overlaps"),
+    [(None, "FU1", True), ("FU1", None, True), ("FU1", "FU1", True), ("FU1", "FU2", False)],
+)
+def test_a_project_wide_report_covers_every_unit(
+    new_unit: str | None, old_unit: str | None, overlaps: bool
+) -> None:
+    def check() -> None:
+        check_no_period_overlap(
+            period_start="2024-01-01",
+            period_end="2024-12-31",
+            forest_unit_id=new_unit,
+            others=[("MR1", "2024-01-01", "2024-12-31", old_unit)],
+        )
+
+    if overlaps:
+        with pytest.raises(ConflictError, match="overlaps report MR1"):
+            check()
+    else:
+        check()
 
 
 def test_reductions_cannot_exceed_the_reference_level() -> None:
