@@ -297,6 +297,9 @@ def parse_boundary_text(text: str) -> Boundary:
         geojson = json.loads(text)
     except json.JSONDecodeError as e:
         raise InvalidGeometryError(f"boundary is not JSON: {e.msg} at position {e.pos}") from e
+    except (ValueError, RecursionError) as e:
+        # Numbers too long to convert, or nesting deeper than the parser goes.
+        raise InvalidGeometryError(f"boundary is not usable JSON: {str(e)[:200]}") from e
     if not isinstance(geojson, dict):
         raise InvalidGeometryError("boundary must be a GeoJSON geometry object")
     return parse_boundary(geojson)

@@ -27,6 +27,11 @@ _TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"
 
 Id = Annotated[StrictStr, Field(pattern=_ID, examples=["kh-moe-admin"])]
 UpperId = Annotated[StrictStr, Field(pattern=_UPPER_ID)]
+# A project id is part of every serial number of its credits (KH-JCM-KH004-2024-00001), so it
+# has the serial alphabet; a forest unit id names its buffer pool account (BUF-<unit>), which
+# must fit an account id.
+ProjectId = Annotated[StrictStr, Field(pattern=r"^[A-Z0-9]{1,32}$", examples=["KH004"])]
+UnitId = Annotated[StrictStr, Field(pattern=r"^[A-Z0-9][A-Z0-9_-]{0,27}$", examples=["KH005-FU1"])]
 Sha256Hex = Annotated[StrictStr, Field(pattern=_SHA256, description="lowercase hex SHA-256")]
 Text = Annotated[StrictStr, Field(min_length=1, max_length=500)]
 Tonnes = Annotated[StrictInt, Field(gt=0, le=2**53 - 1, description="whole tCO2e, > 0")]
@@ -109,7 +114,7 @@ class RegisterProject(Body):
     """A JCM project as the Joint Committee registered it."""
 
     TYPE = "project.register"
-    project_id: UpperId = Field(examples=["KH004"])
+    project_id: ProjectId
     title: Text
     partner_country: Country
     methodology: Annotated[StrictStr, Field(pattern=r"^[A-Z]{2}_AM\d{3}$", examples=["KH_AM001"])]
@@ -122,7 +127,7 @@ class RegisterProject(Body):
 
 class SetProjectStatus(Body):
     TYPE = "project.status"
-    project_id: UpperId
+    project_id: ProjectId
     status: ProjectStatus
     reason: Text
 
@@ -131,8 +136,8 @@ class RegisterForestUnit(Body):
     """A REDD+ forest unit; ``boundary`` is GeoJSON text, so the signed bytes hold no floats."""
 
     TYPE = "forest_unit.register"
-    unit_id: UpperId
-    project_id: UpperId
+    unit_id: UnitId
+    project_id: ProjectId
     name: Text
     boundary: Annotated[StrictStr, Field(min_length=10, max_length=2_000_000)] = Field(
         description="GeoJSON Polygon or MultiPolygon (WGS 84 lon/lat), as JSON text"
@@ -148,8 +153,8 @@ class SubmitReport(Body):
 
     TYPE = "report.submit"
     report_id: UpperId
-    project_id: UpperId
-    forest_unit_id: UpperId | None = None
+    project_id: ProjectId
+    forest_unit_id: UnitId | None = None
     period_start: IsoDate
     period_end: IsoDate
     reductions: Tonnes = Field(description="claimed emission reductions, tCO2e")
@@ -223,7 +228,7 @@ class RecordReversal(Body):
     """A verified loss of carbon in a forest unit: cancels buffer credits."""
 
     TYPE = "redd.reversal"
-    unit_id: UpperId
+    unit_id: UnitId
     lost: Tonnes
     document_sha256: Sha256Hex
     reason: Text

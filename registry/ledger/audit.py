@@ -103,6 +103,7 @@ class LogAuditor:
         self._pending: dict[int, Checkpoint] = {}
         self._checked: Checkpoint | None = None
         self._prev_leaf: bytes | None = None
+        self._prev_time: str | None = None
 
     @property
     def size(self) -> int:
@@ -180,6 +181,17 @@ class LogAuditor:
                     ),
                     seq=position,
                 )
+            # Times are fixed-width RFC 3339 UTC, so text order is time order. A registry that
+            # backdated an entry could pass off an expired instruction as timely.
+            if self._prev_time is not None and entry.time < self._prev_time:
+                report.fail(
+                    ChainError(
+                        f"entry time {entry.time} is earlier than the previous entry's "
+                        f"{self._prev_time}: time runs backwards"
+                    ),
+                    seq=position,
+                )
+            self._prev_time = entry.time
         leaf = leaf_hash(envelope)
         self._prev_leaf = leaf
         self.tree.append(leaf)

@@ -65,6 +65,18 @@ def request_hash(kind: str, raw: object) -> str:
     return hashlib.sha256(f"{kind}\n{text}".encode()).hexdigest()
 
 
+def _scoped_key(raw: dict[str, Any], idempotency_key: str) -> str:
+    """Idempotency keys belong to the party that signs: one party's key never blocks another's.
+
+    The actor is read before authentication, but an answer is only stored for a request that
+    authenticated as that actor, so nobody can take another party's key first.
+    """
+    instruction = raw.get("instruction")
+    actor = instruction.get("actor") if isinstance(instruction, dict) else None
+    scope = actor if isinstance(actor, str) else ""
+    return hashlib.sha256(f"{scope}\n{idempotency_key}".encode()).hexdigest()
+
+
 def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_key: str) -> Outcome:
     """Carry out one signed instruction of type ``expected_type``; see the module docstring."""
     if not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
@@ -81,8 +93,9 @@ def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_k
         # A retry of an accepted request must get its answer even if it would not parse now;
         # so a refusal is only raised once the idempotency key has been looked up.
         parsed, refusal = None, e
+    scoped_key = _scoped_key(raw, idempotency_key)
     with write_transaction(registry.engine) as session:
-        prior = session.get(IdempotencyRow, idempotency_key)
+        prior = session.get(IdempotencyRow, scoped_key)
         if prior is not None:
             if prior.request_hash != fingerprint:
                 raise IdempotencyConflictError(
@@ -116,7 +129,7 @@ def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_k
         }
         session.add(
             IdempotencyRow(
-                key=idempotency_key,
+                key=scoped_key,
                 request_hash=fingerprint,
                 status_code=200,
                 response=json.dumps(body),

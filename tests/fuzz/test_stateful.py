@@ -594,9 +594,10 @@ class CreditLedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.last is not None)
     @rule()
     def refuse_reused_idempotency_key(self) -> None:
+        """The same party reusing a key for another request (keys are scoped to the signer)."""
         assert self.last is not None
-        _, _, key, _ = self.last
-        self.refuse(ADMIN, "project.status",
+        signed, _, key, _ = self.last
+        self.refuse(signed["instruction"]["actor"], "project.status",
                     {"project_id": "KH004", "status": "suspended", "reason": "must not apply"},
                     IdempotencyConflictError, "idempotency_key_reused", key=key)
 

@@ -158,3 +158,23 @@ def test_registry_refuses_to_sign_an_inconsistent_checkpoint(registry: Registry)
         assert ledger_repo.tree_size(s) == 4
         latest = ledger_repo.latest_checkpoint(s)
         assert latest is not None and latest.size == 4
+
+
+def test_an_entry_dated_before_its_predecessor_is_found(registry: Registry) -> None:
+    from datetime import timedelta
+
+    append_notes(registry, 2)
+    with write_transaction(registry.engine) as s:
+        append_entry(
+            s,
+            registry,
+            kind="test.note",
+            actor="registry",
+            payload={},
+            now=registry.clock() - timedelta(hours=1),
+        )
+    failures = _report(registry)
+    assert failures == [(3, "broken_chain")]
+    with read_session(registry.engine) as s:
+        message = audit_store(s, registry).failures[0].message
+    assert "time runs backwards" in message
