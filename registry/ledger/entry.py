@@ -13,6 +13,7 @@ Merkle tree hashes: ``leaf = SHA-256(0x00 || envelope bytes)`` (``leaf_hash`` in
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Mapping
@@ -212,3 +213,10 @@ def check_chain(prev_leaf: bytes | None, expected_seq: int, entry: Entry) -> Non
             f"entry {entry.seq}: prev should be {expected_prev}, got {entry.prev}",
             details={"expected": expected_prev, "actual": entry.prev, "seq": entry.seq},
         )
+
+
+def envelope_time(envelope_bytes: bytes) -> str:
+    """The ``time`` of the entry in an envelope the registry itself stored (no verification)."""
+    envelope = json.loads(envelope_bytes)
+    time: str = json.loads(base64.b64decode(envelope["payload"]))["time"]
+    return time

@@ -19,7 +19,7 @@ from registry.errors import CheckpointError, InvalidRequestError, NotFoundError,
 from registry.ledger import merkle
 from registry.ledger.audit import LogReport, audit_log
 from registry.ledger.checkpoint import Checkpoint, sign_checkpoint
-from registry.ledger.entry import Entry, format_time, seal_entry
+from registry.ledger.entry import Entry, envelope_time, format_time, seal_entry
 from registry.ledger.keys import PublicKey
 from registry.service.context import Registry
 from registry.store import ledger_repo
@@ -43,7 +43,7 @@ def append_entry(
     actor: str,
     payload: dict[str, Any],
     now: datetime | None = None,
-    head: tuple[int, bytes | None] | None = None,
+    head: ledger_repo.Head | None = None,
 ) -> Appended:
     """Sign ``payload`` as the next entry, add it to the tree and publish a checkpoint.
 
@@ -51,11 +51,17 @@ def append_entry(
     the tree's right frontier (O(log n) rows); writes the entry, the subtrees it completes and
     the new checkpoint.
     """
-    seq, last_leaf = head if head is not None else ledger_repo.head(session)
+    end = head if head is not None else ledger_repo.head(session)
+    seq, last_leaf = end.size, end.last_leaf
+    time = format_time(now or registry.clock())
+    if end.last_envelope is not None:
+        # Entry times never run backwards, even if this machine's clock is stepped back
+        # (the auditor checks it); fixed-width RFC 3339 UTC compares as text.
+        time = max(time, envelope_time(end.last_envelope))
     entry = Entry(
         v=1,
         seq=seq,
-        time=format_time(now or registry.clock()),
+        time=time,
         kind=kind,
         actor=actor,
         payload=payload,

@@ -104,7 +104,7 @@ def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_k
                 )
             return Outcome(prior.status_code, json.loads(prior.response), replayed=True)
         head = ledger_repo.head(session)
-        seq = head[0]
+        seq = head.size
         now = registry.clock()
         if parsed is None:
             assert refusal is not None

@@ -7,6 +7,7 @@ this module only moves their bytes in and out of the database in as few queries 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import and_, func, insert, or_
 from sqlmodel import Session, col, select
@@ -57,14 +58,23 @@ def tree_size(session: Session) -> int:
     return 0 if last is None else int(last) + 1
 
 
-def head(session: Session) -> tuple[int, bytes | None]:
-    """The ledger's size and its last leaf hash (``None`` when empty), in one indexed read."""
+@dataclass(frozen=True)
+class Head:
+    """The end of the ledger: its size, and the last entry's leaf hash and envelope."""
+
+    size: int
+    last_leaf: bytes | None = None
+    last_envelope: bytes | None = None
+
+
+def head(session: Session) -> Head:
+    """The ledger's size and last entry, in one indexed read."""
     row = session.exec(
-        select(LedgerEntry.seq, LedgerEntry.leaf_hash)
+        select(LedgerEntry.seq, LedgerEntry.leaf_hash, LedgerEntry.envelope)
         .order_by(col(LedgerEntry.seq).desc())
         .limit(1)
     ).first()
-    return (0, None) if row is None else (row[0] + 1, row[1])
+    return Head(0) if row is None else Head(row[0] + 1, row[1], row[2])
 
 
 def last_entry(session: Session) -> LedgerEntry | None:
