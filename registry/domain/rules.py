@@ -7,7 +7,7 @@ disagree about what a valid report or issuance is.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -30,6 +30,36 @@ def check_report_period(
             f"period {period_start}..{period_end} lies outside the crediting period "
             f"{crediting_start}..{crediting_end}"
         )
+
+
+def check_report_area(
+    *,
+    project_id: str,
+    forest_unit_id: str | None,
+    reference_levels: Mapping[str, int],
+    reductions: int,
+    period_start: str,
+    period_end: str,
+) -> None:
+    """A report of a REDD+ project names one of its forest units and stays within its level.
+
+    ``reference_levels`` maps each forest unit of the project to its reference level; a
+    project without units (JCM) reports project-wide.
+    """
+    if reference_levels and forest_unit_id is None:
+        raise InvalidRequestError(f"project {project_id} is REDD+: name the forest_unit_id")
+    if forest_unit_id is None:
+        return
+    if forest_unit_id not in reference_levels:
+        raise InvalidRequestError(
+            f"forest unit {forest_unit_id} is not a unit of project {project_id}"
+        )
+    check_within_reference_level(
+        reductions=reductions,
+        reference_level=reference_levels[forest_unit_id],
+        period_start=period_start,
+        period_end=period_end,
+    )
 
 
 def check_within_reference_level(

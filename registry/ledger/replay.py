@@ -49,9 +49,9 @@ from registry.domain.redd import compute_issuance, compute_reversal
 from registry.domain.rules import (
     BufferTerms,
     check_no_period_overlap,
+    check_report_area,
     check_report_period,
     check_unit_can_join,
-    check_within_reference_level,
     plan_issuance,
 )
 from registry.domain.serials import (
@@ -1140,21 +1140,16 @@ class Replay:
             crediting_start=project.crediting_period_start,
             crediting_end=project.crediting_period_end,
         )
-        units = [u for u in state.units.values() if u.project_id == project.id]
-        if units and b.forest_unit_id is None:
-            raise InvalidRequestError(f"project {project.id} is REDD+: name the forest_unit_id")
-        if b.forest_unit_id is not None:
-            unit = next((u for u in units if u.id == b.forest_unit_id), None)
-            if unit is None:
-                raise InvalidRequestError(
-                    f"forest unit {b.forest_unit_id} is not a unit of project {project.id}"
-                )
-            check_within_reference_level(
-                reductions=b.reductions,
-                reference_level=unit.reference_level,
-                period_start=b.period_start,
-                period_end=b.period_end,
-            )
+        check_report_area(
+            project_id=project.id,
+            forest_unit_id=b.forest_unit_id,
+            reference_levels={
+                u.id: u.reference_level for u in state.units.values() if u.project_id == project.id
+            },
+            reductions=b.reductions,
+            period_start=b.period_start,
+            period_end=b.period_end,
+        )
         scope = (project.id, b.forest_unit_id)
         check_no_period_overlap(
             period_start=b.period_start,

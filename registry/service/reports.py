@@ -10,8 +10,8 @@ from sqlmodel import Session, select
 from registry.domain.instructions import SubmitReport, VerifyReport
 from registry.domain.rules import (
     check_no_period_overlap,
+    check_report_area,
     check_report_period,
-    check_within_reference_level,
 )
 from registry.errors import ConflictError, InvalidRequestError, PermissionDeniedError, StateError
 from registry.service.instructions import Acting
@@ -40,20 +40,14 @@ def submit_report(session: Session, acting: Acting[SubmitReport]) -> Effects:
         crediting_end=project.crediting_period_end,
     )
     units = session.exec(select(ForestUnitRow).where(ForestUnitRow.project_id == project.id)).all()
-    if units and b.forest_unit_id is None:
-        raise InvalidRequestError(f"project {project.id} is REDD+: name the forest_unit_id")
-    if b.forest_unit_id is not None:
-        unit = next((u for u in units if u.id == b.forest_unit_id), None)
-        if unit is None:
-            raise InvalidRequestError(
-                f"forest unit {b.forest_unit_id} is not a unit of project {project.id}"
-            )
-        check_within_reference_level(
-            reductions=b.reductions,
-            reference_level=unit.reference_level,
-            period_start=b.period_start,
-            period_end=b.period_end,
-        )
+    check_report_area(
+        project_id=project.id,
+        forest_unit_id=b.forest_unit_id,
+        reference_levels={u.id: u.reference_level for u in units},
+        reductions=b.reductions,
+        period_start=b.period_start,
+        period_end=b.period_end,
+    )
     same_scope = session.exec(select(ReportRow).where(ReportRow.project_id == project.id)).all()
     check_no_period_overlap(
         period_start=b.period_start,
