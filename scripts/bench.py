@@ -920,7 +920,7 @@ def run_verify_child(bundle: Path, registry_key: str, workers: int) -> dict[str,
     return result
 
 
-def bench_verify(sizes: Sizes, workdir: Path) -> dict[str, Any]:
+def bench_verify(sizes: Sizes, workdir: Path, pg_base: str | None = None) -> dict[str, Any]:
     say("== verification")
     cores = os.cpu_count() or 1
     n = sizes.verify_ops
@@ -943,8 +943,12 @@ def bench_verify(sizes: Sizes, workdir: Path) -> dict[str, Any]:
         return figures
     from registry.service.export import export_bundle
 
-    for size in sizes.verify_sizes:
-        with database("sqlite", workdir, None) as url:
+    runs = [("sqlite", size) for size in sizes.verify_sizes]
+    if pg_base is not None:
+        # The same verifier on a PostgreSQL export of the largest size: exports alike.
+        runs.append(("postgresql", max(sizes.verify_sizes)))
+    for kind, size in runs:
+        with database(kind, workdir, pg_base) as url:
             seeded = seed(url, workdir)
             batch = seeded.issue(10**9)
             started = time.perf_counter()
@@ -957,7 +961,10 @@ def bench_verify(sizes: Sizes, workdir: Path) -> dict[str, Any]:
             key = seeded.registry.note_verifier.verifier_string()
             seeded.registry.engine.dispose()
             total = size + 10
-            one_core = sizes.verify_one_core and size == min(sizes.verify_sizes)
+            one_core = (
+                kind == "sqlite" and sizes.verify_one_core and size == min(sizes.verify_sizes)
+            )
+            tag = f"{size}" if kind == "sqlite" else f"{size}_postgresql"
             for workers in sorted({1, cores} if one_core else {cores}):
                 result = run_verify_child(bundle, key, workers)
                 rate = result["entries"] / result["seconds"]
@@ -970,15 +977,15 @@ def bench_verify(sizes: Sizes, workdir: Path) -> dict[str, Any]:
                     "workers_peak_rss_mb": round(result["workers_peak_rss_mb"], 1),
                     "ru_maxrss_mb": round(result["ru_maxrss_mb"], 1),
                 }
-                figures[f"bundle_{size}_w{workers}"] = entry
-                say(f"  verify n={total:<8} workers={workers}: {rate:8,.0f} entries/s = "
+                figures[f"bundle_{tag}_w{workers}"] = entry
+                say(f"  verify n={total:<8} {kind:<10} workers={workers}: {rate:8,.0f} entries/s = "
                     f"{ratio:.3f} x raw Ed25519 on {workers} core(s) (3 verifications per "
                     f"entry: ceiling ~0.33); peak RSS {entry['peak_rss_mb']:.0f} MB (workers "
                     f"{entry['workers_peak_rss_mb']:.0f} MB); "
                     f"{'PASS' if result['ok'] else 'FAIL'}")
-            figures[f"bundle_{size}_generate_s"] = round(generated, 1)
-            figures[f"bundle_{size}_export_s"] = round(exported, 1)
-            figures[f"bundle_{size}_bytes"] = bundle.stat().st_size
+            figures[f"bundle_{tag}_generate_s"] = round(generated, 1)
+            figures[f"bundle_{tag}_export_s"] = round(exported, 1)
+            figures[f"bundle_{tag}_bytes"] = bundle.stat().st_size
             say(f"  (n={total}: generated in {generated:.1f} s, exported in {exported:.1f} s, "
                 f"{bundle.stat().st_size / 1e6:.1f} MB)")
             bundle.unlink()
@@ -1111,7 +1118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "http": lambda: bench_http(sizes, workdir, pg_base),
             "issuance": lambda: bench_issuance(sizes, workdir, pg_base),
             "proofs": lambda: bench_proofs(sizes, workdir, pg_base),
-            "verify": lambda: bench_verify(sizes, workdir),
+            "verify": lambda: bench_verify(sizes, workdir, pg_base),
         }
         for name in sections:
             t0 = time.perf_counter()
