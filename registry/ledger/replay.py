@@ -308,7 +308,6 @@ class ReplayedState:
         self.projects: dict[str, ProjectState] = {}
         self.units: dict[str, UnitState] = {}
         self.reports: dict[str, ReportState] = {}
-        self.reports_by_scope: dict[tuple[str, str | None], list[str]] = {}
         self.batches: dict[str, BatchState] = {}
         self.batch_numbers: dict[tuple[str, int], int] = {}
         self.blocks: dict[str, BatchBlocks] = {}
@@ -1150,7 +1149,6 @@ class Replay:
             period_start=b.period_start,
             period_end=b.period_end,
         )
-        scope = (project.id, b.forest_unit_id)
         check_no_period_overlap(
             period_start=b.period_start,
             period_end=b.period_end,
@@ -1174,7 +1172,6 @@ class Replay:
                 "submitted",
                 acting.seq,
             )
-            state.reports_by_scope.setdefault(scope, []).append(b.report_id)
 
         return _Derived({"report_id": b.report_id, "status": "submitted"}, apply)
 

@@ -77,10 +77,6 @@ def head(session: Session) -> Head:
     return Head(0) if row is None else Head(row[0] + 1, row[1], row[2])
 
 
-def last_entry(session: Session) -> LedgerEntry | None:
-    return session.exec(select(LedgerEntry).order_by(col(LedgerEntry.seq).desc()).limit(1)).first()
-
-
 # Appends use Core inserts: they run on every request, and these rows are never read back
 # as objects in the same transaction.
 
