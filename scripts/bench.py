@@ -55,10 +55,8 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import httpx
-from sqlalchemy import create_engine, text
 
 from registry.client import new_nonce, sign_instruction
 from registry.config import Settings
@@ -68,7 +66,7 @@ from registry.service import ledger as ledger_service
 from registry.service.context import Registry
 from registry.service.setup import FirstAdministrator, initialise
 from registry.service.submit import submit
-from registry.store.db import make_engine, migrate, read_session
+from registry.store.db import make_engine, migrate, read_session, scratch_schema
 from registry.store.tables import TreeNode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,11 +99,6 @@ def say(line: str = "") -> None:
 # --- databases and registries ---------------------------------------------------------------------
 
 
-def postgres_schema_url(base: str, schema: str) -> str:
-    sep = "&" if "?" in base else "?"
-    return f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
-
-
 @contextlib.contextmanager
 def database(kind: str, workdir: Path, pg_base: str | None) -> Iterator[str]:
     """A fresh SQLite file or a fresh PostgreSQL schema (dropped afterwards)."""
@@ -113,16 +106,8 @@ def database(kind: str, workdir: Path, pg_base: str | None) -> Iterator[str]:
         yield f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"
         return
     assert pg_base is not None
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_base)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield postgres_schema_url(pg_base, schema)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with scratch_schema(pg_base, prefix="bench") as url:
+        yield url
 
 
 def sha_hex(label: str) -> str:

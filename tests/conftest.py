@@ -8,29 +8,22 @@ Without the variable the PostgreSQL half is skipped, and says why.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from registry.config import Settings
 from registry.ledger.keys import SigningKey
 from registry.service.context import Registry
 from registry.service.setup import FirstAdministrator, initialise
+from registry.store.db import scratch_schema
 from tests.helpers import LiveServer, StepClock, start_server
 from tests.world import World, build_world
 
 POSTGRES_URL = os.environ.get("REGISTRY_TEST_POSTGRES_URL")
 ORIGIN = "test.carbon-registry.example/ledger"
 ADMIN = "kh-registry-admin"
-
-
-def _postgres_schema_url(base: str, schema: str) -> str:
-    sep = "&" if "?" in base else "?"
-    return f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -40,16 +33,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     if not POSTGRES_URL:
         pytest.skip("PostgreSQL half skipped: set REGISTRY_TEST_POSTGRES_URL to run it")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield _postgres_schema_url(POSTGRES_URL, schema)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with scratch_schema(POSTGRES_URL, prefix="t") as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,10 +9,12 @@ same head (or the same holding) and append; acknowledged means committed and dur
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
@@ -136,3 +138,24 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+
+
+def schema_url(base_url: str, schema: str) -> str:
+    """``base_url`` with PostgreSQL's ``search_path`` set to ``schema``."""
+    sep = "&" if "?" in base_url else "?"
+    return f"{base_url}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+@contextmanager
+def scratch_schema(base_url: str, *, prefix: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema, dropped afterwards: one registry per test or benchmark run."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base_url)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield schema_url(base_url, schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()

@@ -29,11 +29,11 @@ import os
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -46,7 +46,6 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import create_engine, text
 from sqlmodel import func, select
 
 from registry.client import new_nonce, sign_instruction
@@ -67,7 +66,7 @@ from registry.service.ledger import audit_store
 from registry.service.setup import FirstAdministrator, initialise
 from registry.service.submit import submit
 from registry.store import ledger_repo
-from registry.store.db import read_session
+from registry.store.db import read_session, scratch_schema
 from registry.store.tables import (
     BatchRow,
     BlockRow,
@@ -135,19 +134,9 @@ def sqlite_databases(root: Path) -> Callable[[], Database]:
 
 def postgres_databases(base: str, root: Path) -> Callable[[], Database]:
     def make() -> Database:
-        schema = f"t_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(base)
-        with admin.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-
-        def drop() -> None:
-            with admin.begin() as conn:
-                conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-            admin.dispose()
-
-        sep = "&" if "?" in base else "?"
-        url = f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
-        return Database(url, root / schema / "key.pem", drop)
+        stack = ExitStack()
+        url = stack.enter_context(scratch_schema(base, prefix="t"))
+        return Database(url, root / uuid.uuid4().hex[:12] / "key.pem", stack.close)
 
     return make
 
