@@ -65,7 +65,7 @@ from registry.ledger.keys import SigningKey
 from registry.service import ledger as ledger_service
 from registry.service.context import Registry
 from registry.service.setup import FirstAdministrator, initialise
-from registry.service.submit import submit
+from registry.service.submit import prepare, submit
 from registry.store.db import make_engine, migrate, read_session, scratch_schema
 from registry.store.tables import TreeNode
 
@@ -996,30 +996,35 @@ def _layer(where: str, func: str) -> str:
     return "other (stdlib, builtins)"
 
 
-def profile_transfers(workdir: Path, n: int, kind: str, pg_base: str | None) -> None:
+def profile_transfers(workdir: Path, n: int, kind: str, pg_base: str | None,
+                      batch_size: int = 1) -> None:
     """cProfile of ``n`` transfers through ``submit``: the path every POST /v1/transfers takes
-    after the HTTP layer, on an engine with a seeded registry."""
+    after the HTTP layer, on an engine with a seeded registry. With ``batch_size`` > 1 they are
+    carried out that many to a transaction, as the writer does under concurrent load."""
+    def carry_out(requests: Sequence[dict[str, Any]]) -> None:
+        works = [prepare(seeded.registry, r, expected_type="credits.transfer",
+                         idempotency_key=new_nonce()) for r in requests]
+        for i in range(0, len(works), batch_size):
+            for answer in seeded.registry.writes.run_together(works[i:i + batch_size]):
+                if isinstance(answer, Exception):
+                    raise answer
+
     with database(kind, workdir, pg_base) as url:
         seeded = seed(url, workdir)
         batch = seeded.issue(10**9)
         signed = [seeded.transfer(batch) for _ in range(n + 20)]
-        for s in signed[:20]:
-            submit(seeded.registry, s, expected_type="credits.transfer",
-                   idempotency_key=new_nonce())
+        carry_out(signed[:20])
         plain = time.perf_counter()
-        for s in signed[20:20 + n // 2]:
-            submit(seeded.registry, s, expected_type="credits.transfer",
-                   idempotency_key=new_nonce())
+        carry_out(signed[20:20 + n // 2])
         plain = (time.perf_counter() - plain) / (n // 2)
         profiler = cProfile.Profile()
         profiler.enable()
-        for s in signed[20 + n // 2:]:
-            submit(seeded.registry, s, expected_type="credits.transfer",
-                   idempotency_key=new_nonce())
+        carry_out(signed[20 + n // 2:])
         profiler.disable()
         seeded.registry.engine.dispose()
     profiled = n - n // 2
-    say(f"== profile: {profiled} transfers through submit() on {kind}; "
+    say(f"== profile: {profiled} transfers through submit() on {kind}, {batch_size} a "
+        f"transaction; "
         f"{1000 * plain:.2f} ms each without the profiler")
     stats = pstats.Stats(profiler)
     total = max(stats.total_tt, 1e-9)  # type: ignore[attr-defined]
@@ -1071,6 +1076,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="instead: cProfile N transfers through submit() and print hotspots")
     parser.add_argument("--profile-postgresql", action="store_true",
                         help="with --profile: on PostgreSQL instead of SQLite")
+    parser.add_argument("--profile-batch", type=int, metavar="K", default=1,
+                        help="with --profile: K transfers to a transaction (default 1)")
     parser.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--verify-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1093,7 +1100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             kind = "postgresql" if args.profile_postgresql else "sqlite"
             if kind == "postgresql" and not pg_base:
                 parser.error("--profile-postgresql needs --postgres-url")
-            profile_transfers(workdir, args.profile, kind, pg_base)
+            profile_transfers(workdir, args.profile, kind, pg_base, args.profile_batch)
             return 0
         say(f"registry bench ({'quick' if args.quick else 'full'}); {os.cpu_count()} cores; "
             f"PostgreSQL: {'yes' if pg_base else 'skipped (set REGISTRY_BENCH_POSTGRES_URL)'}")

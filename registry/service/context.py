@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from registry.ledger.checkpoint import NoteVerifier
 from registry.ledger.keys import SigningKey
+from registry.service.group_commit import GroupCommit
 
 
 def utc_now() -> datetime:
@@ -26,6 +27,11 @@ class Registry:
     signer: SigningKey
     origin: str
     clock: Callable[[], datetime] = field(default=utc_now)
+    #: Carries out this registry's use cases, several to a transaction under load.
+    writes: GroupCommit = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "writes", GroupCommit(self))
 
     @property
     def note_verifier(self) -> NoteVerifier:

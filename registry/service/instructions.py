@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import ValidationError
 from sqlalchemy import and_, insert
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from registry.domain.instructions import BODIES, Body, Instruction, SignedInstruction
 from registry.errors import (
@@ -28,7 +28,7 @@ from registry.errors import (
 )
 from registry.ledger.canonical import canonical_bytes
 from registry.ledger.keys import PublicKey, b64decode_strict
-from registry.store.tables import NonceRow, PartyKeyRow, PartyRow
+from registry.store.tables import NonceRow, PartyKeyRow, PartyRow, core, table
 
 #: How far ahead an instruction may expire: long enough for an offline signing ceremony,
 #: short enough that a leaked signed instruction is soon worthless.
@@ -38,12 +38,31 @@ B = TypeVar("B", bound=Body)
 
 
 @dataclass(frozen=True)
+class Signer:
+    """The party that signed an instruction: who it is, and in which role it acts."""
+
+    id: str
+    role: str
+
+
+@dataclass(frozen=True)
+class _KeyState:
+    public_key: bytes
+    revoked_seq: int | None
+
+
+_PARTY = table(PartyRow)
+_PARTY_KEY = table(PartyKeyRow)
+_NONCE = table(NonceRow)
+
+
+@dataclass(frozen=True)
 class Acting(Generic[B]):
     """An authenticated instruction about to become ledger entry ``seq``."""
 
     seq: int
     now: datetime
-    party: PartyRow
+    party: Signer
     instruction: Instruction
     body: B
     signed: dict[str, Any]
@@ -139,25 +158,30 @@ def parse_request(raw: dict[str, Any], *, expected_type: str) -> Parsed:
 def authenticate(session: Session, parsed: Parsed, *, seq: int, now: datetime) -> Acting[Body]:
     """Who signed ``parsed``, with a live key, in time, for the first time; or raise."""
     ins = parsed.signed.instruction
-    found = session.exec(
-        select(PartyRow, PartyKeyRow)
-        .join(
-            PartyKeyRow,
-            and_(
-                col(PartyKeyRow.party_id) == col(PartyRow.id), col(PartyKeyRow.key_id) == ins.key_id
-            ),
-            isouter=True,
+    party_c, key_c = _PARTY.c, _PARTY_KEY.c
+    found = (
+        core(session)
+        .execute(
+            select(party_c.id, party_c.role, key_c.public_key, key_c.revoked_seq)
+            .select_from(
+                _PARTY.outerjoin(
+                    _PARTY_KEY,
+                    and_(key_c.party_id == party_c.id, key_c.key_id == ins.key_id),
+                )
+            )
+            .where(party_c.id == ins.actor)
         )
-        .where(PartyRow.id == ins.actor)
-    ).first()
+        .first()
+    )
     if found is None:
         raise AuthenticationError(f"unknown party {ins.actor!r}", details={"actor": ins.actor})
-    party, key_row = found
-    if key_row is None:
+    party = Signer(id=found.id, role=found.role)
+    if found.public_key is None:
         raise AuthenticationError(
             f"key {ins.key_id} is not a key of party {party.id}",
             details={"actor": party.id, "key_id": ins.key_id},
         )
+    key_row = _KeyState(public_key=found.public_key, revoked_seq=found.revoked_seq)
     if key_row.revoked_seq is not None:
         raise KeyRevokedError(
             f"key {ins.key_id} of party {party.id} was revoked at entry {key_row.revoked_seq}",
@@ -182,7 +206,9 @@ def authenticate(session: Session, parsed: Parsed, *, seq: int, now: datetime) -
         )
     try:
         # The primary key (party, nonce) is the replay check: one statement, no race.
-        session.execute(insert(NonceRow), [{"party_id": party.id, "nonce": ins.nonce, "seq": seq}])
+        core(session).execute(
+            insert(_NONCE), [{"party_id": party.id, "nonce": ins.nonce, "seq": seq}]
+        )
     except IntegrityError as e:
         raise ReplayError(
             f"nonce {ins.nonce} was already used by party {party.id}: a replayed instruction",

@@ -1,9 +1,10 @@
 """Appending to the signed ledger, publishing checkpoints, and serving proofs.
 
-Every state change of the registry ends in :func:`append_entry`, inside the caller's write
-transaction: the entry is built, signed, chained to the previous leaf, added to the Merkle tree,
-and a new checkpoint is signed for the new size after proving it consistent with the last one.
-If anything fails the transaction rolls back and nothing of it remains.
+Every state change of the registry ends in an append to the :class:`LedgerTail`, inside the
+caller's write transaction: the entry is built, signed, chained to the previous leaf and added to
+the Merkle tree; once the transaction's appends are done, one checkpoint is signed for the new
+size after proving it consistent with the last one. If anything fails the transaction rolls back
+and nothing of it remains. :func:`append_entry` does all of it for a single entry.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
 
@@ -21,9 +22,11 @@ from registry.ledger.audit import LogReport, audit_log
 from registry.ledger.checkpoint import Checkpoint, sign_checkpoint
 from registry.ledger.entry import Entry, envelope_time, format_time, seal_entry
 from registry.ledger.keys import PublicKey
-from registry.service.context import Registry
 from registry.store import ledger_repo
 from registry.store.ledger_repo import SessionNodeReader
+
+if TYPE_CHECKING:
+    from registry.service.context import Registry
 
 
 @dataclass(frozen=True)
@@ -43,41 +46,118 @@ def append_entry(
     actor: str,
     payload: dict[str, Any],
     now: datetime | None = None,
-    head: ledger_repo.Head | None = None,
 ) -> Appended:
-    """Sign ``payload`` as the next entry, add it to the tree and publish a checkpoint.
+    """Append one entry and publish a checkpoint for it: a transaction that appends only once."""
+    tail = LedgerTail.read(session)
+    appended = tail.append(session, registry, kind=kind, actor=actor, payload=payload, now=now)
+    tail.publish(session, registry)
+    return appended
 
-    Reads the head (``ledger_repo.head``, unless the caller read it in this transaction) and
-    the tree's right frontier (O(log n) rows); writes the entry, the subtrees it completes and
-    the new checkpoint.
+
+@dataclass(frozen=True)
+class TailMark:
+    """Where a :class:`LedgerTail` stood, to go back to when a savepoint rolls back."""
+
+    size: int
+    last_leaf: bytes | None
+    last_time: str | None
+    frontier: tuple[bytes, ...]
+
+
+class LedgerTail:
+    """The end of the ledger inside one write transaction: appends without re-reading it.
+
+    It holds the size, the last leaf and time, and the tree's right frontier (O(log n) hashes),
+    so each append writes its entry and the subtrees it completes and nothing is read back.
+    :meth:`publish` signs one checkpoint for everything appended in the transaction, after
+    checking that the last checkpoint signed is consistent with the tree the transaction
+    started from.
     """
-    end = head if head is not None else ledger_repo.head(session)
-    seq, last_leaf = end.size, end.last_leaf
-    time = format_time(now or registry.clock())
-    if end.last_envelope is not None:
-        # Entry times never run backwards, even if this machine's clock is stepped back
-        # (the auditor checks it); fixed-width RFC 3339 UTC compares as text.
-        time = max(time, envelope_time(end.last_envelope))
-    entry = Entry(
-        v=1,
-        seq=seq,
-        time=time,
-        kind=kind,
-        actor=actor,
-        payload=payload,
-        prev=None if last_leaf is None else last_leaf.hex(),
-    )
-    envelope = seal_entry(entry, registry.signer)
-    leaf = merkle.leaf_hash(envelope)
-    frontier_keys = merkle.range_nodes(0, seq) if seq else []
-    frontier = SessionNodeReader(session).get_nodes(frontier_keys)
-    tree = merkle.CompactRange.from_frontier(seq, [frontier[k] for k in frontier_keys])
-    previous_root = tree.root()
-    completed = tree.append(leaf)
-    ledger_repo.add_entry(session, seq=seq, kind=kind, leaf_hash=leaf, envelope=envelope)
-    ledger_repo.add_nodes(session, completed)
-    _publish(session, registry, size=seq + 1, root=tree.root(), previous=(seq, previous_root))
-    return Appended(entry=entry, envelope=envelope, leaf_hash=leaf)
+
+    def __init__(
+        self,
+        *,
+        size: int,
+        last_leaf: bytes | None,
+        last_time: str | None,
+        frontier: list[bytes],
+    ) -> None:
+        self.size = size
+        self.last_leaf = last_leaf
+        self.last_time = last_time
+        self._tree = merkle.CompactRange.from_frontier(size, frontier)
+        self.start = (size, self._tree.root())
+
+    @classmethod
+    def read(cls, session: Session, *, cached: LedgerTail | None = None) -> LedgerTail:
+        """The tail as stored: the head (one indexed read) and the frontier.
+
+        ``cached`` is a tail this process committed earlier; when the stored head is still its
+        head (same size and last leaf hash, which commits to every entry before it) its frontier
+        is reused instead of read again.
+        """
+        end = ledger_repo.head(session)
+        last_time = None if end.last_envelope is None else envelope_time(end.last_envelope)
+        if cached is not None and (cached.size, cached.last_leaf) == (end.size, end.last_leaf):
+            frontier = cached.frontier
+        else:
+            keys = merkle.range_nodes(0, end.size) if end.size else []
+            nodes = SessionNodeReader(session).get_nodes(keys)
+            frontier = [nodes[k] for k in keys]
+        return cls(size=end.size, last_leaf=end.last_leaf, last_time=last_time, frontier=frontier)
+
+    @property
+    def frontier(self) -> list[bytes]:
+        return self._tree.frontier
+
+    def mark(self) -> TailMark:
+        return TailMark(self.size, self.last_leaf, self.last_time, tuple(self._tree.frontier))
+
+    def reset(self, mark: TailMark) -> None:
+        self.size, self.last_leaf, self.last_time = mark.size, mark.last_leaf, mark.last_time
+        self._tree = merkle.CompactRange.from_frontier(mark.size, list(mark.frontier))
+
+    def append(
+        self,
+        session: Session,
+        registry: Registry,
+        *,
+        kind: str,
+        actor: str,
+        payload: dict[str, Any],
+        now: datetime | None = None,
+    ) -> Appended:
+        """Sign ``payload`` as the next entry, chain it, and add it to the tree."""
+        seq = self.size
+        time = format_time(now or registry.clock())
+        if self.last_time is not None:
+            # Entry times never run backwards, even if this machine's clock is stepped back
+            # (the auditor checks it); fixed-width RFC 3339 UTC compares as text.
+            time = max(time, self.last_time)
+        entry = Entry(
+            v=1,
+            seq=seq,
+            time=time,
+            kind=kind,
+            actor=actor,
+            payload=payload,
+            prev=None if self.last_leaf is None else self.last_leaf.hex(),
+        )
+        envelope = seal_entry(entry, registry.signer)
+        leaf = merkle.leaf_hash(envelope)
+        completed = self._tree.append(leaf)
+        ledger_repo.add_entry(session, seq=seq, kind=kind, leaf_hash=leaf, envelope=envelope)
+        ledger_repo.add_nodes(session, completed)
+        self.size, self.last_leaf, self.last_time = seq + 1, leaf, time
+        return Appended(entry=entry, envelope=envelope, leaf_hash=leaf)
+
+    def publish(self, session: Session, registry: Registry) -> str | None:
+        """Sign a checkpoint for the current size (``None`` if nothing was appended)."""
+        if self.size == self.start[0]:
+            return None
+        return _publish(
+            session, registry, size=self.size, root=self._tree.root(), previous=self.start
+        )
 
 
 def _publish(
@@ -104,9 +184,9 @@ def _publish(
             consistent = last.root == previous[1]
         else:
             reader = SessionNodeReader(session)
-            proof = merkle.consistency_proof(last.size, size - 1, reader)
+            proof = merkle.consistency_proof(last.size, previous[0], reader)
             try:
-                merkle.verify_consistency(last.size, size - 1, proof, last.root, previous[1])
+                merkle.verify_consistency(last.size, previous[0], proof, last.root, previous[1])
                 consistent = True
             except ProofError:
                 consistent = False

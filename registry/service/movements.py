@@ -16,8 +16,14 @@ from registry.domain.instructions import Cancel, Movement, Retire, Transfer
 from registry.domain.serials import SerialRange, take_lowest, take_range
 from registry.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from registry.service.instructions import Acting
-from registry.store.credits_repo import account, get_or_404, held_blocks, move_serials
-from registry.store.tables import AccountRow, BatchRow, RetirementRow
+from registry.store.credits_repo import (
+    Account,
+    account,
+    batch_exists,
+    held_blocks,
+    move_serials,
+)
+from registry.store.tables import RetirementRow
 
 Effects = dict[str, Any]
 
@@ -33,7 +39,7 @@ _MOVABLE_FROM: dict[str, frozenset[str]] = {
 }
 
 
-def _source(session: Session, acting: Acting[Any], body: Movement) -> AccountRow:
+def _source(session: Session, acting: Acting[Any], body: Movement) -> Account:
     source = account(session, body.account)
     if source.holder != acting.party.id:
         raise PermissionDeniedError(
@@ -56,7 +62,7 @@ def _move(
     if (body.quantity is None) == (body.range is None):
         raise InvalidRequestError("give exactly one of quantity or range")
     source = _source(session, acting, body)
-    if session.get(BatchRow, body.batch) is None:
+    if not batch_exists(session, body.batch):
         raise NotFoundError(f"no batch {body.batch!r}", details={"batch": body.batch})
     rows = held_blocks(session, account_id=source.id, batch_id=body.batch)
     held = [SerialRange(r.start, r.end) for r in rows]
@@ -85,7 +91,7 @@ def transfer(session: Session, acting: Acting[Transfer]) -> Effects:
     b = acting.body
     if b.to_account == b.account:
         raise InvalidRequestError("source and destination accounts are the same")
-    destination = get_or_404(session, AccountRow, b.to_account, "account")
+    destination = account(session, b.to_account)
     if destination.kind != "holding":
         raise InvalidRequestError(
             f"{b.to_account} is a {destination.kind} account; transfers go to holding accounts "

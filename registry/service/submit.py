@@ -1,9 +1,10 @@
 """The one door for every change: a signed instruction in, one ledger entry out, or nothing.
 
-:func:`submit` runs a whole use case in one serialised write transaction: it honours the
-``Idempotency-Key``, authenticates the instruction, lets the use case check and update the
+:func:`submit` runs a whole use case atomically in a serialised write transaction: it honours
+the ``Idempotency-Key``, authenticates the instruction, lets the use case check and update the
 state tables, appends exactly one signed ledger entry carrying the instruction and its effects,
-and records the answer for retries. Any error rolls all of it back.
+and records the answer for retries. Any error rolls all of it back. Under load, concurrent use
+cases share a transaction, each in its own savepoint (``registry.service.group_commit``).
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import insert, select
 from sqlmodel import Session
 
 from registry.domain import instructions as ins
 from registry.errors import IdempotencyConflictError, InvalidRequestError, RegistryError
 from registry.service import issuance, movements, parties, projects, reports, reversal
 from registry.service.context import Registry
+from registry.service.group_commit import Work
 from registry.service.instructions import Acting, Parsed, authenticate, parse_request
-from registry.service.ledger import append_entry, b64
-from registry.store import ledger_repo
-from registry.store.db import write_transaction
-from registry.store.tables import IdempotencyRow
+from registry.service.ledger import LedgerTail, b64
+from registry.store.tables import IdempotencyRow, core, table
 
 Handler = Callable[[Session, Acting[Any]], dict[str, Any]]
 
@@ -47,6 +48,7 @@ HANDLERS: dict[str, Handler] = {
 }
 assert set(HANDLERS) == set(ins.BODIES), "every instruction type has exactly one use case"
 
+_IDEMPOTENCY = table(IdempotencyRow)
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
@@ -79,6 +81,15 @@ def _scoped_key(raw: dict[str, Any], idempotency_key: str) -> str:
 
 def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_key: str) -> Outcome:
     """Carry out one signed instruction of type ``expected_type``; see the module docstring."""
+    return registry.writes.run(
+        prepare(registry, raw, expected_type=expected_type, idempotency_key=idempotency_key)
+    )
+
+
+def prepare(
+    registry: Registry, raw: object, *, expected_type: str, idempotency_key: str
+) -> Work[Outcome]:
+    """Check what needs no database, and return the work the writer carries out."""
     if not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise InvalidRequestError(
             "Idempotency-Key must be 1 to 128 printable ASCII characters without spaces"
@@ -94,8 +105,16 @@ def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_k
         # so a refusal is only raised once the idempotency key has been looked up.
         parsed, refusal = None, e
     scoped_key = _scoped_key(raw, idempotency_key)
-    with write_transaction(registry.engine) as session:
-        prior = session.get(IdempotencyRow, scoped_key)
+
+    def carry_out(session: Session, tail: LedgerTail) -> Outcome:
+        c = _IDEMPOTENCY.c
+        prior = (
+            core(session)
+            .execute(
+                select(c.request_hash, c.status_code, c.response, c.seq).where(c.key == scoped_key)
+            )
+            .first()
+        )
         if prior is not None:
             if prior.request_hash != fingerprint:
                 raise IdempotencyConflictError(
@@ -103,21 +122,19 @@ def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_k
                     details={"idempotency_key": idempotency_key, "seq": prior.seq},
                 )
             return Outcome(prior.status_code, json.loads(prior.response), replayed=True)
-        head = ledger_repo.head(session)
-        seq = head.size
-        now = registry.clock()
         if parsed is None:
             assert refusal is not None
             raise refusal
+        seq = tail.size
+        now = registry.clock()
         acting = authenticate(session, parsed, seq=seq, now=now)
         effects = HANDLERS[expected_type](session, acting)
-        appended = append_entry(
+        appended = tail.append(
             session,
             registry,
             kind=expected_type,
             actor=acting.party.id,
             now=now,
-            head=head,
             payload={**acting.signed, "effects": effects},
         )
         body = {
@@ -127,13 +144,18 @@ def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_k
             "tree_size": seq + 1,
             "result": effects,
         }
-        session.add(
-            IdempotencyRow(
-                key=scoped_key,
-                request_hash=fingerprint,
-                status_code=200,
-                response=json.dumps(body),
-                seq=seq,
-            )
+        core(session).execute(
+            insert(_IDEMPOTENCY),
+            [
+                {
+                    "key": scoped_key,
+                    "request_hash": fingerprint,
+                    "status_code": 200,
+                    "response": json.dumps(body),
+                    "seq": seq,
+                }
+            ],
         )
-    return Outcome(200, body)
+        return Outcome(200, body)
+
+    return carry_out

@@ -16,7 +16,6 @@ from sqlmodel import Session, SQLModel, col, func, select
 from registry.domain.serials import SerialRange, format_block, parse_unit_serial
 from registry.errors import NotFoundError, PermissionDeniedError
 from registry.ledger.keys import b64encode
-from registry.store.credits_repo import account as get_account
 from registry.store.credits_repo import get_or_404
 from registry.store.tables import (
     AccountRow,
@@ -370,7 +369,7 @@ def holdings(
     session: Session, *, account_id: str, reader: PartyRow, offset: int, limit: int
 ) -> HoldingsPublic:
     """An account's blocks, for its holder, administrators and auditors only."""
-    acct = get_account(session, account_id)
+    acct = get_or_404(session, AccountRow, account_id, "account")
     if reader.id != acct.holder and reader.role not in {"administrator", "auditor"}:
         raise PermissionDeniedError(
             f"holdings of {account_id} are private to {acct.holder}",

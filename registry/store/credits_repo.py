@@ -7,13 +7,15 @@ the domain computed (``registry.domain.serials``): it never decides which serial
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlmodel import Session, SQLModel, col, select
+from sqlalchemy import bindparam, insert, select, update
+from sqlmodel import Session, SQLModel
 
 from registry.domain.serials import SerialRange
 from registry.errors import NotFoundError
-from registry.store.tables import AccountRow, BlockEventRow, BlockRow
+from registry.store.tables import AccountRow, BatchRow, BlockEventRow, BlockRow, core, table
 
 T = TypeVar("T", bound=SQLModel)
 
@@ -25,32 +27,99 @@ def get_or_404(session: Session, model: type[T], key: object, what: str) -> T:
     return row
 
 
-def account(session: Session, account_id: str) -> AccountRow:
-    return get_or_404(session, AccountRow, account_id, "account")
+@dataclass(frozen=True)
+class Account:
+    """What the use cases check of an account: its holder and its kind."""
+
+    id: str
+    holder: str
+    kind: str
+
+
+_ACCOUNT = table(AccountRow)
+
+
+def account(session: Session, account_id: str) -> Account:
+    """The account ``account_id`` (one Core read), or a 404."""
+    c = _ACCOUNT.c
+    row = core(session).execute(select(c.id, c.holder, c.kind).where(c.id == account_id)).first()
+    if row is None:
+        raise NotFoundError(f"no account {account_id!r}", details={"account": account_id})
+    return Account(*row)
+
+
+def batch_exists(session: Session, batch_id: str) -> bool:
+    c = table(BatchRow).c
+    return core(session).execute(select(c.id).where(c.id == batch_id)).first() is not None
+
+
+@dataclass(frozen=True)
+class HeldBlock:
+    """A stored block of serials (a row of ``block``)."""
+
+    id: int
+    batch_id: str
+    start: int
+    end: int
+    account_id: str
+    status: str
+
+
+_BLOCK = table(BlockRow)
+_EVENT = table(BlockEventRow)
 
 
 def held_blocks(
     session: Session, *, account_id: str, batch_id: str | None = None, status: str = "active"
-) -> list[BlockRow]:
+) -> list[HeldBlock]:
     """Blocks an account holds in ``status``, optionally in one batch, lowest serials first."""
-    query = select(BlockRow).where(BlockRow.account_id == account_id, BlockRow.status == status)
+    c = _BLOCK.c
+    query = select(c.id, c.batch_id, c.start, c.end, c.account_id, c.status).where(
+        c.account_id == account_id, c.status == status
+    )
     if batch_id is not None:
-        query = query.where(BlockRow.batch_id == batch_id)
-    return list(session.exec(query.order_by(col(BlockRow.batch_id), col(BlockRow.start))).all())
+        query = query.where(c.batch_id == batch_id)
+    rows = core(session).execute(query.order_by(c.batch_id, c.start))
+    return [HeldBlock(*row) for row in rows]
 
 
 def add_block(
     session: Session, *, batch_id: str, serials: SerialRange, account_id: str, status: str
 ) -> None:
-    session.add(
-        BlockRow(
-            batch_id=batch_id,
-            start=serials.start,
-            end=serials.end,
-            account_id=account_id,
-            status=status,
-        )
+    core(session).execute(
+        insert(_BLOCK),
+        [
+            {
+                "batch_id": batch_id,
+                "start": serials.start,
+                "end": serials.end,
+                "account_id": account_id,
+                "status": status,
+            }
+        ],
     )
+
+
+def _event(
+    *,
+    seq: int,
+    kind: str,
+    batch_id: str,
+    serials: SerialRange,
+    from_account: str | None,
+    to_account: str,
+    status: str,
+) -> dict[str, object]:
+    return {
+        "seq": seq,
+        "kind": kind,
+        "batch_id": batch_id,
+        "start": serials.start,
+        "end": serials.end,
+        "from_account": from_account,
+        "to_account": to_account,
+        "status": status,
+    }
 
 
 def record_event(
@@ -64,24 +133,22 @@ def record_event(
     to_account: str,
     status: str,
 ) -> None:
-    session.add(
-        BlockEventRow(
-            seq=seq,
-            kind=kind,
-            batch_id=batch_id,
-            start=serials.start,
-            end=serials.end,
-            from_account=from_account,
-            to_account=to_account,
-            status=status,
-        )
+    event = _event(
+        seq=seq,
+        kind=kind,
+        batch_id=batch_id,
+        serials=serials,
+        from_account=from_account,
+        to_account=to_account,
+        status=status,
     )
+    core(session).execute(insert(_EVENT), [event])
 
 
 def move_serials(
     session: Session,
     *,
-    rows: Sequence[BlockRow],
+    rows: Sequence[HeldBlock],
     taken: Sequence[SerialRange],
     to_account: str,
     status: str,
@@ -93,6 +160,9 @@ def move_serials(
     Each affected row keeps its first piece in place (its start, the unique key, is unchanged)
     and the other pieces become new rows, so a block split costs O(pieces), never O(tonnes).
     """
+    updates: list[dict[str, object]] = []
+    new_blocks: list[dict[str, object]] = []
+    events: list[dict[str, object]] = []
     for row in rows:
         held = SerialRange(row.start, row.end)
         moving = sorted(t for t in taken if held.overlaps(t))
@@ -107,29 +177,54 @@ def move_serials(
             cursor = t.end + 1
         if cursor <= held.end:
             pieces.append((SerialRange(cursor, held.end), False))
-        source_account, source_status = row.account_id, row.status
         for i, (piece, moves) in enumerate(pieces):
-            account_id = to_account if moves else source_account
-            piece_status = status if moves else source_status
+            account_id = to_account if moves else row.account_id
+            piece_status = status if moves else row.status
             if i == 0:
-                row.end, row.account_id, row.status = piece.end, account_id, piece_status
-                session.add(row)
+                updates.append(
+                    {
+                        "row_id": row.id,
+                        "to_end": piece.end,
+                        "to_account": account_id,
+                        "to_status": piece_status,
+                    }
+                )
             else:
-                add_block(
-                    session,
-                    batch_id=row.batch_id,
-                    serials=piece,
-                    account_id=account_id,
-                    status=piece_status,
+                new_blocks.append(
+                    {
+                        "batch_id": row.batch_id,
+                        "start": piece.start,
+                        "end": piece.end,
+                        "account_id": account_id,
+                        "status": piece_status,
+                    }
                 )
             if moves:
-                record_event(
-                    session,
-                    seq=seq,
-                    kind=kind,
-                    batch_id=row.batch_id,
-                    serials=piece,
-                    from_account=source_account,
-                    to_account=to_account,
-                    status=status,
+                events.append(
+                    _event(
+                        seq=seq,
+                        kind=kind,
+                        batch_id=row.batch_id,
+                        serials=piece,
+                        from_account=row.account_id,
+                        to_account=to_account,
+                        status=status,
+                    )
                 )
+    connection = core(session)
+    c = _BLOCK.c
+    if updates:
+        connection.execute(
+            update(_BLOCK)
+            .where(c.id == bindparam("row_id"))
+            .values(
+                end=bindparam("to_end"),
+                account_id=bindparam("to_account"),
+                status=bindparam("to_status"),
+            ),
+            updates,
+        )
+    if new_blocks:
+        connection.execute(insert(_BLOCK), new_blocks)
+    if events:
+        connection.execute(insert(_EVENT), events)

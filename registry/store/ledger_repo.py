@@ -14,7 +14,11 @@ from sqlmodel import Session, col, select
 
 from registry.errors import LedgerError
 from registry.ledger.merkle import NodeKey
-from registry.store.tables import CheckpointRow, LedgerEntry, RegistryKeyRow, TreeNode
+from registry.store.tables import CheckpointRow, LedgerEntry, RegistryKeyRow, TreeNode, core, table
+
+_ENTRY = table(LedgerEntry)
+_NODE = table(TreeNode)
+_CHECKPOINT = table(CheckpointRow)
 
 
 def fetch_nodes(session: Session, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
@@ -69,28 +73,29 @@ class Head:
 
 def head(session: Session) -> Head:
     """The ledger's size and last entry, in one indexed read."""
-    row = session.exec(
-        select(LedgerEntry.seq, LedgerEntry.leaf_hash, LedgerEntry.envelope)
-        .order_by(col(LedgerEntry.seq).desc())
-        .limit(1)
-    ).first()
+    c = _ENTRY.c
+    row = (
+        core(session)
+        .execute(select(c.seq, c.leaf_hash, c.envelope).order_by(c.seq.desc()).limit(1))
+        .first()
+    )
     return Head(0) if row is None else Head(row[0] + 1, row[1], row[2])
 
 
-# Appends use Core inserts: they run on every request, and these rows are never read back
-# as objects in the same transaction.
+# Appends are Core statements on the session's connection: they run on every request, and
+# these rows are never read back as objects in the same transaction.
 
 
 def add_entry(session: Session, *, seq: int, kind: str, leaf_hash: bytes, envelope: bytes) -> None:
-    session.execute(
-        insert(LedgerEntry),
+    core(session).execute(
+        insert(_ENTRY),
         [{"seq": seq, "kind": kind, "leaf_hash": leaf_hash, "envelope": envelope}],
     )
 
 
 def add_nodes(session: Session, nodes: Mapping[NodeKey, bytes]) -> None:
-    session.execute(
-        insert(TreeNode),
+    core(session).execute(
+        insert(_NODE),
         [{"level": level, "idx": idx, "hash": h} for (level, idx), h in nodes.items()],
     )
 
@@ -128,7 +133,7 @@ def checkpoints_between(session: Session, start: int, limit: int) -> Sequence[Ch
 
 
 def add_checkpoint(session: Session, *, size: int, root: bytes, note: str) -> None:
-    session.execute(insert(CheckpointRow), [{"size": size, "root": root, "note": note}])
+    core(session).execute(insert(_CHECKPOINT), [{"size": size, "root": root, "note": note}])
 
 
 def registry_keys(session: Session) -> Sequence[RegistryKeyRow]:

@@ -9,8 +9,20 @@ queries and must match.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Integer, LargeBinary, String, Text
-from sqlmodel import Field, SQLModel
+from typing import cast
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+)
+from sqlmodel import Field, Session, SQLModel
 
 
 class LedgerEntry(SQLModel, table=True):
@@ -243,3 +255,19 @@ class IdempotencyRow(SQLModel, table=True):
     status_code: int = Field(sa_column=Column(Integer, nullable=False))
     response: str = Field(sa_column=Column(Text, nullable=False))
     seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+def table(model: type[SQLModel]) -> Table:
+    """The Core table behind ``model``: for statements on the hot path that need no ORM."""
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]
+
+
+def core(session: Session) -> Connection:
+    """The session's connection, for Core statements in the session's transaction.
+
+    Objects added to the session but not yet written are flushed first, so a Core statement
+    sees them (and a foreign key to them holds).
+    """
+    if session.new or session.dirty or session.deleted:
+        session.flush()
+    return session.connection()

@@ -282,23 +282,33 @@ def check_times(ledger: Sequence[Stored]) -> None:
 
 
 def check_checkpoints(http: httpx.Client, ledger: Sequence[Stored], registry: Registry) -> None:
-    """Checkpoints 1..n: signed, with the recomputed root, each consistent with the one before."""
+    """Every checkpoint signed: the recomputed root, each consistent with the one before.
+
+    A transaction that carried out several instructions signs one checkpoint for all of them,
+    so not every size has one; the last size always does.
+    """
     compact = merkle.CompactRange()
-    previous: bytes | None = None
+    previous: tuple[int, bytes] | None = None
+    signed = 0
     for s in ledger:
         compact.append(s.leaf_hash)
         size = s.seq + 1
         response = http.get(f"/v1/checkpoints/{size}")
+        if response.status_code == 404 and size < len(ledger):
+            continue
         assert response.status_code == 200, f"no checkpoint for size {size}: {response.text}"
         cp = open_checkpoint(response.text, origin=registry.origin,
                              verifiers=[registry.note_verifier])
         assert cp.size == size and cp.root == compact.root(), f"checkpoint {size} has a wrong root"
         if previous is not None:
-            proof = http.get("/v1/proofs/consistency", params={"first": size - 1, "second": size})
+            first, first_root = previous
+            proof = http.get("/v1/proofs/consistency", params={"first": first, "second": size})
             assert proof.status_code == 200, proof.text
             nodes = [base64.b64decode(h) for h in proof.json()["proof"]]
-            merkle.verify_consistency(size - 1, size, nodes, previous, cp.root)
-        previous = cp.root
+            merkle.verify_consistency(first, size, nodes, first_root, cp.root)
+        previous = (size, cp.root)
+        signed += 1
+    assert signed >= 1
     latest = http.get("/v1/checkpoint")
     assert open_checkpoint(latest.text, origin=registry.origin,
                            verifiers=[registry.note_verifier]).size == len(ledger)
