@@ -1,0 +1,142 @@
+"""Group commit: several use cases in one transaction, each still all or nothing.
+
+The writer batches whatever is queued when it gets the lock; ``run_together`` forces a batch so
+the tests do not depend on timing. The registry is built over HTTP (``world``) and its state is
+read back through the API, the stored ledger and an offline verification of an export.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlmodel import Session
+
+from registry.client import new_nonce
+from registry.errors import RegistryError
+from registry.service.context import Registry
+from registry.service.ledger import LedgerTail
+from registry.service.submit import Outcome, prepare
+from registry.store import ledger_repo
+from registry.store.db import read_session, write_transaction
+from tests.factories import drop_append_only_triggers
+from tests.load import check_checkpoints, check_offline, read_ledger
+from tests.world import World, issue_jcm
+
+
+def _transfer(world: World, batch: str, **pick: Any) -> dict[str, Any]:
+    body = {"account": "KH-WATER-1", "batch": batch, "to_account": "JP-BUYER-1", **pick}
+    return world.as_("kh-water").sign("credits.transfer", body)
+
+
+def _work(registry: Registry, signed: dict[str, Any], key: str | None = None) -> Any:
+    return prepare(registry, signed, expected_type="credits.transfer",
+                   idempotency_key=key or new_nonce())
+
+
+def _checkpoint_sizes(registry: Registry, sizes: range) -> list[int]:
+    with read_session(registry.engine) as s:
+        return [n for n in sizes if ledger_repo.checkpoint_at(s, n) is not None]
+
+
+def test_a_batch_appends_in_order_and_signs_one_checkpoint(
+    world: World, registry: Registry, tmp_path: Path
+) -> None:
+    batch = issue_jcm(world)
+    before = world.tree_size()
+    answers = registry.writes.run_together(
+        [_work(registry, _transfer(world, batch, quantity=q)) for q in (1, 2, 3)]
+    )
+    assert [a.body["seq"] for a in answers] == [before, before + 1, before + 2]
+    assert [a.body["result"]["blocks"][0]["start"] for a in answers] == [
+        answers[0].body["result"]["blocks"][0]["start"] + d for d in (0, 1, 3)
+    ]
+    assert world.tree_size() == before + 3
+    assert _checkpoint_sizes(registry, range(before, before + 4)) == [before, before + 3]
+    assert world.active("JP-BUYER-1") == 6
+    ledger = read_ledger(world.http.http, registry)
+    check_checkpoints(world.http.http, ledger, registry)
+    check_offline(registry, tmp_path)
+
+
+def test_a_refused_instruction_leaves_no_trace_and_the_rest_of_the_batch_commits(
+    world: World, registry: Registry, tmp_path: Path
+) -> None:
+    batch = issue_jcm(world)
+    first = world.submit("kh-water", "credits.transfer", {
+        "account": "KH-WATER-1", "batch": batch, "to_account": "JP-BUYER-1", "quantity": 1,
+    })["result"]["blocks"][0]["start"]
+    contested = {"range": {"start": first + 1, "end": first + 10}}
+    double_spend = _transfer(world, batch, **contested)
+    answers = registry.writes.run_together([
+        _work(registry, _transfer(world, batch, **contested)),
+        _work(registry, double_spend),
+        _work(registry, _transfer(world, batch, quantity=5)),
+    ])
+    assert isinstance(answers[0], Outcome) and isinstance(answers[2], Outcome)
+    assert isinstance(answers[1], RegistryError)
+    refusal = answers[1]
+    assert [answers[0].body["seq"], answers[2].body["seq"]] == [
+        answers[0].body["seq"], answers[0].body["seq"] + 1
+    ], "a refused instruction takes no seq"
+    assert world.active("JP-BUYER-1") == 1 + 10 + 5
+    # Its nonce and idempotency key were rolled back with it: alone, it gets the same refusal,
+    # not a replay error.
+    alone = registry.writes.run_together([_work(registry, double_spend)])[0]
+    assert isinstance(alone, RegistryError) and alone.code == refusal.code
+    check_offline(registry, tmp_path)
+
+
+def test_a_retry_in_the_same_batch_gets_the_first_answer(
+    world: World, registry: Registry
+) -> None:
+    batch = issue_jcm(world)
+    before = world.tree_size()
+    signed = _transfer(world, batch, quantity=7)
+    first, retry = registry.writes.run_together(
+        [_work(registry, signed, key="retry-1"), _work(registry, signed, key="retry-1")]
+    )
+    assert not first.replayed and retry.replayed and retry.body == first.body
+    assert world.tree_size() == before + 1
+    assert world.active("JP-BUYER-1") == 7
+
+
+def test_an_unexpected_failure_fails_its_own_request_only(
+    world: World, registry: Registry, tmp_path: Path
+) -> None:
+    batch = issue_jcm(world)
+    before = world.tree_size()
+
+    def breaks_after_appending(session: Session, tail: LedgerTail) -> None:
+        tail.append(session, registry, kind="test.note", actor="registry", payload={"n": 1})
+        raise RuntimeError("the disk is on fire")
+
+    answers = registry.writes.run_together([
+        _work(registry, _transfer(world, batch, quantity=1)),
+        breaks_after_appending,
+        _work(registry, _transfer(world, batch, quantity=2)),
+    ])
+    assert isinstance(answers[1], RuntimeError)
+    assert [a.body["seq"] for a in (answers[0], answers[2])] == [before, before + 1]
+    assert world.tree_size() == before + 2
+    assert world.active("JP-BUYER-1") == 3
+    check_offline(registry, tmp_path)
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_a_checkpoint_inconsistent_with_the_store_fails_the_whole_batch(
+    world: World, registry: Registry, size: int
+) -> None:
+    batch = issue_jcm(world)
+    before = world.tree_size()
+    drop_append_only_triggers(registry)
+    with write_transaction(registry.engine) as s:
+        s.execute(text("UPDATE checkpoint SET root = :r WHERE size = :n"),
+                  {"r": b"\x00" * 32, "n": before})
+    answers = registry.writes.run_together(
+        [_work(registry, _transfer(world, batch, quantity=1)) for _ in range(size)]
+    )
+    assert all(isinstance(a, RegistryError) and a.code == "bad_checkpoint" for a in answers)
+    assert world.tree_size() == before
