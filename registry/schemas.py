@@ -32,9 +32,7 @@ class EnvelopeDoc(BaseModel):
 
     model_config = ConfigDict(extra="forbid", title="Envelope")
     payload: str = Field(description="standard base64 of the entry's canonical JSON bytes")
-    payloadType: str = Field(
-        json_schema_extra={"const": PAYLOAD_TYPE}
-    )
+    payloadType: str = Field(json_schema_extra={"const": PAYLOAD_TYPE})
     signatures: list[EnvelopeSignatureDoc] = Field(min_length=1)
 
 

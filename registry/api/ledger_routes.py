@@ -67,9 +67,7 @@ def get_checkpoint(session: ReadSessionDep) -> str:
     summary="The checkpoint signed for one tree size",
     responses=TEXT_ROUTE_RESPONSES,
 )
-def get_checkpoint_at(
-    session: ReadSessionDep, size: Annotated[int, Path(ge=0, le=SEQ_MAX)]
-) -> str:
+def get_checkpoint_at(session: ReadSessionDep, size: Annotated[int, Path(ge=0, le=SEQ_MAX)]) -> str:
     row = ledger_repo.checkpoint_at(session, size)
     if row is None:
         raise NotFoundError(f"no checkpoint was signed for tree size {size}")
@@ -93,9 +91,7 @@ def list_entries(
     summary="One ledger entry",
     responses={404: {"model": ErrorResponse}},
 )
-def get_entry(
-    session: ReadSessionDep, seq: Annotated[int, Path(ge=0, le=SEQ_MAX)]
-) -> EntryPublic:
+def get_entry(session: ReadSessionDep, seq: Annotated[int, Path(ge=0, le=SEQ_MAX)]) -> EntryPublic:
     row = ledger_repo.entry_at(session, seq)
     if row is None:
         raise NotFoundError(f"no entry with seq {seq}", details={"seq": seq})

@@ -131,12 +131,13 @@ def _check_str(text: str, where: str) -> None:
         ) from e
 
 
-def canonical_bytes(value: Any) -> bytes:
+def canonical_bytes(value: Any, *, path: str = "$") -> bytes:
     """The RFC 8785 encoding of ``value`` under our integers-only profile.
 
-    This is the only function that turns a value into bytes that get signed or hashed.
+    This is the only function that turns a value into bytes that get signed or hashed. A refusal
+    names the JSON path of the value it refuses, starting from ``path``.
     """
-    if not check_canonical_value(value):
+    if not check_canonical_value(value, path=path):
         return _fast_dumps(value)
     try:
         return rfc8785.dumps(value)

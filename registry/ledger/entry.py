@@ -34,7 +34,6 @@ from registry.errors import CanonicalEncodingError, ChainError, MalformedError
 from registry.ledger.canonical import (
     MAX_SAFE_INTEGER,
     canonical_bytes,
-    check_canonical_value,
     parse_canonical,
 )
 from registry.ledger.dsse import PAYLOAD_TYPE, sign_envelope, verify_envelope
@@ -128,10 +127,9 @@ class Entry(BaseModel):
             # ``parse_canonical`` proved canonical, and nobody else holds that object, so
             # checking and copying it again would only double the cost of opening an entry.
             return value
-        check_canonical_value(value, path="$.payload")
         # Keep our own copy in JSON shape (tuples become lists), so later mutation of the
         # caller's dict cannot change the entry and from_bytes(to_bytes()) == the entry.
-        copy: dict[str, Any] = json.loads(canonical_bytes(value))
+        copy: dict[str, Any] = json.loads(canonical_bytes(value, path="$.payload"))
         return copy
 
     @field_validator("prev")

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import and_, insert
+from sqlalchemy import and_, bindparam, insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -54,6 +54,17 @@ class _KeyState:
 _PARTY = table(PartyRow)
 _PARTY_KEY = table(PartyKeyRow)
 _NONCE = table(NonceRow)
+#: The signing party and, if it is one of the party's keys, the key: one indexed read.
+_SIGNER_AND_KEY = (
+    select(_PARTY.c.id, _PARTY.c.role, _PARTY_KEY.c.public_key, _PARTY_KEY.c.revoked_seq)
+    .select_from(
+        _PARTY.outerjoin(
+            _PARTY_KEY,
+            and_(_PARTY_KEY.c.party_id == _PARTY.c.id, _PARTY_KEY.c.key_id == bindparam("key_id")),
+        )
+    )
+    .where(_PARTY.c.id == bindparam("actor"))
+)
 
 
 @dataclass(frozen=True)
@@ -158,20 +169,8 @@ def parse_request(raw: dict[str, Any], *, expected_type: str) -> Parsed:
 def authenticate(session: Session, parsed: Parsed, *, seq: int, now: datetime) -> Acting[Body]:
     """Who signed ``parsed``, with a live key, in time, for the first time; or raise."""
     ins = parsed.signed.instruction
-    party_c, key_c = _PARTY.c, _PARTY_KEY.c
     found = (
-        core(session)
-        .execute(
-            select(party_c.id, party_c.role, key_c.public_key, key_c.revoked_seq)
-            .select_from(
-                _PARTY.outerjoin(
-                    _PARTY_KEY,
-                    and_(key_c.party_id == party_c.id, key_c.key_id == ins.key_id),
-                )
-            )
-            .where(party_c.id == ins.actor)
-        )
-        .first()
+        core(session).execute(_SIGNER_AND_KEY, {"actor": ins.actor, "key_id": ins.key_id}).first()
     )
     if found is None:
         raise AuthenticationError(f"unknown party {ins.actor!r}", details={"actor": ins.actor})

@@ -62,9 +62,9 @@ def _move(
     if (body.quantity is None) == (body.range is None):
         raise InvalidRequestError("give exactly one of quantity or range")
     source = _source(session, acting, body)
-    if not batch_exists(session, body.batch):
-        raise NotFoundError(f"no batch {body.batch!r}", details={"batch": body.batch})
     rows = held_blocks(session, account_id=source.id, batch_id=body.batch)
+    if not rows and not batch_exists(session, body.batch):
+        raise NotFoundError(f"no batch {body.batch!r}", details={"batch": body.batch})
     held = [SerialRange(r.start, r.end) for r in rows]
     if body.range is not None:
         taken, _ = take_range(held, SerialRange(body.range.start, body.range.end))

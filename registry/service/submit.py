@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlmodel import Session
 
 from registry.domain import instructions as ins
@@ -49,6 +49,12 @@ HANDLERS: dict[str, Handler] = {
 assert set(HANDLERS) == set(ins.BODIES), "every instruction type has exactly one use case"
 
 _IDEMPOTENCY = table(IdempotencyRow)
+_PRIOR_ANSWER = select(
+    _IDEMPOTENCY.c.request_hash,
+    _IDEMPOTENCY.c.status_code,
+    _IDEMPOTENCY.c.response,
+    _IDEMPOTENCY.c.seq,
+).where(_IDEMPOTENCY.c.key == bindparam("key"))
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
@@ -107,14 +113,7 @@ def prepare(
     scoped_key = _scoped_key(raw, idempotency_key)
 
     def carry_out(session: Session, tail: LedgerTail) -> Outcome:
-        c = _IDEMPOTENCY.c
-        prior = (
-            core(session)
-            .execute(
-                select(c.request_hash, c.status_code, c.response, c.seq).where(c.key == scoped_key)
-            )
-            .first()
-        )
+        prior = core(session).execute(_PRIOR_ANSWER, {"key": scoped_key}).first()
         if prior is not None:
             if prior.request_hash != fingerprint:
                 raise IdempotencyConflictError(

@@ -37,20 +37,22 @@ class Account:
 
 
 _ACCOUNT = table(AccountRow)
+_ACCOUNT_BY_ID = select(_ACCOUNT.c.id, _ACCOUNT.c.holder, _ACCOUNT.c.kind).where(
+    _ACCOUNT.c.id == bindparam("id")
+)
+_BATCH_BY_ID = select(table(BatchRow).c.id).where(table(BatchRow).c.id == bindparam("id"))
 
 
 def account(session: Session, account_id: str) -> Account:
     """The account ``account_id`` (one Core read), or a 404."""
-    c = _ACCOUNT.c
-    row = core(session).execute(select(c.id, c.holder, c.kind).where(c.id == account_id)).first()
+    row = core(session).execute(_ACCOUNT_BY_ID, {"id": account_id}).first()
     if row is None:
         raise NotFoundError(f"no account {account_id!r}", details={"account": account_id})
     return Account(*row)
 
 
 def batch_exists(session: Session, batch_id: str) -> bool:
-    c = table(BatchRow).c
-    return core(session).execute(select(c.id).where(c.id == batch_id)).first() is not None
+    return core(session).execute(_BATCH_BY_ID, {"id": batch_id}).first() is not None
 
 
 @dataclass(frozen=True)
@@ -67,20 +69,23 @@ class HeldBlock:
 
 _BLOCK = table(BlockRow)
 _EVENT = table(BlockEventRow)
+_BLOCK_COLUMNS = (_BLOCK.c.id, _BLOCK.c.batch_id, _BLOCK.c.start, _BLOCK.c.end)
+_HELD = (
+    select(*_BLOCK_COLUMNS, _BLOCK.c.account_id, _BLOCK.c.status)
+    .where(_BLOCK.c.account_id == bindparam("account"), _BLOCK.c.status == bindparam("status"))
+    .order_by(_BLOCK.c.batch_id, _BLOCK.c.start)
+)
+_HELD_IN_BATCH = _HELD.where(_BLOCK.c.batch_id == bindparam("batch"))
 
 
 def held_blocks(
     session: Session, *, account_id: str, batch_id: str | None = None, status: str = "active"
 ) -> list[HeldBlock]:
     """Blocks an account holds in ``status``, optionally in one batch, lowest serials first."""
-    c = _BLOCK.c
-    query = select(c.id, c.batch_id, c.start, c.end, c.account_id, c.status).where(
-        c.account_id == account_id, c.status == status
-    )
+    query, params = _HELD, {"account": account_id, "status": status}
     if batch_id is not None:
-        query = query.where(c.batch_id == batch_id)
-    rows = core(session).execute(query.order_by(c.batch_id, c.start))
-    return [HeldBlock(*row) for row in rows]
+        query, params = _HELD_IN_BATCH, {**params, "batch": batch_id}
+    return [HeldBlock(*row) for row in core(session).execute(query, params)]
 
 
 def add_block(

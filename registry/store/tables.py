@@ -270,4 +270,6 @@ def core(session: Session) -> Connection:
     """
     if session.new or session.dirty or session.deleted:
         session.flush()
+    # Always ask the session: a savepoint it has begun is only emitted when it hands out the
+    # connection, so a connection kept from earlier would write outside the savepoint.
     return session.connection()
