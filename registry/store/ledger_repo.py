@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, insert, or_
+from sqlalchemy import and_, func, insert, or_, text
 from sqlmodel import Session, col, select
 
 from registry.errors import LedgerError
@@ -24,14 +24,23 @@ _CHECKPOINT = table(CheckpointRow)
 def fetch_nodes(session: Session, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
     """The stored subtree hashes among ``keys``, in one query (absent keys are left out).
 
-    The condition is written per level, ``level = l AND idx IN (...)``, so both engines walk
-    the primary key; a row-value ``(level, idx) IN (...)`` makes SQLite scan the whole table.
+    PostgreSQL joins the table with the keys passed as two arrays: one primary-key probe per
+    key, and a plan that does not grow with the number of levels. SQLite gets the condition
+    written per level, ``level = l AND idx IN (...)``, so that it walks the primary key; a
+    row-value ``(level, idx) IN (...)`` makes it scan the whole table.
     """
-    by_level: dict[int, list[int]] = {}
-    for level, idx in dict.fromkeys(keys):
-        by_level.setdefault(level, []).append(idx)
-    if not by_level:
+    wanted = list(dict.fromkeys(keys))
+    if not wanted:
         return {}
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(
+            _NODES_BY_KEYS,
+            {"levels": [level for level, _ in wanted], "idxs": [idx for _, idx in wanted]},
+        )
+        return {(level, idx): h for level, idx, h in rows}
+    by_level: dict[int, list[int]] = {}
+    for level, idx in wanted:
+        by_level.setdefault(level, []).append(idx)
     condition = or_(
         *(
             and_(col(TreeNode.level) == level, col(TreeNode.idx).in_(idxs))
@@ -40,6 +49,13 @@ def fetch_nodes(session: Session, keys: Sequence[NodeKey]) -> dict[NodeKey, byte
     )
     rows = session.execute(select(TreeNode.level, TreeNode.idx, TreeNode.hash).where(condition))
     return {(level, idx): h for level, idx, h in rows}
+
+
+_NODES_BY_KEYS = text(
+    "SELECT t.level, t.idx, t.hash FROM tree_node AS t"
+    " JOIN unnest(CAST(:levels AS integer[]), CAST(:idxs AS bigint[])) AS k(level, idx)"
+    " ON t.level = k.level AND t.idx = k.idx"
+)
 
 
 class SessionNodeReader:
