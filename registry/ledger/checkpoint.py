@@ -16,6 +16,7 @@ signature by the registry key, parses the body, and checks the origin.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -42,21 +43,30 @@ MAX_TREE_SIZE = 2**64 - 1
 
 _SIZE = re.compile(r"0|[1-9][0-9]*")
 _HEX8 = re.compile(r"[0-9a-f]{8}")
+_SPACE = re.compile(r"\s")
+_CONTROL = re.compile(r"[\x00-\x1f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f]")
 
 
 def _check_key_name(name: str, error: type[RegistryError]) -> None:
     if not isinstance(name, str) or not name:
         raise error(f"a note key name must be a non-empty string, got {name!r}")
-    if "+" in name or any(ch.isspace() for ch in name):
+    if "+" in name or _SPACE.search(name):
         raise error(f"a note key name must not contain spaces or '+', got {name!r}")
-    if any(ord(ch) < 0x20 for ch in name):
+    if _CONTROL.search(name):
         raise error(f"a note key name must not contain control characters, got {name!r}")
 
 
 def note_key_id(name: str, public_key: PublicKey) -> bytes:
     """The 4-byte signed-note key ID of an Ed25519 key under ``name``."""
+    return _note_key_id(name, public_key.raw)
+
+
+@functools.lru_cache(maxsize=64)
+def _note_key_id(name: str, raw_key: bytes) -> bytes:
+    # A verifier checks every checkpoint against the same few keys: hash each pair once.
     _check_key_name(name, MalformedError)
-    data = name.encode("utf-8") + b"\n" + bytes([ED25519_SIGNATURE_TYPE]) + public_key.raw
+    data = name.encode("utf-8") + b"\n" + bytes([ED25519_SIGNATURE_TYPE]) + raw_key
     return hashlib.sha256(data).digest()[:4]
 
 
@@ -74,7 +84,7 @@ class NoteVerifier:
 
     @property
     def key_id(self) -> bytes:
-        return note_key_id(self.name, self.key)
+        return _note_key_id(self.name, self.key.raw)
 
     def verifier_string(self) -> str:
         """``<name>+<8 hex keyid>+<base64(0x01 || pubkey)>``, the form notes tooling exchanges."""
@@ -121,9 +131,9 @@ def _check_note_chars(text: str, what: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         raise CheckpointError(f"{what} is not valid UTF-8") from e
-    bad = next((ch for ch in text if ord(ch) < 0x20 and ch != "\n"), None)
+    bad = _CONTROL_BUT_NEWLINE.search(text)
     if bad is not None:
-        raise CheckpointError(f"{what} contains control character {bad!r}")
+        raise CheckpointError(f"{what} contains control character {bad.group()!r}")
 
 
 def _signature_line(text: str, *, name: str, key: SigningKey) -> str:
@@ -261,7 +271,7 @@ class Checkpoint:
     def __post_init__(self) -> None:
         if not isinstance(self.origin, str) or not self.origin:
             raise CheckpointError(f"checkpoint origin must be a non-empty string: {self.origin!r}")
-        if "\n" in self.origin or any(ord(ch) < 0x20 for ch in self.origin):
+        if _CONTROL.search(self.origin):
             raise CheckpointError(f"checkpoint origin must be one line: {self.origin!r}")
         if type(self.size) is not int or not 0 <= self.size <= MAX_TREE_SIZE:
             raise CheckpointError(f"checkpoint size must be an integer >= 0, got {self.size!r}")
