@@ -10,7 +10,6 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from registry.api.deps import ReadSessionDep, RegistryDep
@@ -30,7 +29,7 @@ from registry.ledger.receipt import RetirementReceipt
 from registry.service import views
 from registry.service.instructions import authenticate_read
 from registry.service.receipts import retirement_receipt
-from registry.service.submit import submit
+from registry.service.submit import submit_async
 
 # Every route's 422 is our ErrorResponse (the one handler), not FastAPI's HTTPValidationError.
 router = APIRouter(prefix="", tags=["credits"], responses={422: {"model": ErrorResponse}})
@@ -55,8 +54,8 @@ def _instruction_endpoint(kind: str) -> Callable[..., Coroutine[Any, Any, JSONRe
         ],
     ) -> JSONResponse:
         raw = await request.json()
-        outcome = await run_in_threadpool(
-            submit, registry, raw, expected_type=kind, idempotency_key=idempotency_key
+        outcome = await submit_async(
+            registry, raw, expected_type=kind, idempotency_key=idempotency_key
         )
         headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
         return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)

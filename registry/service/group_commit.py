@@ -2,7 +2,7 @@
 
 A registry under load spends most of a write on what every write repeats: taking the write lock,
 reading the ledger's tail, signing a checkpoint and waiting for the disk to flush. So writes are
-queued, and whichever request finds the writer free carries out everything queued (up to
+queued, and one writer thread per registry and process carries out everything queued (up to
 ``max_batch``) in one serialised transaction:
 
 - each use case runs inside its own savepoint: a refused instruction (a ``RegistryError``) rolls
@@ -11,6 +11,11 @@ queued, and whichever request finds the writer free carries out everything queue
 - only then does any request of the batch get its answer. Acknowledged still means committed
   and durable, and a use case is still all or nothing.
 
+Requests wait without holding a thread: the HTTP layer awaits :meth:`GroupCommit.run_async`,
+so a burst of requests costs the event loop one queue append each, and the writer hands the
+answers back in one go. Blocking callers (the CLI, the tests) use :meth:`GroupCommit.run`. The
+writer thread starts with the first request and ends after a second without work.
+
 If the transaction itself fails (the database refused something no use case expected), nothing
 of it was committed and each use case of the batch is carried out again alone, so one bad
 request cannot fail the others. A lone request never pays for a savepoint.
@@ -18,6 +23,7 @@ request cannot fail the others. A lone request never pays for a savepoint.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -39,15 +45,28 @@ Work = Callable[[Session, LedgerTail], T]
 MAX_BATCH = 64
 
 
+def _settle(finished: asyncio.Future[None]) -> None:
+    if not finished.done():  # the request was cancelled (its client went away): nobody waits
+        finished.set_result(None)
+
+
+#: How long the writer thread waits for work before it ends (a new request starts it again).
+IDLE_SECONDS = 1.0
+
+
 class _Job(Generic[T]):
-    def __init__(self, work: Work[T]) -> None:
+    """One use case in the queue, and how its caller learns that it is done."""
+
+    def __init__(self, work: Work[T], notify: Callable[[], None]) -> None:
         self.work = work
         self.finished = False
+        self._notify = notify
         self._result: T | None = None
         self._error: BaseException | None = None
 
     def finish(self, result: T | None, error: BaseException | None) -> None:
         self._result, self._error, self.finished = result, error, True
+        self._notify()
 
     def outcome(self) -> T:
         if self._error is not None:
@@ -61,28 +80,40 @@ class GroupCommit:
     def __init__(self, registry: Registry, *, max_batch: int = MAX_BATCH) -> None:
         self._registry = registry
         self._max_batch = max_batch
-        self._queue: deque[_Job[Any]] = deque()
-        self._queue_lock = threading.Lock()
-        self._writer = threading.Lock()
+        self._queue: deque[list[_Job[Any]]] = deque()  # groups that commit together
+        self._wakeup = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._writing = threading.Lock()  # held while a transaction is carried out
         self._tail: LedgerTail | None = None  # as of this process's last commit
 
     def run(self, work: Work[T]) -> T:
         """Carry out ``work(session, tail)`` in a committed transaction; its result or error."""
-        job: _Job[T] = _Job(work)
-        with self._queue_lock:
-            self._queue.append(job)
-        with self._writer:
-            while not job.finished:
-                with self._queue_lock:
-                    count = min(len(self._queue), self._max_batch)
-                    batch = [self._queue.popleft() for _ in range(count)]
-                self._carry_out(batch)
+        done = threading.Event()
+        job: _Job[T] = _Job(work, done.set)
+        self._enqueue([job])
+        done.wait()
+        return job.outcome()
+
+    async def run_async(self, work: Work[T]) -> T:
+        """:meth:`run` for the event loop: waits for the writer without blocking a thread."""
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def notify() -> None:
+            loop.call_soon_threadsafe(_settle, finished)
+
+        job: _Job[T] = _Job(work, notify)
+        self._enqueue([job])
+        await finished
         return job.outcome()
 
     def run_together(self, works: list[Work[Any]]) -> list[Any]:
-        """Carry out ``works`` in one transaction (as a full queue would); results or errors."""
-        jobs: list[_Job[Any]] = [_Job(w) for w in works]
-        with self._writer:
+        """Carry out ``works`` in one transaction, in this thread; results or errors in order.
+
+        For tests and the benchmark's profile: it takes the writer's place for one batch.
+        """
+        jobs: list[_Job[Any]] = [_Job(w, lambda: None) for w in works]
+        with self._writing:
             self._carry_out(jobs)
         answers: list[Any] = []
         for job in jobs:
@@ -91,6 +122,47 @@ class GroupCommit:
             except Exception as e:
                 answers.append(e)
         return answers
+
+    def _enqueue(self, group: list[_Job[Any]]) -> None:
+        with self._wakeup:
+            self._queue.append(group)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._write_loop, name="registry-writer", daemon=True
+                )
+                self._thread.start()
+            else:
+                self._wakeup.notify()
+
+    def _next_batch(self) -> list[_Job[Any]] | None:
+        """Queued groups up to ``max_batch`` jobs (at least one group); ``None`` when idle."""
+        with self._wakeup:
+            if not self._queue:
+                self._wakeup.wait(IDLE_SECONDS)
+            if not self._queue:
+                self._thread = None
+                return None
+            batch = self._queue.popleft()
+            while self._queue and len(batch) + len(self._queue[0]) <= self._max_batch:
+                batch += self._queue.popleft()
+            return batch
+
+    def _write_loop(self) -> None:
+        batch: list[_Job[Any]] = []
+        try:
+            while (queued := self._next_batch()) is not None:
+                batch = queued
+                with self._writing:
+                    self._carry_out(batch)
+        except BaseException as e:
+            # _carry_out answers every ordinary error itself; whatever still gets here must
+            # not leave a caller waiting for ever, nor the registry without a writer.
+            with self._wakeup:
+                self._thread = None
+            for job in batch:
+                if not job.finished:
+                    job.finish(None, e)
+            raise
 
     def _carry_out(self, batch: list[_Job[Any]]) -> None:
         try:

@@ -87,6 +87,10 @@ class LedgerTail:
         self.last_time = last_time
         self._tree = merkle.CompactRange.from_frontier(size, frontier)
         self.start = (size, self._tree.root())
+        # Appends are written by publish, one statement per table for the whole transaction;
+        # nothing reads them back before (the tail itself knows the end of the ledger).
+        self._entries: list[dict[str, Any]] = []
+        self._nodes: dict[merkle.NodeKey, bytes] = {}
 
     @classmethod
     def read(cls, session: Session, *, cached: LedgerTail | None = None) -> LedgerTail:
@@ -114,8 +118,11 @@ class LedgerTail:
         return TailMark(self.size, self.last_leaf, self.last_time, tuple(self._tree.frontier))
 
     def reset(self, mark: TailMark) -> None:
+        """Forget every append since ``mark``."""
         self.size, self.last_leaf, self.last_time = mark.size, mark.last_leaf, mark.last_time
         self._tree = merkle.CompactRange.from_frontier(mark.size, list(mark.frontier))
+        self._entries = [e for e in self._entries if e["seq"] < mark.size]
+        self._nodes = {k: h for k, h in self._nodes.items() if (k[1] + 1) << k[0] <= mark.size}
 
     def append(
         self,
@@ -146,15 +153,21 @@ class LedgerTail:
         envelope = seal_entry(entry, registry.signer)
         leaf = merkle.leaf_hash(envelope)
         completed = self._tree.append(leaf)
-        ledger_repo.add_entry(session, seq=seq, kind=kind, leaf_hash=leaf, envelope=envelope)
-        ledger_repo.add_nodes(session, completed)
+        self._entries.append({"seq": seq, "kind": kind, "leaf_hash": leaf, "envelope": envelope})
+        self._nodes.update(completed)
         self.size, self.last_leaf, self.last_time = seq + 1, leaf, time
         return Appended(entry=entry, envelope=envelope, leaf_hash=leaf)
 
     def publish(self, session: Session, registry: Registry) -> str | None:
-        """Sign a checkpoint for the current size (``None`` if nothing was appended)."""
+        """Write the appended entries and subtrees, and sign a checkpoint for the new size.
+
+        ``None`` if nothing was appended.
+        """
         if self.size == self.start[0]:
             return None
+        ledger_repo.add_entries(session, self._entries)
+        ledger_repo.add_nodes(session, self._nodes)
+        self._entries, self._nodes = [], {}
         return _publish(
             session, registry, size=self.size, root=self._tree.root(), previous=self.start
         )

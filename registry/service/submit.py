@@ -92,6 +92,15 @@ def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_k
     )
 
 
+async def submit_async(
+    registry: Registry, raw: object, *, expected_type: str, idempotency_key: str
+) -> Outcome:
+    """:func:`submit` for the event loop: no thread waits while the writer works."""
+    return await registry.writes.run_async(
+        prepare(registry, raw, expected_type=expected_type, idempotency_key=idempotency_key)
+    )
+
+
 def prepare(
     registry: Registry, raw: object, *, expected_type: str, idempotency_key: str
 ) -> Work[Outcome]:

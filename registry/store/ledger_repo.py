@@ -102,14 +102,15 @@ def head(session: Session) -> Head:
 # these rows are never read back as objects in the same transaction.
 
 
-def add_entry(session: Session, *, seq: int, kind: str, leaf_hash: bytes, envelope: bytes) -> None:
-    core(session).execute(
-        insert(_ENTRY),
-        [{"seq": seq, "kind": kind, "leaf_hash": leaf_hash, "envelope": envelope}],
-    )
+def add_entries(session: Session, entries: Sequence[Mapping[str, object]]) -> None:
+    """Insert ledger entries (``seq``, ``kind``, ``leaf_hash``, ``envelope``) in one statement."""
+    if entries:
+        core(session).execute(insert(_ENTRY), list(entries))
 
 
 def add_nodes(session: Session, nodes: Mapping[NodeKey, bytes]) -> None:
+    if not nodes:
+        return
     core(session).execute(
         insert(_NODE),
         [{"level": level, "idx": idx, "hash": h} for (level, idx), h in nodes.items()],

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from registry.client import new_nonce
-from registry.errors import RegistryError
+from registry.errors import InvalidRequestError, RegistryError
 from registry.service.context import Registry
 from registry.service.ledger import LedgerTail
 from registry.service.submit import Outcome, prepare
@@ -140,3 +140,34 @@ def test_a_checkpoint_inconsistent_with_the_store_fails_the_whole_batch(
     )
     assert all(isinstance(a, RegistryError) and a.code == "bad_checkpoint" for a in answers)
     assert world.tree_size() == before
+
+
+def test_a_refusal_after_appending_takes_its_entry_back(
+    world: World, registry: Registry, tmp_path: Path
+) -> None:
+    batch = issue_jcm(world)
+    before = world.tree_size()
+
+    def refuses_after_appending(session: Session, tail: LedgerTail) -> None:
+        for n in range(3):  # enough appends to complete subtrees that must go too
+            tail.append(session, registry, kind="test.note", actor="registry", payload={"n": n})
+        raise InvalidRequestError("changed its mind")
+
+    answers = registry.writes.run_together([
+        _work(registry, _transfer(world, batch, quantity=1)),
+        refuses_after_appending,
+        _work(registry, _transfer(world, batch, quantity=2)),
+    ])
+    assert isinstance(answers[1], InvalidRequestError)
+    assert [a.body["seq"] for a in (answers[0], answers[2])] == [before, before + 1]
+    assert world.tree_size() == before + 2
+    # One transaction, not a retry of each alone: one checkpoint for the two.
+    assert _checkpoint_sizes(registry, range(before, before + 3)) == [before, before + 2]
+    for _ in range(4):  # the next appends complete the subtrees the refused ones had
+        world.submit("kh-water", "credits.transfer", {
+            "account": "KH-WATER-1", "batch": batch, "to_account": "JP-BUYER-1", "quantity": 1,
+        })
+    ledger = read_ledger(world.http.http, registry)
+    assert [s.entry.kind for s in ledger[before:]] == ["credits.transfer"] * 6
+    check_checkpoints(world.http.http, ledger, registry)
+    check_offline(registry, tmp_path)
