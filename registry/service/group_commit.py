@@ -5,8 +5,7 @@ reading the ledger's tail, signing a checkpoint and waiting for the disk to flus
 queued, and one writer thread per registry and process carries out everything queued (up to
 ``max_batch``) in one serialised transaction:
 
-- each use case runs inside its own savepoint: a refused instruction (a ``RegistryError``) rolls
-  back its own changes and its own appends, and the others go on;
+- a refused instruction (a ``RegistryError``) leaves nothing behind and the others go on;
 - after the last one, one checkpoint is signed for the new size, and the transaction commits;
 - only then does any request of the batch get its answer. Acknowledged still means committed
   and durable, and a use case is still all or nothing.
@@ -16,9 +15,11 @@ so a burst of requests costs the event loop one queue append each, and the write
 answers back in one go. Blocking callers (the CLI, the tests) use :meth:`GroupCommit.run`. The
 writer thread starts with the first request and ends after a second without work.
 
-If the transaction itself fails (the database refused something no use case expected), nothing
-of it was committed and each use case of the batch is carried out again alone, so one bad
-request cannot fail the others. A lone request never pays for a savepoint.
+A batch first runs without savepoints, since almost every instruction is accepted; if one is
+refused, the transaction rolls back and the batch runs again with a savepoint for each. If the
+transaction itself fails (the database refused something no use case expected), nothing of it
+was committed and each use case of the batch is carried out again alone, so one bad request
+cannot fail the others.
 """
 
 from __future__ import annotations
@@ -166,7 +167,14 @@ class GroupCommit:
 
     def _carry_out(self, batch: list[_Job[Any]]) -> None:
         try:
-            answers = self._commit(batch)
+            try:
+                answers = self._commit(batch, savepoints=False)
+            except _Refused as refused:
+                if len(batch) == 1:
+                    answers = [(None, refused.error)]
+                else:
+                    # Someone in the batch was refused: start again, each in a savepoint.
+                    answers = self._commit(batch, savepoints=True)
         except Exception as e:
             if len(batch) == 1:
                 batch[0].finish(None, e)
@@ -177,42 +185,44 @@ class GroupCommit:
         for job, (result, error) in zip(batch, answers, strict=True):
             job.finish(result, error)
 
-    def _commit(self, batch: list[_Job[Any]]) -> list[tuple[Any, RegistryError | None]]:
-        """One transaction for ``batch``; the answers, valid only once it has committed."""
+    def _commit(
+        self, batch: list[_Job[Any]], *, savepoints: bool
+    ) -> list[tuple[Any, RegistryError | None]]:
+        """One transaction for ``batch``; the answers, valid only once it has committed.
+
+        Without ``savepoints`` any refusal rolls the whole transaction back (``_Refused``):
+        the common case, where nobody is refused, then pays for no savepoint at all.
+        """
         answers: list[tuple[Any, RegistryError | None]] = []
         registry = self._registry
-        try:
-            with write_transaction(registry.engine) as session:
-                tail = LedgerTail.read(session, cached=self._tail)
-                self._tail = None  # unknown until the commit succeeds
-                if len(batch) == 1:
+        with write_transaction(registry.engine) as session:
+            tail = LedgerTail.read(session, cached=self._tail)
+            self._tail = None  # unknown until the commit succeeds
+            for job in batch:
+                if not savepoints:
                     try:
-                        answers.append((batch[0].work(session, tail), None))
+                        answers.append((job.work(session, tail), None))
                     except RegistryError as e:
-                        # Alone, a refusal rolls the whole transaction back: no savepoint.
                         raise _Refused(e) from e
+                    continue
+                mark = tail.mark()
+                savepoint = session.begin_nested()
+                try:
+                    result = job.work(session, tail)
+                except RegistryError as e:
+                    savepoint.rollback()
+                    tail.reset(mark)
+                    answers.append((None, e))
                 else:
-                    for job in batch:
-                        mark = tail.mark()
-                        savepoint = session.begin_nested()
-                        try:
-                            result = job.work(session, tail)
-                        except RegistryError as e:
-                            savepoint.rollback()
-                            tail.reset(mark)
-                            answers.append((None, e))
-                        else:
-                            savepoint.commit()
-                            answers.append((result, None))
-                tail.publish(session, registry)
-        except _Refused as refused:
-            return [(None, refused.error)]
+                    savepoint.commit()
+                    answers.append((result, None))
+            tail.publish(session, registry)
         self._tail = tail
         return answers
 
 
 class _Refused(Exception):
-    """A lone use case's refusal, carried out of the transaction so that it rolls back."""
+    """A refusal, carried out of the transaction so that all of it rolls back."""
 
     def __init__(self, error: RegistryError) -> None:
         super().__init__(str(error))

@@ -94,21 +94,29 @@ class LedgerTail:
 
     @classmethod
     def read(cls, session: Session, *, cached: LedgerTail | None = None) -> LedgerTail:
-        """The tail as stored: the head (one indexed read) and the frontier.
+        """The tail as stored: the head (one indexed read), the frontier and the last checkpoint.
 
-        ``cached`` is a tail this process committed earlier; when the stored head is still its
-        head (same size and last leaf hash, which commits to every entry before it) its frontier
-        is reused instead of read again.
+        ``cached`` is a tail this process committed earlier. When the stored head is still its
+        head (same size and last leaf hash, which commits to every entry before it) nobody has
+        appended since, so its frontier and last time are reused instead of read again. The
+        last checkpoint is always read from the store: a writer that finds it changed under
+        its feet refuses to sign rather than trust its memory.
         """
+        size, last_leaf = ledger_repo.head_key(session)
+        if cached is not None and (cached.size, cached.last_leaf) == (size, last_leaf):
+            return cls(
+                size=size, last_leaf=last_leaf, last_time=cached.last_time, frontier=cached.frontier
+            )
         end = ledger_repo.head(session)
         last_time = None if end.last_envelope is None else envelope_time(end.last_envelope)
-        if cached is not None and (cached.size, cached.last_leaf) == (end.size, end.last_leaf):
-            frontier = cached.frontier
-        else:
-            keys = merkle.range_nodes(0, end.size) if end.size else []
-            nodes = SessionNodeReader(session).get_nodes(keys)
-            frontier = [nodes[k] for k in keys]
-        return cls(size=end.size, last_leaf=end.last_leaf, last_time=last_time, frontier=frontier)
+        keys = merkle.range_nodes(0, end.size) if end.size else []
+        nodes = SessionNodeReader(session).get_nodes(keys)
+        return cls(
+            size=end.size,
+            last_leaf=end.last_leaf,
+            last_time=last_time,
+            frontier=[nodes[k] for k in keys],
+        )
 
     @property
     def frontier(self) -> list[bytes]:
@@ -187,25 +195,26 @@ def _publish(
     stored frontier): when the last checkpoint signed that size, equal roots prove consistency
     without a proof. Otherwise (a checkpoint was skipped) the consistency proof is checked.
     """
-    last = ledger_repo.latest_checkpoint(session)
+    last = ledger_repo.latest_checkpoint_root(session)
     if last is not None:
-        if last.size >= size:
+        last_size, last_root = last
+        if last_size >= size:
             raise CheckpointError(
-                f"refusing to sign size {size}: a checkpoint for size {last.size} exists"
+                f"refusing to sign size {size}: a checkpoint for size {last_size} exists"
             )
-        if last.size == previous[0]:
-            consistent = last.root == previous[1]
+        if last_size == previous[0]:
+            consistent = last_root == previous[1]
         else:
             reader = SessionNodeReader(session)
-            proof = merkle.consistency_proof(last.size, previous[0], reader)
+            proof = merkle.consistency_proof(last_size, previous[0], reader)
             try:
-                merkle.verify_consistency(last.size, previous[0], proof, last.root, previous[1])
+                merkle.verify_consistency(last_size, previous[0], proof, last_root, previous[1])
                 consistent = True
             except ProofError:
                 consistent = False
         if not consistent:
             raise CheckpointError(
-                f"refusing to sign size {size}: not consistent with checkpoint {last.size}"
+                f"refusing to sign size {size}: not consistent with checkpoint {last_size}"
             )
     note = sign_checkpoint(
         Checkpoint(origin=registry.origin, size=size, root=root),

@@ -98,6 +98,15 @@ def head(session: Session) -> Head:
     return Head(0) if row is None else Head(row[0] + 1, row[1], row[2])
 
 
+def head_key(session: Session) -> tuple[int, bytes | None]:
+    """The ledger's size and last leaf hash: what tells a writer whether anyone appended."""
+    row = core(session).execute(_HEAD_KEY).first()
+    return (0, None) if row is None else (row[0] + 1, row[1])
+
+
+_HEAD_KEY = select(_ENTRY.c.seq, _ENTRY.c.leaf_hash).order_by(_ENTRY.c.seq.desc()).limit(1)
+
+
 # Appends are Core statements on the session's connection: they run on every request, and
 # these rows are never read back as objects in the same transaction.
 
@@ -134,6 +143,17 @@ def latest_checkpoint(session: Session) -> CheckpointRow | None:
     return session.exec(
         select(CheckpointRow).order_by(col(CheckpointRow.size).desc()).limit(1)
     ).first()
+
+
+def latest_checkpoint_root(session: Session) -> tuple[int, bytes] | None:
+    """The size and root of the latest checkpoint (what a writer checks before signing)."""
+    row = core(session).execute(_LATEST_ROOT).first()
+    return None if row is None else (row[0], row[1])
+
+
+_LATEST_ROOT = (
+    select(_CHECKPOINT.c.size, _CHECKPOINT.c.root).order_by(_CHECKPOINT.c.size.desc()).limit(1)
+)
 
 
 def checkpoint_at(session: Session, size: int) -> CheckpointRow | None:
