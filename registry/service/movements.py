@@ -19,6 +19,7 @@ from registry.service.instructions import Acting
 from registry.store.credits_repo import (
     Account,
     account,
+    accounts,
     batch_exists,
     held_blocks,
     move_serials,
@@ -39,8 +40,7 @@ _MOVABLE_FROM: dict[str, frozenset[str]] = {
 }
 
 
-def _source(session: Session, acting: Acting[Any], body: Movement) -> Account:
-    source = account(session, body.account)
+def _source(acting: Acting[Any], source: Account) -> Account:
     if source.holder != acting.party.id:
         raise PermissionDeniedError(
             f"account {source.id} is held by {source.holder}, not {acting.party.id}",
@@ -56,12 +56,21 @@ def _source(session: Session, acting: Acting[Any], body: Movement) -> Account:
 
 
 def _move(
-    session: Session, acting: Acting[Any], body: Movement, *, to_account: str, status: str
+    session: Session,
+    acting: Acting[Any],
+    body: Movement,
+    *,
+    to_account: str,
+    status: str,
+    source: Account | None = None,
 ) -> list[SerialRange]:
-    """Take the credits ``body`` names from its account and move them; returns the ranges."""
+    """Take the credits ``body`` names from its account and move them; returns the ranges.
+
+    ``source`` is the account ``body.account`` if the caller has read it already.
+    """
     if (body.quantity is None) == (body.range is None):
         raise InvalidRequestError("give exactly one of quantity or range")
-    source = _source(session, acting, body)
+    source = _source(acting, source or account(session, body.account))
     rows = held_blocks(session, account_id=source.id, batch_id=body.batch)
     if not rows and not batch_exists(session, body.batch):
         raise NotFoundError(f"no batch {body.batch!r}", details={"batch": body.batch})
@@ -91,13 +100,20 @@ def transfer(session: Session, acting: Acting[Transfer]) -> Effects:
     b = acting.body
     if b.to_account == b.account:
         raise InvalidRequestError("source and destination accounts are the same")
-    destination = account(session, b.to_account)
+    found = accounts(session, [b.account, b.to_account])
+    destination = found.get(b.to_account)
+    if destination is None:
+        raise NotFoundError(f"no account {b.to_account!r}", details={"account": b.to_account})
     if destination.kind != "holding":
         raise InvalidRequestError(
             f"{b.to_account} is a {destination.kind} account; transfers go to holding accounts "
             "(use a retirement or cancellation instead)"
         )
-    taken = _move(session, acting, b, to_account=destination.id, status="active")
+    if b.account not in found:
+        raise NotFoundError(f"no account {b.account!r}", details={"account": b.account})
+    taken = _move(
+        session, acting, b, to_account=destination.id, status="active", source=found[b.account]
+    )
     return {
         "batch": b.batch,
         "from": b.account,

@@ -40,6 +40,9 @@ _ACCOUNT = table(AccountRow)
 _ACCOUNT_BY_ID = select(_ACCOUNT.c.id, _ACCOUNT.c.holder, _ACCOUNT.c.kind).where(
     _ACCOUNT.c.id == bindparam("id")
 )
+_ACCOUNTS_BY_ID = select(_ACCOUNT.c.id, _ACCOUNT.c.holder, _ACCOUNT.c.kind).where(
+    _ACCOUNT.c.id.in_(bindparam("ids", expanding=True))
+)
 _BATCH_BY_ID = select(table(BatchRow).c.id).where(table(BatchRow).c.id == bindparam("id"))
 
 
@@ -49,6 +52,12 @@ def account(session: Session, account_id: str) -> Account:
     if row is None:
         raise NotFoundError(f"no account {account_id!r}", details={"account": account_id})
     return Account(*row)
+
+
+def accounts(session: Session, account_ids: Sequence[str]) -> dict[str, Account]:
+    """The accounts among ``account_ids`` that exist, in one read."""
+    rows = core(session).execute(_ACCOUNTS_BY_ID, {"ids": list(account_ids)})
+    return {row[0]: Account(*row) for row in rows}
 
 
 def batch_exists(session: Session, batch_id: str) -> bool:
