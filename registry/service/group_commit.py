@@ -211,7 +211,7 @@ class GroupCommit:
                     result = job.work(session, tail)
                 except RegistryError as e:
                     savepoint.rollback()
-                    tail.reset(mark)
+                    tail.reset(session, mark)
                     answers.append((None, e))
                 else:
                     savepoint.commit()

@@ -22,7 +22,7 @@ from registry.ledger.audit import LogReport, audit_log
 from registry.ledger.checkpoint import Checkpoint, sign_checkpoint
 from registry.ledger.entry import Entry, envelope_time, format_time, seal_entry
 from registry.ledger.keys import PublicKey
-from registry.store import ledger_repo
+from registry.store import ledger_repo, write_behind
 from registry.store.ledger_repo import SessionNodeReader
 
 if TYPE_CHECKING:
@@ -125,11 +125,12 @@ class LedgerTail:
     def mark(self) -> TailMark:
         return TailMark(self.size, self.last_leaf, self.last_time, tuple(self._tree.frontier))
 
-    def reset(self, mark: TailMark) -> None:
+    def reset(self, session: Session, mark: TailMark) -> None:
         """Forget every append since ``mark``."""
         self.size, self.last_leaf, self.last_time = mark.size, mark.last_leaf, mark.last_time
         self._tree = merkle.CompactRange.from_frontier(mark.size, list(mark.frontier))
         self._entries = [e for e in self._entries if e["seq"] < mark.size]
+        write_behind.forget(session, mark.size)
         self._nodes = {k: h for k, h in self._nodes.items() if (k[1] + 1) << k[0] <= mark.size}
 
     def append(
@@ -171,6 +172,7 @@ class LedgerTail:
 
         ``None`` if nothing was appended.
         """
+        write_behind.flush(session)
         if self.size == self.start[0]:
             return None
         ledger_repo.add_entries(session, self._entries)

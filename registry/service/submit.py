@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, select
 from sqlmodel import Session
 
 from registry.domain import instructions as ins
@@ -26,6 +26,7 @@ from registry.service.context import Registry
 from registry.service.group_commit import Work
 from registry.service.instructions import Acting, Parsed, authenticate, parse_request
 from registry.service.ledger import LedgerTail, b64
+from registry.store import write_behind
 from registry.store.tables import IdempotencyRow, core, table
 
 Handler = Callable[[Session, Acting[Any]], dict[str, Any]]
@@ -85,6 +86,23 @@ def _scoped_key(raw: dict[str, Any], idempotency_key: str) -> str:
     return hashlib.sha256(f"{scope}\n{idempotency_key}".encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Prior:
+    request_hash: str
+    status_code: int
+    response: str
+    seq: int
+
+
+def _prior_answer(session: Session, scoped_key: str) -> _Prior | None:
+    """The answer already given to this key: earlier in this transaction, or stored."""
+    for row in write_behind.kept(session, _IDEMPOTENCY):
+        if row["key"] == scoped_key:
+            return _Prior(row["request_hash"], row["status_code"], row["response"], row["seq"])
+    found = core(session).execute(_PRIOR_ANSWER, {"key": scoped_key}).first()
+    return None if found is None else _Prior(*found)
+
+
 def submit(registry: Registry, raw: object, *, expected_type: str, idempotency_key: str) -> Outcome:
     """Carry out one signed instruction of type ``expected_type``; see the module docstring."""
     return registry.writes.run(
@@ -122,7 +140,7 @@ def prepare(
     scoped_key = _scoped_key(raw, idempotency_key)
 
     def carry_out(session: Session, tail: LedgerTail) -> Outcome:
-        prior = core(session).execute(_PRIOR_ANSWER, {"key": scoped_key}).first()
+        prior = _prior_answer(session, scoped_key)
         if prior is not None:
             if prior.request_hash != fingerprint:
                 raise IdempotencyConflictError(
@@ -152,8 +170,9 @@ def prepare(
             "tree_size": seq + 1,
             "result": effects,
         }
-        core(session).execute(
-            insert(_IDEMPOTENCY),
+        write_behind.defer(
+            session,
+            _IDEMPOTENCY,
             [
                 {
                     "key": scoped_key,

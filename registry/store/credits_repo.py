@@ -15,6 +15,7 @@ from sqlmodel import Session, SQLModel
 
 from registry.domain.serials import SerialRange
 from registry.errors import NotFoundError
+from registry.store import write_behind
 from registry.store.tables import AccountRow, BatchRow, BlockEventRow, BlockRow, core, table
 
 T = TypeVar("T", bound=SQLModel)
@@ -156,7 +157,7 @@ def record_event(
         to_account=to_account,
         status=status,
     )
-    core(session).execute(insert(_EVENT), [event])
+    write_behind.defer(session, _EVENT, [event])
 
 
 def move_serials(
@@ -240,5 +241,4 @@ def move_serials(
         )
     if new_blocks:
         connection.execute(insert(_BLOCK), new_blocks)
-    if events:
-        connection.execute(insert(_EVENT), events)
+    write_behind.defer(session, _EVENT, events)

@@ -22,6 +22,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
+from registry.store import write_behind
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 LEDGER_LOCK_KEY = 0x4B48_4C47  # "KHLG": the advisory lock that serialises appends on PostgreSQL
 _WRITE = "registry_write"
@@ -107,6 +109,8 @@ def _write_session(engine: Engine) -> Iterator[Session]:
                 {"k": LEDGER_LOCK_KEY},
             )
         yield session
+        if write_behind.pending(session):
+            raise RuntimeError("a write transaction ended with deferred rows it never wrote")
 
 
 @contextmanager

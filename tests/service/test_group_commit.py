@@ -19,8 +19,9 @@ from registry.errors import InvalidRequestError, RegistryError
 from registry.service.context import Registry
 from registry.service.ledger import LedgerTail
 from registry.service.submit import Outcome, prepare
-from registry.store import ledger_repo
+from registry.store import ledger_repo, write_behind
 from registry.store.db import read_session, write_transaction
+from registry.store.tables import IdempotencyRow, table
 from tests.factories import drop_append_only_triggers
 from tests.load import check_checkpoints, check_offline, read_ledger
 from tests.world import World, issue_jcm
@@ -149,6 +150,10 @@ def test_a_refusal_after_appending_takes_its_entry_back(
     before = world.tree_size()
 
     def refuses_after_appending(session: Session, tail: LedgerTail) -> None:
+        write_behind.defer(session, table(IdempotencyRow), [{
+            "key": "ghost", "request_hash": "0" * 64, "status_code": 200, "response": "{}",
+            "seq": tail.size,
+        }])
         for n in range(3):  # enough appends to complete subtrees that must go too
             tail.append(session, registry, kind="test.note", actor="registry", payload={"n": n})
         raise InvalidRequestError("changed its mind")
@@ -163,6 +168,8 @@ def test_a_refusal_after_appending_takes_its_entry_back(
     assert world.tree_size() == before + 2
     # One transaction, not a retry of each alone: one checkpoint for the two.
     assert _checkpoint_sizes(registry, range(before, before + 3)) == [before, before + 2]
+    with read_session(registry.engine) as s:
+        assert s.get(IdempotencyRow, "ghost") is None, "a refused job's deferred row was written"
     for _ in range(4):  # the next appends complete the subtrees the refused ones had
         world.submit("kh-water", "credits.transfer", {
             "account": "KH-WATER-1", "batch": batch, "to_account": "JP-BUYER-1", "quantity": 1,

@@ -1,0 +1,55 @@
+"""Rows a write transaction inserts at its end, one statement per table, instead of one each.
+
+Some rows are never read back by the transaction that writes them: the block events of a
+movement, the answer kept for an ``Idempotency-Key``. A transaction that carries out many use
+cases keeps them in its session and :func:`flush` inserts them, in order, just before the
+checkpoint is signed. Each row belongs to a ledger entry (its ``seq``): when a savepoint rolls
+back the entries from some ``seq`` on, :func:`forget` drops their rows too. A write transaction
+that would commit with rows still kept refuses to (``registry.store.db``), so none is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Table, insert
+from sqlmodel import Session
+
+from registry.store.tables import core
+
+_KEY = "registry.write_behind"
+
+
+def _kept(session: Session) -> dict[Table, list[dict[str, Any]]]:
+    kept: dict[Table, list[dict[str, Any]]] = session.info.setdefault(_KEY, {})
+    return kept
+
+
+def defer(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert ``rows`` (each with a ``seq``) into ``table`` when the transaction flushes."""
+    _kept(session).setdefault(table, []).extend(dict(row) for row in rows)
+
+
+def kept(session: Session, table: Table) -> list[dict[str, Any]]:
+    """The rows of ``table`` this transaction has deferred and not yet written."""
+    return list(_kept(session).get(table, ()))
+
+
+def forget(session: Session, from_seq: int) -> None:
+    """Drop the deferred rows of entries ``from_seq`` and later (their savepoint rolled back)."""
+    for table, rows in _kept(session).items():
+        _kept(session)[table] = [row for row in rows if row["seq"] < from_seq]
+
+
+def flush(session: Session) -> None:
+    """Write every deferred row: one statement per table."""
+    tables = session.info.pop(_KEY, {})
+    for table, rows in tables.items():
+        if rows:
+            core(session).execute(insert(table), rows)
+
+
+def pending(session: Session) -> int:
+    """How many deferred rows are not written yet."""
+    return sum(len(rows) for rows in session.info.get(_KEY, {}).values())
