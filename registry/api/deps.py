@@ -12,7 +12,8 @@ from registry.service.context import Registry
 from registry.store.db import read_session
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
+    # async: FastAPI would run a plain function in a worker thread, once per request.
     registry: Registry = request.app.state.registry
     return registry
 
