@@ -115,28 +115,6 @@ def add_block(
     )
 
 
-def _event(
-    *,
-    seq: int,
-    kind: str,
-    batch_id: str,
-    serials: SerialRange,
-    from_account: str | None,
-    to_account: str,
-    status: str,
-) -> dict[str, object]:
-    return {
-        "seq": seq,
-        "kind": kind,
-        "batch_id": batch_id,
-        "start": serials.start,
-        "end": serials.end,
-        "from_account": from_account,
-        "to_account": to_account,
-        "status": status,
-    }
-
-
 def record_event(
     session: Session,
     *,
@@ -148,15 +126,16 @@ def record_event(
     to_account: str,
     status: str,
 ) -> None:
-    event = _event(
-        seq=seq,
-        kind=kind,
-        batch_id=batch_id,
-        serials=serials,
-        from_account=from_account,
-        to_account=to_account,
-        status=status,
-    )
+    event = {
+        "seq": seq,
+        "kind": kind,
+        "batch_id": batch_id,
+        "start": serials.start,
+        "end": serials.end,
+        "from_account": from_account,
+        "to_account": to_account,
+        "status": status,
+    }
     write_behind.defer(session, _EVENT, [event])
 
 
@@ -177,7 +156,6 @@ def move_serials(
     """
     updates: list[dict[str, object]] = []
     new_blocks: list[dict[str, object]] = []
-    events: list[dict[str, object]] = []
     for row in rows:
         held = SerialRange(row.start, row.end)
         moving = sorted(t for t in taken if held.overlaps(t))
@@ -215,16 +193,15 @@ def move_serials(
                     }
                 )
             if moves:
-                events.append(
-                    _event(
-                        seq=seq,
-                        kind=kind,
-                        batch_id=row.batch_id,
-                        serials=piece,
-                        from_account=row.account_id,
-                        to_account=to_account,
-                        status=status,
-                    )
+                record_event(
+                    session,
+                    seq=seq,
+                    kind=kind,
+                    batch_id=row.batch_id,
+                    serials=piece,
+                    from_account=row.account_id,
+                    to_account=to_account,
+                    status=status,
                 )
     connection = core(session)
     c = _BLOCK.c
@@ -241,4 +218,3 @@ def move_serials(
         )
     if new_blocks:
         connection.execute(insert(_BLOCK), new_blocks)
-    write_behind.defer(session, _EVENT, events)
