@@ -60,6 +60,10 @@ def create_app(registry: Registry) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)
-        return _error(500, "internal_error", "the registry failed; nothing was changed")
+        return _error(
+            500,
+            "internal_error",
+            "the registry failed; a retry with the same Idempotency-Key is safe",
+        )
 
     return app

@@ -25,6 +25,7 @@ cannot fail the others.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from registry.store.db import write_transaction
 
 if TYPE_CHECKING:
     from registry.service.context import Registry
+
+_log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Work = Callable[[Session, LedgerTail], T]
@@ -66,8 +69,12 @@ class _Job(Generic[T]):
         self._error: BaseException | None = None
 
     def finish(self, result: T | None, error: BaseException | None) -> None:
+        """Record the answer and wake the caller; never raises (the others await theirs)."""
         self._result, self._error, self.finished = result, error, True
-        self._notify()
+        try:
+            self._notify()
+        except Exception:
+            _log.exception("could not hand an answer back to its caller")
 
     def outcome(self) -> T:
         if self._error is not None:
@@ -101,7 +108,8 @@ class GroupCommit:
         finished: asyncio.Future[None] = loop.create_future()
 
         def notify() -> None:
-            loop.call_soon_threadsafe(_settle, finished)
+            if not loop.is_closed():  # a closed loop has no caller left to wake
+                loop.call_soon_threadsafe(_settle, finished)
 
         job: _Job[T] = _Job(work, notify)
         self._enqueue([job])
@@ -127,13 +135,20 @@ class GroupCommit:
     def _enqueue(self, group: list[_Job[Any]]) -> None:
         with self._wakeup:
             self._queue.append(group)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._write_loop, name="registry-writer", daemon=True
-                )
-                self._thread.start()
-            else:
+            if self._thread is not None:
                 self._wakeup.notify()
+                return
+            try:
+                self._start_writer()
+            except BaseException:
+                self._queue.remove(group)  # its caller is told, so it must never run
+                raise
+
+    def _start_writer(self) -> None:
+        """Start the writer thread; the caller holds ``_wakeup``."""
+        thread = threading.Thread(target=self._write_loop, name="registry-writer", daemon=True)
+        thread.start()
+        self._thread = thread  # only once it runs: a thread that never started writes nothing
 
     def _next_batch(self) -> list[_Job[Any]] | None:
         """Queued groups up to ``max_batch`` jobs (at least one group); ``None`` when idle."""
@@ -157,12 +172,14 @@ class GroupCommit:
                     self._carry_out(batch)
         except BaseException as e:
             # _carry_out answers every ordinary error itself; whatever still gets here must
-            # not leave a caller waiting for ever, nor the registry without a writer.
-            with self._wakeup:
-                self._thread = None
+            # not leave a caller waiting for ever, nor the queue without a writer.
             for job in batch:
                 if not job.finished:
                     job.finish(None, e)
+            with self._wakeup:
+                self._thread = None
+                if self._queue:
+                    self._start_writer()
             raise
 
     def _carry_out(self, batch: list[_Job[Any]]) -> None:

@@ -7,6 +7,9 @@ read back through the API, the stored ledger and an offline verification of an e
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +181,60 @@ def test_a_refusal_after_appending_takes_its_entry_back(
     assert [s.entry.kind for s in ledger[before:]] == ["credits.transfer"] * 6
     check_checkpoints(world.http.http, ledger, registry)
     check_offline(registry, tmp_path)
+
+
+def _note(registry: Registry, tag: str, delay: float = 0.0) -> Any:
+    def work(session: Session, tail: LedgerTail) -> int:
+        time.sleep(delay)
+        return tail.append(
+            session, registry, kind="test.note", actor="registry", payload={"t": tag}
+        ).entry.seq
+
+    return work
+
+
+def _size(registry: Registry) -> int:
+    with read_session(registry.engine) as s:
+        return ledger_repo.tree_size(s)
+
+
+def test_a_writer_that_cannot_start_fails_its_request_and_the_next_one_still_runs(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_start = threading.Thread.start
+    failures = iter([True])
+
+    def start_once_fails(thread: threading.Thread) -> None:
+        if thread.name == "registry-writer" and next(failures, False):
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_once_fails)
+    before = _size(registry)
+    with pytest.raises(RuntimeError, match="can't start"):
+        registry.writes.run(_note(registry, "refused"))
+    assert registry.writes.run(_note(registry, "next")) == before
+    time.sleep(0.2)
+    assert _size(registry) == before + 1, "the failed request must never be carried out"
+
+
+def test_a_caller_gone_with_its_event_loop_does_not_fail_the_rest_of_its_batch(
+    registry: Registry,
+) -> None:
+    before = _size(registry)
+    busy = threading.Thread(target=registry.writes.run, args=(_note(registry, "busy", 0.5),))
+    busy.start()
+    time.sleep(0.1)  # the writer is busy: what comes next is batched together
+
+    async def abandon() -> None:
+        task = asyncio.ensure_future(registry.writes.run_async(_note(registry, "abandoned")))
+        await asyncio.sleep(0.05)
+        task.cancel()
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(abandon())
+    loop.close()
+    answer = registry.writes.run(_note(registry, "stays"))
+    busy.join(5)
+    assert answer == before + 2
+    assert _size(registry) == before + 3  # committed, including the abandoned one
