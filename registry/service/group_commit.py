@@ -158,7 +158,7 @@ class GroupCommit:
             if not self._queue:
                 self._thread = None
                 return None
-            batch = self._queue.popleft()
+            batch = list(self._queue.popleft())
             while self._queue and len(batch) + len(self._queue[0]) <= self._max_batch:
                 batch += self._queue.popleft()
             return batch
