@@ -45,12 +45,6 @@ class Signer:
     role: str
 
 
-@dataclass(frozen=True)
-class _KeyState:
-    public_key: bytes
-    revoked_seq: int | None
-
-
 _PARTY = table(PartyRow)
 _PARTY_KEY = table(PartyKeyRow)
 _NONCE = table(NonceRow)
@@ -180,14 +174,13 @@ def authenticate(session: Session, parsed: Parsed, *, seq: int, now: datetime) -
             f"key {ins.key_id} is not a key of party {party.id}",
             details={"actor": party.id, "key_id": ins.key_id},
         )
-    key_row = _KeyState(public_key=found.public_key, revoked_seq=found.revoked_seq)
-    if key_row.revoked_seq is not None:
+    if found.revoked_seq is not None:
         raise KeyRevokedError(
-            f"key {ins.key_id} of party {party.id} was revoked at entry {key_row.revoked_seq}",
-            details={"key_id": ins.key_id, "revoked_seq": key_row.revoked_seq},
+            f"key {ins.key_id} of party {party.id} was revoked at entry {found.revoked_seq}",
+            details={"key_id": ins.key_id, "revoked_seq": found.revoked_seq},
         )
     try:
-        PublicKey(raw=key_row.public_key).verify(parsed.signature, parsed.message)
+        PublicKey(raw=found.public_key).verify(parsed.signature, parsed.message)
     except BadSignatureError as e:
         raise BadSignatureError(
             f"the signature of party {party.id} does not verify over this instruction",

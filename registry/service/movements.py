@@ -100,17 +100,13 @@ def transfer(session: Session, acting: Acting[Transfer]) -> Effects:
     b = acting.body
     if b.to_account == b.account:
         raise InvalidRequestError("source and destination accounts are the same")
-    found = accounts(session, [b.account, b.to_account])
-    destination = found.get(b.to_account)
-    if destination is None:
-        raise NotFoundError(f"no account {b.to_account!r}", details={"account": b.to_account})
+    found = accounts(session, [b.to_account, b.account])
+    destination = found[b.to_account]
     if destination.kind != "holding":
         raise InvalidRequestError(
             f"{b.to_account} is a {destination.kind} account; transfers go to holding accounts "
             "(use a retirement or cancellation instead)"
         )
-    if b.account not in found:
-        raise NotFoundError(f"no account {b.account!r}", details={"account": b.account})
     taken = _move(
         session, acting, b, to_account=destination.id, status="active", source=found[b.account]
     )

@@ -38,27 +38,25 @@ class Account:
 
 
 _ACCOUNT = table(AccountRow)
-_ACCOUNT_BY_ID = select(_ACCOUNT.c.id, _ACCOUNT.c.holder, _ACCOUNT.c.kind).where(
-    _ACCOUNT.c.id == bindparam("id")
-)
 _ACCOUNTS_BY_ID = select(_ACCOUNT.c.id, _ACCOUNT.c.holder, _ACCOUNT.c.kind).where(
     _ACCOUNT.c.id.in_(bindparam("ids", expanding=True))
 )
 _BATCH_BY_ID = select(table(BatchRow).c.id).where(table(BatchRow).c.id == bindparam("id"))
 
 
-def account(session: Session, account_id: str) -> Account:
-    """The account ``account_id`` (one Core read), or a 404."""
-    row = core(session).execute(_ACCOUNT_BY_ID, {"id": account_id}).first()
-    if row is None:
-        raise NotFoundError(f"no account {account_id!r}", details={"account": account_id})
-    return Account(*row)
-
-
 def accounts(session: Session, account_ids: Sequence[str]) -> dict[str, Account]:
-    """The accounts among ``account_ids`` that exist, in one read."""
+    """The accounts ``account_ids``, in one read; a 404 names the first that does not exist."""
     rows = core(session).execute(_ACCOUNTS_BY_ID, {"ids": list(account_ids)})
-    return {row[0]: Account(*row) for row in rows}
+    found = {row[0]: Account(*row) for row in rows}
+    for account_id in account_ids:
+        if account_id not in found:
+            raise NotFoundError(f"no account {account_id!r}", details={"account": account_id})
+    return found
+
+
+def account(session: Session, account_id: str) -> Account:
+    """The account ``account_id``, or a 404."""
+    return accounts(session, [account_id])[account_id]
 
 
 def batch_exists(session: Session, batch_id: str) -> bool:
