@@ -87,9 +87,9 @@ class LedgerTail:
         self.last_time = last_time
         self._tree = merkle.CompactRange.from_frontier(size, frontier)
         self.start = (size, self._tree.root())
-        # Appends are written by publish, one statement per table for the whole transaction;
-        # nothing reads them back before (the tail itself knows the end of the ledger).
-        self._entries: list[dict[str, Any]] = []
+        # Appends are written by publish, one statement per table for the whole transaction
+        # (entries through the write-behind); nothing reads them back before, the tail itself
+        # knowing the end of the ledger.
         self._nodes: dict[merkle.NodeKey, bytes] = {}
 
     @classmethod
@@ -129,7 +129,6 @@ class LedgerTail:
         """Forget every append since ``mark``."""
         self.size, self.last_leaf, self.last_time = mark.size, mark.last_leaf, mark.last_time
         self._tree = merkle.CompactRange.from_frontier(mark.size, list(mark.frontier))
-        self._entries = [e for e in self._entries if e["seq"] < mark.size]
         write_behind.forget(session, mark.size)
         self._nodes = {k: h for k, h in self._nodes.items() if (k[1] + 1) << k[0] <= mark.size}
 
@@ -162,7 +161,7 @@ class LedgerTail:
         envelope = seal_entry(entry, registry.signer)
         leaf = merkle.leaf_hash(envelope)
         completed = self._tree.append(leaf)
-        self._entries.append({"seq": seq, "kind": kind, "leaf_hash": leaf, "envelope": envelope})
+        ledger_repo.defer_entry(session, seq=seq, kind=kind, leaf_hash=leaf, envelope=envelope)
         self._nodes.update(completed)
         self.size, self.last_leaf, self.last_time = seq + 1, leaf, time
         return Appended(entry=entry, envelope=envelope, leaf_hash=leaf)
@@ -175,9 +174,8 @@ class LedgerTail:
         write_behind.flush(session)
         if self.size == self.start[0]:
             return None
-        ledger_repo.add_entries(session, self._entries)
         ledger_repo.add_nodes(session, self._nodes)
-        self._entries, self._nodes = [], {}
+        self._nodes = {}
         return _publish(
             session, registry, size=self.size, root=self._tree.root(), previous=self.start
         )

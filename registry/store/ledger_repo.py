@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from registry.errors import LedgerError
 from registry.ledger.merkle import NodeKey
+from registry.store import write_behind
 from registry.store.tables import CheckpointRow, LedgerEntry, RegistryKeyRow, TreeNode, core, table
 
 _ENTRY = table(LedgerEntry)
@@ -108,10 +109,12 @@ _HEAD_KEY = select(_ENTRY.c.seq, _ENTRY.c.leaf_hash).order_by(_ENTRY.c.seq.desc(
 # these rows are never read back as objects in the same transaction.
 
 
-def add_entries(session: Session, entries: Sequence[Mapping[str, object]]) -> None:
-    """Insert ledger entries (``seq``, ``kind``, ``leaf_hash``, ``envelope``) in one statement."""
-    if entries:
-        core(session).execute(insert(_ENTRY), list(entries))
+def defer_entry(
+    session: Session, *, seq: int, kind: str, leaf_hash: bytes, envelope: bytes
+) -> None:
+    """Queue a ledger entry: the transaction's write-behind inserts it before its checkpoint."""
+    row = {"seq": seq, "kind": kind, "leaf_hash": leaf_hash, "envelope": envelope}
+    write_behind.defer(session, _ENTRY, [row])
 
 
 def add_nodes(session: Session, nodes: Mapping[NodeKey, bytes]) -> None:

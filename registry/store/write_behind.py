@@ -1,7 +1,8 @@
 """Rows a write transaction inserts at its end, one statement per table, instead of one each.
 
-Some rows are never read back by the transaction that writes them: the block events of a
-movement, the answer kept for an ``Idempotency-Key``. A transaction that carries out many use
+Some rows are never read back by the transaction that writes them: the ledger entries
+themselves (the ledger's tail is kept in memory), the block events of a movement, the answer
+kept for an ``Idempotency-Key``. A transaction that carries out many use
 cases keeps them in its session and :func:`flush` inserts them, in order, just before the
 checkpoint is signed. Each row belongs to a ledger entry (its ``seq``): when a savepoint rolls
 back the entries from some ``seq`` on, :func:`forget` drops their rows too. A write transaction
