@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import and_, bindparam, insert
+from sqlalchemy import and_, bindparam
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -28,7 +28,8 @@ from registry.errors import (
 )
 from registry.ledger.canonical import canonical_bytes
 from registry.ledger.keys import PublicKey, b64decode_strict
-from registry.store.tables import NonceRow, PartyKeyRow, PartyRow, core, table
+from registry.store.statements import Statement, insert_rows
+from registry.store.tables import NonceRow, PartyKeyRow, PartyRow, table
 
 #: How far ahead an instruction may expire: long enough for an offline signing ceremony,
 #: short enough that a leaked signed instruction is soon worthless.
@@ -47,9 +48,9 @@ class Signer:
 
 _PARTY = table(PartyRow)
 _PARTY_KEY = table(PartyKeyRow)
-_NONCE = table(NonceRow)
+_USE_NONCE = insert_rows(table(NonceRow), ("party_id", "nonce", "seq"))
 #: The signing party and, if it is one of the party's keys, the key: one indexed read.
-_SIGNER_AND_KEY = (
+_SIGNER_AND_KEY = Statement(
     select(_PARTY.c.id, _PARTY.c.role, _PARTY_KEY.c.public_key, _PARTY_KEY.c.revoked_seq)
     .select_from(
         _PARTY.outerjoin(
@@ -163,9 +164,7 @@ def parse_request(raw: dict[str, Any], *, expected_type: str) -> Parsed:
 def authenticate(session: Session, parsed: Parsed, *, seq: int, now: datetime) -> Acting[Body]:
     """Who signed ``parsed``, with a live key, in time, for the first time; or raise."""
     ins = parsed.signed.instruction
-    found = (
-        core(session).execute(_SIGNER_AND_KEY, {"actor": ins.actor, "key_id": ins.key_id}).first()
-    )
+    found = _SIGNER_AND_KEY.first(session, {"actor": ins.actor, "key_id": ins.key_id})
     if found is None:
         raise AuthenticationError(f"unknown party {ins.actor!r}", details={"actor": ins.actor})
     party = Signer(id=found.id, role=found.role)
@@ -198,9 +197,7 @@ def authenticate(session: Session, parsed: Parsed, *, seq: int, now: datetime) -
         )
     try:
         # The primary key (party, nonce) is the replay check: one statement, no race.
-        core(session).execute(
-            insert(_NONCE), [{"party_id": party.id, "nonce": ins.nonce, "seq": seq}]
-        )
+        _USE_NONCE.execute(session, {"party_id": party.id, "nonce": ins.nonce, "seq": seq})
     except IntegrityError as e:
         raise ReplayError(
             f"nonce {ins.nonce} was already used by party {party.id}: a replayed instruction",

@@ -27,7 +27,8 @@ from registry.service.group_commit import Work
 from registry.service.instructions import Acting, Parsed, authenticate, parse_request
 from registry.service.ledger import LedgerTail, b64
 from registry.store import write_behind
-from registry.store.tables import IdempotencyRow, core, table
+from registry.store.statements import Statement
+from registry.store.tables import IdempotencyRow, table
 
 Handler = Callable[[Session, Acting[Any]], dict[str, Any]]
 
@@ -50,12 +51,14 @@ HANDLERS: dict[str, Handler] = {
 assert set(HANDLERS) == set(ins.BODIES), "every instruction type has exactly one use case"
 
 _IDEMPOTENCY = table(IdempotencyRow)
-_PRIOR_ANSWER = select(
-    _IDEMPOTENCY.c.request_hash,
-    _IDEMPOTENCY.c.status_code,
-    _IDEMPOTENCY.c.response,
-    _IDEMPOTENCY.c.seq,
-).where(_IDEMPOTENCY.c.key == bindparam("key"))
+_PRIOR_ANSWER = Statement(
+    select(
+        _IDEMPOTENCY.c.request_hash,
+        _IDEMPOTENCY.c.status_code,
+        _IDEMPOTENCY.c.response,
+        _IDEMPOTENCY.c.seq,
+    ).where(_IDEMPOTENCY.c.key == bindparam("key"))
+)
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
@@ -99,7 +102,7 @@ def _prior_answer(session: Session, scoped_key: str) -> _Prior | None:
     for row in write_behind.kept(session, _IDEMPOTENCY):
         if row["key"] == scoped_key:
             return _Prior(row["request_hash"], row["status_code"], row["response"], row["seq"])
-    found = core(session).execute(_PRIOR_ANSWER, {"key": scoped_key}).first()
+    found = _PRIOR_ANSWER.first(session, {"key": scoped_key})
     return None if found is None else _Prior(*found)
 
 

@@ -16,6 +16,7 @@ from sqlmodel import Session, SQLModel
 from registry.domain.serials import SerialRange
 from registry.errors import NotFoundError
 from registry.store import write_behind
+from registry.store.statements import Statement, insert_rows
 from registry.store.tables import AccountRow, BatchRow, BlockEventRow, BlockRow, core, table
 
 T = TypeVar("T", bound=SQLModel)
@@ -38,16 +39,21 @@ class Account:
 
 
 _ACCOUNT = table(AccountRow)
-_ACCOUNTS_BY_ID = select(_ACCOUNT.c.id, _ACCOUNT.c.holder, _ACCOUNT.c.kind).where(
-    _ACCOUNT.c.id.in_(bindparam("ids", expanding=True))
+#: One or two accounts (a use case names at most a source and a destination).
+_TWO_ACCOUNTS = Statement(
+    select(_ACCOUNT.c.id, _ACCOUNT.c.holder, _ACCOUNT.c.kind).where(
+        _ACCOUNT.c.id.in_([bindparam("first"), bindparam("second")])
+    )
 )
 _BATCH_BY_ID = select(table(BatchRow).c.id).where(table(BatchRow).c.id == bindparam("id"))
 
 
 def accounts(session: Session, account_ids: Sequence[str]) -> dict[str, Account]:
-    """The accounts ``account_ids``, in one read; a 404 names the first that does not exist."""
-    rows = core(session).execute(_ACCOUNTS_BY_ID, {"ids": list(account_ids)})
-    found = {row[0]: Account(*row) for row in rows}
+    """One or two accounts, in one read; a 404 names the first that does not exist."""
+    if not 1 <= len(account_ids) <= 2:
+        raise ValueError(f"accounts() reads one or two accounts, not {len(account_ids)}")
+    params = {"first": account_ids[0], "second": account_ids[-1]}
+    found = {row.id: Account(*row) for row in _TWO_ACCOUNTS.rows(session, params)}
     for account_id in account_ids:
         if account_id not in found:
             raise NotFoundError(f"no account {account_id!r}", details={"account": account_id})
@@ -78,12 +84,14 @@ class HeldBlock:
 _BLOCK = table(BlockRow)
 _EVENT = table(BlockEventRow)
 _BLOCK_COLUMNS = (_BLOCK.c.id, _BLOCK.c.batch_id, _BLOCK.c.start, _BLOCK.c.end)
-_HELD = (
+_HELD_QUERY = (
     select(*_BLOCK_COLUMNS, _BLOCK.c.account_id, _BLOCK.c.status)
     .where(_BLOCK.c.account_id == bindparam("account"), _BLOCK.c.status == bindparam("status"))
     .order_by(_BLOCK.c.batch_id, _BLOCK.c.start)
 )
-_HELD_IN_BATCH = _HELD.where(_BLOCK.c.batch_id == bindparam("batch"))
+# Both read the index (account, status, batch, start) in order: see migration 0003.
+_HELD = Statement(_HELD_QUERY)
+_HELD_IN_BATCH = Statement(_HELD_QUERY.where(_BLOCK.c.batch_id == bindparam("batch")))
 
 
 def held_blocks(
@@ -93,7 +101,7 @@ def held_blocks(
     query, params = _HELD, {"account": account_id, "status": status}
     if batch_id is not None:
         query, params = _HELD_IN_BATCH, {**params, "batch": batch_id}
-    return [HeldBlock(*row) for row in core(session).execute(query, params)]
+    return [HeldBlock(*row) for row in query.rows(session, params)]
 
 
 def add_block(
@@ -201,18 +209,15 @@ def move_serials(
                     to_account=to_account,
                     status=status,
                 )
-    connection = core(session)
-    c = _BLOCK.c
-    if updates:
-        connection.execute(
-            update(_BLOCK)
-            .where(c.id == bindparam("row_id"))
-            .values(
-                end=bindparam("to_end"),
-                account_id=bindparam("to_account"),
-                status=bindparam("to_status"),
-            ),
-            updates,
-        )
-    if new_blocks:
-        connection.execute(insert(_BLOCK), new_blocks)
+    _MOVE_BLOCK.execute_many(session, updates)
+    _NEW_BLOCK.execute_many(session, new_blocks)
+
+
+_MOVE_BLOCK = Statement(
+    update(_BLOCK)
+    .where(_BLOCK.c.id == bindparam("row_id"))
+    .values(
+        end=bindparam("to_end"), account_id=bindparam("to_account"), status=bindparam("to_status")
+    )
+)
+_NEW_BLOCK = insert_rows(_BLOCK, ("batch_id", "start", "end", "account_id", "status"))

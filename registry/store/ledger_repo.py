@@ -10,12 +10,13 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, text
+from sqlalchemy import func, text
 from sqlmodel import Session, col, select
 
 from registry.errors import LedgerError
 from registry.ledger.merkle import NodeKey
 from registry.store import write_behind
+from registry.store.statements import Statement, insert_rows, text_rows
 from registry.store.tables import CheckpointRow, LedgerEntry, RegistryKeyRow, TreeNode, core, table
 
 _ENTRY = table(LedgerEntry)
@@ -39,20 +40,27 @@ def fetch_nodes(session: Session, keys: Sequence[NodeKey]) -> dict[NodeKey, byte
             "levels": [level for level, _ in wanted],
             "idxs": [idx for _, idx in wanted],
         }
-        rows = session.execute(_NODES_BY_ARRAYS, params)
+        rows = _NODES_BY_ARRAYS.rows(session, params)
     else:
-        rows = session.execute(_NODES_BY_JSON, {"keys": json.dumps(wanted)})
-    return {(level, idx): h for level, idx, h in rows}
+        rows = _NODES_BY_JSON.rows(session, {"keys": json.dumps(wanted)})
+    return {(level, idx): bytes(h) for level, idx, h in rows}
 
 
-_NODES_BY_ARRAYS = text(
-    "SELECT t.level, t.idx, t.hash FROM tree_node AS t"
-    " JOIN unnest(CAST(:levels AS integer[]), CAST(:idxs AS bigint[])) AS k(level, idx)"
-    " ON t.level = k.level AND t.idx = k.idx"
+_NODE_FIELDS = ("level", "idx", "hash")
+_NODES_BY_ARRAYS = text_rows(
+    text(
+        "SELECT t.level, t.idx, t.hash FROM tree_node AS t"
+        " JOIN unnest(CAST(:levels AS integer[]), CAST(:idxs AS bigint[])) AS k(level, idx)"
+        " ON t.level = k.level AND t.idx = k.idx"
+    ),
+    _NODE_FIELDS,
 )
-_NODES_BY_JSON = text(
-    "SELECT t.level, t.idx, t.hash FROM json_each(:keys) AS k JOIN tree_node AS t"
-    " ON t.level = json_extract(k.value, '$[0]') AND t.idx = json_extract(k.value, '$[1]')"
+_NODES_BY_JSON = text_rows(
+    text(
+        "SELECT t.level, t.idx, t.hash FROM json_each(:keys) AS k JOIN tree_node AS t"
+        " ON t.level = json_extract(k.value, '$[0]') AND t.idx = json_extract(k.value, '$[1]')"
+    ),
+    _NODE_FIELDS,
 )
 
 
@@ -98,11 +106,13 @@ def head(session: Session) -> Head:
 
 def head_key(session: Session) -> tuple[int, bytes | None]:
     """The ledger's size and last leaf hash: what tells a writer whether anyone appended."""
-    row = core(session).execute(_HEAD_KEY).first()
-    return (0, None) if row is None else (row[0] + 1, row[1])
+    row = _HEAD_KEY.first(session)
+    return (0, None) if row is None else (row.seq + 1, row.leaf_hash)
 
 
-_HEAD_KEY = select(_ENTRY.c.seq, _ENTRY.c.leaf_hash).order_by(_ENTRY.c.seq.desc()).limit(1)
+_HEAD_KEY = Statement(
+    select(_ENTRY.c.seq, _ENTRY.c.leaf_hash).order_by(_ENTRY.c.seq.desc()).limit(1)
+)
 
 
 # Appends are Core statements on the session's connection: they run on every request, and
@@ -120,10 +130,12 @@ def defer_entry(
 def add_nodes(session: Session, nodes: Mapping[NodeKey, bytes]) -> None:
     if not nodes:
         return
-    core(session).execute(
-        insert(_NODE),
-        [{"level": level, "idx": idx, "hash": h} for (level, idx), h in nodes.items()],
+    _ADD_NODE.execute_many(
+        session, [{"level": level, "idx": idx, "hash": h} for (level, idx), h in nodes.items()]
     )
+
+
+_ADD_NODE = insert_rows(_NODE, _NODE_FIELDS)
 
 
 def entries_between(session: Session, start: int, end: int) -> Sequence[LedgerEntry]:
@@ -147,11 +159,11 @@ def latest_checkpoint(session: Session) -> CheckpointRow | None:
 
 def latest_checkpoint_root(session: Session) -> tuple[int, bytes] | None:
     """The size and root of the latest checkpoint (what a writer checks before signing)."""
-    row = core(session).execute(_LATEST_ROOT).first()
-    return None if row is None else (row[0], row[1])
+    row = _LATEST_ROOT.first(session)
+    return None if row is None else (row.size, row.root)
 
 
-_LATEST_ROOT = (
+_LATEST_ROOT = Statement(
     select(_CHECKPOINT.c.size, _CHECKPOINT.c.root).order_by(_CHECKPOINT.c.size.desc()).limit(1)
 )
 
@@ -170,7 +182,10 @@ def checkpoints_between(session: Session, start: int, limit: int) -> Sequence[Ch
 
 
 def add_checkpoint(session: Session, *, size: int, root: bytes, note: str) -> None:
-    core(session).execute(insert(_CHECKPOINT), [{"size": size, "root": root, "note": note}])
+    _ADD_CHECKPOINT.execute(session, {"size": size, "root": root, "note": note})
+
+
+_ADD_CHECKPOINT = insert_rows(_CHECKPOINT, ("size", "root", "note"))
 
 
 def registry_keys(session: Session) -> Sequence[RegistryKeyRow]:

@@ -11,13 +11,14 @@ that would commit with rows still kept refuses to (``registry.store.db``), so no
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table
 from sqlmodel import Session
 
-from registry.store.tables import core
+from registry.store.statements import Statement, insert_rows
 
 _KEY = "registry.write_behind"
 
@@ -48,7 +49,12 @@ def flush(session: Session) -> None:
     tables = session.info.pop(_KEY, {})
     for table, rows in tables.items():
         if rows:
-            core(session).execute(insert(table), rows)
+            _inserts(table, tuple(rows[0])).execute_many(session, rows)
+
+
+@functools.cache
+def _inserts(table: Table, columns: tuple[str, ...]) -> Statement:
+    return insert_rows(table, columns)
 
 
 def pending(session: Session) -> int:
