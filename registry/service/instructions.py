@@ -12,8 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import and_, bindparam
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import and_, bindparam, exists
 from sqlmodel import Session, select
 
 from registry.domain.instructions import BODIES, Body, Instruction, SignedInstruction
@@ -28,7 +27,8 @@ from registry.errors import (
 )
 from registry.ledger.canonical import canonical_bytes
 from registry.ledger.keys import PublicKey, b64decode_strict
-from registry.store.statements import Statement, insert_rows
+from registry.store import write_behind
+from registry.store.statements import Statement
 from registry.store.tables import NonceRow, PartyKeyRow, PartyRow, table
 
 #: How far ahead an instruction may expire: long enough for an offline signing ceremony,
@@ -48,10 +48,16 @@ class Signer:
 
 _PARTY = table(PartyRow)
 _PARTY_KEY = table(PartyKeyRow)
-_USE_NONCE = insert_rows(table(NonceRow), ("party_id", "nonce", "seq"))
-#: The signing party and, if it is one of the party's keys, the key: one indexed read.
+_NONCE = table(NonceRow)
+#: The signing party, the key if it is one of the party's, and whether the party has used the
+#: nonce before: one read of three primary keys.
 _SIGNER_AND_KEY = Statement(
     select(_PARTY.c.id, _PARTY.c.role, _PARTY_KEY.c.public_key, _PARTY_KEY.c.revoked_seq)
+    .add_columns(
+        exists()
+        .where(_NONCE.c.party_id == bindparam("actor"), _NONCE.c.nonce == bindparam("nonce"))
+        .label("nonce_used")
+    )
     .select_from(
         _PARTY.outerjoin(
             _PARTY_KEY,
@@ -164,7 +170,9 @@ def parse_request(raw: dict[str, Any], *, expected_type: str) -> Parsed:
 def authenticate(session: Session, parsed: Parsed, *, seq: int, now: datetime) -> Acting[Body]:
     """Who signed ``parsed``, with a live key, in time, for the first time; or raise."""
     ins = parsed.signed.instruction
-    found = _SIGNER_AND_KEY.first(session, {"actor": ins.actor, "key_id": ins.key_id})
+    found = _SIGNER_AND_KEY.first(
+        session, {"actor": ins.actor, "key_id": ins.key_id, "nonce": ins.nonce}
+    )
     if found is None:
         raise AuthenticationError(f"unknown party {ins.actor!r}", details={"actor": ins.actor})
     party = Signer(id=found.id, role=found.role)
@@ -195,14 +203,18 @@ def authenticate(session: Session, parsed: Parsed, *, seq: int, now: datetime) -
             f"expires {ins.expires} is more than {MAX_VALIDITY.days} days ahead",
             details={"expires": ins.expires},
         )
-    try:
-        # The primary key (party, nonce) is the replay check: one statement, no race.
-        _USE_NONCE.execute(session, {"party_id": party.id, "nonce": ins.nonce, "seq": seq})
-    except IntegrityError as e:
+    # Writers are serialised, so the read above saw every nonce committed before this
+    # transaction, and the kept rows are this transaction's own. The row is written with the
+    # entry's; its primary key (party, nonce) stays the last word if anything slipped past.
+    if found.nonce_used or any(
+        row["party_id"] == party.id and row["nonce"] == ins.nonce
+        for row in write_behind.kept(session, _NONCE)
+    ):
         raise ReplayError(
             f"nonce {ins.nonce} was already used by party {party.id}: a replayed instruction",
             details={"actor": party.id, "nonce": ins.nonce},
-        ) from e
+        )
+    write_behind.defer(session, _NONCE, [{"party_id": party.id, "nonce": ins.nonce, "seq": seq}])
     return Acting(
         seq=seq,
         now=now,

@@ -24,6 +24,7 @@ from registry.ledger.entry import Entry, envelope_time, format_time, seal_entry
 from registry.ledger.keys import PublicKey
 from registry.store import ledger_repo, write_behind
 from registry.store.ledger_repo import SessionNodeReader
+from registry.store.statements import pipeline
 
 if TYPE_CHECKING:
     from registry.service.context import Registry
@@ -81,12 +82,15 @@ class LedgerTail:
         last_leaf: bytes | None,
         last_time: str | None,
         frontier: list[bytes],
+        checkpoint: tuple[int, bytes] | None,
     ) -> None:
         self.size = size
         self.last_leaf = last_leaf
         self.last_time = last_time
         self._tree = merkle.CompactRange.from_frontier(size, frontier)
         self.start = (size, self._tree.root())
+        self.checkpoint = checkpoint
+        """Size and root of the last checkpoint signed, read under this transaction's lock."""
         # Appends are written by publish, one statement per table for the whole transaction
         # (entries through the write-behind); nothing reads them back before, the tail itself
         # knowing the end of the ledger.
@@ -102,10 +106,14 @@ class LedgerTail:
         last checkpoint is always read from the store: a writer that finds it changed under
         its feet refuses to sign rather than trust its memory.
         """
-        size, last_leaf = ledger_repo.head_key(session)
-        if cached is not None and (cached.size, cached.last_leaf) == (size, last_leaf):
+        tip = ledger_repo.tip(session)
+        if cached is not None and (cached.size, cached.last_leaf) == (tip.size, tip.last_leaf):
             return cls(
-                size=size, last_leaf=last_leaf, last_time=cached.last_time, frontier=cached.frontier
+                size=tip.size,
+                last_leaf=tip.last_leaf,
+                last_time=cached.last_time,
+                frontier=cached.frontier,
+                checkpoint=tip.checkpoint,
             )
         end = ledger_repo.head(session)
         last_time = None if end.last_envelope is None else envelope_time(end.last_envelope)
@@ -116,6 +124,7 @@ class LedgerTail:
             last_leaf=end.last_leaf,
             last_time=last_time,
             frontier=[nodes[k] for k in keys],
+            checkpoint=tip.checkpoint,
         )
 
     @property
@@ -167,35 +176,46 @@ class LedgerTail:
         return Appended(entry=entry, envelope=envelope, leaf_hash=leaf)
 
     def publish(self, session: Session, registry: Registry) -> str | None:
-        """Write the appended entries and subtrees, and sign a checkpoint for the new size.
+        """Sign a checkpoint for the new size, then write it with the appended entries, their
+        rows and subtrees, all sent together (one round trip on PostgreSQL).
 
         ``None`` if nothing was appended.
         """
-        write_behind.flush(session)
-        if self.size == self.start[0]:
-            return None
-        ledger_repo.add_nodes(session, self._nodes)
+        note = None
+        root = self._tree.root()
+        if self.size > self.start[0]:
+            note = _sign_checkpoint(
+                session,
+                registry,
+                size=self.size,
+                root=root,
+                previous=self.start,
+                last=self.checkpoint,
+            )
+        with pipeline(session):
+            write_behind.flush(session)
+            if note is not None:
+                ledger_repo.add_nodes(session, self._nodes)
+                ledger_repo.add_checkpoint(session, size=self.size, root=root, note=note)
         self._nodes = {}
-        return _publish(
-            session, registry, size=self.size, root=self._tree.root(), previous=self.start
-        )
+        return note
 
 
-def _publish(
+def _sign_checkpoint(
     session: Session,
     registry: Registry,
     *,
     size: int,
     root: bytes,
     previous: tuple[int, bytes],
+    last: tuple[int, bytes] | None,
 ) -> str:
-    """Sign a checkpoint for ``size``, refusing one inconsistent with the last one signed.
+    """Sign a checkpoint for ``size``, refusing one inconsistent with ``last``, the last signed.
 
     ``previous`` is the tree this one extends by appending (its size and root, rebuilt from the
     stored frontier): when the last checkpoint signed that size, equal roots prove consistency
     without a proof. Otherwise (a checkpoint was skipped) the consistency proof is checked.
     """
-    last = ledger_repo.latest_checkpoint_root(session)
     if last is not None:
         last_size, last_root = last
         if last_size >= size:
@@ -216,13 +236,11 @@ def _publish(
             raise CheckpointError(
                 f"refusing to sign size {size}: not consistent with checkpoint {last_size}"
             )
-    note = sign_checkpoint(
+    return sign_checkpoint(
         Checkpoint(origin=registry.origin, size=size, root=root),
         name=registry.origin,
         key=registry.signer,
     )
-    ledger_repo.add_checkpoint(session, size=size, root=root, note=note)
-    return note
 
 
 def latest_checkpoint_note(session: Session) -> str:

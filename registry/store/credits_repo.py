@@ -16,7 +16,7 @@ from sqlmodel import Session, SQLModel
 from registry.domain.serials import SerialRange
 from registry.errors import NotFoundError
 from registry.store import write_behind
-from registry.store.statements import Statement, insert_rows
+from registry.store.statements import Statement, insert_rows, pipeline
 from registry.store.tables import AccountRow, BatchRow, BlockEventRow, BlockRow, core, table
 
 T = TypeVar("T", bound=SQLModel)
@@ -209,8 +209,9 @@ def move_serials(
                     to_account=to_account,
                     status=status,
                 )
-    _MOVE_BLOCK.execute_many(session, updates)
-    _NEW_BLOCK.execute_many(session, new_blocks)
+    with pipeline(session):
+        _MOVE_BLOCK.execute_many(session, updates)
+        _NEW_BLOCK.execute_many(session, new_blocks)
 
 
 _MOVE_BLOCK = Statement(

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, text
+from sqlalchemy import ColumnElement, Label, func, text
 from sqlmodel import Session, col, select
 
 from registry.errors import LedgerError
@@ -104,14 +105,36 @@ def head(session: Session) -> Head:
     return Head(0) if row is None else Head(row[0] + 1, row[1], row[2])
 
 
-def head_key(session: Session) -> tuple[int, bytes | None]:
-    """The ledger's size and last leaf hash: what tells a writer whether anyone appended."""
-    row = _HEAD_KEY.first(session)
-    return (0, None) if row is None else (row.seq + 1, row.leaf_hash)
+@dataclass(frozen=True)
+class Tip:
+    """What a writer reads first: the ledger's size and last leaf hash (which tell it whether
+    anyone appended since it last wrote) and the size and root of the last checkpoint."""
+
+    size: int
+    last_leaf: bytes | None
+    checkpoint: tuple[int, bytes] | None
 
 
-_HEAD_KEY = Statement(
-    select(_ENTRY.c.seq, _ENTRY.c.leaf_hash).order_by(_ENTRY.c.seq.desc()).limit(1)
+def tip(session: Session) -> Tip:
+    """The ledger's :class:`Tip`, in one statement (four index probes)."""
+    row = _TIP.first(session)
+    assert row is not None  # scalar subqueries always give one row
+    checkpoint = None if row.checkpoint_size is None else (row.checkpoint_size, row.root)
+    size = 0 if row.seq is None else row.seq + 1
+    return Tip(size=size, last_leaf=row.leaf_hash, checkpoint=checkpoint)
+
+
+def _last(column: ColumnElement[Any], order: ColumnElement[Any], label: str) -> Label[Any]:
+    return select(column).order_by(order.desc()).limit(1).scalar_subquery().label(label)
+
+
+_TIP = Statement(
+    select(
+        _last(_ENTRY.c.seq, _ENTRY.c.seq, "seq"),
+        _last(_ENTRY.c.leaf_hash, _ENTRY.c.seq, "leaf_hash"),
+        _last(_CHECKPOINT.c.size, _CHECKPOINT.c.size, "checkpoint_size"),
+        _last(_CHECKPOINT.c.root, _CHECKPOINT.c.size, "root"),
+    )
 )
 
 
@@ -155,17 +178,6 @@ def latest_checkpoint(session: Session) -> CheckpointRow | None:
     return session.exec(
         select(CheckpointRow).order_by(col(CheckpointRow.size).desc()).limit(1)
     ).first()
-
-
-def latest_checkpoint_root(session: Session) -> tuple[int, bytes] | None:
-    """The size and root of the latest checkpoint (what a writer checks before signing)."""
-    row = _LATEST_ROOT.first(session)
-    return None if row is None else (row.size, row.root)
-
-
-_LATEST_ROOT = Statement(
-    select(_CHECKPOINT.c.size, _CHECKPOINT.c.root).order_by(_CHECKPOINT.c.size.desc()).limit(1)
-)
 
 
 def checkpoint_at(session: Session, size: int) -> CheckpointRow | None:

@@ -18,7 +18,8 @@ for this class: use the session.
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +152,31 @@ class Statement:
         """Run the statement once per mapping in ``rows`` (nothing at all when it is empty)."""
         if rows:
             self._run(session, None, rows)[1].close()
+
+
+@contextmanager
+def pipeline(session: Session) -> Iterator[None]:
+    """Send the statements run inside without waiting for each one's answer.
+
+    On PostgreSQL this is psycopg's pipeline mode: writes whose results nobody reads (the
+    inserts and updates that end a transaction) cost one round trip together instead of one
+    each. An error of any of them is raised, as SQLAlchemy's, when the block ends (or at the
+    first read inside it), and the transaction is then rolled back as usual. SQLite has no
+    round trips to save: there the statements simply run.
+    """
+    connection = core(session)
+    dialect = connection.dialect
+    if dialect.name != "postgresql":
+        yield
+        return
+    raw = connection.connection.driver_connection
+    try:
+        with raw.pipeline():  # type: ignore[union-attr]
+            yield
+    except dialect.loaded_dbapi.Error as e:
+        raise exc.DBAPIError.instance(
+            "(pipelined statements)", None, e, dialect.loaded_dbapi.Error, dialect=dialect
+        ) from e
 
 
 def insert_rows(table: Table, columns: Sequence[str]) -> Statement:

@@ -107,6 +107,32 @@ def test_a_retry_in_the_same_batch_gets_the_first_answer(
     assert world.active("JP-BUYER-1") == 7
 
 
+def test_a_replay_in_the_same_batch_is_refused_and_its_original_commits(
+    world: World, registry: Registry, tmp_path: Path
+) -> None:
+    batch = issue_jcm(world)
+    before = world.tree_size()
+    signed = _transfer(world, batch, quantity=4)
+    # The same signed instruction under another Idempotency-Key: its nonce is the replay check,
+    # and the first use is still only in the batch's memory when the second is carried out.
+    first, replay, other = registry.writes.run_together([
+        _work(registry, signed), _work(registry, signed),
+        _work(registry, _transfer(world, batch, quantity=1)),
+    ])
+    assert isinstance(first, Outcome) and isinstance(other, Outcome)
+    assert isinstance(replay, RegistryError) and replay.code == "nonce_reused"
+    assert world.tree_size() == before + 2
+    assert world.active("JP-BUYER-1") == 5
+    # Committed, the nonce is refused the same way from the store.
+    again = registry.writes.run_together([_work(registry, signed)])[0]
+    assert isinstance(again, RegistryError) and again.code == "nonce_reused"
+    with read_session(registry.engine) as s:
+        nonce = signed["instruction"]["nonce"]
+        count = s.execute(text("SELECT count(*) FROM used_nonce WHERE nonce = :n"), {"n": nonce})
+        assert count.scalar_one() == 1
+    check_offline(registry, tmp_path)
+
+
 def test_an_unexpected_failure_fails_its_own_request_only(
     world: World, registry: Registry, tmp_path: Path
 ) -> None:

@@ -1,0 +1,71 @@
+"""Hot-path statements on the driver cursor: same rows, same errors, same transaction."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from registry.service.context import Registry
+from registry.service.ledger import append_entry
+from registry.store import ledger_repo
+from registry.store.credits_repo import _HELD_IN_BATCH
+from registry.store.db import read_session, write_transaction
+from registry.store.statements import pipeline
+from tests.factories import append_notes
+
+
+def _count(registry: Registry, table: str) -> int:
+    with read_session(registry.engine) as s:
+        return int(s.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+def test_rows_come_back_typed_and_named(registry: Registry) -> None:
+    append_notes(registry, 3)
+    with read_session(registry.engine) as s:
+        tip = ledger_repo.tip(s)
+        stored = s.execute(
+            text("SELECT leaf_hash FROM ledger_entry WHERE seq = :seq"), {"seq": tip.size - 1}
+        ).scalar_one()
+    assert tip.size == 4  # genesis and three notes
+    assert tip.last_leaf == bytes(stored) and isinstance(tip.last_leaf, bytes)
+    assert tip.checkpoint is not None and tip.checkpoint[0] == 4
+
+
+def test_a_failed_pipelined_write_raises_and_the_transaction_leaves_nothing(
+    registry: Registry,
+) -> None:
+    append_notes(registry, 2)
+    entries, checkpoints = _count(registry, "ledger_entry"), _count(registry, "checkpoint")
+    with pytest.raises(IntegrityError), write_transaction(registry.engine) as session:
+        append_entry(session, registry, kind="test.note", actor="registry", payload={"n": 9})
+        with pipeline(session):
+            # A second checkpoint for a size already signed: the primary key refuses it.
+            ledger_repo.add_checkpoint(session, size=entries, root=b"\0" * 32, note="forged")
+    assert (_count(registry, "ledger_entry"), _count(registry, "checkpoint")) == (
+        entries,
+        checkpoints,
+    )
+    # The connection went back to the pool clean: the next append works.
+    append_notes(registry, 1)
+    assert _count(registry, "ledger_entry") == entries + 1
+
+
+def test_holdings_are_read_by_account_in_serial_order_not_by_walking_the_batch(
+    registry: Registry,
+) -> None:
+    # A batch split into many blocks once made SQLite read every block of the batch for each
+    # transfer (it preferred the (batch, start) key to a sort); the holding index now serves
+    # the read in order.
+    if registry.engine.dialect.name != "sqlite":
+        pytest.skip("the query plan checked here is SQLite's")
+    sql = _HELD_IN_BATCH._for(registry.engine.dialect).sql
+    with read_session(registry.engine) as s:
+        plan = " ".join(
+            str(row[-1])
+            for row in s.connection().exec_driver_sql(
+                f"EXPLAIN QUERY PLAN {sql}", ("KH-WATER-1", "active", "KH-JCM-KH004-2024-00001")
+            )
+        )
+    assert "ix_block_holding_ordered (account_id=? AND status=? AND batch_id=?)" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
