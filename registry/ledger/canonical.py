@@ -180,6 +180,27 @@ def parse_canonical(data: bytes) -> Any:
     """
     if not isinstance(data, bytes):
         raise MalformedError(f"expected bytes, got {type(data).__name__}")
+    if data.isascii():
+        # The common case, fast: every key of ASCII bytes that encode back to themselves sorts
+        # the same by code points as by UTF-16 units, so the C parser and encoder decide it.
+        # Floats, unsafe integers and constants are still refused while parsing; a duplicate
+        # key, an escape RFC 8785 does not use or a lone surrogate cannot encode back to the
+        # same bytes, and goes to the careful parse below, which names what is wrong.
+        try:
+            value = json.loads(
+                data,
+                parse_float=_refuse_float,
+                parse_int=_safe_int,
+                parse_constant=_refuse_constant,
+            )
+            if _fast_dumps(value) == data:
+                return value
+        except (ValueError, RecursionError, UnicodeEncodeError):
+            pass
+    return _parse_carefully(data)
+
+
+def _parse_carefully(data: bytes) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -218,3 +239,14 @@ def parse_canonical(data: bytes) -> Any:
             details={"offset": at},
         )
     return value
+
+
+def reencode_parsed(value: Any) -> bytes:
+    """The canonical bytes of ``value``, a part of what :func:`parse_canonical` returned.
+
+    Such a value holds only what the parse let through (no floats, safe integers, valid
+    strings), so the type walk of :func:`canonical_bytes` is skipped; ASCII output is already
+    in RFC 8785 key order. Anything else takes the full path.
+    """
+    data = _fast_dumps(value)
+    return data if data.isascii() else canonical_bytes(value)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from registry.errors import BadSignatureError, MalformedError, RegistryError
-from registry.ledger.canonical import canonical_bytes
+from registry.ledger.canonical import reencode_parsed
 from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
 from registry.ledger.dsse import PAYLOAD_TYPE, Envelope, verify_signatures
 from registry.ledger.entry import Entry
@@ -29,8 +29,11 @@ _KEY_FIELDS = {"party.register": "public_keys", "party.key_add": "public_key"}
 
 
 def instruction_signed_bytes(instruction: Any) -> bytes:
-    """What a party signs: the canonical bytes of the instruction object exactly as sent."""
-    return canonical_bytes(instruction)
+    """What a party signs: the canonical bytes of the instruction object exactly as sent.
+
+    ``instruction`` comes out of a parsed entry, so it is re-encoded without the type walk.
+    """
+    return reencode_parsed(instruction)
 
 
 def check_instruction_signature(instruction: Any, signature: Any, public_key: bytes) -> bool:

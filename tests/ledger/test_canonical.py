@@ -16,6 +16,7 @@ from registry.ledger.canonical import (
     canonical_bytes,
     check_canonical_value,
     parse_canonical,
+    reencode_parsed,
 )
 
 # --- known answers from RFC 8785 ----------------------------------------------------------
@@ -147,6 +148,9 @@ def test_parse_round_trip() -> None:
         (b'{"a":"\\/"}', "not in RFC 8785 canonical form"),
         (b"-0", "not in RFC 8785 canonical form"),
         (b'{"a":1,"a":1}', "duplicate object key 'a'"),
+        (b'{"a":1,"a":2}', "duplicate object key 'a'"),
+        (b'{"a":"\\ud800"}', "outside the canonical profile"),
+        (b'{"\\u00e9":1}', "not in RFC 8785 canonical form"),
         (b'{"a":1.0}', "floats are not allowed"),
         (b'{"a":1e2}', "floats are not allowed"),
         (b'{"a":NaN}', "NaN is not JSON"),
@@ -185,3 +189,10 @@ def test_parse_inverts_encode(value: Any) -> None:
     data = canonical_bytes(value)
     assert parse_canonical(data) == value
     assert canonical_bytes(parse_canonical(data)) == data
+
+
+@given(json_values)
+def test_a_parsed_value_reencodes_to_its_canonical_bytes(value: Any) -> None:
+    data = canonical_bytes({"outer": [value]})
+    inner = parse_canonical(data)["outer"][0]
+    assert reencode_parsed(inner) == canonical_bytes(value)
