@@ -241,12 +241,17 @@ def _parse_carefully(data: bytes) -> Any:
     return value
 
 
-def reencode_parsed(value: Any) -> bytes:
-    """The canonical bytes of ``value``, a part of what :func:`parse_canonical` returned.
+def encode_checked(value: Any) -> bytes:
+    """The canonical bytes of a value whose numbers are already known to be in the profile.
 
-    Such a value holds only what the parse let through (no floats, safe integers, valid
-    strings), so the type walk of :func:`canonical_bytes` is skipped; ASCII output is already
-    in RFC 8785 key order. Anything else takes the full path.
+    For a part of what :func:`parse_canonical` returned, or a record built by typed code from
+    checked parts (an entry whose payload was checked, an envelope of base64 strings): no
+    floats, integers within ±(2**53-1). The type walk of :func:`canonical_bytes` is skipped;
+    ASCII output is already in RFC 8785 key order, and anything else (non-ASCII keys, a lone
+    surrogate) takes the full path, which also names what it refuses.
     """
-    data = _fast_dumps(value)
+    try:
+        data = _fast_dumps(value)
+    except UnicodeEncodeError:
+        return canonical_bytes(value)
     return data if data.isascii() else canonical_bytes(value)

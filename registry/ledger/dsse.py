@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from registry.errors import BadSignatureError, MalformedError, UnknownKeyError
-from registry.ledger.canonical import canonical_bytes, parse_canonical
+from registry.ledger.canonical import encode_checked, parse_canonical
 from registry.ledger.keys import PublicKey, SigningKey, b64decode_strict, b64encode
 
 PAYLOAD_TYPE = "application/vnd.kh-carbon-registry.entry+json"
@@ -85,8 +85,11 @@ class Envelope:
         }
 
     def to_bytes(self) -> bytes:
-        """The canonical JSON envelope: the bytes stored and hashed into the Merkle tree."""
-        return canonical_bytes(self.to_json_value())
+        """The canonical JSON envelope: the bytes stored and hashed into the Merkle tree.
+
+        Every value in it is a string (base64, the payload type, key ids): nothing to walk.
+        """
+        return encode_checked(self.to_json_value())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Envelope:

@@ -34,6 +34,7 @@ from registry.errors import CanonicalEncodingError, ChainError, MalformedError
 from registry.ledger.canonical import (
     MAX_SAFE_INTEGER,
     canonical_bytes,
+    encode_checked,
     parse_canonical,
 )
 from registry.ledger.dsse import PAYLOAD_TYPE, sign_envelope, verify_envelope
@@ -165,8 +166,12 @@ class Entry(BaseModel):
         }
 
     def to_bytes(self) -> bytes:
-        """The entry's canonical JSON: the DSSE payload."""
-        return canonical_bytes(self.to_json_value())
+        """The entry's canonical JSON: the DSSE payload.
+
+        Its payload was checked when the entry was made and its other fields are typed, so
+        the type walk is not done again.
+        """
+        return encode_checked(self.to_json_value())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Entry:

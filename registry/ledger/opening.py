@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from registry.errors import BadSignatureError, MalformedError, RegistryError
-from registry.ledger.canonical import reencode_parsed
+from registry.ledger.canonical import encode_checked
 from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
 from registry.ledger.dsse import PAYLOAD_TYPE, Envelope, verify_signatures
 from registry.ledger.entry import Entry
@@ -33,7 +33,7 @@ def instruction_signed_bytes(instruction: Any) -> bytes:
 
     ``instruction`` comes out of a parsed entry, so it is re-encoded without the type walk.
     """
-    return reencode_parsed(instruction)
+    return encode_checked(instruction)
 
 
 def check_instruction_signature(instruction: Any, signature: Any, public_key: bytes) -> bool:
