@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 
 from fastapi import FastAPI
@@ -14,8 +15,17 @@ from registry.service.setup import open_registry
 
 
 def app_from_env() -> FastAPI:
-    """Build the app from ``REGISTRY_*`` settings; the schema was migrated before workers start."""
-    return create_app(open_registry(Settings(), migrate_schema=False))
+    """Build the app from ``REGISTRY_*`` settings; the schema was migrated before workers start.
+
+    Everything loaded so far (modules, models, routes: most of the process's objects) lives as
+    long as the process, so it is moved out of the garbage collector's sight. Otherwise every
+    full collection walks all of it while requests wait: under load that was a pause every few
+    dozen transfers, and it set the p99 latency (about 150 ms at 32 clients, 60 ms without).
+    """
+    app = create_app(open_registry(Settings(), migrate_schema=False))
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 class NoDelayH11Protocol(H11Protocol):
