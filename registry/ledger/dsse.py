@@ -87,7 +87,8 @@ class Envelope:
     def to_bytes(self) -> bytes:
         """The canonical JSON envelope: the bytes stored and hashed into the Merkle tree.
 
-        Every value in it is a string (base64, the payload type, key ids): nothing to walk.
+        It holds no numbers, only strings (base64, the payload type, key ids) in a list of
+        objects: nothing for the type walk to find.
         """
         return encode_checked(self.to_json_value())
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from registry.errors import BadSignatureError, MalformedError, RegistryError
-from registry.ledger.canonical import encode_checked
+from registry.ledger.canonical import canonical_bytes, encode_checked
 from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
 from registry.ledger.dsse import PAYLOAD_TYPE, Envelope, verify_signatures
 from registry.ledger.entry import Entry
@@ -28,19 +28,27 @@ from registry.ledger.keys import PublicKey, b64decode_strict
 _KEY_FIELDS = {"party.register": "public_keys", "party.key_add": "public_key"}
 
 
-def instruction_signed_bytes(instruction: Any) -> bytes:
+def instruction_signed_bytes(instruction: Any, *, from_entry: bool = False) -> bytes:
     """What a party signs: the canonical bytes of the instruction object exactly as sent.
 
-    ``instruction`` comes out of a parsed entry, so it is re-encoded without the type walk.
+    ``from_entry``: ``instruction`` is part of an :class:`Entry`'s payload, which is always in
+    the canonical profile (parsed from canonical bytes, or checked when the entry was made), so
+    it is re-encoded without the type walk. Any other value gets the full check.
     """
-    return encode_checked(instruction)
+    return encode_checked(instruction) if from_entry else canonical_bytes(instruction)
 
 
-def check_instruction_signature(instruction: Any, signature: Any, public_key: bytes) -> bool:
-    """Whether ``signature`` (base64) is ``public_key``'s over the instruction's canonical bytes."""
+def check_instruction_signature(
+    instruction: Any, signature: Any, public_key: bytes, *, from_entry: bool = False
+) -> bool:
+    """Whether ``signature`` (base64) is ``public_key``'s over the instruction's canonical bytes.
+
+    ``from_entry`` as for :func:`instruction_signed_bytes`.
+    """
     try:
         sig = b64decode_strict(signature, what="instruction signature")
-        PublicKey(public_key).verify(sig, instruction_signed_bytes(instruction))
+        message = instruction_signed_bytes(instruction, from_entry=from_entry)
+        PublicKey(public_key).verify(sig, message)
     except (BadSignatureError, MalformedError):
         return False
     except RegistryError:
@@ -151,7 +159,8 @@ def _instruction_check(entry: Entry, keys: Mapping[str, bytes]) -> SignatureChec
     raw = keys.get(key_id) if isinstance(key_id, str) else None
     if raw is None or not isinstance(key_id, str):
         return None
-    return SignatureCheck(key_id, check_instruction_signature(instruction, signature, raw))
+    ok = check_instruction_signature(instruction, signature, raw, from_entry=True)
+    return SignatureCheck(key_id, ok)
 
 
 def run_job(job: Job) -> JobResult:

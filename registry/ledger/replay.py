@@ -854,7 +854,7 @@ class Replay:
                 ok = precomputed.ok
             else:
                 ok = check_instruction_signature(
-                    raw_instruction, payload["signature"], key.public_key
+                    raw_instruction, payload["signature"], key.public_key, from_entry=True
                 )
             if not ok:
                 self.fail(

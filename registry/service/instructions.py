@@ -205,7 +205,8 @@ def authenticate(session: Session, parsed: Parsed, *, seq: int, now: datetime) -
         )
     # Writers are serialised, so the read above saw every nonce committed before this
     # transaction, and the kept rows are this transaction's own. The row is written with the
-    # entry's; its primary key (party, nonce) stays the last word if anything slipped past.
+    # entry's. Its primary key (party, nonce) still refuses anything that slipped past, though
+    # then as a failed transaction (each use case retried alone), not as nonce_reused.
     if found.nonce_used or any(
         row["party_id"] == party.id and row["nonce"] == ins.nonce
         for row in write_behind.kept(session, _NONCE)

@@ -176,28 +176,28 @@ class LedgerTail:
         return Appended(entry=entry, envelope=envelope, leaf_hash=leaf)
 
     def publish(self, session: Session, registry: Registry) -> str | None:
-        """Sign a checkpoint for the new size, then write it with the appended entries, their
-        rows and subtrees, all sent together (one round trip on PostgreSQL).
+        """Write the appended entries, their rows and subtrees (sent together: one round trip
+        on PostgreSQL), then sign a checkpoint for the new size and write it.
 
-        ``None`` if nothing was appended.
+        The writes come first so that the registry key never signs a tree head the store then
+        refuses to hold. ``None`` if nothing was appended.
         """
-        note = None
-        root = self._tree.root()
-        if self.size > self.start[0]:
-            note = _sign_checkpoint(
-                session,
-                registry,
-                size=self.size,
-                root=root,
-                previous=self.start,
-                last=self.checkpoint,
-            )
         with pipeline(session):
             write_behind.flush(session)
-            if note is not None:
-                ledger_repo.add_nodes(session, self._nodes)
-                ledger_repo.add_checkpoint(session, size=self.size, root=root, note=note)
+            ledger_repo.add_nodes(session, self._nodes)
         self._nodes = {}
+        if self.size == self.start[0]:
+            return None
+        root = self._tree.root()
+        note = _sign_checkpoint(
+            session,
+            registry,
+            size=self.size,
+            root=root,
+            previous=self.start,
+            last=self.checkpoint,
+        )
+        ledger_repo.add_checkpoint(session, size=self.size, root=root, note=note)
         return note
 
 

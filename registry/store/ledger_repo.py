@@ -197,7 +197,8 @@ def add_checkpoint(session: Session, *, size: int, root: bytes, note: str) -> No
     _ADD_CHECKPOINT.execute(session, {"size": size, "root": root, "note": note})
 
 
-_ADD_CHECKPOINT = insert_rows(_CHECKPOINT, ("size", "root", "note"))
+# A signed note in an error message would be a signed tree head the store never held.
+_ADD_CHECKPOINT = insert_rows(_CHECKPOINT, ("size", "root", "note"), secret=True)
 
 
 def registry_keys(session: Session) -> Sequence[RegistryKeyRow]:

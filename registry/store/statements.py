@@ -9,10 +9,12 @@ straight to the DBAPI cursor of the session's connection, inside the session's t
 (and savepoint, since :func:`~registry.store.tables.core` asks the session for it every time).
 
 What SQLAlchemy would still have done is kept: parameters and result values go through the
-types' bind and result processors, rows come back with named fields, and driver errors are
-re-raised as SQLAlchemy's (``IntegrityError`` and the rest), so callers catch the same
-exceptions. Statements that need expanding parameters or other per-call compilation are not
-for this class: use the session.
+types' bind and result processors, rows come back with named fields, and driver errors raised
+while executing or fetching are re-raised as SQLAlchemy's (``IntegrityError`` and the rest), so
+callers catch the same types. (Unlike SQLAlchemy, an error inside a bind processor is not
+wrapped in a ``StatementError``; our hot-path types have no bind processors.) Statements that
+need expanding parameters or other per-call compilation are not for this class: use the
+session.
 """
 
 from __future__ import annotations
@@ -68,15 +70,20 @@ class _Compiled:
 class Statement:
     """A Core statement (``select``, ``insert``, ``update``, ``text``) run on the raw cursor."""
 
-    def __init__(self, statement: Executable, *, columns: Sequence[str] = ()) -> None:
+    def __init__(
+        self, statement: Executable, *, columns: Sequence[str] = (), secret: bool = False
+    ) -> None:
+        """``secret``: keep the parameters out of error messages (and so out of logs)."""
         self._statement = statement
         self._columns = tuple(columns)
-        self._compiled: dict[str, _Compiled] = {}
+        self._secret = secret
+        self._compiled: dict[tuple[str, str, str], _Compiled] = {}
 
     def _for(self, dialect: Dialect) -> _Compiled:
-        compiled = self._compiled.get(dialect.name)
+        key = (dialect.name, dialect.driver, dialect.paramstyle)
+        compiled = self._compiled.get(key)
         if compiled is None:
-            compiled = self._compiled[dialect.name] = self._compile(dialect)
+            compiled = self._compiled[key] = self._compile(dialect)
         return compiled
 
     def _compile(self, dialect: Dialect) -> _Compiled:
@@ -109,49 +116,60 @@ class Statement:
             results=tuple(results),
         )
 
-    def _run(self, session: Session, params: Params | None, many: Sequence[Params] = ()) -> Any:
-        """Execute on the session's cursor: once with ``params``, or once per row of ``many``."""
+    @contextmanager
+    def _cursor(self, session: Session, params: object) -> Iterator[tuple[_Compiled, Any]]:
+        """The compiled statement and a fresh cursor, closed after; driver errors raised
+        inside (on execute or on fetch) come out as SQLAlchemy's."""
         connection = core(session)
         dialect = connection.dialect
         compiled = self._for(dialect)
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            if params is None:
-                cursor.executemany(compiled.sql, [compiled.parameters(row) for row in many])
-            else:
-                cursor.execute(compiled.sql, compiled.parameters(params))
+            yield compiled, cursor
         except dialect.loaded_dbapi.Error as e:
+            if session.info.get(_PIPELINED):
+                # In a pipeline an error may belong to any statement sent before this one:
+                # naming this statement (or its parameters) would point at the wrong one.
+                raise _translated(dialect, e, _PIPELINED_SQL, None) from e
+            raise _translated(dialect, e, compiled.sql, None if self._secret else params) from e
+        finally:
             cursor.close()
-            raise exc.DBAPIError.instance(
-                compiled.sql, params or list(many), e, dialect.loaded_dbapi.Error, dialect=dialect
-            ) from e
-        return compiled, cursor
 
     def rows(self, session: Session, params: Params | None = None) -> list[Any]:
         """Every row the statement returns, with named fields."""
-        compiled, cursor = self._run(session, params or {})
-        try:
+        params = params or {}
+        with self._cursor(session, params) as (compiled, cursor):
+            cursor.execute(compiled.sql, compiled.parameters(params))
             return [compiled.make_row(raw) for raw in cursor.fetchall()]
-        finally:
-            cursor.close()
 
     def first(self, session: Session, params: Params | None = None) -> Any | None:
         """The first row the statement returns, or ``None``."""
-        compiled, cursor = self._run(session, params or {})
-        try:
+        params = params or {}
+        with self._cursor(session, params) as (compiled, cursor):
+            cursor.execute(compiled.sql, compiled.parameters(params))
             raw = cursor.fetchone()
             return None if raw is None else compiled.make_row(raw)
-        finally:
-            cursor.close()
 
     def execute(self, session: Session, params: Params) -> None:
         """Run the statement once with ``params``."""
-        self._run(session, params)[1].close()
+        with self._cursor(session, params) as (compiled, cursor):
+            cursor.execute(compiled.sql, compiled.parameters(params))
 
     def execute_many(self, session: Session, rows: Sequence[Params]) -> None:
         """Run the statement once per mapping in ``rows`` (nothing at all when it is empty)."""
-        if rows:
-            self._run(session, None, rows)[1].close()
+        if not rows:
+            return
+        with self._cursor(session, rows) as (compiled, cursor):
+            cursor.executemany(compiled.sql, [compiled.parameters(row) for row in rows])
+
+
+_PIPELINED = "registry.pipelined"
+_PIPELINED_SQL = "(one of the statements sent in a pipeline)"
+
+
+def _translated(dialect: Dialect, error: Exception, sql: str, params: Any) -> BaseException:
+    dbapi_error = dialect.loaded_dbapi.Error
+    return exc.DBAPIError.instance(sql, params, error, dbapi_error, dialect=dialect)
 
 
 @contextmanager
@@ -160,9 +178,10 @@ def pipeline(session: Session) -> Iterator[None]:
 
     On PostgreSQL this is psycopg's pipeline mode: writes whose results nobody reads (the
     inserts and updates that end a transaction) cost one round trip together instead of one
-    each. An error of any of them is raised, as SQLAlchemy's, when the block ends (or at the
-    first read inside it), and the transaction is then rolled back as usual. SQLite has no
-    round trips to save: there the statements simply run.
+    each. An error of any of them is raised, as SQLAlchemy's, when the block ends or from any
+    statement run after it inside the block; either way it is labelled as coming from the
+    pipeline, not from a particular statement, and the transaction is rolled back as usual.
+    SQLite has no round trips to save: there the statements simply run.
     """
     connection = core(session)
     dialect = connection.dialect
@@ -170,22 +189,24 @@ def pipeline(session: Session) -> Iterator[None]:
         yield
         return
     raw = connection.connection.driver_connection
+    session.info[_PIPELINED] = True
     try:
         with raw.pipeline():  # type: ignore[union-attr]
             yield
     except dialect.loaded_dbapi.Error as e:
-        raise exc.DBAPIError.instance(
-            "(pipelined statements)", None, e, dialect.loaded_dbapi.Error, dialect=dialect
-        ) from e
+        raise _translated(dialect, e, _PIPELINED_SQL, None) from e
+    finally:
+        session.info.pop(_PIPELINED, None)
 
 
-def insert_rows(table: Table, columns: Sequence[str]) -> Statement:
+def insert_rows(table: Table, columns: Sequence[str], *, secret: bool = False) -> Statement:
     """``INSERT INTO table (columns) VALUES (...)``, fetching nothing back.
 
     ``inline`` keeps PostgreSQL from adding ``RETURNING`` for the primary key, which a plain
     cursor has no use for.
     """
-    return Statement(insert(table).values({name: bindparam(name) for name in columns}).inline())
+    statement = insert(table).values({name: bindparam(name) for name in columns}).inline()
+    return Statement(statement, secret=secret)
 
 
 def text_rows(clause: TextClause, columns: Sequence[str]) -> Statement:

@@ -40,6 +40,20 @@ def test_instruction_signatures_are_checked_as_the_service_checks_them() -> None
     assert not check_instruction_signature(signed["instruction"], "%%", key.public_key.raw)
 
 
+def test_an_instruction_outside_the_canonical_profile_never_verifies() -> None:
+    # Whatever bytes a float or an oversized integer was signed as, no canonical encoding of
+    # it exists, so no signature over "it" is accepted.
+    import json
+
+    from registry.ledger.keys import b64encode
+
+    key = SigningKey.from_seed(b"k" * 32)
+    for instruction in ({"quantity": 1.5}, {"quantity": 2**60}, {1: "x"}):
+        text = json.dumps(instruction, sort_keys=True, separators=(",", ":")).encode()
+        signature = b64encode(key.sign(text))
+        assert not check_instruction_signature(instruction, signature, key.public_key.raw)
+
+
 def test_blocks_split_as_the_store_splits_them() -> None:
     state = r.ReplayedState()
     state.blocks["B"] = r.BatchBlocks("B")
