@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from registry.api import credit_routes, ledger_routes
 from registry.errors import RegistryError
 from registry.service.context import Registry
+from registry.service.writer_process import WriterProcess
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +26,20 @@ def _error(status: int, code: str, message: str, details: object = None) -> JSON
     )
 
 
-def create_app(registry: Registry) -> FastAPI:
+def create_app(registry: Registry, *, writer: WriterProcess | None = None) -> FastAPI:
+    """The API of ``registry``. With ``writer``, instructions are carried out in that writer
+    process (``registry serve``); without, by the registry's writer thread (tests, embedding).
+    """
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if writer is not None:
+            # Let the writer process finish what it holds before this process goes.
+            await writer.aclose()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Cambodia carbon credit registry",
         version="1",
         description=(
@@ -33,6 +48,7 @@ def create_app(registry: Registry) -> FastAPI:
         ),
     )
     app.state.registry = registry
+    app.state.writer = writer
     app.include_router(ledger_routes.router)
     app.include_router(credit_routes.router)
 

@@ -30,6 +30,7 @@ from registry.service import views
 from registry.service.instructions import authenticate_read
 from registry.service.receipts import retirement_receipt
 from registry.service.submit import submit_async
+from registry.service.writer_process import WriterProcess
 
 # Every route's 422 is our ErrorResponse (the one handler), not FastAPI's HTTPValidationError.
 router = APIRouter(prefix="", tags=["credits"], responses={422: {"model": ErrorResponse}})
@@ -54,9 +55,13 @@ def _instruction_endpoint(kind: str) -> Callable[..., Coroutine[Any, Any, JSONRe
         ],
     ) -> JSONResponse:
         raw = await request.json()
-        outcome = await submit_async(
-            registry, raw, expected_type=kind, idempotency_key=idempotency_key
-        )
+        writer: WriterProcess | None = request.app.state.writer
+        if writer is not None:
+            outcome = await writer.submit(kind, raw, idempotency_key)
+        else:
+            outcome = await submit_async(
+                registry, raw, expected_type=kind, idempotency_key=idempotency_key
+            )
         headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
         return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
 

@@ -10,10 +10,13 @@ queued, and one writer thread per registry and process carries out everything qu
 - only then does any request of the batch get its answer. Acknowledged still means committed
   and durable, and a use case is still all or nothing.
 
-Requests wait without holding a thread: the HTTP layer awaits :meth:`GroupCommit.run_async`,
-so a burst of requests costs the event loop one queue append each, and the writer hands the
-answers back in one go. Blocking callers (the CLI, the tests) use :meth:`GroupCommit.run`. The
-writer thread starts with the first request and ends after a second without work.
+Requests wait without holding a thread: an API served in-process (the tests' servers, an
+embedding) awaits :meth:`GroupCommit.run_async`, so a burst of requests costs the event loop
+one queue append each, and the writer hands the answers back in one go. Blocking callers (the
+CLI, the tests) use :meth:`GroupCommit.run`. The writer thread starts with the first request
+and ends after a second without work. ``registry serve`` instead runs the writer in a process of
+its own (``registry.service.writer_process``), which carries out each batch it reads from its
+pipe with :meth:`GroupCommit.run_together`.
 
 A batch first runs without savepoints, since almost every instruction is accepted; if one is
 refused, the transaction rolls back and the batch runs again with a savepoint for each. If the
@@ -119,7 +122,8 @@ class GroupCommit:
     def run_together(self, works: list[Work[Any]]) -> list[Any]:
         """Carry out ``works`` in one transaction, in this thread; results or errors in order.
 
-        For tests and the benchmark's profile: it takes the writer's place for one batch.
+        It takes the writer thread's place for one batch: the writer process's loop, the
+        tests and the benchmark's profile use it.
         """
         jobs: list[_Job[Any]] = [_Job(w, lambda: None) for w in works]
         with self._writing:

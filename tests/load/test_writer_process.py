@@ -1,0 +1,95 @@
+"""``registry serve`` writes in a process of its own; its failures are answered, never lost.
+
+The API process sends each signed instruction to its writer process and answers when the writer
+has committed. These tests kill one side or the other with SIGKILL and check what a client and
+the ledger see: a writer that dies is replaced for the next request, and a writer whose API
+process died does not outlive it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from registry.config import Settings
+from registry.ledger.keys import SigningKey
+from registry.service.context import Registry
+from tests.load import ServerProcess, check_registry
+from tests.world import build_world, issue_jcm
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes started by multiprocessing's spawn (not its resource tracker)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue
+            if b"spawn_main" in command:
+                found.append(int(child))
+    return found
+
+
+def _writer_of(server: ServerProcess) -> int:
+    assert server.proc is not None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        children = _children(server.proc.pid)
+        if children:
+            (writer,) = children
+            return writer
+        time.sleep(0.05)
+    raise AssertionError("registry serve started no writer process")
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            # A dead child of a dead parent may linger as a zombie until it is reaped.
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_writer_process_that_dies_is_replaced(
+    settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path: Path
+) -> None:
+    server = ServerProcess(settings, tmp_path / "server.log")
+    server.start()
+    world = build_world(server.url, admin_key)
+    try:
+        batch = issue_jcm(world, "KH004-MR1", 1000)
+        first = _writer_of(server)
+        os.kill(first, signal.SIGKILL)
+        assert _gone(first, within=10)
+        time.sleep(0.5)  # the API process notices the closed pipe
+        moved = world.submit("kh-water", "credits.transfer", {
+            "account": "KH-WATER-1", "batch": batch, "quantity": 5, "to_account": "JP-BUYER-1"})
+        assert moved["result"]["quantity"] == 5
+        assert _writer_of(server) != first
+        assert world.active("JP-BUYER-1") == 5
+        check_registry(world, registry, [], tmp_path)
+    finally:
+        world.http.http.close()
+        server.stop()
+
+
+def test_a_writer_process_does_not_outlive_its_api_process(
+    settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path: Path
+) -> None:
+    server = ServerProcess(settings, tmp_path / "server.log")
+    server.start()
+    world = build_world(server.url, admin_key)
+    world.http.http.close()
+    writer = _writer_of(server)
+    server.kill()
+    assert _gone(writer, within=30), "the writer process outlived its API process"
