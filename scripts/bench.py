@@ -4,9 +4,10 @@ Every figure is printed next to a floor measured in the same run on the same mac
 ratios travel between machines even when the raw numbers do not:
 
 - **transfers/s over HTTP**: signed, durable (acknowledged means committed) transfers against
-  one ``registry serve`` process (a subprocess on a free loopback port, configured by
-  ``REGISTRY_*`` variables), on SQLite and PostgreSQL, with 1 and 32 concurrent clients, p50 and
-  p99 latency; on PostgreSQL also with ``--workers 2``. Floor: a bare FastAPI endpoint taking
+  ``registry serve`` with one uvicorn worker (a subprocess on a free loopback port, configured
+  by ``REGISTRY_*`` variables; the worker hands writes to its writer process), on SQLite and
+  PostgreSQL, with 1 and 32 concurrent clients, p50 and p99 latency; on PostgreSQL also with
+  ``--workers 2``. Floor: a bare FastAPI endpoint taking
   the same pydantic body (the registry's own signed-transfer model), served by uvicorn the same
   way (subprocess, one worker, same log level) and driven by the same load generator.
 - **issuance** of 1 tonne and of 10^9 tonnes (in-process, through ``submit``): a batch is one
@@ -452,7 +453,8 @@ def _line(label: str, c: int, entry: Mapping[str, Any], floor: Mapping[str, Any]
 
 
 def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, Any]:
-    say("== transfers over HTTP (signed, durable; one uvicorn worker unless noted)")
+    say("== transfers over HTTP (signed, durable; one uvicorn worker, with the writer process "
+        "each has, unless noted)")
     figures: dict[str, Any] = {}
     floor_key = SigningKey.generate()
     floor_signed = [
