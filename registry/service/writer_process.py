@@ -47,6 +47,9 @@ answers the one before and reads the next, so two half-size batches in flight ke
 With 32 clients on two cores this gave 1,600 transfers/s and a p99 of 25-30 ms, against
 1,300-1,500/s and 30-40 ms with batches of 24 to 64 (``scripts/bench``)."""
 
+READY = "ready"
+"""The writer process's first message: it has opened the registry and takes instructions."""
+
 #: What travels back: (request id, outcome) or (request id, error as data).
 Answer = tuple[int, Outcome | None, tuple[str, str, str, dict[str, Any]] | None]
 
@@ -87,18 +90,26 @@ def serve_writes(connection: Connection) -> None:
     from registry.service.setup import open_registry
     from registry.service.submit import prepare
 
+    stop = _StopSignal()
     registry = open_registry(Settings(), migrate_schema=False)
     gc.collect()
     gc.freeze()  # as in the API process (registry.api.server): full collections stay short
-    stop = _StopSignal()
-    while not stop.requested:
+    try:
+        connection.send(READY)
+    except (OSError, ValueError):
+        return
+    closed = False
+    while not (stop.requested or closed):
         try:
             with stop.interruptible():
                 requests = [connection.recv()]
         except (EOFError, OSError, _Stopped):
             break  # the API process is gone or closed the pipe, or we were told to stop
-        while len(requests) < BATCH and connection.poll():
-            requests.append(connection.recv())
+        try:
+            while len(requests) < BATCH and connection.poll():
+                requests.append(connection.recv())
+        except (EOFError, OSError):
+            closed = True  # carry out what was read; nobody may be left to answer
         answers: list[Answer] = []
         works = []
         for request_id, kind, raw, idempotency_key in requests:
@@ -163,10 +174,19 @@ class WriterProcess:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def start(self) -> None:
-        """Start the writer process now rather than at the first instruction."""
-        if self._connection is None:
-            self._spawn()
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the writer process and wait until it takes instructions (it opens the
+        registry: the database and the key). A server is not ready before its writer is: a
+        writer that cannot start fails the start, with its reason in the log."""
+        connection = self._connection or self._spawn()
+        if not connection.poll(timeout):
+            raise RuntimeError(f"the writer process did not start within {timeout:.0f} s")
+        try:
+            first = connection.recv()
+        except (EOFError, OSError) as e:
+            raise RuntimeError("the writer process failed to start (see its error above)") from e
+        if first != READY:
+            raise RuntimeError(f"the writer process said {first!r} instead of {READY!r}")
 
     def _spawn(self) -> Connection:
         context = multiprocessing.get_context("spawn")
@@ -188,7 +208,10 @@ class WriterProcess:
     def _read(self, connection: Connection) -> None:
         try:
             while connection.poll():
-                request_id, outcome, error = connection.recv()
+                answer = connection.recv()
+                if answer == READY:  # a writer started by a request, not by start()
+                    continue
+                request_id, outcome, error = answer
                 future = self._waiting.pop(request_id, None)
                 if future is None or future.done():  # its client went away
                     continue
