@@ -18,20 +18,27 @@ Nothing about the guarantees changes:
 - if the API process dies, the writer process reads the end of the pipe, finishes the batch it
   is in (its callers are gone: committed but unacknowledged, never half-applied) and exits;
 - several API processes (``--workers N``) have a writer process each, serialised by the
-  database as the writer threads were.
+  database as the writer threads were;
+- neither side ever waits on the pipe: the API process writes and reads it on its event loop,
+  so a burst of requests queues in memory instead of leaving both processes blocked;
+- a server is not ready until its writer process is, and SIGTERM or Ctrl-C sent to the whole
+  process group stop the API process gracefully, which answers what it holds before it
+  closes the pipe (the writer process ignores both and ends when the pipe does).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import importlib
 import itertools
 import logging
 import multiprocessing
+import os
+import pickle
 import signal
-from collections.abc import Iterator
+import socket
+import struct
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -83,14 +90,20 @@ def serve_writes(connection: Connection) -> None:
 
     It takes what is waiting on the pipe (up to :data:`BATCH`), carries it out in one
     transaction in this thread (``GroupCommit.run_together``: each use case still all or
-    nothing) and sends the answers once it has committed; meanwhile new instructions queue in
-    the pipe for the next batch.
+    nothing) and sends the answers once it has committed. The API process reads answers as
+    they come, whatever it is sending, so neither side can wait for the other for ever.
+
+    Signals do not stop it: SIGINT (Ctrl-C reaches the whole process group) and SIGTERM (as a
+    service manager sends to the whole group) are for the API process, which answers what it
+    holds and then closes the pipe; this process then finishes and exits. Only SIGKILL stops
+    it in the middle, which a transaction survives.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from registry.config import Settings
     from registry.service.setup import open_registry
     from registry.service.submit import prepare
 
-    stop = _StopSignal()
     registry = open_registry(Settings(), migrate_schema=False)
     gc.collect()
     gc.freeze()  # as in the API process (registry.api.server): full collections stay short
@@ -99,12 +112,11 @@ def serve_writes(connection: Connection) -> None:
     except (OSError, ValueError):
         return
     closed = False
-    while not (stop.requested or closed):
+    while not closed:
         try:
-            with stop.interruptible():
-                requests = [connection.recv()]
-        except (EOFError, OSError, _Stopped):
-            break  # the API process is gone or closed the pipe, or we were told to stop
+            requests = [connection.recv()]
+        except (EOFError, OSError):
+            break  # the API process is gone or closed the pipe
         try:
             while len(requests) < BATCH and connection.poll():
                 requests.append(connection.recv())
@@ -115,80 +127,75 @@ def serve_writes(connection: Connection) -> None:
         for request_id, kind, raw, idempotency_key in requests:
             try:
                 work = prepare(registry, raw, expected_type=kind, idempotency_key=idempotency_key)
-            except RegistryError as e:
+            except Exception as e:  # a refusal, or a failure of this request alone
                 answers.append((request_id, None, _error_as_data(e)))
                 continue
             works.append((request_id, work))
-        results = registry.writes.run_together([work for _, work in works])
-        for (request_id, _), result in zip(works, results, strict=True):
-            if isinstance(result, BaseException):
-                answers.append((request_id, None, _error_as_data(result)))
-            else:
-                answers.append((request_id, result, None))
-        try:
-            for answer in answers:
+        if works:
+            results = registry.writes.run_together([work for _, work in works])
+            for (request_id, _), result in zip(works, results, strict=True):
+                if isinstance(result, BaseException):
+                    answers.append((request_id, None, _error_as_data(result)))
+                else:
+                    answers.append((request_id, result, None))
+        for answer in answers:
+            try:
                 connection.send(answer)
-        except (OSError, ValueError):
-            break  # the API process is gone: nobody waits for these answers any more
+            except (OSError, ValueError):
+                return  # the API process is gone: nobody waits for these answers any more
+            except Exception as e:  # an answer that cannot be pickled: say so instead
+                connection.send((answer[0], None, _error_as_data(e)))
 
 
-class _Stopped(Exception):
-    """SIGTERM while waiting for instructions."""
+class _Link:
+    """One writer process, the stream to it, and the requests waiting on its answers."""
 
+    def __init__(self, process: multiprocessing.process.BaseProcess, pipe: Connection) -> None:
+        self.process = process
+        self.pipe: Connection | None = pipe  # until the event loop takes it over as a stream
+        self.stream: asyncio.StreamWriter | None = None
+        self.reading: asyncio.Task[None] | None = None
+        self.waiting: dict[int, asyncio.Future[Outcome]] = {}
+        self.lost = False
 
-class _StopSignal:
-    """SIGTERM stops the writer between batches, never inside one; Ctrl-C is for the API
-    process (it reaches the whole process group), which then closes the pipe."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._waiting = False
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, _signum: int, _frame: object) -> None:
-        self.requested = True
-        if self._waiting:
-            raise _Stopped
-
-    @contextlib.contextmanager
-    def interruptible(self) -> Iterator[None]:
-        self._waiting = True
-        try:
-            yield
-        finally:
-            self._waiting = False
+    def usable(self) -> bool:
+        if self.lost:
+            return False
+        if self.stream is not None:
+            return not self.stream.is_closing()
+        return self.process.is_alive()
 
 
 class WriterProcess:
     """The API process's side: sends instructions, hands outcomes back to awaiting requests.
 
-    It lives on the event loop: the answers are read when the pipe is readable, in the loop's
-    own thread, so no thread sits between the writer process and the requests.
+    It lives on the event loop and never blocks it: instructions are written to the pipe
+    through an asyncio transport (buffered when the writer process is busy), and a task reads
+    the answers as they come, so a burst of requests cannot fill both directions of the pipe
+    and leave each process waiting for the other.
     """
 
     def __init__(self) -> None:
         self._ids = itertools.count()
-        self._waiting: dict[int, asyncio.Future[Outcome]] = {}
-        self._connection: Connection | None = None
-        self._process: multiprocessing.process.BaseProcess | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._link: _Link | None = None
+        self._opening = asyncio.Lock()
 
     def start(self, timeout: float = 120.0) -> None:
         """Start the writer process and wait until it takes instructions (it opens the
         registry: the database and the key). A server is not ready before its writer is: a
         writer that cannot start fails the start, with its reason in the log."""
-        connection = self._connection or self._spawn()
-        if not connection.poll(timeout):
+        link = self._spawn()
+        assert link.pipe is not None
+        if not link.pipe.poll(timeout):
             raise RuntimeError(f"the writer process did not start within {timeout:.0f} s")
         try:
-            first = connection.recv()
+            first = link.pipe.recv()
         except (EOFError, OSError) as e:
             raise RuntimeError("the writer process failed to start (see its error above)") from e
         if first != READY:
             raise RuntimeError(f"the writer process said {first!r} instead of {READY!r}")
 
-    def _spawn(self) -> Connection:
+    def _spawn(self) -> _Link:
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
         process = context.Process(
@@ -196,42 +203,75 @@ class WriterProcess:
         )
         process.start()
         theirs.close()
-        self._connection, self._process, self._loop = ours, process, None
-        return ours
+        self._link = _Link(process, ours)
+        return self._link
 
-    def _watch(self, connection: Connection) -> None:
-        loop = asyncio.get_running_loop()
-        if self._loop is None:
-            loop.add_reader(connection.fileno(), self._read, connection)
-            self._loop = loop
+    async def _open(self) -> _Link:
+        """The link to a live writer process, starting one if there is none."""
+        link = self._link
+        if link is not None and link.stream is not None and link.usable():
+            return link
+        async with self._opening:
+            link = self._link
+            if link is None or not link.usable():
+                if link is not None:
+                    self._lost(link)
+                link = self._spawn()
+            if link.stream is None:
+                assert link.pipe is not None
+                sock = socket.socket(fileno=os.dup(link.pipe.fileno()))
+                link.pipe.close()
+                link.pipe = None
+                reader, link.stream = await asyncio.open_unix_connection(sock=sock)
+                link.reading = asyncio.create_task(self._read(link, reader))
+            return link
 
-    def _read(self, connection: Connection) -> None:
+    async def _read(self, link: _Link, reader: asyncio.StreamReader) -> None:
         try:
-            while connection.poll():
-                answer = connection.recv()
-                if answer == READY:  # a writer started by a request, not by start()
-                    continue
-                request_id, outcome, error = answer
-                future = self._waiting.pop(request_id, None)
-                if future is None or future.done():  # its client went away
-                    continue
-                if error is not None:
-                    future.set_exception(_error_from_data(error))
-                else:
-                    future.set_result(outcome)
-        except (EOFError, OSError):
-            self._lost(connection)
+            while True:
+                header = await reader.readexactly(4)
+                (size,) = struct.unpack("!i", header)
+                self._settle(link, await reader.readexactly(size))
+        except (asyncio.IncompleteReadError, OSError):
+            pass  # the writer process is gone, or the pipe was closed
+        finally:
+            self._lost(link)
 
-    def _lost(self, connection: Connection) -> None:
-        """The writer process is gone: whoever still waits on it gets a 500 that says a retry
-        is safe, and the next instruction starts a new one."""
-        if connection is not self._connection:
+    def _settle(self, link: _Link, data: bytes) -> None:
+        try:
+            answer = pickle.loads(data)
+        except Exception:
+            _log.exception("an answer of the writer process could not be read")
             return
-        if self._loop is not None:
-            self._loop.remove_reader(connection.fileno())
-        connection.close()
-        self._connection = self._process = self._loop = None
-        lost, self._waiting = self._waiting, {}
+        if answer == READY:  # a writer started by a request, not by start()
+            return
+        request_id, outcome, error = answer
+        future = link.waiting.pop(request_id, None)
+        if future is None or future.done():  # its client went away
+            return
+        try:
+            if error is not None:
+                future.set_exception(_error_from_data(error))
+            else:
+                future.set_result(outcome)
+        except Exception as e:  # an error that cannot be rebuilt is still an answer
+            future.set_exception(RuntimeError(f"the writer process failed: {e}"))
+
+    def _lost(self, link: _Link) -> None:
+        """A writer process is gone (every answer it sent has been read): whoever still
+        waits on it gets a 500 that says a retry is safe; the next instruction starts anew."""
+        if link.lost:
+            return
+        link.lost = True
+        if self._link is link:
+            self._link = None
+        if link.stream is not None:
+            link.stream.close()
+        if link.pipe is not None:
+            link.pipe.close()
+        if not link.process.is_alive():
+            link.process.join(timeout=0)  # reap it: no zombie left behind
+        lost, link.waiting = link.waiting, {}
         if lost:
             _log.error("the writer process stopped with %d requests unanswered", len(lost))
         for future in lost.values():
@@ -245,25 +285,24 @@ class WriterProcess:
 
     async def submit(self, kind: str, raw: object, idempotency_key: str) -> Outcome:
         """Carry out a signed instruction in the writer process; its outcome once committed."""
-        connection = self._connection or self._spawn()
-        self._watch(connection)
+        link = await self._open()
+        assert link.stream is not None
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         request_id = next(self._ids)
-        self._waiting[request_id] = future
-        try:
-            connection.send((request_id, kind, raw, idempotency_key))
-        except (OSError, ValueError):
-            self._lost(connection)  # fails this request too: it is among the waiting
+        data = pickle.dumps((request_id, kind, raw, idempotency_key))
+        link.waiting[request_id] = future
+        link.stream.write(struct.pack("!i", len(data)) + data)
         return await future
 
     async def aclose(self) -> None:
         """Close the pipe: the writer process finishes the batch it holds and exits."""
-        connection, process = self._connection, self._process
-        if connection is None:
+        link, self._link = self._link, None
+        if link is None:
             return
-        if self._loop is not None:
-            self._loop.remove_reader(connection.fileno())
-        self._connection = self._process = self._loop = None
-        connection.close()
-        if process is not None:
-            await asyncio.to_thread(process.join, 30)
+        if link.stream is not None:
+            link.stream.close()
+        if link.pipe is not None:
+            link.pipe.close()
+        await asyncio.to_thread(link.process.join, 30)
+        if link.reading is not None:
+            await asyncio.gather(link.reading, return_exceptions=True)

@@ -8,11 +8,17 @@ process died does not outlive it.
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import signal
+import socket
 import time
 from pathlib import Path
 
+import httpx
+
+from registry.client import sign_instruction
 from registry.config import Settings
 from registry.ledger.keys import SigningKey
 from registry.service.context import Registry
@@ -93,3 +99,55 @@ def test_a_writer_process_does_not_outlive_its_api_process(
     writer = _writer_of(server)
     server.kill()
     assert _gone(writer, within=30), "the writer process outlived its API process"
+
+
+BURST = 600
+"""Requests sent at once: more than both directions of the pipe to the writer hold."""
+
+
+def test_a_burst_of_requests_is_answered_and_the_server_stays_up(
+    settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path: Path
+) -> None:
+    # Every request of a burst reaches the API process's hand-off in one turn of its event
+    # loop. Were that hand-off to wait for the pipe, the writer process (sending answers
+    # nobody reads) and the API process (sending instructions nobody reads) would wait for
+    # each other for ever, reads included.
+    server = ServerProcess(settings, tmp_path / "server.log")
+    server.start()
+    world = build_world(server.url, admin_key)
+    sockets: list[socket.socket] = []
+    try:
+        batch = issue_jcm(world, "KH004-MR1", 10_000)
+        body = {"account": "KH-WATER-1", "batch": batch, "quantity": 1,
+                "to_account": "JP-BUYER-1"}
+        requests = []
+        for i in range(BURST):
+            data = json.dumps(sign_instruction(
+                world.keys["kh-water"], actor="kh-water", type="credits.transfer", body=body,
+            )).encode()
+            requests.append(
+                f"POST /v1/transfers HTTP/1.1\r\nHost: registry\r\n"
+                f"Content-Type: application/json\r\nIdempotency-Key: burst-{i}\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+            )
+        sockets = [socket.create_connection(("127.0.0.1", server.port)) for _ in requests]
+        time.sleep(0.5)  # every connection accepted before the first request goes out
+        for sock, request in zip(sockets, requests, strict=True):
+            sock.sendall(request)
+        statuses: dict[int, bytes] = {}
+        deadline = time.monotonic() + 90
+        while len(statuses) < BURST and time.monotonic() < deadline:
+            pending = [s for i, s in enumerate(sockets) if i not in statuses]
+            readable, _, _ = select.select(pending, [], [], 1)
+            for sock in readable:
+                statuses[sockets.index(sock)] = sock.recv(65536).split(b"\r\n", 1)[0]
+        assert len(statuses) == BURST, f"{BURST - len(statuses)} requests got no answer"
+        assert set(statuses.values()) == {b"HTTP/1.1 200 OK"}, set(statuses.values())
+        assert httpx.get(f"{server.url}/v1/checkpoint", timeout=10).status_code == 200
+        assert world.active("JP-BUYER-1") == BURST
+        check_registry(world, registry, [], tmp_path)
+    finally:
+        for sock in sockets:
+            sock.close()
+        world.http.http.close()
+        server.stop()
