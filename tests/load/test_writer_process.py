@@ -14,6 +14,8 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,7 +25,7 @@ from registry.config import Settings
 from registry.ledger.keys import SigningKey
 from registry.service.context import Registry
 from tests.load import ServerProcess, check_registry
-from tests.world import build_world, issue_jcm
+from tests.world import World, build_world, issue_jcm
 
 
 def _children(pid: int) -> list[int]:
@@ -66,13 +68,25 @@ def _gone(pid: int, within: float) -> bool:
     return False
 
 
-def test_a_writer_process_that_dies_is_replaced(
-    settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path: Path
-) -> None:
+@contextmanager
+def _serving(
+    settings: Settings, admin_key: SigningKey, tmp_path: Path
+) -> Iterator[tuple[ServerProcess, World]]:
+    """``registry serve`` on the test's database, with the usual parties and accounts."""
     server = ServerProcess(settings, tmp_path / "server.log")
     server.start()
     world = build_world(server.url, admin_key)
     try:
+        yield server, world
+    finally:
+        world.http.http.close()
+        server.stop()
+
+
+def test_a_writer_process_that_dies_is_replaced(
+    settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path: Path
+) -> None:
+    with _serving(settings, admin_key, tmp_path) as (server, world):
         batch = issue_jcm(world, "KH004-MR1", 1000)
         first = _writer_of(server)
         os.kill(first, signal.SIGKILL)
@@ -84,21 +98,15 @@ def test_a_writer_process_that_dies_is_replaced(
         assert _writer_of(server) != first
         assert world.active("JP-BUYER-1") == 5
         check_registry(world, registry, [], tmp_path)
-    finally:
-        world.http.http.close()
-        server.stop()
 
 
 def test_a_writer_process_does_not_outlive_its_api_process(
     settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path: Path
 ) -> None:
-    server = ServerProcess(settings, tmp_path / "server.log")
-    server.start()
-    world = build_world(server.url, admin_key)
-    world.http.http.close()
-    writer = _writer_of(server)
-    server.kill()
-    assert _gone(writer, within=30), "the writer process outlived its API process"
+    with _serving(settings, admin_key, tmp_path) as (server, _world):
+        writer = _writer_of(server)
+        server.kill()
+        assert _gone(writer, within=30), "the writer process outlived its API process"
 
 
 BURST = 600
@@ -112,11 +120,8 @@ def test_a_burst_of_requests_is_answered_and_the_server_stays_up(
     # loop. Were that hand-off to wait for the pipe, the writer process (sending answers
     # nobody reads) and the API process (sending instructions nobody reads) would wait for
     # each other for ever, reads included.
-    server = ServerProcess(settings, tmp_path / "server.log")
-    server.start()
-    world = build_world(server.url, admin_key)
     sockets: list[socket.socket] = []
-    try:
+    with _serving(settings, admin_key, tmp_path) as (server, world):
         batch = issue_jcm(world, "KH004-MR1", 10_000)
         body = {"account": "KH-WATER-1", "batch": batch, "quantity": 1,
                 "to_account": "JP-BUYER-1"}
@@ -146,8 +151,5 @@ def test_a_burst_of_requests_is_answered_and_the_server_stays_up(
         assert httpx.get(f"{server.url}/v1/checkpoint", timeout=10).status_code == 200
         assert world.active("JP-BUYER-1") == BURST
         check_registry(world, registry, [], tmp_path)
-    finally:
         for sock in sockets:
             sock.close()
-        world.http.http.close()
-        server.stop()
