@@ -72,6 +72,8 @@ def _error_as_data(error: BaseException) -> tuple[str, str, str, dict[str, Any]]
     if isinstance(error, RegistryError):
         kind = type(error)
         return (kind.__module__, kind.__qualname__, error.message, error.details)
+    # Only its message crosses the pipe: the traceback is logged here, where it happened.
+    _log.error("an instruction failed unexpectedly in the writer process", exc_info=error)
     return ("", "", f"{type(error).__name__}: {error}", {})
 
 
