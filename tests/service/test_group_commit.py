@@ -133,24 +133,33 @@ def test_a_replay_in_the_same_batch_is_refused_and_its_original_commits(
     check_offline(registry, tmp_path)
 
 
+def _between_two_transfers(world: World, registry: Registry, batch: str, middle: Any) -> Any:
+    """Carry out ``middle`` between two transfers in one batch; what ``middle`` answered.
+
+    Whatever ``middle`` did, the transfers around it commit as the next two entries.
+    """
+    before = world.tree_size()
+    first, answer, last = registry.writes.run_together([
+        _work(registry, _transfer(world, batch, quantity=1)),
+        middle,
+        _work(registry, _transfer(world, batch, quantity=2)),
+    ])
+    assert [first.body["seq"], last.body["seq"]] == [before, before + 1]
+    assert world.tree_size() == before + 2
+    return answer
+
+
 def test_an_unexpected_failure_fails_its_own_request_only(
     world: World, registry: Registry, tmp_path: Path
 ) -> None:
     batch = issue_jcm(world)
-    before = world.tree_size()
 
     def breaks_after_appending(session: Session, tail: LedgerTail) -> None:
         tail.append(session, registry, kind="test.note", actor="registry", payload={"n": 1})
         raise RuntimeError("the disk is on fire")
 
-    answers = registry.writes.run_together([
-        _work(registry, _transfer(world, batch, quantity=1)),
-        breaks_after_appending,
-        _work(registry, _transfer(world, batch, quantity=2)),
-    ])
-    assert isinstance(answers[1], RuntimeError)
-    assert [a.body["seq"] for a in (answers[0], answers[2])] == [before, before + 1]
-    assert world.tree_size() == before + 2
+    failed = _between_two_transfers(world, registry, batch, breaks_after_appending)
+    assert isinstance(failed, RuntimeError)
     assert world.active("JP-BUYER-1") == 3
     check_offline(registry, tmp_path)
 
@@ -187,14 +196,8 @@ def test_a_refusal_after_appending_takes_its_entry_back(
             tail.append(session, registry, kind="test.note", actor="registry", payload={"n": n})
         raise InvalidRequestError("changed its mind")
 
-    answers = registry.writes.run_together([
-        _work(registry, _transfer(world, batch, quantity=1)),
-        refuses_after_appending,
-        _work(registry, _transfer(world, batch, quantity=2)),
-    ])
-    assert isinstance(answers[1], InvalidRequestError)
-    assert [a.body["seq"] for a in (answers[0], answers[2])] == [before, before + 1]
-    assert world.tree_size() == before + 2
+    refused = _between_two_transfers(world, registry, batch, refuses_after_appending)
+    assert isinstance(refused, InvalidRequestError)
     # One transaction, not a retry of each alone: one checkpoint for the two.
     assert _checkpoint_sizes(registry, range(before, before + 3)) == [before, before + 2]
     with read_session(registry.engine) as s:
