@@ -28,7 +28,7 @@ from registry.errors import (
 from registry.ledger.canonical import canonical_bytes
 from registry.ledger.keys import PublicKey, b64decode_strict
 from registry.store import write_behind
-from registry.store.statements import Statement
+from registry.store.statements import Read, Statement
 from registry.store.tables import NonceRow, PartyKeyRow, PartyRow, table
 
 #: How far ahead an instruction may expire: long enough for an offline signing ceremony,
@@ -167,12 +167,17 @@ def parse_request(raw: dict[str, Any], *, expected_type: str) -> Parsed:
     )
 
 
+def signer_read(parsed: Parsed) -> Read:
+    """The read :func:`authenticate` makes, to send ahead (``statements.read_ahead``)."""
+    ins = parsed.signed.instruction
+    return _SIGNER_AND_KEY, {"actor": ins.actor, "key_id": ins.key_id, "nonce": ins.nonce}
+
+
 def authenticate(session: Session, parsed: Parsed, *, seq: int, now: datetime) -> Acting[Body]:
     """Who signed ``parsed``, with a live key, in time, for the first time; or raise."""
     ins = parsed.signed.instruction
-    found = _SIGNER_AND_KEY.first(
-        session, {"actor": ins.actor, "key_id": ins.key_id, "nonce": ins.nonce}
-    )
+    query, params = signer_read(parsed)
+    found = query.first(session, params)
     if found is None:
         raise AuthenticationError(f"unknown party {ins.actor!r}", details={"actor": ins.actor})
     party = Signer(id=found.id, role=found.role)

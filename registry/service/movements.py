@@ -20,10 +20,13 @@ from registry.store.credits_repo import (
     Account,
     account,
     accounts,
+    accounts_read,
     batch_exists,
     held_blocks,
+    held_blocks_read,
     move_serials,
 )
+from registry.store.statements import Read
 from registry.store.tables import RetirementRow
 
 Effects = dict[str, Any]
@@ -38,6 +41,13 @@ _MOVABLE_FROM: dict[str, frozenset[str]] = {
     Retire.TYPE: frozenset({"holding"}),
     Cancel.TYPE: frozenset({"holding", "buffer"}),
 }
+
+
+def reads(body: Movement) -> list[Read]:
+    """The reads a movement of ``body`` makes first, to send ahead (``statements.read_ahead``):
+    its accounts and the blocks its source holds in the batch."""
+    ids = [body.to_account, body.account] if isinstance(body, Transfer) else [body.account]
+    return [accounts_read(ids), held_blocks_read(account_id=body.account, batch_id=body.batch)]
 
 
 def _source(acting: Acting[Any], source: Account) -> Account:

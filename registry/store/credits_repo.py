@@ -16,7 +16,7 @@ from sqlmodel import Session, SQLModel
 from registry.domain.serials import SerialRange
 from registry.errors import NotFoundError
 from registry.store import write_behind
-from registry.store.statements import Statement, insert_rows, pipeline
+from registry.store.statements import Read, Statement, insert_rows, pipeline
 from registry.store.tables import AccountRow, BatchRow, BlockEventRow, BlockRow, core, table
 
 T = TypeVar("T", bound=SQLModel)
@@ -48,12 +48,17 @@ _TWO_ACCOUNTS = Statement(
 _BATCH_BY_ID = select(table(BatchRow).c.id).where(table(BatchRow).c.id == bindparam("id"))
 
 
-def accounts(session: Session, account_ids: Sequence[str]) -> dict[str, Account]:
-    """One or two accounts, in one read; a 404 names the first that does not exist."""
+def accounts_read(account_ids: Sequence[str]) -> Read:
+    """The read :func:`accounts` makes, to send ahead (``statements.read_ahead``)."""
     if not 1 <= len(account_ids) <= 2:
         raise ValueError(f"accounts() reads one or two accounts, not {len(account_ids)}")
-    params = {"first": account_ids[0], "second": account_ids[-1]}
-    found = {row.id: Account(*row) for row in _TWO_ACCOUNTS.rows(session, params)}
+    return _TWO_ACCOUNTS, {"first": account_ids[0], "second": account_ids[-1]}
+
+
+def accounts(session: Session, account_ids: Sequence[str]) -> dict[str, Account]:
+    """One or two accounts, in one read; a 404 names the first that does not exist."""
+    query, params = accounts_read(account_ids)
+    found = {row.id: Account(*row) for row in query.rows(session, params)}
     for account_id in account_ids:
         if account_id not in found:
             raise NotFoundError(f"no account {account_id!r}", details={"account": account_id})
@@ -94,13 +99,20 @@ _HELD = Statement(_HELD_QUERY)
 _HELD_IN_BATCH = Statement(_HELD_QUERY.where(_BLOCK.c.batch_id == bindparam("batch")))
 
 
+def held_blocks_read(
+    *, account_id: str, batch_id: str | None = None, status: str = "active"
+) -> Read:
+    """The read :func:`held_blocks` makes, to send ahead (``statements.read_ahead``)."""
+    if batch_id is None:
+        return _HELD, {"account": account_id, "status": status}
+    return _HELD_IN_BATCH, {"account": account_id, "status": status, "batch": batch_id}
+
+
 def held_blocks(
     session: Session, *, account_id: str, batch_id: str | None = None, status: str = "active"
 ) -> list[HeldBlock]:
     """Blocks an account holds in ``status``, optionally in one batch, lowest serials first."""
-    query, params = _HELD, {"account": account_id, "status": status}
-    if batch_id is not None:
-        query, params = _HELD_IN_BATCH, {**params, "batch": batch_id}
+    query, params = held_blocks_read(account_id=account_id, batch_id=batch_id, status=status)
     return [HeldBlock(*row) for row in query.rows(session, params)]
 
 

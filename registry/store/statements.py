@@ -15,6 +15,11 @@ callers catch the same types. (Unlike SQLAlchemy, an error inside a bind process
 wrapped in a ``StatementError``; our hot-path types have no bind processors.) Statements that
 need expanding parameters or other per-call compilation are not for this class: use the
 session.
+
+On PostgreSQL every statement waits for its answer: a round trip. :func:`read_ahead` sends the
+independent reads of a use case together (one round trip) and keeps their rows for the calls
+that ask for them; see its docstring for why a row so kept is always the row the read would
+return.
 """
 
 from __future__ import annotations
@@ -25,7 +30,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Dialect, Select, Table, bindparam, exc, insert
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    Engine,
+    Select,
+    Table,
+    bindparam,
+    event,
+    exc,
+    insert,
+)
+from sqlalchemy.pool import Pool
 from sqlalchemy.sql.expression import Executable, TextClause
 from sqlmodel import Session
 
@@ -33,6 +49,8 @@ from registry.store.tables import core
 
 Params = Mapping[str, Any]
 Processor = Callable[[Any], Any]
+Read = tuple["Statement", Params]
+"""A read to send ahead: a statement and its parameters (see :func:`read_ahead`)."""
 
 
 @dataclass(frozen=True)
@@ -117,10 +135,11 @@ class Statement:
         )
 
     @contextmanager
-    def _cursor(self, session: Session, params: object) -> Iterator[tuple[_Compiled, Any]]:
+    def _cursor(
+        self, connection: Connection, session: Session, params: object
+    ) -> Iterator[tuple[_Compiled, Any]]:
         """The compiled statement and a fresh cursor, closed after; driver errors raised
         inside (on execute or on fetch) come out as SQLAlchemy's."""
-        connection = core(session)
         dialect = connection.dialect
         compiled = self._for(dialect)
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -138,28 +157,40 @@ class Statement:
     def rows(self, session: Session, params: Params | None = None) -> list[Any]:
         """Every row the statement returns, with named fields."""
         params = params or {}
-        with self._cursor(session, params) as (compiled, cursor):
+        connection = core(session)
+        ahead = _sent_ahead(connection, self, params)
+        if ahead is not None:
+            return ahead
+        with self._cursor(connection, session, params) as (compiled, cursor):
             cursor.execute(compiled.sql, compiled.parameters(params))
             return [compiled.make_row(raw) for raw in cursor.fetchall()]
 
     def first(self, session: Session, params: Params | None = None) -> Any | None:
         """The first row the statement returns, or ``None``."""
         params = params or {}
-        with self._cursor(session, params) as (compiled, cursor):
+        connection = core(session)
+        ahead = _sent_ahead(connection, self, params)
+        if ahead is not None:
+            return ahead[0] if ahead else None
+        with self._cursor(connection, session, params) as (compiled, cursor):
             cursor.execute(compiled.sql, compiled.parameters(params))
             raw = cursor.fetchone()
             return None if raw is None else compiled.make_row(raw)
 
     def execute(self, session: Session, params: Params) -> None:
-        """Run the statement once with ``params``."""
-        with self._cursor(session, params) as (compiled, cursor):
+        """Run the statement once with ``params`` (a write: reads sent ahead are forgotten)."""
+        connection = core(session)
+        _forget_ahead(connection.info)
+        with self._cursor(connection, session, params) as (compiled, cursor):
             cursor.execute(compiled.sql, compiled.parameters(params))
 
     def execute_many(self, session: Session, rows: Sequence[Params]) -> None:
         """Run the statement once per mapping in ``rows`` (nothing at all when it is empty)."""
         if not rows:
             return
-        with self._cursor(session, rows) as (compiled, cursor):
+        connection = core(session)
+        _forget_ahead(connection.info)
+        with self._cursor(connection, session, rows) as (compiled, cursor):
             cursor.executemany(compiled.sql, [compiled.parameters(row) for row in rows])
 
 
@@ -189,6 +220,7 @@ def pipeline(session: Session) -> Iterator[None]:
         yield
         return
     raw = connection.connection.driver_connection
+    _forget_ahead(connection.info)
     session.info[_PIPELINED] = True
     try:
         with raw.pipeline():  # type: ignore[union-attr]
@@ -197,6 +229,87 @@ def pipeline(session: Session) -> Iterator[None]:
         raise _translated(dialect, e, _PIPELINED_SQL, None) from e
     finally:
         session.info.pop(_PIPELINED, None)
+
+
+_AHEAD = "registry.read_ahead"
+"""Key, in the connection's ``info``, of the rows read ahead: by statement and parameters."""
+
+
+def read_ahead(session: Session, reads: Sequence[Read]) -> None:
+    """Send ``reads`` now, together, and keep their rows for the ``rows``/``first`` calls
+    that ask for the same statement with the same parameters.
+
+    On PostgreSQL the reads go in one pipeline: one round trip for all instead of one each.
+    A kept row is always the row the read would return when it is asked for, because it is
+    dropped as soon as it could differ:
+    - the reads are sent after every write of the transaction so far (objects added to the
+      session are flushed first, as for any statement);
+    - any write on the connection forgets them all: a :class:`Statement` ``execute``, a
+      :func:`pipeline`, and (by listeners on every engine) any statement but a ``SELECT`` run
+      through SQLAlchemy, including the ORM's flushes and savepoints;
+    - so do the end of the transaction and the connection's return to the pool;
+    - other transactions cannot write in between: writers are serialised
+      (:func:`registry.store.db.write_transaction`).
+    Each is handed out once. On SQLite, which has no round trips to save, this does nothing.
+    """
+    connection = core(session)
+    dialect = connection.dialect
+    if dialect.name != "postgresql" or not reads:
+        return
+    raw = connection.connection.driver_connection
+    sent: list[tuple[Read, _Compiled, Any]] = []
+    try:
+        with raw.pipeline():  # type: ignore[union-attr]
+            for statement, params in reads:
+                compiled = statement._for(dialect)
+                cursor = raw.cursor()  # type: ignore[union-attr]
+                sent.append(((statement, params), compiled, cursor))
+                cursor.execute(compiled.sql, compiled.parameters(params))
+        kept: dict[tuple[Statement, Any], list[Any]] = connection.info.setdefault(_AHEAD, {})
+        for (statement, params), compiled, cursor in sent:
+            kept[statement, _frozen(params)] = [compiled.make_row(r) for r in cursor.fetchall()]
+    except dialect.loaded_dbapi.Error as e:
+        _forget_ahead(connection.info)
+        raise _translated(dialect, e, _PIPELINED_SQL, None) from e
+    finally:
+        for _, _, cursor in sent:
+            cursor.close()
+
+
+def _frozen(params: Params) -> Any:
+    return tuple(sorted(params.items()))
+
+
+def _sent_ahead(connection: Connection, statement: Statement, params: Params) -> list[Any] | None:
+    """The rows of ``statement`` with ``params`` read ahead (handed out once), or ``None``."""
+    kept = connection.info.get(_AHEAD)
+    return None if not kept else kept.pop((statement, _frozen(params)), None)
+
+
+def _forget_ahead(info: dict[Any, Any]) -> None:
+    info.pop(_AHEAD, None)
+
+
+# Every engine and pool, so that no connection can keep reads ahead past a write, whoever made
+# the engine (see read_ahead).
+@event.listens_for(Engine, "before_cursor_execute")
+def _forget_ahead_on_write(conn: Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+    if statement.lstrip()[:6].upper() != "SELECT":
+        _forget_ahead(conn.info)
+
+
+def _forget_ahead_at_end(conn: Connection, *_args: Any) -> None:
+    _forget_ahead(conn.info)
+
+
+for _end in ("begin", "commit", "rollback", "savepoint", "rollback_savepoint", "release_savepoint"):
+    event.listen(Engine, _end, _forget_ahead_at_end)
+
+
+@event.listens_for(Pool, "checkin")
+def _forget_ahead_on_checkin(_dbapi_connection: Any, record: Any) -> None:
+    if record is not None:
+        _forget_ahead(record.info)
 
 
 def insert_rows(table: Table, columns: Sequence[str], *, secret: bool = False) -> Statement:

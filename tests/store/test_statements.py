@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
 
 from registry.service.context import Registry
 from registry.service.ledger import append_entry
+from registry.service.movements import CANCELLATION_ACCOUNT, RETIREMENT_ACCOUNT
 from registry.store import ledger_repo
-from registry.store.credits_repo import _HELD_IN_BATCH
-from registry.store.db import read_session, write_transaction
-from registry.store.statements import pipeline
+from registry.store.credits_repo import _HELD_IN_BATCH, Account, accounts, accounts_read
+from registry.store.db import make_engine, read_session, write_transaction
+from registry.store.statements import insert_rows, pipeline, read_ahead
+from registry.store.tables import AccountRow, table
+from tests.conftest import ADMIN
 from tests.factories import append_notes
 
 
@@ -75,3 +80,76 @@ def test_holdings_are_read_by_account_in_serial_order_not_by_walking_the_batch(
         )
     assert "ix_block_holding_ordered (account_id=? AND status=? AND batch_id=?)" in plan, plan
     assert "TEMP B-TREE" not in plan, plan
+
+
+_ACCOUNT = table(AccountRow)
+_BOTH = [RETIREMENT_ACCOUNT, CANCELLATION_ACCOUNT]
+
+
+def _kinds(found: dict[str, Account]) -> dict[str, str]:
+    return {key: value.kind for key, value in found.items()}
+
+
+def test_a_read_sent_ahead_answers_as_the_read_itself(registry: Registry) -> None:
+    with write_transaction(registry.engine) as session:
+        read_ahead(session, [accounts_read(_BOTH)])
+        ahead = accounts(session, _BOTH)
+        direct = accounts(session, _BOTH)
+        session.rollback()
+    assert ahead == direct
+    assert _kinds(ahead) == {RETIREMENT_ACCOUNT: "retirement", CANCELLATION_ACCOUNT: "cancellation"}
+
+
+@pytest.mark.parametrize("write", ["core", "orm", "statement", "pipeline"])
+def test_a_read_sent_ahead_is_never_answered_after_a_write(registry: Registry, write: str) -> None:
+    """Whatever way the transaction writes after reading ahead, the next read sees the write."""
+    new_account: dict[str, Any] = {
+        "id": "KH-NEW-1",
+        "holder": ADMIN,
+        "kind": "holding",
+        "name": "new",
+        "unit_id": None,
+        "created_seq": 0,
+    }
+    with write_transaction(registry.engine) as session:
+        read_ahead(session, [accounts_read(_BOTH), accounts_read(["KH-NEW-1"])])
+        if write == "core":
+            session.execute(
+                update(_ACCOUNT).where(_ACCOUNT.c.id == RETIREMENT_ACCOUNT).values(kind="holding")
+            )
+        elif write == "orm":
+            session.add(AccountRow(**new_account))
+        else:
+            insert = insert_rows(_ACCOUNT, tuple(new_account))
+            if write == "pipeline":
+                with pipeline(session):
+                    insert.execute(session, new_account)
+            else:
+                insert.execute(session, new_account)
+        if write == "core":
+            assert _kinds(accounts(session, _BOTH))[RETIREMENT_ACCOUNT] == "holding"
+        else:
+            assert _kinds(accounts(session, ["KH-NEW-1"])) == {"KH-NEW-1": "holding"}
+        session.rollback()
+
+
+def test_a_read_sent_ahead_does_not_outlive_its_transaction(registry: Registry) -> None:
+    """Read ahead and never asked for; then another connection writes: the next transaction,
+    on the same pooled connection, reads what is stored now."""
+    engine = registry.engine
+    engine.dispose()  # an empty pool: the last transaction gets the first one's connection
+    with pytest.raises(RuntimeError), write_transaction(engine) as session:
+        first = session.connection().connection.driver_connection
+        read_ahead(session, [accounts_read(_BOTH)])
+        raise RuntimeError("refused before reading")
+    other = make_engine(engine.url.render_as_string(hide_password=False))
+    try:
+        with write_transaction(other) as session:
+            session.execute(
+                update(_ACCOUNT).where(_ACCOUNT.c.id == CANCELLATION_ACCOUNT).values(kind="buffer")
+            )
+    finally:
+        other.dispose()
+    with write_transaction(engine) as session:
+        assert session.connection().connection.driver_connection is first
+        assert _kinds(accounts(session, _BOTH))[CANCELLATION_ACCOUNT] == "buffer"
