@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +158,8 @@ class Statement:
         """Every row the statement returns, with named fields."""
         params = params or {}
         connection = core(session)
+        if connection.info.get(_QUEUED):
+            read_ahead(session, [(self, params)])  # with the queued writes: one round trip
         ahead = _sent_ahead(connection, self, params)
         if ahead is not None:
             return ahead
@@ -169,6 +171,8 @@ class Statement:
         """The first row the statement returns, or ``None``."""
         params = params or {}
         connection = core(session)
+        if connection.info.get(_QUEUED):
+            read_ahead(session, [(self, params)])  # with the queued writes: one round trip
         ahead = _sent_ahead(connection, self, params)
         if ahead is not None:
             return ahead[0] if ahead else None
@@ -179,8 +183,11 @@ class Statement:
 
     def execute(self, session: Session, params: Params) -> None:
         """Run the statement once with ``params`` (a write: reads sent ahead are forgotten)."""
-        connection = core(session)
-        _forget_ahead(connection.info)
+        connection = self._writing(session)
+        if connection.info.get(_QUEUED):
+            with pipeline(session):  # the queued writes and this one: one round trip
+                self.execute(session, params)
+            return
         with self._cursor(connection, session, params) as (compiled, cursor):
             cursor.execute(compiled.sql, compiled.parameters(params))
 
@@ -188,10 +195,40 @@ class Statement:
         """Run the statement once per mapping in ``rows`` (nothing at all when it is empty)."""
         if not rows:
             return
-        connection = core(session)
-        _forget_ahead(connection.info)
+        connection = self._writing(session)
+        if connection.info.get(_QUEUED):
+            with pipeline(session):  # the queued writes and these: one round trip
+                self.execute_many(session, rows)
+            return
         with self._cursor(connection, session, rows) as (compiled, cursor):
             cursor.executemany(compiled.sql, [compiled.parameters(row) for row in rows])
+
+    @staticmethod
+    def _writing(session: Session) -> Connection:
+        connection = core(session)
+        _forget_ahead(connection.info)
+        return connection
+
+    def execute_soon(self, session: Session, rows: Sequence[Params]) -> None:
+        """Run the statement once per mapping in ``rows``, sent with the connection's next
+        round trip instead of one of its own.
+
+        For writes whose result nobody reads. On PostgreSQL they wait, in order, in a queue
+        kept with the connection until the next statement of the transaction, of any kind,
+        which sends them first, in the same pipeline when it is one of ours: so every later
+        statement sees them, as if they had run here. The commit sends what is still queued; a
+        rollback (of the transaction, or of the savepoint they were queued in) drops it. An
+        error of theirs comes from that next statement, labelled as coming from a pipeline,
+        and fails the transaction like any other. On SQLite they simply run now.
+        """
+        if not rows:
+            return
+        connection = core(session)
+        if connection.dialect.name != "postgresql":
+            self.execute_many(session, rows)
+            return
+        _forget_ahead(connection.info)
+        connection.info.setdefault(_QUEUED, []).append((self, list(rows)))
 
 
 _PIPELINED = "registry.pipelined"
@@ -224,6 +261,7 @@ def pipeline(session: Session) -> Iterator[None]:
     session.info[_PIPELINED] = True
     try:
         with raw.pipeline():  # type: ignore[union-attr]
+            _send_queued(connection)
             yield
     except dialect.loaded_dbapi.Error as e:
         raise _translated(dialect, e, _PIPELINED_SQL, None) from e
@@ -243,7 +281,8 @@ def read_ahead(session: Session, reads: Sequence[Read]) -> None:
     A kept row is always the row the read would return when it is asked for, because it is
     dropped as soon as it could differ:
     - the reads are sent after every write of the transaction so far (objects added to the
-      session are flushed first, as for any statement);
+      session are flushed first, as for any statement, and writes queued by
+      :meth:`Statement.execute_soon` go first in the same pipeline);
     - any write on the connection forgets them all: a :class:`Statement` ``execute``, a
       :func:`pipeline`, and (by listeners on every engine) any statement but a ``SELECT`` run
       through SQLAlchemy, including the ORM's flushes and savepoints;
@@ -260,6 +299,7 @@ def read_ahead(session: Session, reads: Sequence[Read]) -> None:
     sent: list[tuple[Read, _Compiled, Any]] = []
     try:
         with raw.pipeline():  # type: ignore[union-attr]
+            _send_queued(connection)
             for statement, params in reads:
                 compiled = statement._for(dialect)
                 cursor = raw.cursor()  # type: ignore[union-attr]
@@ -290,25 +330,73 @@ def _forget_ahead(info: dict[Any, Any]) -> None:
     info.pop(_AHEAD, None)
 
 
-# Every engine and pool, so that no connection can keep reads ahead past a write, whoever made
-# the engine (see read_ahead).
+_QUEUED = "registry.queued_writes"
+"""Key, in the connection's ``info``, of the writes :meth:`Statement.execute_soon` queued."""
+
+
+def _send_queued(connection: Connection) -> None:
+    """Send the queued writes, in order, into the psycopg pipeline open on ``connection``."""
+    queued: list[tuple[Statement, list[Params]]] | None = connection.info.pop(_QUEUED, None)
+    if not queued:
+        return
+    raw = connection.connection.driver_connection
+    dialect = connection.dialect
+    for statement, rows in queued:
+        compiled = statement._for(dialect)
+        with closing(raw.cursor()) as cursor:  # type: ignore[union-attr]
+            cursor.executemany(compiled.sql, [compiled.parameters(row) for row in rows])
+
+
+def _send_queued_now(connection: Connection) -> None:
+    """Send the queued writes in a pipeline of their own, before a statement not of ours."""
+    if not connection.info.get(_QUEUED):
+        return
+    dialect = connection.dialect
+    try:
+        with connection.connection.driver_connection.pipeline():  # type: ignore[union-attr]
+            _send_queued(connection)
+    except dialect.loaded_dbapi.Error as e:
+        raise _translated(dialect, e, _PIPELINED_SQL, None) from e
+
+
+# Every engine and pool: whoever made the engine, no connection keeps rows read ahead past a
+# write (see read_ahead), and queued writes go before any other statement and the commit, or
+# with the transaction or savepoint that rolls back (see Statement.execute_soon).
 @event.listens_for(Engine, "before_cursor_execute")
-def _forget_ahead_on_write(conn: Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+def _before_statement(conn: Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+    _send_queued_now(conn)
     if statement.lstrip()[:6].upper() != "SELECT":
         _forget_ahead(conn.info)
 
 
-def _forget_ahead_at_end(conn: Connection, *_args: Any) -> None:
+@event.listens_for(Engine, "commit")
+def _before_commit(conn: Connection) -> None:
+    _send_queued_now(conn)
     _forget_ahead(conn.info)
 
 
-for _end in ("begin", "commit", "rollback", "savepoint", "rollback_savepoint", "release_savepoint"):
-    event.listen(Engine, _end, _forget_ahead_at_end)
+def _on_rollback_or_begin(conn: Connection, *_args: Any) -> None:
+    conn.info.pop(_QUEUED, None)
+    _forget_ahead(conn.info)
+
+
+for _name in ("begin", "rollback", "rollback_savepoint"):
+    event.listen(Engine, _name, _on_rollback_or_begin)
+
+
+def _on_savepoint(conn: Connection, *_args: Any) -> None:
+    _send_queued_now(conn)
+    _forget_ahead(conn.info)
+
+
+for _name in ("savepoint", "release_savepoint"):
+    event.listen(Engine, _name, _on_savepoint)
 
 
 @event.listens_for(Pool, "checkin")
-def _forget_ahead_on_checkin(_dbapi_connection: Any, record: Any) -> None:
+def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
     if record is not None:
+        record.info.pop(_QUEUED, None)
         _forget_ahead(record.info)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from registry.service.context import Registry
@@ -153,3 +153,85 @@ def test_a_read_sent_ahead_does_not_outlive_its_transaction(registry: Registry) 
     with write_transaction(engine) as session:
         assert session.connection().connection.driver_connection is first
         assert _kinds(accounts(session, _BOTH))[CANCELLATION_ACCOUNT] == "buffer"
+
+
+_NEW_ACCOUNT = insert_rows(_ACCOUNT, ("id", "holder", "kind", "name", "unit_id", "created_seq"))
+
+
+def _account(account_id: str, kind: str = "holding") -> dict[str, Any]:
+    return {
+        "id": account_id,
+        "holder": ADMIN,
+        "kind": kind,
+        "name": account_id,
+        "unit_id": None,
+        "created_seq": 0,
+    }
+
+
+def _stored(registry: Registry, account_id: str) -> bool:
+    with read_session(registry.engine) as s:
+        found = s.execute(select(_ACCOUNT.c.id).where(_ACCOUNT.c.id == account_id)).first()
+    return found is not None
+
+
+@pytest.mark.parametrize("reader", ["statement", "read_ahead", "core", "orm"])
+def test_a_write_sent_soon_is_seen_by_every_later_read(registry: Registry, reader: str) -> None:
+    with write_transaction(registry.engine) as session:
+        _NEW_ACCOUNT.execute_soon(session, [_account("KH-SOON-1")])
+        if reader == "statement":
+            assert _kinds(accounts(session, ["KH-SOON-1"])) == {"KH-SOON-1": "holding"}
+        elif reader == "read_ahead":
+            read_ahead(session, [accounts_read(["KH-SOON-1"])])
+            assert _kinds(accounts(session, ["KH-SOON-1"])) == {"KH-SOON-1": "holding"}
+        elif reader == "core":
+            assert (
+                session.execute(
+                    select(_ACCOUNT.c.kind).where(_ACCOUNT.c.id == "KH-SOON-1")
+                ).scalar_one()
+                == "holding"
+            )
+        else:
+            assert session.get(AccountRow, "KH-SOON-1") is not None
+    assert _stored(registry, "KH-SOON-1")
+
+
+def test_a_write_sent_soon_is_committed_with_nothing_after_it(registry: Registry) -> None:
+    with write_transaction(registry.engine) as session:
+        _NEW_ACCOUNT.execute_soon(session, [_account("KH-SOON-2")])
+    assert _stored(registry, "KH-SOON-2")
+
+
+def test_a_write_sent_soon_goes_with_its_rollback(registry: Registry) -> None:
+    """Dropped with the savepoint it was queued in, or the transaction; never sent later on
+    the same pooled connection."""
+    engine = registry.engine
+    engine.dispose()  # one pooled connection, used by every transaction below
+    with write_transaction(engine) as session:
+        _NEW_ACCOUNT.execute_soon(session, [_account("KH-KEPT")])
+        savepoint = session.begin_nested()
+        _NEW_ACCOUNT.execute_soon(session, [_account("KH-IN-SAVEPOINT")])
+        savepoint.rollback()
+    with pytest.raises(RuntimeError), write_transaction(engine) as session:
+        _NEW_ACCOUNT.execute_soon(session, [_account("KH-ROLLED-BACK")])
+        raise RuntimeError("refused")
+    with write_transaction(engine) as session:
+        _NEW_ACCOUNT.execute(session, _account("KH-AFTER"))
+    assert [_stored(registry, a) for a in ("KH-KEPT", "KH-IN-SAVEPOINT", "KH-ROLLED-BACK")] == [
+        True,
+        False,
+        False,
+    ]
+    assert _stored(registry, "KH-AFTER")
+
+
+def test_a_failed_write_sent_soon_fails_its_transaction_and_leaves_nothing(
+    registry: Registry,
+) -> None:
+    with pytest.raises(IntegrityError) as refused, write_transaction(registry.engine) as session:
+        _NEW_ACCOUNT.execute_soon(session, [_account("KH-SOON-3")])
+        _NEW_ACCOUNT.execute_soon(session, [_account(RETIREMENT_ACCOUNT, "retirement")])
+        accounts(session, _BOTH)  # the next statement: the queued writes go first
+    if registry.engine.dialect.name == "postgresql":
+        assert "pipeline" in str(refused.value)
+    assert not _stored(registry, "KH-SOON-3")
