@@ -50,6 +50,57 @@ def check_canonical_value(value: Any, *, path: str = "$") -> bool:
     ``$.payload.quantity``. Returns whether some object key needs RFC 8785's UTF-16 key order
     (see :func:`_sorts_like_utf16`).
     """
+    utf16_keys = _quick_check(value)
+    if utf16_keys is not None:
+        return utf16_keys
+    return _careful_check(value, path)
+
+
+def _quick_check(value: Any) -> bool | None:
+    """:func:`check_canonical_value` for a value it accepts, without building paths: whether
+    a key needs UTF-16 order, or ``None`` at the first doubt (then the careful check decides
+    and names the path). Every value is signed or hashed on its way out, so this is the common
+    case, and building a path for every key cost as much as the encoding itself."""
+    utf16_keys = False
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is str:
+            if not item.isascii() and not _encodes(item):
+                return None
+        elif kind is int:
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                return None
+        elif kind is dict:
+            if depth >= MAX_DEPTH:
+                return None
+            for key, child in item.items():
+                if type(key) is not str:
+                    return None
+                if not key.isascii():
+                    if not _encodes(key):
+                        return None
+                    utf16_keys = utf16_keys or not _sorts_like_utf16(key)
+                stack.append((child, depth + 1))
+        elif kind is list or kind is tuple:
+            if depth >= MAX_DEPTH:
+                return None
+            stack.extend((child, depth + 1) for child in item)
+        elif item is not None and kind is not bool:
+            return None  # floats, subclasses, anything else: the careful check names it
+    return utf16_keys
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _careful_check(value: Any, path: str) -> bool:
     utf16_keys = False
     # An explicit stack and a depth limit rather than recursion: a deeply nested (or cyclic)
     # value gets a clear error instead of a RecursionError half-way through.

@@ -13,6 +13,8 @@ from registry.errors import CanonicalEncodingError, MalformedError
 from registry.ledger.canonical import (
     MAX_DEPTH,
     MAX_SAFE_INTEGER,
+    _careful_check,
+    _quick_check,
     canonical_bytes,
     check_canonical_value,
     encode_checked,
@@ -196,3 +198,42 @@ def test_a_parsed_value_reencodes_to_its_canonical_bytes(value: Any) -> None:
     data = canonical_bytes({"outer": [value]})
     inner = parse_canonical(data)["outer"][0]
     assert encode_checked(inner) == canonical_bytes(value)
+
+
+_any_text = st.text(alphabet=st.characters(exclude_categories=()), max_size=6)
+any_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | _any_text
+    | st.sampled_from([b"x", True, 2**53, -(2**53), 2**53 - 1]),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(_any_text | st.integers(), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(any_values)
+def test_the_quick_check_never_accepts_what_the_careful_one_refuses(value: Any) -> None:
+    """The check every signed value goes through: its quick pass (no paths) either defers to
+    the careful one or gives its very answer."""
+    quick = _quick_check(value)
+    try:
+        careful: bool | None = _careful_check(value, "$")
+    except CanonicalEncodingError:
+        careful = None
+    if quick is not None:
+        assert careful == quick
+
+
+def test_the_quick_check_defers_at_the_depth_limit() -> None:
+    deep: Any = 0
+    for _ in range(MAX_DEPTH):
+        deep = [deep]
+    assert check_canonical_value(deep) is False  # at the limit: still accepted
+    with pytest.raises(CanonicalEncodingError, match="deeper than"):
+        check_canonical_value([deep])
