@@ -216,7 +216,7 @@ class GroupCommit:
         """
         answers: list[tuple[Any, RegistryError | None]] = []
         registry = self._registry
-        with write_transaction(registry.engine) as session:
+        with write_transaction(registry.engine, reads=LedgerTail.first_reads()) as session:
             tail = LedgerTail.read(session, cached=self._tail)
             self._tail = None  # unknown until the commit succeeds
             for job in batch:

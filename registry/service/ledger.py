@@ -24,7 +24,7 @@ from registry.ledger.entry import Entry, envelope_time, format_time, seal_entry
 from registry.ledger.keys import PublicKey
 from registry.store import ledger_repo, write_behind
 from registry.store.ledger_repo import SessionNodeReader
-from registry.store.statements import pipeline
+from registry.store.statements import Read, pipeline
 
 if TYPE_CHECKING:
     from registry.service.context import Registry
@@ -95,6 +95,11 @@ class LedgerTail:
         # (entries through the write-behind); nothing reads them back before, the tail itself
         # knowing the end of the ledger.
         self._nodes: dict[merkle.NodeKey, bytes] = {}
+
+    @staticmethod
+    def first_reads() -> list[Read]:
+        """What :meth:`read` reads first, to send with the transaction's lock."""
+        return [ledger_repo.tip_read()]
 
     @classmethod
     def read(cls, session: Session, *, cached: LedgerTail | None = None) -> LedgerTail:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
 from registry.store import write_behind
+from registry.store.statements import Read, read_ahead, text_rows
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 LEDGER_LOCK_KEY = 0x4B48_4C47  # "KHLG": the advisory lock that serialises appends on PostgreSQL
@@ -87,27 +88,36 @@ def _local_writer_lock(engine: Engine) -> threading.Lock:
 
 
 @contextmanager
-def write_transaction(engine: Engine) -> Iterator[Session]:
-    """One serialised read-write transaction: commits on success, rolls back on any exception."""
+def write_transaction(engine: Engine, *, reads: Sequence[Read] = ()) -> Iterator[Session]:
+    """One serialised read-write transaction: commits on success, rolls back on any exception.
+
+    ``reads`` are sent with the lock on PostgreSQL, in one round trip (``read_ahead``), and
+    run once it is held: what the transaction reads first, as the ledger's tip.
+    """
     if is_postgres(engine):
-        with _write_session(engine) as session:
+        with _write_session(engine, reads) as session:
             yield session
     else:
-        with _local_writer_lock(engine), _write_session(engine) as session:
+        with _local_writer_lock(engine), _write_session(engine, reads) as session:
             yield session
+
+
+# One lock per registry: keyed by the schema, so registries sharing a database (as the test
+# suite's schemas do) never wait for each other.
+_LEDGER_LOCK = text_rows(
+    text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema())) AS locked"), ("locked",)
+)
 
 
 @contextmanager
-def _write_session(engine: Engine) -> Iterator[Session]:
+def _write_session(engine: Engine, reads: Sequence[Read]) -> Iterator[Session]:
     writer = engine.execution_options(**{_WRITE: True})
     with Session(writer, expire_on_commit=False) as session, session.begin():
         if is_postgres(engine):
-            # One lock per registry: keyed by the schema, so registries sharing a database
-            # (as the test suite's schemas do) never wait for each other.
-            session.execute(
-                text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema()))"),
-                {"k": LEDGER_LOCK_KEY},
-            )
+            lock = {"k": LEDGER_LOCK_KEY}
+            # The server runs a pipeline's statements in order: the reads wait for the lock.
+            read_ahead(session, [(_LEDGER_LOCK, lock), *reads])
+            _LEDGER_LOCK.first(session, lock)
         yield session
         if write_behind.pending(session):
             raise RuntimeError("a write transaction ended with deferred rows it never wrote")

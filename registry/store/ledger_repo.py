@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from registry.errors import LedgerError
 from registry.ledger.merkle import NodeKey
 from registry.store import write_behind
-from registry.store.statements import Statement, insert_rows, text_rows
+from registry.store.statements import Read, Statement, insert_rows, text_rows
 from registry.store.tables import CheckpointRow, LedgerEntry, RegistryKeyRow, TreeNode, core, table
 
 _ENTRY = table(LedgerEntry)
@@ -113,6 +113,11 @@ class Tip:
     size: int
     last_leaf: bytes | None
     checkpoint: tuple[int, bytes] | None
+
+
+def tip_read() -> Read:
+    """The read :func:`tip` makes, to send ahead (``statements.read_ahead``)."""
+    return _TIP, {}
 
 
 def tip(session: Session) -> Tip:
