@@ -194,9 +194,10 @@ class LogAuditor:
             self._prev_time = entry.time
         leaf = leaf_hash(envelope)
         self._prev_leaf = leaf
-        self.tree.append(leaf)
-        report.entries = self.tree.size
-        self._check_pending()
+        self.tree.push(leaf)
+        report.entries = size = self.tree.size
+        if size in self._pending:
+            self._check_pending()
 
     def _check_pending(self) -> None:
         cp = self._pending.pop(self.tree.size, None)

@@ -36,12 +36,14 @@ from typing import IO, Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from registry.errors import LedgerError, MalformedError
+from registry.ledger.canonical import MAX_SAFE_INTEGER
 from registry.ledger.keys import b64decode_strict, b64encode
+from registry.ledger.opening import decode_exact_b64
 
 FORMAT: Final = "kh-carbon-registry-export"
 VERSION: Final = 1
 
-Seq = Annotated[StrictInt, Field(ge=0, le=2**53 - 1)]
+Seq = Annotated[StrictInt, Field(ge=0, le=MAX_SAFE_INTEGER)]
 B64Key = Annotated[StrictStr, Field(description="raw 32-byte Ed25519 public key, standard base64")]
 KeyId = Annotated[
     StrictStr,
@@ -126,6 +128,10 @@ BUNDLE_MODELS: dict[str, type[BaseModel]] = {
 
 _SECTION_ORDER: Final = {"entry": 0, "checkpoint": 1, "party_key": 2}
 _ENTRY_PREFIX: Final = b'{"type":"entry"'
+_WRITTEN_ENTRY_HEAD: Final = b'{"type":"entry","seq":'
+_WRITTEN_ENTRY_MIDDLE: Final = b',"envelope":"'
+_WRITTEN_ENTRY_TAIL: Final = b'"}'
+_CHECKPOINT_PREFIX: Final = b'{"type":"checkpoint",'
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -251,6 +257,47 @@ def _line_type(raw: bytes) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
+def _written_entry(raw: bytes) -> tuple[int, bytes] | None:
+    """``(seq, envelope bytes)`` of an entry line spelt exactly as :class:`BundleWriter` writes
+    it, or ``None`` for any other spelling, which the careful parse then judges.
+
+    A line of that spelling is one ``BundleEntry`` accepts, with these very values: ``seq`` is a
+    decimal without leading zeros within ``Seq``'s range, and the envelope is canonical base64,
+    which holds no character JSON would escape. Entry lines are nearly the whole bundle, so this
+    spares each of them a JSON parse and a pydantic model.
+    """
+    if not raw.startswith(_WRITTEN_ENTRY_HEAD) or not raw.endswith(_WRITTEN_ENTRY_TAIL):
+        return None
+    cut = raw.find(_WRITTEN_ENTRY_MIDDLE, len(_WRITTEN_ENTRY_HEAD))
+    if cut < 0:
+        return None
+    digits = raw[len(_WRITTEN_ENTRY_HEAD) : cut]
+    leading_zero = digits.startswith(b"0") and digits != b"0"
+    if not digits.isdigit() or leading_zero or len(digits) > len(str(MAX_SAFE_INTEGER)):
+        return None
+    seq = int(digits)
+    envelope = decode_exact_b64(raw[cut + len(_WRITTEN_ENTRY_MIDDLE) : -len(_WRITTEN_ENTRY_TAIL)])
+    if seq > MAX_SAFE_INTEGER or envelope is None:
+        return None
+    return seq, envelope
+
+
+def _written_checkpoint(raw: bytes) -> BundleCheckpoint | None:
+    """The checkpoint on a line that starts as :class:`BundleWriter` writes checkpoints and
+    validates as one, else ``None`` (the careful parse then judges the line).
+
+    It spares ``_line_type`` its JSON parse: pydantic's parser keeps the last of duplicate keys,
+    as ``json.loads`` does, and refuses everything ``json.loads`` refuses that a checkpoint
+    line could hold, so a line that validates here has the type ``checkpoint`` there too.
+    """
+    if not raw.startswith(_CHECKPOINT_PREFIX):
+        return None
+    try:
+        return BundleCheckpoint.model_validate_json(raw)
+    except ValidationError:
+        return None
+
+
 def _first_error(e: ValidationError) -> str:
     err = e.errors(include_url=False, include_input=False)[0]
     where = ".".join(str(p) for p in err["loc"]) or "line"
@@ -301,6 +348,10 @@ class BundleReader:
     def entries(self) -> Iterator[EntryLine]:
         """The entry lines, in file order, up to the first checkpoint or party key line."""
         for number, raw in self._lines():
+            written = _written_entry(raw)
+            if written is not None:
+                yield EntryLine(number, *written)
+                continue
             kind = _line_type(raw)
             if kind in ("checkpoint", "party_key"):
                 return
@@ -323,7 +374,8 @@ class BundleReader:
         started = False
         section = 1
         for number, raw in self._lines():
-            kind = _line_type(raw)
+            checkpoint = _written_checkpoint(raw)
+            kind = "checkpoint" if checkpoint is not None else _line_type(raw)
             if not started:
                 if kind not in ("checkpoint", "party_key"):
                     continue
@@ -339,7 +391,7 @@ class BundleReader:
             section = rank
             try:
                 if kind == "checkpoint":
-                    cp = BundleCheckpoint.model_validate_json(raw)
+                    cp = checkpoint or BundleCheckpoint.model_validate_json(raw)
                     yield CheckpointLine(number, cp.size, cp.note)
                 else:
                     yield PartyKeyLine(number, BundlePartyKey.model_validate_json(raw))

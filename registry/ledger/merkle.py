@@ -217,10 +217,14 @@ def _require(
 
 
 def _fold(hashes: Sequence[bytes]) -> bytes:
-    """Hash of a subtree from its perfect subtrees in falling size order (see ``range_nodes``)."""
+    """Hash of a subtree from its perfect subtrees in falling size order (see ``range_nodes``).
+
+    ``node_hash`` written out: a streaming verifier folds at every checkpoint.
+    """
+    sha256 = hashlib.sha256
     current = hashes[-1]
     for left in reversed(hashes[:-1]):
-        current = node_hash(left, current)
+        current = sha256(NODE_PREFIX + left + current).digest()
     return current
 
 
@@ -561,6 +565,18 @@ class CompactRange:
         self._frontier.append(current)
         self._size += 1
         return completed
+
+    def push(self, leaf: bytes) -> None:
+        """``append`` for callers that keep no nodes (a streaming verifier): the same frontier,
+        without collecting the subtrees the leaf completes."""
+        frontier = self._frontier
+        index = self._size
+        current = leaf
+        while index & 1:
+            current = node_hash(frontier.pop(), current)
+            index >>= 1
+        frontier.append(current)
+        self._size += 1
 
     def root(self) -> bytes:
         """Root hash of all leaves appended so far."""

@@ -13,6 +13,8 @@ It imports only the ledger's encoding modules, so a spawned worker starts quickl
 
 from __future__ import annotations
 
+import binascii
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -20,12 +22,31 @@ from typing import Any, NamedTuple
 from registry.errors import BadSignatureError, MalformedError, RegistryError
 from registry.ledger.canonical import canonical_bytes, encode_checked
 from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
-from registry.ledger.dsse import PAYLOAD_TYPE, Envelope, verify_signatures
+from registry.ledger.dsse import PAYLOAD_TYPE, Envelope, pae, verify_signatures
 from registry.ledger.entry import Entry
 from registry.ledger.keys import PublicKey, b64decode_strict
 
 #: Instruction kinds whose bodies bring new party keys, and where.
 _KEY_FIELDS = {"party.register": "public_keys", "party.key_add": "public_key"}
+
+#: How the registry spells an entry envelope with one signature (``Envelope.to_bytes``), cut
+#: where the payload, the keyid and the signature go.
+_ENVELOPE_HEAD = b'{"payload":"'
+_ENVELOPE_MIDDLE = b'","payloadType":"%s","signatures":[{"keyid":"' % PAYLOAD_TYPE.encode()
+_ENVELOPE_SIG = b'","sig":"'
+_ENVELOPE_TAIL = b'"}]}'
+
+#: The members of an instruction entry's payload, and how two of their keys are spelt.
+_PAYLOAD_KEYS = frozenset({"effects", "instruction", "signature"})
+_INSTRUCTION_KEY = b'"instruction":'
+_SIGNATURE_KEY = b',"signature":'
+
+
+@functools.lru_cache(maxsize=1024)
+def _loaded_key(raw: bytes) -> PublicKey:
+    """The loaded key of ``raw`` (``MalformedError`` if it is none): a few party keys sign
+    most instructions, so each is checked and loaded once, not once per signature."""
+    return PublicKey(raw)
 
 
 def instruction_signed_bytes(instruction: Any, *, from_entry: bool = False) -> bytes:
@@ -46,11 +67,17 @@ def check_instruction_signature(
     ``from_entry`` as for :func:`instruction_signed_bytes`.
     """
     try:
-        sig = b64decode_strict(signature, what="instruction signature")
         message = instruction_signed_bytes(instruction, from_entry=from_entry)
-        PublicKey(public_key).verify(sig, message)
-    except (BadSignatureError, MalformedError):
+    except RegistryError:
         return False
+    return _signs(signature, message, public_key)
+
+
+def _signs(signature: Any, message: bytes, public_key: bytes) -> bool:
+    """Whether ``signature`` (base64) is ``public_key``'s over ``message``."""
+    try:
+        sig = b64decode_strict(signature, what="instruction signature")
+        _loaded_key(public_key).verify(sig, message)
     except RegistryError:
         return False
     return True
@@ -113,6 +140,81 @@ class JobResult:
 
 def open_envelope(data: bytes, keys: Mapping[str, PublicKey]) -> OpenedEntry:
     """Verify one envelope's registry signature and parse its entry, never raising."""
+    return _open_envelope(data, keys)[0]
+
+
+def _open_envelope(data: bytes, keys: Mapping[str, PublicKey]) -> tuple[OpenedEntry, bytes | None]:
+    """:func:`open_envelope`, and the entry's bytes when it parsed.
+
+    An envelope as the registry writes it, signed by a key in ``keys`` that verifies, is
+    opened without the general parse; anything else (including every failure) goes through
+    :func:`_open_envelope_carefully`, which says what is wrong.
+    """
+    written = _written_envelope(data)
+    if written is not None:
+        payload, keyid, sig = written
+        key = keys.get(keyid)
+        if key is not None and _verifies(key, sig, pae(PAYLOAD_TYPE, payload)):
+            try:
+                entry = Entry.from_bytes(payload)
+            except RegistryError as e:
+                return OpenedEntry(None, (e.code, e.message), False, None), None
+            return OpenedEntry(entry, None, True, None), payload
+    return _open_envelope_carefully(data, keys)
+
+
+def _written_envelope(data: bytes) -> tuple[bytes, str, bytes] | None:
+    """``(payload, keyid, signature)`` of an entry envelope with one signature, spelt exactly as
+    ``Envelope.to_bytes`` spells it; ``None`` for any other bytes.
+
+    Such bytes are canonical JSON (keys in order, no spaces, and strings that need no escapes:
+    canonical base64 and an alphanumeric keyid), so ``Envelope.from_bytes`` would accept them
+    and return these very parts with the entry payload type. Cutting them out with a few byte
+    searches spares every entry a JSON parse and a re-encoding of the envelope.
+    """
+    if not data.startswith(_ENVELOPE_HEAD) or not data.endswith(_ENVELOPE_TAIL):
+        return None
+    middle = data.find(_ENVELOPE_MIDDLE, len(_ENVELOPE_HEAD))
+    if middle < 0:
+        return None
+    keyid_start = middle + len(_ENVELOPE_MIDDLE)
+    keyid_end = data.find(_ENVELOPE_SIG, keyid_start)
+    if keyid_end < 0:
+        return None
+    keyid = data[keyid_start:keyid_end]
+    payload = decode_exact_b64(data[len(_ENVELOPE_HEAD) : middle])
+    sig = decode_exact_b64(data[keyid_end + len(_ENVELOPE_SIG) : -len(_ENVELOPE_TAIL)])
+    if not keyid.isalnum() or payload is None or not sig:
+        return None
+    return payload, keyid.decode("ascii"), sig
+
+
+def decode_exact_b64(text: bytes) -> bytes | None:
+    """The bytes ``text`` is the canonical standard base64 of, else ``None``.
+
+    It accepts exactly what ``b64decode_strict`` accepts (its result written back must be
+    ``text``), without its error messages: for the hot paths, whose callers fall back to the
+    careful parse to say what is wrong.
+    """
+    try:
+        raw = binascii.a2b_base64(text, strict_mode=True)
+    except binascii.Error:
+        return None
+    return raw if binascii.b2a_base64(raw, newline=False) == text else None
+
+
+def _verifies(key: PublicKey, signature: bytes, message: bytes) -> bool:
+    try:
+        key.verify(signature, message)
+    except BadSignatureError:
+        return False
+    return True
+
+
+def _open_envelope_carefully(
+    data: bytes, keys: Mapping[str, PublicKey]
+) -> tuple[OpenedEntry, bytes | None]:
+    """:func:`_open_envelope` for any bytes: parse and check everything, name every failure."""
     try:
         envelope = Envelope.from_bytes(data)
         if envelope.payload_type != PAYLOAD_TYPE:
@@ -120,7 +222,7 @@ def open_envelope(data: bytes, keys: Mapping[str, PublicKey]) -> OpenedEntry:
                 f"envelope payloadType is {envelope.payload_type!r}, expected {PAYLOAD_TYPE!r}"
             )
     except RegistryError as e:
-        return OpenedEntry(None, (e.code, e.message), False, None)
+        return OpenedEntry(None, (e.code, e.message), False, None), None
     failure: tuple[str, str] | None = None
     try:
         verify_signatures(envelope, keys)
@@ -129,8 +231,8 @@ def open_envelope(data: bytes, keys: Mapping[str, PublicKey]) -> OpenedEntry:
     try:
         entry = Entry.from_bytes(envelope.payload)
     except RegistryError as e:
-        return OpenedEntry(None, failure or (e.code, e.message), False, None)
-    return OpenedEntry(entry, failure, failure is None, None)
+        return OpenedEntry(None, failure or (e.code, e.message), False, None), None
+    return OpenedEntry(entry, failure, failure is None, None), envelope.payload
 
 
 def _new_keys(entry: Entry) -> list[str]:
@@ -150,7 +252,11 @@ def _new_keys(entry: Entry) -> list[str]:
     return [v for v in values if isinstance(v, str)]
 
 
-def _instruction_check(entry: Entry, keys: Mapping[str, bytes]) -> SignatureCheck | None:
+def _instruction_check(
+    entry: Entry, keys: Mapping[str, bytes], payload: bytes
+) -> SignatureCheck | None:
+    """The check of ``entry``'s instruction signature, if ``keys`` holds the key it names;
+    ``payload`` is the entry's canonical bytes."""
     instruction = entry.payload.get("instruction")
     signature = entry.payload.get("signature")
     if not isinstance(instruction, dict):
@@ -159,34 +265,60 @@ def _instruction_check(entry: Entry, keys: Mapping[str, bytes]) -> SignatureChec
     raw = keys.get(key_id) if isinstance(key_id, str) else None
     if raw is None or not isinstance(key_id, str):
         return None
-    ok = check_instruction_signature(instruction, signature, raw, from_entry=True)
+    message = _instruction_bytes_in(payload, entry)
+    if message is None:
+        ok = check_instruction_signature(instruction, signature, raw, from_entry=True)
+    else:
+        ok = _signs(signature, message, raw)
     return SignatureCheck(key_id, ok)
+
+
+def _instruction_bytes_in(payload: bytes, entry: Entry) -> bytes | None:
+    """``instruction_signed_bytes`` of ``entry``'s instruction, cut out of ``payload`` (the
+    canonical bytes ``entry`` was parsed from) instead of encoded again; ``None`` when the cut
+    could be ambiguous.
+
+    Canonical JSON encodes a member exactly as it encodes that value alone, so the instruction's
+    signed bytes lie verbatim in the entry's. In ``{..."payload":{"effects":...,"instruction":
+    I,"signature":S},"prev":...}`` the bytes ``"instruction":`` can only be a key (inside a
+    string its quotes would be escaped), so when they occur once, ``I`` starts right after them;
+    and ``I`` ends at the last ``,"signature":``, since nothing after the payload's own
+    signature key (a string, then ``prev``, ``seq``, ``time``, ``v``) holds an object.
+    """
+    if entry.payload.keys() != _PAYLOAD_KEYS or type(entry.payload["signature"]) is not str:
+        return None
+    if payload.count(_INSTRUCTION_KEY) != 1:
+        return None
+    start = payload.index(_INSTRUCTION_KEY) + len(_INSTRUCTION_KEY)
+    return payload[start : payload.rindex(_SIGNATURE_KEY)]
 
 
 def run_job(job: Job) -> JobResult:
     """Open every envelope and checkpoint of ``job``; runs in a worker process or in-line."""
     ctx = job.context
-    opened = [
-        open_envelope(data, ctx.registry_keys)
-        if data is not None
-        else OpenedEntry(None, ("malformed", "the entry line cannot be read"), False, None)
-        for data in job.envelopes
-    ]
     keys = dict(job.party_keys)
-    for item in opened:
-        if item.entry is not None:
-            for text in _new_keys(item.entry):
+    entries = []
+    for data in job.envelopes:
+        if data is None:
+            entries.append(
+                OpenedEntry(None, ("malformed", "the entry line cannot be read"), False, None)
+            )
+            continue
+        opened, payload = _open_envelope(data, ctx.registry_keys)
+        entry = opened.entry
+        if entry is not None and payload is not None and entry.kind != "registry.genesis":
+            # Keys this entry or a later one adds are not yet known here; no instruction may
+            # use them before they are added, so the replay never asks for such a check.
+            check = _instruction_check(entry, keys, payload)
+            opened = OpenedEntry(entry, opened.failure, opened.trusted, check)
+        entries.append(opened)
+        if entry is not None:
+            for text in _new_keys(entry):
                 try:
                     key = PublicKey.from_b64(text)
                 except RegistryError:
                     continue
                 keys.setdefault(key.key_id, key.raw)
-    entries = [
-        OpenedEntry(o.entry, o.failure, o.trusted, _instruction_check(o.entry, keys))
-        if o.entry is not None and o.entry.kind != "registry.genesis"
-        else o
-        for o in opened
-    ]
     checkpoints = []
     for line, size, note in job.checkpoints:
         try:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from registry.errors import LedgerError
+from registry.errors import LedgerError, MalformedError
 from registry.ledger.bundle import (
     BUNDLE_MODELS,
+    BundleCheckpoint,
+    BundleEntry,
     BundleFormatError,
     BundleHeader,
     BundlePartyKey,
@@ -19,7 +25,10 @@ from registry.ledger.bundle import (
     CheckpointLine,
     LineProblem,
     PartyKeyLine,
+    _written_checkpoint,
+    _written_entry,
 )
+from registry.ledger.keys import b64decode_strict
 from registry.schemas import all_schemas
 
 KEY_ID = "ab" * 32
@@ -128,3 +137,51 @@ def test_every_line_kind_has_a_published_schema() -> None:
     entry = schemas["export-entry"]
     assert entry["properties"]["type"]["const"] == "entry"
     assert set(entry["required"]) == {"type", "seq", "envelope"}
+
+
+def _carefully(raw: bytes) -> tuple[int, bytes] | None:
+    """What the reader's general parse makes of an entry line (``None`` if it refuses it)."""
+    try:
+        line = BundleEntry.model_validate_json(raw)
+        return line.seq, b64decode_strict(line.envelope, what="envelope")
+    except (ValidationError, MalformedError):
+        return None
+
+
+def _entry_line(seq: int, envelope: bytes) -> bytes:
+    return b'{"type":"entry","seq":%d,"envelope":"%s"}' % (seq, base64.b64encode(envelope))
+
+
+def test_the_writers_own_entry_lines_take_the_fast_path() -> None:
+    out = io.BytesIO()
+    BundleWriter(out, _header(1)).entry(0, b"envelope bytes")
+    raw = out.getvalue().splitlines()[1]
+    assert raw == _entry_line(0, b"envelope bytes")
+    assert _written_entry(raw) == (0, b"envelope bytes") == _carefully(raw)
+
+
+@settings(max_examples=400)
+@given(st.integers(0, 2**53 + 5), st.binary(max_size=12), st.data())
+def test_written_entry_lines_parse_as_the_careful_parse_does(
+    seq: int, envelope: bytes, data: st.DataObject
+) -> None:
+    raw = _entry_line(seq, envelope)
+    at = data.draw(st.integers(0, len(raw)))
+    insert = data.draw(st.sampled_from([b"", b"0", b"A", b"=", b'"', b" ", b"\\"]))
+    raw = raw[:at] + insert + raw[at:]
+    fast = _written_entry(raw)
+    assert fast is None or fast == _carefully(raw)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"type":"checkpoint","size":3,"note":"a\\n"}',
+    b'{"type":"checkpoint","size":3,"note":"a","type":"entry"}',
+    b'{"type":"checkpoint","size":-1,"note":"a"}',
+    b'{"type":"checkpoint","size":3,"note":"\\ud800"}',
+    b'{"type":"checkpoint", "size":3,"note":"a"}',
+])
+def test_a_written_checkpoint_is_what_json_calls_a_checkpoint(raw: bytes) -> None:
+    found = _written_checkpoint(raw)
+    if found is not None:
+        assert json.loads(raw)["type"] == "checkpoint"
+        assert found == BundleCheckpoint.model_validate_json(raw)
