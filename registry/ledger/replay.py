@@ -39,12 +39,11 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from registry.domain import instructions as ins
-from registry.domain.forest import Boundary, check_no_overlap, parse_boundary_text
 from registry.domain.redd import compute_issuance, compute_reversal
 from registry.domain.rules import (
     BufferTerms,
@@ -73,6 +72,9 @@ from registry.ledger.checkpoint import NoteVerifier
 from registry.ledger.entry import Entry
 from registry.ledger.keys import PublicKey
 from registry.ledger.opening import SignatureCheck, check_instruction_signature
+
+if TYPE_CHECKING:  # shapely and pyproj load only for a ledger with forest units
+    from registry.domain.forest import Boundary
 
 GENESIS_KIND: Final = "registry.genesis"
 RETIREMENT_ACCOUNT: Final = "RETIREMENT"
@@ -1080,6 +1082,8 @@ class Replay:
                 if r.project_id == b.project_id and r.forest_unit_id is None
             ],
         )
+        from registry.domain.forest import check_no_overlap, parse_boundary_text
+
         boundary = parse_boundary_text(b.boundary)
         check_no_overlap(
             boundary,
