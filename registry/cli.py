@@ -21,15 +21,9 @@ from registry.client import ClientError, RegistryClient, sign_instruction
 from registry.config import Settings
 from registry.errors import ConfigurationError, InvalidRequestError, RegistryError
 from registry.ledger.keys import PublicKey, SigningKey
-from registry.service.setup import (
-    FirstAdministrator,
-    initialise,
-    passphrase_of,
-    preflight,
-    write_key_file,
-)
-from registry.store.db import read_session
-from registry.store.ledger_repo import tree_size
+
+# The database layer is imported by the commands that use it: `registry verify` (and each of
+# its worker processes, which import this module again) starts without it.
 
 app = typer.Typer(
     help="Cambodia–Japan JCM and REDD+ carbon credit registry.",
@@ -70,6 +64,14 @@ def init(
     ] = Path("var/admin-key.pem"),
 ) -> None:
     """Create the database, the registry's Ed25519 key, the first administrator and genesis."""
+    from registry.service.setup import (
+        FirstAdministrator,
+        initialise,
+        passphrase_of,
+        preflight,
+        write_key_file,
+    )
+
     settings = _settings()
     preflight(settings, insecure_dev_key=insecure_dev_key)
     if admin_public_key is not None:
@@ -130,6 +132,8 @@ def keygen(
     ] = False,
 ) -> None:
     """Create an Ed25519 key pair for a party; prints the public key to register."""
+    from registry.service.setup import write_key_file
+
     passphrase = os.environ.get("REGISTRY_PARTY_KEY_PASSPHRASE")
     if passphrase is None and not unencrypted:
         raise RegistryError(
@@ -240,7 +244,9 @@ def demo(
 ) -> None:
     """Seed a freshly initialised registry with the Cambodia–Japan demo data set."""
     from registry.demo import run_demo
-    from registry.service.setup import open_registry
+    from registry.service.setup import open_registry, passphrase_of
+    from registry.store.db import read_session
+    from registry.store.ledger_repo import tree_size
 
     settings = _settings()
     registry = open_registry(settings)
