@@ -45,7 +45,9 @@ class RawBundle:
             party_keys=[x for x in rest if x["type"] == "party_key"],
         )
 
-    def write(self) -> Path:
+    def write(self, *, spaced: bool = False) -> Path:
+        """Write the bundle as the registry spells it (compact JSON: the verifier's fast
+        paths), or ``spaced`` (``json.dumps`` defaults: its careful parse)."""
         lines = [self.header]
         lines += [
             {"type": "entry", "seq": i, "envelope": base64.b64encode(e).decode()}
@@ -53,7 +55,9 @@ class RawBundle:
         ]
         lines += [{"type": "checkpoint", "size": s, "note": n} for s, n in self.checkpoints]
         lines += self.party_keys
-        self.path.write_text("".join(json.dumps(x) + "\n" for x in lines), "utf-8")
+        separators = None if spaced else (",", ":")
+        text = "".join(json.dumps(x, separators=separators) + "\n" for x in lines)
+        self.path.write_text(text, "utf-8")
         return self.path
 
     def entry(self, seq: int) -> Entry:

@@ -30,9 +30,17 @@ ADMIN_KEY = SigningKey.from_seed(b"A" * 32)
 
 
 def failures(bundle: RawBundle, exported: Exported) -> list[tuple[int | None, str, str]]:
-    report = verify_bundle(bundle.write(), registry_key=exported.key, workers=1).report
-    assert not report.ok
-    return [(f.seq, f.code, f.message) for f in report.failures]
+    """The failures found in ``bundle``: the same whether it is spelt as the registry writes
+    it (the verifier's fast paths) or not (its careful parse)."""
+    found = []
+    for spaced in (False, True):
+        report = verify_bundle(
+            bundle.write(spaced=spaced), registry_key=exported.key, workers=1
+        ).report
+        assert not report.ok
+        found.append([(f.seq, f.code, f.message) for f in report.failures])
+    assert found[0] == found[1]
+    return found[0]
 
 
 def codes(found: list[tuple[int | None, str, str]]) -> set[tuple[int | None, str]]:
