@@ -157,10 +157,7 @@ class Statement:
     def rows(self, session: Session, params: Params | None = None) -> list[Any]:
         """Every row the statement returns, with named fields."""
         params = params or {}
-        connection = core(session)
-        if connection.info.get(_QUEUED):
-            read_ahead(session, [(self, params)])  # with the queued writes: one round trip
-        ahead = _sent_ahead(connection, self, params)
+        connection, ahead = self._reading(session, params)
         if ahead is not None:
             return ahead
         with self._cursor(connection, session, params) as (compiled, cursor):
@@ -170,10 +167,7 @@ class Statement:
     def first(self, session: Session, params: Params | None = None) -> Any | None:
         """The first row the statement returns, or ``None``."""
         params = params or {}
-        connection = core(session)
-        if connection.info.get(_QUEUED):
-            read_ahead(session, [(self, params)])  # with the queued writes: one round trip
-        ahead = _sent_ahead(connection, self, params)
+        connection, ahead = self._reading(session, params)
         if ahead is not None:
             return ahead[0] if ahead else None
         with self._cursor(connection, session, params) as (compiled, cursor):
@@ -202,6 +196,14 @@ class Statement:
             return
         with self._cursor(connection, session, rows) as (compiled, cursor):
             cursor.executemany(compiled.sql, [compiled.parameters(row) for row in rows])
+
+    def _reading(self, session: Session, params: Params) -> tuple[Connection, list[Any] | None]:
+        """The session's connection, and this read's rows if they were read ahead. Writes
+        still queued go first, with this read: one round trip."""
+        connection = core(session)
+        if connection.info.get(_QUEUED):
+            read_ahead(session, [(self, params)])
+        return connection, _sent_ahead(connection, self, params)
 
     @staticmethod
     def _writing(session: Session) -> Connection:
