@@ -371,28 +371,20 @@ def _before_statement(conn: Connection, _cursor: Any, statement: str, *_args: An
         _forget_ahead(conn.info)
 
 
-@event.listens_for(Engine, "commit")
-def _before_commit(conn: Connection) -> None:
+def _send_and_forget(conn: Connection, *_args: Any) -> None:
     _send_queued_now(conn)
     _forget_ahead(conn.info)
 
 
-def _on_rollback_or_begin(conn: Connection, *_args: Any) -> None:
+def _drop_and_forget(conn: Connection, *_args: Any) -> None:
     conn.info.pop(_QUEUED, None)
     _forget_ahead(conn.info)
 
 
+for _name in ("commit", "savepoint", "release_savepoint"):
+    event.listen(Engine, _name, _send_and_forget)
 for _name in ("begin", "rollback", "rollback_savepoint"):
-    event.listen(Engine, _name, _on_rollback_or_begin)
-
-
-def _on_savepoint(conn: Connection, *_args: Any) -> None:
-    _send_queued_now(conn)
-    _forget_ahead(conn.info)
-
-
-for _name in ("savepoint", "release_savepoint"):
-    event.listen(Engine, _name, _on_savepoint)
+    event.listen(Engine, _name, _drop_and_forget)
 
 
 @event.listens_for(Pool, "checkin")
