@@ -37,8 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from registry.errors import LedgerError, MalformedError
 from registry.ledger.canonical import MAX_SAFE_INTEGER
-from registry.ledger.keys import b64decode_strict, b64encode
-from registry.ledger.opening import decode_exact_b64
+from registry.ledger.keys import b64decode_exact, b64decode_strict, b64encode
 
 FORMAT: Final = "kh-carbon-registry-export"
 VERSION: Final = 1
@@ -276,7 +275,7 @@ def _written_entry(raw: bytes) -> tuple[int, bytes] | None:
     if not digits.isdigit() or leading_zero or len(digits) > len(str(MAX_SAFE_INTEGER)):
         return None
     seq = int(digits)
-    envelope = decode_exact_b64(raw[cut + len(_WRITTEN_ENTRY_MIDDLE) : -len(_WRITTEN_ENTRY_TAIL)])
+    envelope = b64decode_exact(raw[cut + len(_WRITTEN_ENTRY_MIDDLE) : -len(_WRITTEN_ENTRY_TAIL)])
     if seq > MAX_SAFE_INTEGER or envelope is None:
         return None
     return seq, envelope

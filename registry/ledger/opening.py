@@ -13,7 +13,6 @@ It imports only the ledger's encoding modules, so a spawned worker starts quickl
 
 from __future__ import annotations
 
-import binascii
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from registry.ledger.canonical import canonical_bytes, encode_checked
 from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
 from registry.ledger.dsse import PAYLOAD_TYPE, Envelope, pae, verify_signatures
 from registry.ledger.entry import Entry
-from registry.ledger.keys import PublicKey, b64decode_strict
+from registry.ledger.keys import PublicKey, b64decode_exact, b64decode_strict
 
 #: Instruction kinds whose bodies bring new party keys, and where.
 _KEY_FIELDS = {"party.register": "public_keys", "party.key_add": "public_key"}
@@ -182,25 +181,11 @@ def _written_envelope(data: bytes) -> tuple[bytes, str, bytes] | None:
     if keyid_end < 0:
         return None
     keyid = data[keyid_start:keyid_end]
-    payload = decode_exact_b64(data[len(_ENVELOPE_HEAD) : middle])
-    sig = decode_exact_b64(data[keyid_end + len(_ENVELOPE_SIG) : -len(_ENVELOPE_TAIL)])
+    payload = b64decode_exact(data[len(_ENVELOPE_HEAD) : middle])
+    sig = b64decode_exact(data[keyid_end + len(_ENVELOPE_SIG) : -len(_ENVELOPE_TAIL)])
     if not keyid.isalnum() or payload is None or not sig:
         return None
     return payload, keyid.decode("ascii"), sig
-
-
-def decode_exact_b64(text: bytes) -> bytes | None:
-    """The bytes ``text`` is the canonical standard base64 of, else ``None``.
-
-    It accepts exactly what ``b64decode_strict`` accepts (its result written back must be
-    ``text``), without its error messages: for the hot paths, whose callers fall back to the
-    careful parse to say what is wrong.
-    """
-    try:
-        raw = binascii.a2b_base64(text, strict_mode=True)
-    except binascii.Error:
-        return None
-    return raw if binascii.b2a_base64(raw, newline=False) == text else None
 
 
 def _verifies(key: PublicKey, signature: bytes, message: bytes) -> bool:

@@ -8,9 +8,17 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from registry.errors import BadSignatureError, KeyFileError, LedgerError, MalformedError
-from registry.ledger.keys import PublicKey, SigningKey, make_keyring
+from registry.ledger.keys import (
+    PublicKey,
+    SigningKey,
+    b64decode_exact,
+    b64decode_strict,
+    make_keyring,
+)
 
 # RFC 8032 §7.1, TEST 1 (empty message).
 RFC8032_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
@@ -169,3 +177,38 @@ def test_non_ed25519_key_file_refused() -> None:
 def test_empty_passphrase_refused(key: SigningKey) -> None:
     with pytest.raises(KeyFileError, match="empty passphrase"):
         key.to_pem(b"")
+
+
+def _canonical_b64(text: bytes) -> bytes | None:
+    """The definition: standard alphabet and padding, and the bytes written back are ``text``."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    return raw if base64.b64encode(raw) == text else None
+
+
+@settings(max_examples=300)
+@given(
+    st.one_of(
+        st.binary(max_size=24).map(base64.b64encode),
+        st.text(alphabet="ABQRab01+/=\n-_\"", max_size=12).map(str.encode),
+    )
+)
+def test_base64_decoders_accept_exactly_canonical_standard_base64(text: bytes) -> None:
+    expected = _canonical_b64(text)
+    assert b64decode_exact(text) == expected
+    try:
+        strict: bytes | None = b64decode_strict(text.decode(), what="x")
+    except MalformedError:
+        strict = None
+    assert strict == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [("QQ", "not valid"), ("QQ=", "not valid"), ("QR==", "not canonical"), ("é", "not valid")],
+)
+def test_strict_base64_says_why_it_refuses(text: str, says: str) -> None:
+    with pytest.raises(MalformedError, match=f"key is {says} standard base64"):
+        b64decode_strict(text, what="key")
