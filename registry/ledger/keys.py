@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -109,6 +110,14 @@ class PublicKey:
             ) from e
 
 
+@functools.lru_cache(maxsize=4096)
+def loaded_public_key(raw: bytes) -> PublicKey:
+    """``PublicKey(raw)``, kept: the registry checks the same parties' keys over and over, and
+    loading one into the crypto library costs about as much as the rest of a key check.
+    (A key is immutable; one that does not load raises and is not kept.)"""
+    return PublicKey(raw)
+
+
 Keyring = dict[str, PublicKey]
 """Trusted public keys by ``key_id``: what a verifier is configured with."""
 
@@ -121,12 +130,17 @@ def make_keyring(*keys: PublicKey) -> Keyring:
 class SigningKey:
     """An Ed25519 private key. Its repr never shows secret material."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_public")
 
     def __init__(self, key: Ed25519PrivateKey) -> None:
         if not isinstance(key, Ed25519PrivateKey):
             raise TypeError(f"expected an Ed25519PrivateKey, got {type(key).__name__}")
         self._key = key
+        self._public = PublicKey(
+            key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+        )
 
     def __repr__(self) -> str:
         return f"SigningKey(key_id={self.public_key.key_id!r})"
@@ -144,11 +158,7 @@ class SigningKey:
 
     @property
     def public_key(self) -> PublicKey:
-        return PublicKey(
-            self._key.public_key().public_bytes(
-                serialization.Encoding.Raw, serialization.PublicFormat.Raw
-            )
-        )
+        return self._public
 
     def sign(self, message: bytes) -> bytes:
         """A 64-byte Ed25519 signature over ``message`` (deterministic, RFC 8032)."""

@@ -26,7 +26,7 @@ from registry.errors import (
     ReplayError,
 )
 from registry.ledger.canonical import canonical_bytes
-from registry.ledger.keys import PublicKey, b64decode_strict
+from registry.ledger.keys import PublicKey, b64decode_strict, loaded_public_key
 from registry.store import write_behind
 from registry.store.statements import Read, Statement
 from registry.store.tables import NonceRow, PartyKeyRow, PartyRow, table
@@ -192,7 +192,7 @@ def authenticate(session: Session, parsed: Parsed, *, seq: int, now: datetime) -
             details={"key_id": ins.key_id, "revoked_seq": found.revoked_seq},
         )
     try:
-        PublicKey(raw=found.public_key).verify(parsed.signature, parsed.message)
+        loaded_public_key(found.public_key).verify(parsed.signature, parsed.message)
     except BadSignatureError as e:
         raise BadSignatureError(
             f"the signature of party {party.id} does not verify over this instruction",
@@ -270,7 +270,7 @@ def authenticate_read(
             f"signed read dated {date} is more than {READ_CLOCK_SKEW} from the registry's clock"
         )
     try:
-        PublicKey(raw=key_row.public_key).verify(
+        loaded_public_key(key_row.public_key).verify(
             b64decode_strict(signature, what="signature"), message
         )
     except BadSignatureError as e:

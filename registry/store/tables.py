@@ -262,14 +262,26 @@ def table(model: type[SQLModel]) -> Table:
     return cast(Table, model.__table__)  # type: ignore[attr-defined]
 
 
+_CONNECTION = "registry.core_connection"
+
+
 def core(session: Session) -> Connection:
     """The session's connection, for Core statements in the session's transaction.
 
     Objects added to the session but not yet written are flushed first, so a Core statement
     sees them (and a foreign key to them holds).
+
+    The connection is kept for the innermost transaction it was handed out in (a transfer asks
+    for it about ten times, and the session's own lookup costs more than the statement). A
+    savepoint the session has begun is only emitted when it hands out the connection, so any
+    other transaction, a savepoint begun or ended since, asks the session again.
     """
-    if session.new or session.dirty or session.deleted:
-        session.flush()
-    # Always ask the session: a savepoint it has begun is only emitted when it hands out the
-    # connection, so a connection kept from earlier would write outside the savepoint.
-    return session.connection()
+    session.flush()  # nothing to do, and cheap, when nothing was added or changed
+    current = session.get_nested_transaction() or session.get_transaction()
+    kept = session.info.get(_CONNECTION)
+    if kept is not None and kept[0] is current:
+        connection: Connection = kept[1]
+        return connection
+    connection = session.connection()
+    session.info[_CONNECTION] = (current, connection)
+    return connection
