@@ -235,3 +235,39 @@ def test_a_failed_write_sent_soon_fails_its_transaction_and_leaves_nothing(
     if registry.engine.dialect.name == "postgresql":
         assert "pipeline" in str(refused.value)
     assert not _stored(registry, "KH-SOON-3")
+
+
+def test_a_connection_replaced_under_the_registry_gets_cursors_of_its_own(
+    registry: Registry,
+) -> None:
+    # PostgreSQL's cursors are kept with their driver connection. A connection the pool
+    # replaced (a restarted server, an invalidated connection) must get its own: the old ones
+    # belong to a closed connection, and every write through them would fail.
+    append_notes(registry, 1)
+    for _ in range(8):  # every connection the pool holds
+        with registry.engine.connect() as connection:
+            connection.invalidate()
+    append_notes(registry, 2)
+    with read_session(registry.engine) as s:
+        assert ledger_repo.tip(s).size == 4  # genesis and three notes
+
+
+def test_reads_sent_ahead_after_a_failed_pipeline_answer_their_own_rows(
+    registry: Registry,
+) -> None:
+    # The same kept cursors serve every transaction of a connection: after one ended in a
+    # refused pipeline, each read of the next still gets its own rows, not a leftover.
+    append_notes(registry, 1)
+    with (
+        pytest.raises(IntegrityError),
+        write_transaction(registry.engine) as session,
+        pipeline(session),
+    ):
+        ledger_repo.add_checkpoint(session, size=1, root=b"\0" * 32, note="again")
+    reads = [accounts_read([RETIREMENT_ACCOUNT]), accounts_read([CANCELLATION_ACCOUNT])]
+    with write_transaction(registry.engine) as session:
+        read_ahead(session, reads)
+        retirement = accounts(session, [RETIREMENT_ACCOUNT])
+        cancellation = accounts(session, [CANCELLATION_ACCOUNT])
+    assert [a.id for a in retirement.values()] == [RETIREMENT_ACCOUNT]
+    assert [a.id for a in cancellation.values()] == [CANCELLATION_ACCOUNT]
