@@ -322,7 +322,9 @@ def read_ahead(session: Session, reads: Sequence[Read]) -> None:
 
 
 def _frozen(params: Params) -> Any:
-    return tuple(sorted(params.items()))
+    # In the order given, unsorted: the read and its use build their parameters in the same
+    # place, and parameters given in another order only miss the kept rows (and read again).
+    return tuple(params.items())
 
 
 def _sent_ahead(connection: Connection, statement: Statement, params: Params) -> list[Any] | None:
