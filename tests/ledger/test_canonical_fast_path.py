@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from registry.ledger.canonical import (
     MAX_SAFE_INTEGER,
     _fast_dumps,
+    _stdlib_dumps,
     canonical_bytes,
     parse_canonical,
 )
@@ -51,3 +52,39 @@ def test_keys_beyond_the_bmp_sort_by_utf16() -> None:
         "\uff01".encode()
     )
     assert parse_canonical(canonical_bytes(value)) == value
+
+
+# Anything at all a caller could hand the encoder: lone surrogates, integers of any size,
+# non-string keys, tuples, subclasses of int (bool), nesting deeper than orjson goes.
+any_texts = st.text(max_size=8)
+any_scalars = st.none() | st.booleans() | st.integers() | any_texts
+any_keys = any_texts | st.integers(-5, 5)
+
+
+def _outcome(encode: Any, value: Any) -> bytes | str:
+    try:
+        data: bytes = encode(value)
+    except Exception as e:
+        return type(e).__name__
+    return data
+
+
+@settings(max_examples=500)
+@given(
+    st.recursive(
+        any_scalars,
+        lambda inner: st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(any_keys, inner, max_size=4),
+        max_leaves=20,
+    )
+)
+def test_orjson_writes_or_refuses_exactly_what_the_standard_library_does(value: Any) -> None:
+    assert _outcome(_fast_dumps, value) == _outcome(_stdlib_dumps, value)
+
+
+def test_nesting_deeper_than_orjson_goes_is_still_encoded() -> None:
+    value: Any = 1
+    for _ in range(300):
+        value = [value]
+    assert _fast_dumps(value) == _stdlib_dumps(value) == b"[" * 300 + b"1" + b"]" * 300
