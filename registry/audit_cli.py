@@ -20,19 +20,23 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 
-from registry.config import Settings
 from registry.errors import ConfigurationError, RegistryError
 from registry.ledger.audit import Failure
 from registry.ledger.bundle import BundleReader
 from registry.ledger.verify_bundle import EXIT_FAILED, verify_bundle
 
+if TYPE_CHECKING:
+    from registry.config import Settings
+
 
 def _settings() -> Settings:
+    from registry.config import Settings
+
     try:
         return Settings()
     except ValidationError as e:
