@@ -22,7 +22,7 @@ from registry.ledger.keys import PublicKey, SigningKey
 
 # The database layer, the HTTP client and the settings are imported by the commands that use
 # them: `registry verify` (and each of its worker processes, which import this module again)
-# starts without them (0.36 s of imports down to 0.14 s).
+# starts without them (0.36 s of imports down to 0.23 s).
 if TYPE_CHECKING:
     from registry.config import Settings
 
