@@ -181,9 +181,10 @@ def serve_writes(connection: Connection) -> None:
     pipe = socket.socket(fileno=os.dup(connection.fileno()))
     connection.close()
     messages = _Messages(pipe)
+    answering = True
     while requests := messages.take(BATCH):
-        # Once the API process has closed the pipe, what was read is still carried out:
-        # nobody may be left to answer, but nothing is half done.
+        # Once the API process is gone, what was read is still carried out, unanswered:
+        # committed or not at all, never half done (its clients retry with their keys).
         answers: list[Answer] = []
         works = []
         for request_id, kind, raw, idempotency_key in requests:
@@ -200,6 +201,8 @@ def serve_writes(connection: Connection) -> None:
                     answers.append((request_id, None, _error_as_data(result)))
                 else:
                     answers.append((request_id, result, None))
+        if not answering:
+            continue
         try:
             frame = _frame(answers)
         except Exception:  # an answer that cannot be pickled: say so instead, for each
@@ -207,7 +210,7 @@ def serve_writes(connection: Connection) -> None:
         try:
             pipe.sendall(frame)
         except OSError:
-            return  # the API process is gone: nobody waits for these answers any more
+            answering = False  # the API process is gone: nobody waits for answers any more
 
 
 def _picklable(answer: Answer) -> Answer:
@@ -319,7 +322,10 @@ class WriterProcess:
         try:
             answer = pickle.loads(data)
         except Exception:
+            # Whose answers these were is unknown: the link is given up, so that every request
+            # waiting on it gets its 500 (a retry is safe) instead of waiting for ever.
             _log.exception("an answer of the writer process could not be read")
+            self._lost(link)
             return
         if answer == READY:  # a writer started by a request, not by start()
             return

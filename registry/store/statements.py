@@ -136,7 +136,7 @@ class Statement:
 
     @contextmanager
     def _cursor(
-        self, connection: Connection, session: Session, params: object
+        self, connection: Connection, session: Session, params: object, *, reading: bool
     ) -> Iterator[tuple[_Compiled, Any]]:
         """The compiled statement and a fresh cursor, closed after; driver errors raised
         inside (on execute or on fetch) come out as SQLAlchemy's."""
@@ -144,7 +144,7 @@ class Statement:
         compiled = self._for(dialect)
         kept = dialect.name == "postgresql"
         if kept:
-            cursor = _kept_cursors(connection, 1)[0]
+            cursor = _kept_cursors(connection, _READ + 1)[_READ if reading else _WRITE]
         else:
             cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
@@ -165,7 +165,7 @@ class Statement:
         connection, ahead = self._reading(session, params)
         if ahead is not None:
             return ahead
-        with self._cursor(connection, session, params) as (compiled, cursor):
+        with self._cursor(connection, session, params, reading=True) as (compiled, cursor):
             cursor.execute(compiled.sql, compiled.parameters(params))
             return [compiled.make_row(raw) for raw in cursor.fetchall()]
 
@@ -175,7 +175,7 @@ class Statement:
         connection, ahead = self._reading(session, params)
         if ahead is not None:
             return ahead[0] if ahead else None
-        with self._cursor(connection, session, params) as (compiled, cursor):
+        with self._cursor(connection, session, params, reading=True) as (compiled, cursor):
             cursor.execute(compiled.sql, compiled.parameters(params))
             raw = cursor.fetchone()
             return None if raw is None else compiled.make_row(raw)
@@ -187,7 +187,7 @@ class Statement:
             with pipeline(session):  # the queued writes and this one: one round trip
                 self.execute(session, params)
             return
-        with self._cursor(connection, session, params) as (compiled, cursor):
+        with self._cursor(connection, session, params, reading=False) as (compiled, cursor):
             cursor.execute(compiled.sql, compiled.parameters(params))
 
     def execute_many(self, session: Session, rows: Sequence[Params]) -> None:
@@ -199,7 +199,7 @@ class Statement:
             with pipeline(session):  # the queued writes and these: one round trip
                 self.execute_many(session, rows)
             return
-        with self._cursor(connection, session, rows) as (compiled, cursor):
+        with self._cursor(connection, session, rows, reading=False) as (compiled, cursor):
             cursor.executemany(compiled.sql, [compiled.parameters(row) for row in rows])
 
     def _reading(self, session: Session, params: Params) -> tuple[Connection, list[Any] | None]:
@@ -303,8 +303,8 @@ def read_ahead(session: Session, reads: Sequence[Read]) -> None:
     if dialect.name != "postgresql" or not reads:
         return
     raw = connection.connection.driver_connection
-    # Cursor 0 sends the queued writes; each read has a cursor of its own for its rows.
-    cursors = _kept_cursors(connection, 1 + len(reads))[1:]
+    # The queued writes go on the writes' cursor; each read has a cursor of its own.
+    cursors = _kept_cursors(connection, _AHEAD_FROM + len(reads))[_AHEAD_FROM:]
     sent: list[tuple[Read, _Compiled, Any]] = []
     try:
         with raw.pipeline():  # type: ignore[union-attr]
@@ -347,7 +347,7 @@ def _send_queued(connection: Connection) -> None:
     if not queued:
         return
     dialect = connection.dialect
-    cursor = _kept_cursors(connection, 1)[0]
+    cursor = _kept_cursors(connection, _WRITE + 1)[_WRITE]
     for statement, rows in queued:
         compiled = statement._for(dialect)
         cursor.executemany(compiled.sql, [compiled.parameters(row) for row in rows])
@@ -356,16 +356,23 @@ def _send_queued(connection: Connection) -> None:
 _CURSORS = "registry.cursors"
 """Key, in the connection's ``info``, of its driver connection and the cursors kept for it."""
 
+_WRITE, _READ, _AHEAD_FROM = 0, 1, 2
+"""Which kept cursor does what. Writes (whose results nobody reads) have one of their own: in a
+pipeline psycopg hands a result to its cursor when it arrives, so a write still unanswered on
+a cursor could answer a read sent after it on the same one. Reads run one at a time on
+another; reads sent ahead, whose results all wait until their pipeline ends, one each."""
+
 
 def _kept_cursors(connection: Connection, n: int) -> list[Any]:
     """``n`` cursors of the connection's psycopg connection, made once and kept with it.
 
     Making and closing a psycopg cursor costs about as much as running a small statement in a
     pipeline (13 against 20 µs here), and a transfer ran six. A cursor only holds the results
-    of the last statement run on it, and every caller fetches those before running another
-    (or, for writes, never needs them), so the same few serve every transaction of the
-    connection. They are kept with the driver connection they belong to: a connection that
-    was replaced gets new ones. SQLite's cursors cost next to nothing and are not kept.
+    of the last statement run on it; each read fetches its own before another read runs on
+    its cursor, and writes never need theirs (see ``_WRITE``), so the same few serve every
+    transaction of the connection. They are kept with the driver connection they belong to: a
+    connection that was replaced gets new ones. SQLite's cursors cost next to nothing and are
+    not kept.
     """
     raw = connection.connection.driver_connection
     kept: tuple[Any, list[Any]] | None = connection.info.get(_CURSORS)

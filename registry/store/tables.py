@@ -279,9 +279,12 @@ def core(session: Session) -> Connection:
     session.flush()  # nothing to do, and cheap, when nothing was added or changed
     current = session.get_nested_transaction() or session.get_transaction()
     kept = session.info.get(_CONNECTION)
-    if kept is not None and kept[0] is current:
+    if current is not None and kept is not None and kept[0] is current:
         connection: Connection = kept[1]
         return connection
     connection = session.connection()
+    # A transaction the session began just now, to hand out the connection, is the key (not
+    # None, which every later transaction of the session would match).
+    current = session.get_nested_transaction() or session.get_transaction()
     session.info[_CONNECTION] = (current, connection)
     return connection

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
 from registry.service.context import Registry
 from registry.service.ledger import append_entry
@@ -271,3 +272,17 @@ def test_reads_sent_ahead_after_a_failed_pipeline_answer_their_own_rows(
         cancellation = accounts(session, [CANCELLATION_ACCOUNT])
     assert [a.id for a in retirement.values()] == [RETIREMENT_ACCOUNT]
     assert [a.id for a in cancellation.values()] == [CANCELLATION_ACCOUNT]
+
+
+def test_a_session_that_begins_by_itself_gets_each_transaction_its_own_connection(
+    registry: Registry,
+) -> None:
+    # The connection is kept per transaction; a session whose transactions begin on their
+    # own (no session.begin()) must not be handed the one its last transaction closed.
+    append_notes(registry, 1)
+    with Session(registry.engine) as session:
+        first = ledger_repo.tip(session)
+        session.commit()
+        second = ledger_repo.tip(session)
+        session.commit()
+    assert first == second and first.size == 2
