@@ -112,9 +112,10 @@ class PublicKey:
 
 @functools.lru_cache(maxsize=4096)
 def loaded_public_key(raw: bytes) -> PublicKey:
-    """``PublicKey(raw)``, kept: the registry checks the same parties' keys over and over, and
-    loading one into the crypto library costs about as much as the rest of a key check.
-    (A key is immutable; one that does not load raises and is not kept.)"""
+    """``PublicKey(raw)``, kept: a few parties' keys sign most instructions, both when the
+    registry takes them and when a verifier replays them, and loading one into the crypto
+    library costs about as much as the rest of a key check. (A key is immutable; one that does
+    not load raises ``MalformedError`` and is not kept.)"""
     return PublicKey(raw)
 
 

@@ -13,7 +13,6 @@ It imports only the ledger's encoding modules, so a spawned worker starts quickl
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -23,7 +22,7 @@ from registry.ledger.canonical import canonical_bytes, encode_checked
 from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
 from registry.ledger.dsse import PAYLOAD_TYPE, Envelope, pae, verify_signatures
 from registry.ledger.entry import Entry
-from registry.ledger.keys import PublicKey, b64decode_exact, b64decode_strict
+from registry.ledger.keys import PublicKey, b64decode_exact, b64decode_strict, loaded_public_key
 
 #: Instruction kinds whose bodies bring new party keys, and where.
 _KEY_FIELDS = {"party.register": "public_keys", "party.key_add": "public_key"}
@@ -39,13 +38,6 @@ _ENVELOPE_TAIL = b'"}]}'
 _PAYLOAD_KEYS = frozenset({"effects", "instruction", "signature"})
 _INSTRUCTION_KEY = b'"instruction":'
 _SIGNATURE_KEY = b',"signature":'
-
-
-@functools.lru_cache(maxsize=1024)
-def _loaded_key(raw: bytes) -> PublicKey:
-    """The loaded key of ``raw`` (``MalformedError`` if it is none): a few party keys sign
-    most instructions, so each is checked and loaded once, not once per signature."""
-    return PublicKey(raw)
 
 
 def instruction_signed_bytes(instruction: Any, *, from_entry: bool = False) -> bytes:
@@ -76,7 +68,7 @@ def _signs(signature: Any, message: bytes, public_key: bytes) -> bool:
     """Whether ``signature`` (base64) is ``public_key``'s over ``message``."""
     try:
         sig = b64decode_strict(signature, what="instruction signature")
-        _loaded_key(public_key).verify(sig, message)
+        loaded_public_key(public_key).verify(sig, message)
     except RegistryError:
         return False
     return True

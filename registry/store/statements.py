@@ -138,8 +138,9 @@ class Statement:
     def _cursor(
         self, connection: Connection, session: Session, params: object, *, reading: bool
     ) -> Iterator[tuple[_Compiled, Any]]:
-        """The compiled statement and a fresh cursor, closed after; driver errors raised
-        inside (on execute or on fetch) come out as SQLAlchemy's."""
+        """The compiled statement and a cursor (on PostgreSQL one of the connection's kept
+        cursors, see :func:`_kept_cursors`; on SQLite a fresh one, closed after); driver errors
+        raised inside (on execute or on fetch) come out as SQLAlchemy's."""
         dialect = connection.dialect
         compiled = self._for(dialect)
         kept = dialect.name == "postgresql"
