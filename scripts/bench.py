@@ -1,7 +1,11 @@
 """Proof under load: how fast the registry appends, proves and verifies, each beside a floor.
 
 Every figure is printed next to a floor measured in the same run on the same machine, so the
-ratios travel between machines even when the raw numbers do not:
+ratios travel between machines even when the raw numbers do not. The floor is measured beside
+each figure, not once: each HTTP load alternates with the floor's in slices, and raw Ed25519
+is timed just before and just after each verification, because a virtual machine's speed
+drifts within minutes (by a quarter on the development machine) and a ratio of two figures
+taken minutes apart measured that drift as much as the code:
 
 - **transfers/s over HTTP**: signed, durable (acknowledged means committed) transfers against
   ``registry serve`` with one uvicorn worker (a subprocess on a free loopback port, configured
@@ -416,15 +420,62 @@ class Sizes:
     """Seconds of proof timing per engine and size (slow configurations take fewer samples)."""
     verify_one_core: bool
     """Also verify the smallest ledger with one worker (not only with every core)."""
+    rounds: int
+    """Slices in which each HTTP load and its floor alternate."""
 
 
-QUICK = Sizes(floor={1: 500, 32: 1000}, registry={1: 100, 32: 300}, warmup=20,
+QUICK = Sizes(floor={1: 300, 32: 600}, registry={1: 100, 32: 300}, warmup=20,
               issuance_reps=7, proof_sizes=(10**4, 10**5), proof_reps=200, verify_ops=3000,
-              verify_sizes=(3000,), budget=4.0, proof_budget=2.0, verify_one_core=False)
-FULL = Sizes(floor={1: 3000, 32: 6000}, registry={1: 800, 32: 3000}, warmup=50,
-             issuance_reps=31, proof_sizes=(10**4, 10**6), proof_reps=1000, verify_ops=20000,
+              verify_sizes=(3000,), budget=4.0, proof_budget=2.0, verify_one_core=False,
+              rounds=2)
+FULL = Sizes(floor={1: 2400, 32: 4800}, registry={1: 900, 32: 3000}, warmup=50,
+             issuance_reps=31, proof_sizes=(10**4, 10**6), proof_reps=1000, verify_ops=10000,
              verify_sizes=(10**4, 10**5), budget=25.0, proof_budget=15.0,
-             verify_one_core=True)
+             verify_one_core=True, rounds=3)
+
+
+def _merged(results: Sequence[LoadResult]) -> LoadResult:
+    """Several loads as one: their requests, their seconds added, their latencies pooled."""
+    statuses: Counter[int] = Counter()
+    for r in results:
+        statuses.update(r.statuses)
+    return LoadResult(
+        sum(r.requests for r in results), sum(r.seconds for r in results),
+        [x for r in results for x in r.latencies], statuses,
+        [b for r in results for b in r.bodies][:3],
+    )
+
+
+@dataclass
+class Paired:
+    """A registry load and the floor's, run alternately in ``rounds`` slices each."""
+
+    registry: LoadResult
+    floor: LoadResult
+
+    @property
+    def ratio(self) -> float:
+        return self.registry.rate / self.floor.rate if self.floor.rate else 0.0
+
+
+def run_paired(floor: Callable[[int], LoadResult], registry: Callable[[int], LoadResult],
+               n_floor: int, n_registry: int, rounds: int) -> Paired:
+    """The registry and the floor measured in alternating slices (floor first, then registry
+    first, and so on), so both span the same minutes: this virtual machine's speed drifts by
+    a quarter within minutes, and a floor taken a minute apart from its registry figure moved
+    the ratio by as much as any change to the code."""
+    floors: list[LoadResult] = []
+    registries: list[LoadResult] = []
+    for i in range(rounds):
+        share_f = n_floor // rounds + (1 if i < n_floor % rounds else 0)
+        share_r = n_registry // rounds + (1 if i < n_registry % rounds else 0)
+        if i % 2 == 0:
+            floors.append(floor(share_f))
+            registries.append(registry(share_r))
+        else:
+            registries.append(registry(share_r))
+            floors.append(floor(share_f))
+    return Paired(_merged(registries), _merged(floors))
 
 
 def _record(figures: dict[str, Any], name: str, result: LoadResult) -> dict[str, Any]:
@@ -444,10 +495,12 @@ def _line(label: str, c: int, entry: Mapping[str, Any], floor: Mapping[str, Any]
     if floor is not None and ratio_target is not None:
         ratio = entry["rate"] / floor["rate"] if floor["rate"] else 0.0
         verdict = "ok" if ratio >= ratio_target else "BELOW"
-        text += f"  = {100 * ratio:5.1f}% of floor (target >= {100 * ratio_target:.0f}%: {verdict})"
+        text += (f"  = {100 * ratio:5.1f}% of floor {floor['rate']:,.0f} /s (target >= "
+                 f"{100 * ratio_target:.0f}%: {verdict})")
     if c == 32 and floor is not None:
         verdict = "ok" if entry["p99_ms"] < TARGETS["p99_ms_at_32"] else "ABOVE"
-        text += f"  p99 target < {TARGETS['p99_ms_at_32']:.0f} ms: {verdict}"
+        text += (f"  p99 target < {TARGETS['p99_ms_at_32']:.0f} ms: {verdict} (the floor's "
+                 f"{floor['p99_ms']:.1f} ms)")
     if entry["failed"]:
         text += f"  [{entry['failed']} failed]"
     return text
@@ -455,7 +508,8 @@ def _line(label: str, c: int, entry: Mapping[str, Any], floor: Mapping[str, Any]
 
 def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, Any]:
     say("== transfers over HTTP (signed, durable; one uvicorn worker, with the writer process "
-        "each has, unless noted)")
+        f"each has, unless noted); each beside the floor, the two run alternately in "
+        f"{sizes.rounds} slices")
     figures: dict[str, Any] = {}
     floor_key = SigningKey.generate()
     floor_signed = [
@@ -464,48 +518,63 @@ def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, An
             "to_account": DESTINATION}, valid_for=VALID_FOR)).encode()
         for _ in range(64)
     ]
-    with floor_server(workdir) as port:
-        def floor_requests(n: int) -> list[bytes]:
-            return [http_request(port, "/v1/transfers", floor_signed[i % 64], new_nonce())
-                    for i in range(n)]
+    floors: dict[int, list[LoadResult]] = {c: [] for c in sizes.floor}
+    with floor_server(workdir) as floor_port:
+        def floor_load(c: int) -> Callable[[int], LoadResult]:
+            def load(n: int) -> LoadResult:
+                requests = [http_request(floor_port, "/v1/transfers", floor_signed[i % 64],
+                                         new_nonce()) for i in range(n)]
+                return run_load(floor_port, requests, c, sizes.budget / sizes.rounds)
+            return load
 
-        run_load(port, floor_requests(sizes.warmup * 4), 4)
-        for c, n in sizes.floor.items():
-            entry = _record(figures, f"floor_c{c}", run_load(port, floor_requests(n), c,
-                                                                    sizes.budget))
-            say(_line("floor (bare FastAPI)", c, entry, None, None))
-
-    engines = ["sqlite"] + (["postgresql"] if pg_base else [])
-    for kind in engines:
-        with database(kind, workdir, pg_base) as url:
-            seeded = seed(url, workdir)
-            batch = seeded.issue(10**9)
-            worker_counts = [1, 2] if kind == "postgresql" else [1]
-            total = sum(sizes.warmup + sum(sizes.registry.values()) for _ in worker_counts)
-            bodies = [json.dumps(seeded.transfer(batch)).encode() for _ in range(total)]
-            seeded.registry.engine.dispose()
-            feed = iter(bodies)
-            target = TARGETS[f"{kind}_ratio"]
-            for workers in worker_counts:
-                with registry_server(seeded.settings, workdir, workers=workers) as port:
-                    if workers > 1:
-                        time.sleep(2.0)  # let every worker finish importing before timing
-                    run_load(port, _take(port, feed, sizes.warmup), 2)
-                    for c, n in sizes.registry.items():
-                        name = f"{kind}_w{workers}_c{c}"
-                        entry = _record(figures, name, run_load(port, _take(port, feed, n), c,
-                                                                sizes.budget))
-                        floor = figures[f"floor_c{c}"]["rate"]
-                        entry["floor_ratio"] = round(entry["rate"] / floor, 3)
-                        say(_line(f"{kind} workers={workers}", c, entry,
-                                  figures[f"floor_c{c}"], target))
-                        if workers > 1 and c == 1 and entry["p50_ms"] > 35:
-                            say("    (uvicorn --workers N binds a listener without IPPROTO_TCP, "
-                                "so accepted sockets keep Nagle on and each keep-alive "
-                                "response waits ~40 ms for a delayed ACK: Kludex/uvicorn#3149)")
-            if kind == "sqlite":
-                figures["audit"] = bench_audit(seeded)
+        floor_load(4)(sizes.warmup * 4)
+        engines = ["sqlite"] + (["postgresql"] if pg_base else [])
+        for kind in engines:
+            with database(kind, workdir, pg_base) as url:
+                seeded = seed(url, workdir)
+                batch = seeded.issue(10**9)
+                worker_counts = [1, 2] if kind == "postgresql" else [1]
+                total = sum(sizes.warmup + sum(sizes.registry.values()) for _ in worker_counts)
+                bodies = [json.dumps(seeded.transfer(batch)).encode() for _ in range(total)]
+                seeded.registry.engine.dispose()
+                feed = iter(bodies)
+                target = TARGETS[f"{kind}_ratio"]
+                for workers in worker_counts:
+                    with registry_server(seeded.settings, workdir, workers=workers) as port:
+                        if workers > 1:
+                            time.sleep(2.0)  # let every worker finish importing before timing
+                        run_load(port, _take(port, feed, sizes.warmup), 2)
+                        for c, n in sizes.registry.items():
+                            registry_load = _load_from(port, feed, c, sizes.budget / sizes.rounds)
+                            paired = run_paired(floor_load(c), registry_load, sizes.floor[c], n,
+                                                sizes.rounds)
+                            floors[c].append(paired.floor)
+                            name = f"{kind}_w{workers}_c{c}"
+                            entry = _record(figures, name, paired.registry)
+                            floor = _record({}, "floor", paired.floor)
+                            entry["floor"] = floor
+                            entry["floor_ratio"] = round(paired.ratio, 3)
+                            say(_line(f"{kind} workers={workers}", c, entry, floor, target))
+                            if workers > 1 and c == 1 and entry["p50_ms"] > 35:
+                                say("    (uvicorn --workers N binds a listener without "
+                                    "IPPROTO_TCP, so accepted sockets keep Nagle on and each "
+                                    "keep-alive response waits ~40 ms for a delayed ACK: "
+                                    "Kludex/uvicorn#3149)")
+                if kind == "sqlite":
+                    figures["audit"] = bench_audit(seeded)
+    for c, results in floors.items():
+        # Every slice of the floor together: the bare endpoint over the whole section.
+        entry = _record(figures, f"floor_c{c}", _merged(results))
+        say(_line("floor (bare FastAPI)", c, entry, None, None) + "  (all its slices)")
     return figures
+
+
+def _load_from(port: int, feed: Iterator[bytes], c: int,
+               budget: float) -> Callable[[int], LoadResult]:
+    """A load of the next ``n`` requests of ``feed`` on ``c`` connections, for each ``n``."""
+    def load(n: int) -> LoadResult:
+        return run_load(port, _take(port, feed, n), c, budget)
+    return load
 
 
 def _take(port: int, feed: Iterator[bytes], n: int) -> list[bytes]:
@@ -914,18 +983,29 @@ def bench_verify(sizes: Sizes, workdir: Path, pg_base: str | None = None) -> dic
     say("== verification")
     cores = os.cpu_count() or 1
     n = sizes.verify_ops
-    _ed25519_verifies(200)
-    one_core = n / _ed25519_verifies(n)
     with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        def raw_rate(workers: int) -> float:
+            """Raw Ed25519 verifications/s on ``workers`` cores, now."""
+            if workers == 1:
+                return n / _ed25519_verifies(n)
+            started = time.perf_counter()
+            pool.map(_ed25519_verifies, [n] * workers)
+            return n * workers / (time.perf_counter() - started)
+
+        _ed25519_verifies(200)
         pool.map(_ed25519_verifies, [200] * cores)
-        started = time.perf_counter()
-        pool.map(_ed25519_verifies, [n] * cores)
-        all_cores = n * cores / (time.perf_counter() - started)
-    raw = {1: one_core, cores: all_cores}
-    say(f"  raw Ed25519 verify (floor): {one_core:,.0f} /s on 1 core, {all_cores:,.0f} /s on "
-        f"{cores} cores")
-    figures: dict[str, Any] = {"ed25519_verify_per_s_1core": round(one_core),
-                               f"ed25519_verify_per_s_{cores}cores": round(all_cores),
+        return _bench_verify(sizes, workdir, pg_base, raw_rate)
+
+
+def _bench_verify(sizes: Sizes, workdir: Path, pg_base: str | None,
+                  raw_rate: Callable[[int], float]) -> dict[str, Any]:
+    cores = os.cpu_count() or 1
+    raw = {1: raw_rate(1), cores: raw_rate(cores)}
+    say(f"  raw Ed25519 verify (floor): {raw[1]:,.0f} /s on 1 core, {raw[cores]:,.0f} /s on "
+        f"{cores} cores; measured again around each verification, which is held against the "
+        "mean of the two beside it")
+    figures: dict[str, Any] = {"ed25519_verify_per_s_1core": round(raw[1]),
+                               f"ed25519_verify_per_s_{cores}cores": round(raw[cores]),
                                "cores": cores}
     if not verifier_available():
         say("  verify: not available (no registry/ledger/verify_bundle.py)")
@@ -957,18 +1037,21 @@ def bench_verify(sizes: Sizes, workdir: Path, pg_base: str | None = None) -> dic
             tag = f"{size}" if kind == "sqlite" else f"{size}_postgresql"
             per_entry = signatures_per_entry(bundle)
             for workers in sorted({1, cores} if one_core else {cores}):
+                before = raw_rate(workers)
                 result = run_verify_child(bundle, key, workers)
+                floor = (before + raw_rate(workers)) / 2
                 rate = result["entries"] / result["seconds"]
-                ratio = rate / raw[workers]
+                ratio = rate / floor
                 # The floor in entries/s: raw verifications/s over the signatures each entry
                 # needs checked (registry envelope, holder's instruction, its share of the
                 # checkpoints). The verifier can never beat it; the gap is everything else.
-                share = rate * per_entry / raw[workers]
+                share = rate * per_entry / floor
                 entry = {
                     "entries": result["entries"], "ok": result["ok"],
                     "entries_per_s": round(rate, 1), "ed25519_ratio": round(ratio, 3),
                     "signatures_per_entry": round(per_entry, 3),
-                    "signature_floor_entries_per_s": round(raw[workers] / per_entry, 1),
+                    "ed25519_verify_per_s": round(floor),
+                    "signature_floor_entries_per_s": round(floor / per_entry, 1),
                     "signature_floor_ratio": round(share, 3),
                     "seconds": round(result["seconds"], 2),
                     "peak_rss_mb": round(result["peak_rss_mb"], 1),
@@ -978,7 +1061,7 @@ def bench_verify(sizes: Sizes, workdir: Path, pg_base: str | None = None) -> dic
                 verdict = "ok" if share >= TARGETS["verify_signature_share"] else "BELOW"
                 say(f"  verify n={total:<8} {kind:<10} workers={workers}: {rate:8,.0f} entries/s = "
                     f"{ratio:.3f} x raw Ed25519 on {workers} core(s); {per_entry:.2f} signatures "
-                    f"per entry, so floor {raw[workers] / per_entry:,.0f} entries/s and "
+                    f"per entry, so floor {floor / per_entry:,.0f} entries/s and "
                     f"{100 * share:.0f}% of it (target >= "
                     f"{100 * TARGETS['verify_signature_share']:.0f}%: {verdict}); peak RSS "
                     f"{entry['peak_rss_mb']:.0f} MB (workers {entry['workers_peak_rss_mb']:.0f} MB)"
