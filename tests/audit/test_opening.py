@@ -7,13 +7,23 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from registry.errors import RegistryError
 from registry.ledger.canonical import MAX_SAFE_INTEGER
+from registry.ledger.checkpoint import (
+    Checkpoint,
+    NoteVerifier,
+    add_signature,
+    open_checkpoint,
+    sign_checkpoint,
+)
 from registry.ledger.dsse import PAYLOAD_TYPE, Envelope, EnvelopeSignature, sign_envelope
 from registry.ledger.entry import Entry, seal_entry
 from registry.ledger.keys import SigningKey, make_keyring
 from registry.ledger.opening import (
+    Context,
     _instruction_bytes_in,
     _open_envelope_carefully,
+    _open_written_checkpoint,
     instruction_signed_bytes,
     open_envelope,
 )
@@ -91,3 +101,64 @@ def test_envelopes_the_fast_path_must_leave_to_the_careful_one() -> None:
     ):
         _opened_alike(data)
     assert open_envelope(good, KEYS).trusted
+
+
+ORIGIN = "test.example/ledger"
+PINNED = NoteVerifier(name=ORIGIN, key=KEY.public_key)
+CONTEXT = Context(registry_keys=KEYS, verifier=PINNED, origin=ORIGIN)
+OTHER = SigningKey.from_seed(bytes(range(1, 33)))
+
+
+def _opened_carefully(note: str) -> Checkpoint | str:
+    try:
+        return open_checkpoint(note, origin=ORIGIN, verifiers=[PINNED])
+    except RegistryError as e:
+        return e.code
+
+
+def test_a_checkpoint_as_the_registry_signs_it_takes_the_fast_path() -> None:
+    cp = Checkpoint(origin=ORIGIN, size=1234, root=bytes(range(32)))
+    note = sign_checkpoint(cp, name=ORIGIN, key=KEY)
+    assert _open_written_checkpoint(note, CONTEXT) == cp == _opened_carefully(note)
+
+
+def _notes() -> list[str]:
+    """Notes the fast path must open as the careful path does, or leave to it."""
+    cp = Checkpoint(origin=ORIGIN, size=7, root=bytes(32))
+    good = sign_checkpoint(cp, name=ORIGIN, key=KEY)
+    text = good[: good.index("\n\n") + 1]
+    return [
+        good,
+        sign_checkpoint(Checkpoint(origin=ORIGIN, size=0, root=bytes(32)), name=ORIGIN, key=KEY),
+        add_signature(good, name="witness.example", key=OTHER),  # co-signed
+        sign_checkpoint(Checkpoint(origin=ORIGIN, size=7, root=bytes(32), extensions=("x",)),
+                        name=ORIGIN, key=KEY),
+        sign_checkpoint(cp, name=ORIGIN, key=OTHER),  # the right name, another key
+        sign_checkpoint(cp, name="other.example", key=KEY),  # another name
+        sign_checkpoint(Checkpoint(origin="other.example", size=7, root=bytes(32)),
+                        name=ORIGIN, key=KEY),
+        good.replace("\n7\n", "\n07\n"),  # a leading zero, signature now wrong
+        good.replace(text, text.replace("\n7\n", "\n8\n")),
+        good[:-1],
+        good + "\n",
+        good.replace(" ", "  ", 1),
+        good.replace("\n\n", "\n\n\n"),
+    ]
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(_notes()), st.integers(0, 300), st.sampled_from(["", "\n", " ", "=", "A",
+                                                                           "\u2014", "\r", "0"]),
+       st.sampled_from(["keep", "insert", "replace", "delete"]))
+def test_any_checkpoint_note_opens_as_the_careful_path_opens_it(
+    note: str, at: int, char: str, how: str
+) -> None:
+    at %= len(note)
+    if how == "insert":
+        note = note[:at] + char + note[at:]
+    elif how == "replace":
+        note = note[:at] + char + note[at + 1 :]
+    elif how == "delete":
+        note = note[:at] + note[at + 1 :]
+    fast = _open_written_checkpoint(note, CONTEXT)
+    assert fast is None or fast == _opened_carefully(note)
