@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 from hypothesis import given, settings
@@ -21,11 +22,13 @@ from registry.ledger.entry import Entry, seal_entry
 from registry.ledger.keys import SigningKey, make_keyring
 from registry.ledger.opening import (
     Context,
+    Job,
     _instruction_bytes_in,
     _open_envelope_carefully,
     _open_written_checkpoint,
     instruction_signed_bytes,
     open_envelope,
+    run_job,
 )
 
 KEY = SigningKey.from_seed(bytes(range(32)))
@@ -162,3 +165,17 @@ def test_any_checkpoint_note_opens_as_the_careful_path_opens_it(
         note = note[:at] + note[at + 1 :]
     fast = _open_written_checkpoint(note, CONTEXT)
     assert fast is None or fast == _opened_carefully(note)
+
+
+def test_a_job_result_crosses_to_the_main_process_unchanged() -> None:
+    """What a worker sends back (pickled as plain tuples) is what it opened, failures too."""
+    good = seal_entry(_entry({"effects": {}, "instruction": {"a": 1}, "signature": "AA=="}), KEY)
+    cp = Checkpoint(origin=ORIGIN, size=1, root=bytes(32))
+    job = Job(CONTEXT, [good, b"not an envelope", None],
+              [(4, 1, sign_checkpoint(cp, name=ORIGIN, key=KEY)), (5, 2, "not a note")], {})
+    result = run_job(job)
+    assert [o.entry is not None for o in result.entries] == [True, False, False]
+    assert [c.checkpoint is not None for c in result.checkpoints] == [True, False]
+    back = pickle.loads(pickle.dumps(result))
+    assert back == result
+    assert back.entries[0].entry == Entry.from_bytes(back.entries[0].entry.to_bytes())
