@@ -312,7 +312,10 @@ class Checkpoint:
         origin, size_text, root_text, *extensions = lines
         if not origin:
             raise CheckpointError("checkpoint origin line is empty")
-        size = int(size_text) if _SIZE.fullmatch(size_text) else -1
+        # More digits than the largest size has cannot be a size (and Python refuses to
+        # convert more than 4,300 of them).
+        fits = len(size_text) <= len(str(MAX_TREE_SIZE))
+        size = int(size_text) if fits and _SIZE.fullmatch(size_text) else -1
         if not 0 <= size <= MAX_TREE_SIZE:
             raise CheckpointError(
                 f"checkpoint size must be a decimal integer without leading zeros: {size_text!r}"

@@ -323,6 +323,10 @@ def _instruction_bytes_in(payload: bytes, entry: Entry) -> bytes | None:
     return payload[start : payload.rindex(_SIGNATURE_KEY)]
 
 
+_MAX_SIZE_DIGITS = len(str(MAX_TREE_SIZE))
+"""Digits of the largest tree size: a longer size line is not read as a number at all (Python
+refuses to convert more than 4,300 digits, and would spend time on fewer)."""
+
 _NOTE_SIGNATURE_SIZE = 4 + 64
 """A note signature line's blob: the 4-byte key ID, then the Ed25519 signature."""
 
@@ -338,6 +342,13 @@ def _open_written_checkpoint(note: str, ctx: Context) -> Checkpoint | None:
     checkpoint the general split of a note into text and signatures and the parse of a body
     with extension lines.
     """
+    try:
+        return _written_checkpoint(note, ctx)
+    except Exception:  # whatever this spelling does not foresee is the careful parse's to judge
+        return None
+
+
+def _written_checkpoint(note: str, ctx: Context) -> Checkpoint | None:
     verifier = ctx.verifier
     lines = note.split("\n")
     if len(lines) != 6 or lines[0] != ctx.origin or lines[3] or lines[5]:
@@ -347,6 +358,7 @@ def _open_written_checkpoint(note: str, ctx: Context) -> Checkpoint | None:
     if not (
         size_text.isascii()
         and size_text.isdigit()
+        and len(size_text) <= _MAX_SIZE_DIGITS
         and (size_text == "0" or not size_text.startswith("0"))
         and root_text.isascii()
         and signed.startswith(prefix)

@@ -16,6 +16,7 @@ from registry.ledger.checkpoint import (
     add_signature,
     open_checkpoint,
     sign_checkpoint,
+    sign_note,
 )
 from registry.ledger.dsse import PAYLOAD_TYPE, Envelope, EnvelopeSignature, sign_envelope
 from registry.ledger.entry import Entry, seal_entry
@@ -179,3 +180,18 @@ def test_a_job_result_crosses_to_the_main_process_unchanged() -> None:
     back = pickle.loads(pickle.dumps(result))
     assert back == result
     assert back.entries[0].entry == Entry.from_bytes(back.entries[0].entry.to_bytes())
+
+
+def test_a_size_line_too_long_to_be_a_number_is_refused_not_a_crash() -> None:
+    cp = Checkpoint(origin=ORIGIN, size=7, root=bytes(32))
+    good = sign_checkpoint(cp, name=ORIGIN, key=KEY)
+    forged = good.replace("\n7\n", "\n" + "9" * 5000 + "\n")
+    assert _open_written_checkpoint(forged, CONTEXT) is None
+    assert _opened_carefully(forged) == "bad_signature"
+    text = forged[: forged.index("\n\n") + 1]
+    signed_by_the_registry = sign_note(text, name=ORIGIN, key=KEY)
+    assert _open_written_checkpoint(signed_by_the_registry, CONTEXT) is None
+    assert _opened_carefully(signed_by_the_registry) == "bad_checkpoint"
+    result = run_job(Job(CONTEXT, [], [(2, 7, forged), (3, 7, signed_by_the_registry)], {}))
+    assert [c.failure and c.failure[0] for c in result.checkpoints] == [
+        "bad_signature", "bad_checkpoint"]
