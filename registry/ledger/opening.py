@@ -19,14 +19,7 @@ from typing import Any, NamedTuple
 
 from registry.errors import BadSignatureError, MalformedError, RegistryError
 from registry.ledger.canonical import canonical_bytes, encode_checked
-from registry.ledger.checkpoint import (
-    EM_DASH,
-    HASH_SIZE,
-    MAX_TREE_SIZE,
-    Checkpoint,
-    NoteVerifier,
-    open_checkpoint,
-)
+from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
 from registry.ledger.dsse import PAYLOAD_TYPE, Envelope, pae, verify_signatures
 from registry.ledger.entry import Entry
 from registry.ledger.keys import PublicKey, b64decode_exact, b64decode_strict, loaded_public_key
@@ -136,9 +129,10 @@ class JobResult:
     checkpoints: list[OpenedCheckpoint]
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # A worker's results cross to the main process as plain tuples, rebuilt there without
-        # validating again (the worker validated them): pickling the pydantic entries and the
-        # dataclasses took more time than the rest of the main process's work on an entry.
+        # A worker's results cross to the main process as plain tuples, the entries rebuilt
+        # there without validating again (the worker validated them): pickling the pydantic
+        # entries and the dataclasses took more time than the rest of the main process's work
+        # on an entry.
         return _rebuilt, (
             [(_entry_fields(o.entry), o.failure, o.trusted, o.signature) for o in self.entries],
             [
@@ -323,69 +317,6 @@ def _instruction_bytes_in(payload: bytes, entry: Entry) -> bytes | None:
     return payload[start : payload.rindex(_SIGNATURE_KEY)]
 
 
-_MAX_SIZE_DIGITS = len(str(MAX_TREE_SIZE))
-"""Digits of the largest tree size: a longer size line is not read as a number at all (Python
-refuses to convert more than 4,300 digits, and would spend time on fewer)."""
-
-_NOTE_SIGNATURE_SIZE = 4 + 64
-"""A note signature line's blob: the 4-byte key ID, then the Ed25519 signature."""
-
-
-def _open_written_checkpoint(note: str, ctx: Context) -> Checkpoint | None:
-    """The checkpoint in ``note`` if it is spelt as the registry signs checkpoints (origin,
-    size and root, a blank line, one signature line by the pinned key) and that signature
-    verifies; ``None`` for anything else, which :func:`open_checkpoint` then judges.
-
-    Such a note is one ``open_checkpoint`` accepts and reads as this very checkpoint: its
-    parts are the pinned origin and name, a decimal size without leading zeros, and exact
-    base64; nothing else is in it (one split by newlines finds every line). It spares each
-    checkpoint the general split of a note into text and signatures and the parse of a body
-    with extension lines.
-    """
-    try:
-        return _written_checkpoint(note, ctx)
-    except Exception:  # whatever this spelling does not foresee is the careful parse's to judge
-        return None
-
-
-def _written_checkpoint(note: str, ctx: Context) -> Checkpoint | None:
-    verifier = ctx.verifier
-    lines = note.split("\n")
-    if len(lines) != 6 or lines[0] != ctx.origin or lines[3] or lines[5]:
-        return None
-    size_text, root_text, signed = lines[1], lines[2], lines[4]
-    prefix = f"{EM_DASH} {verifier.name} "
-    if not (
-        size_text.isascii()
-        and size_text.isdigit()
-        and len(size_text) <= _MAX_SIZE_DIGITS
-        and (size_text == "0" or not size_text.startswith("0"))
-        and root_text.isascii()
-        and signed.startswith(prefix)
-        and signed[len(prefix) :].isascii()
-    ):
-        return None
-    size = int(size_text)
-    root = b64decode_exact(root_text.encode("ascii"))
-    blob = b64decode_exact(signed[len(prefix) :].encode("ascii"))
-    if (
-        size > MAX_TREE_SIZE
-        or root is None
-        or len(root) != HASH_SIZE
-        or blob is None
-        or len(blob) != _NOTE_SIGNATURE_SIZE
-        or blob[:4] != verifier.key_id
-    ):
-        return None
-    text = note[: len(note) - len(signed) - 2]
-    if not _verifies(verifier.key, blob[4:], text.encode("utf-8")):
-        return None
-    try:
-        return Checkpoint(origin=ctx.origin, size=size, root=root)
-    except RegistryError:
-        return None
-
-
 def run_job(job: Job) -> JobResult:
     """Open every envelope and checkpoint of ``job``; runs in a worker process or in-line."""
     ctx = job.context
@@ -415,9 +346,7 @@ def run_job(job: Job) -> JobResult:
     checkpoints = []
     for line, size, note in job.checkpoints:
         try:
-            cp = _open_written_checkpoint(note, ctx) or open_checkpoint(
-                note, origin=ctx.origin, verifiers=[ctx.verifier]
-            )
+            cp = open_checkpoint(note, origin=ctx.origin, verifiers=[ctx.verifier])
         except RegistryError as e:
             checkpoints.append(OpenedCheckpoint(line, size, None, (e.code, e.message)))
             continue

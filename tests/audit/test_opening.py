@@ -8,16 +8,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry.errors import RegistryError
 from registry.ledger.canonical import MAX_SAFE_INTEGER
-from registry.ledger.checkpoint import (
-    Checkpoint,
-    NoteVerifier,
-    add_signature,
-    open_checkpoint,
-    sign_checkpoint,
-    sign_note,
-)
+from registry.ledger.checkpoint import Checkpoint, NoteVerifier, sign_checkpoint, sign_note
 from registry.ledger.dsse import PAYLOAD_TYPE, Envelope, EnvelopeSignature, sign_envelope
 from registry.ledger.entry import Entry, seal_entry
 from registry.ledger.keys import SigningKey, make_keyring
@@ -26,7 +18,6 @@ from registry.ledger.opening import (
     Job,
     _instruction_bytes_in,
     _open_envelope_carefully,
-    _open_written_checkpoint,
     instruction_signed_bytes,
     open_envelope,
     run_job,
@@ -110,64 +101,6 @@ def test_envelopes_the_fast_path_must_leave_to_the_careful_one() -> None:
 ORIGIN = "test.example/ledger"
 PINNED = NoteVerifier(name=ORIGIN, key=KEY.public_key)
 CONTEXT = Context(registry_keys=KEYS, verifier=PINNED, origin=ORIGIN)
-OTHER = SigningKey.from_seed(bytes(range(1, 33)))
-
-
-def _opened_carefully(note: str) -> Checkpoint | str:
-    try:
-        return open_checkpoint(note, origin=ORIGIN, verifiers=[PINNED])
-    except RegistryError as e:
-        return e.code
-
-
-def test_a_checkpoint_as_the_registry_signs_it_takes_the_fast_path() -> None:
-    cp = Checkpoint(origin=ORIGIN, size=1234, root=bytes(range(32)))
-    note = sign_checkpoint(cp, name=ORIGIN, key=KEY)
-    assert _open_written_checkpoint(note, CONTEXT) == cp == _opened_carefully(note)
-
-
-def _notes() -> list[str]:
-    """Notes the fast path must open as the careful path does, or leave to it."""
-    cp = Checkpoint(origin=ORIGIN, size=7, root=bytes(32))
-    good = sign_checkpoint(cp, name=ORIGIN, key=KEY)
-    text = good[: good.index("\n\n") + 1]
-    return [
-        good,
-        sign_checkpoint(Checkpoint(origin=ORIGIN, size=0, root=bytes(32)), name=ORIGIN, key=KEY),
-        add_signature(good, name="witness.example", key=OTHER),  # co-signed
-        sign_checkpoint(Checkpoint(origin=ORIGIN, size=7, root=bytes(32), extensions=("x",)),
-                        name=ORIGIN, key=KEY),
-        sign_checkpoint(cp, name=ORIGIN, key=OTHER),  # the right name, another key
-        sign_checkpoint(cp, name="other.example", key=KEY),  # another name
-        sign_checkpoint(Checkpoint(origin="other.example", size=7, root=bytes(32)),
-                        name=ORIGIN, key=KEY),
-        good.replace("\n7\n", "\n07\n"),  # a leading zero, signature now wrong
-        good.replace(text, text.replace("\n7\n", "\n8\n")),
-        good[:-1],
-        good + "\n",
-        good.replace(" ", "  ", 1),
-        good.replace("\n\n", "\n\n\n"),
-    ]
-
-
-@settings(max_examples=300)
-@given(st.sampled_from(_notes()), st.integers(0, 300), st.sampled_from(["", "\n", " ", "=", "A",
-                                                                           "\u2014", "\r", "0"]),
-       st.sampled_from(["keep", "insert", "replace", "delete"]))
-def test_any_checkpoint_note_opens_as_the_careful_path_opens_it(
-    note: str, at: int, char: str, how: str
-) -> None:
-    at %= len(note)
-    if how == "insert":
-        note = note[:at] + char + note[at:]
-    elif how == "replace":
-        note = note[:at] + char + note[at + 1 :]
-    elif how == "delete":
-        note = note[:at] + note[at + 1 :]
-    fast = _open_written_checkpoint(note, CONTEXT)
-    assert fast is None or fast == _opened_carefully(note)
-
-
 def test_a_job_result_crosses_to_the_main_process_unchanged() -> None:
     """What a worker sends back (pickled as plain tuples) is what it opened, failures too."""
     good = seal_entry(_entry({"effects": {}, "instruction": {"a": 1}, "signature": "AA=="}), KEY)
@@ -182,16 +115,11 @@ def test_a_job_result_crosses_to_the_main_process_unchanged() -> None:
     assert back.entries[0].entry == Entry.from_bytes(back.entries[0].entry.to_bytes())
 
 
-def test_a_size_line_too_long_to_be_a_number_is_refused_not_a_crash() -> None:
-    cp = Checkpoint(origin=ORIGIN, size=7, root=bytes(32))
-    good = sign_checkpoint(cp, name=ORIGIN, key=KEY)
+def test_a_size_line_too_long_to_be_a_number_is_a_failure_not_a_crash() -> None:
+    good = sign_checkpoint(Checkpoint(origin=ORIGIN, size=7, root=bytes(32)), name=ORIGIN,
+                           key=KEY)
     forged = good.replace("\n7\n", "\n" + "9" * 5000 + "\n")
-    assert _open_written_checkpoint(forged, CONTEXT) is None
-    assert _opened_carefully(forged) == "bad_signature"
-    text = forged[: forged.index("\n\n") + 1]
-    signed_by_the_registry = sign_note(text, name=ORIGIN, key=KEY)
-    assert _open_written_checkpoint(signed_by_the_registry, CONTEXT) is None
-    assert _opened_carefully(signed_by_the_registry) == "bad_checkpoint"
+    signed_by_the_registry = sign_note(forged[: forged.index("\n\n") + 1], name=ORIGIN, key=KEY)
     result = run_job(Job(CONTEXT, [], [(2, 7, forged), (3, 7, signed_by_the_registry)], {}))
     assert [c.failure and c.failure[0] for c in result.checkpoints] == [
         "bad_signature", "bad_checkpoint"]

@@ -7,15 +7,23 @@ import hashlib
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry.errors import BadSignatureError, CheckpointError, ForkError, MalformedError
+from registry.errors import (
+    BadSignatureError,
+    CheckpointError,
+    ForkError,
+    MalformedError,
+    RegistryError,
+)
 from registry.ledger.checkpoint import (
     EM_DASH,
     MAX_SIGNATURES,
     Checkpoint,
     NoteVerifier,
+    _open_as_signed,
+    _open_carefully,
     add_signature,
     check_consistent_sizes,
     note_key_id,
@@ -336,3 +344,83 @@ def test_note_text_may_contain_blank_lines(
     )
     note = sign_note(text, name=ORIGIN, key=registry_key)
     assert verify_note(note, [registry]) == (text, [registry])
+
+
+# --- the fast path for notes spelt as the registry signs them --------------------------------
+
+KEY = SigningKey.from_seed(b"\x07" * 32)
+PINNED = NoteVerifier(name=ORIGIN, key=KEY.public_key)
+OTHER = SigningKey.from_seed(bytes(range(1, 33)))
+
+
+def _opened_carefully(note: str) -> Checkpoint | str:
+    try:
+        return _open_carefully(note, ORIGIN, [PINNED])
+    except RegistryError as e:
+        return e.code
+
+
+def test_a_checkpoint_as_the_registry_signs_it_takes_the_fast_path() -> None:
+    cp = Checkpoint(origin=ORIGIN, size=1234, root=bytes(range(32)))
+    note = sign_checkpoint(cp, name=ORIGIN, key=KEY)
+    assert _open_as_signed(note, ORIGIN, PINNED) == cp == _opened_carefully(note)
+    assert open_checkpoint(note, origin=ORIGIN, verifiers=[PINNED]) == cp
+
+
+def _notes() -> list[str]:
+    """Notes the fast path must open as the careful path does, or leave to it."""
+    cp = Checkpoint(origin=ORIGIN, size=7, root=bytes(32))
+    good = sign_checkpoint(cp, name=ORIGIN, key=KEY)
+    text = good[: good.index("\n\n") + 1]
+    return [
+        good,
+        sign_checkpoint(Checkpoint(origin=ORIGIN, size=0, root=bytes(32)), name=ORIGIN, key=KEY),
+        add_signature(good, name="witness.example", key=OTHER),  # co-signed
+        sign_checkpoint(Checkpoint(origin=ORIGIN, size=7, root=bytes(32), extensions=("x",)),
+                        name=ORIGIN, key=KEY),
+        sign_checkpoint(cp, name=ORIGIN, key=OTHER),  # the right name, another key
+        sign_checkpoint(cp, name="other.example", key=KEY),  # another name
+        sign_checkpoint(Checkpoint(origin="other.example", size=7, root=bytes(32)),
+                        name=ORIGIN, key=KEY),
+        good.replace("\n7\n", "\n07\n"),  # a leading zero, signature now wrong
+        good.replace(text, text.replace("\n7\n", "\n8\n")),
+        good[:-1],
+        good + "\n",
+        good.replace(" ", "  ", 1),
+        good.replace("\n\n", "\n\n\n"),
+    ]
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(_notes()), st.integers(0, 300), st.sampled_from(["", "\n", " ", "=", "A",
+                                                                           "\u2014", "\r", "0"]),
+       st.sampled_from(["keep", "insert", "replace", "delete"]))
+def test_any_checkpoint_note_opens_as_the_careful_path_opens_it(
+    note: str, at: int, char: str, how: str
+) -> None:
+    at %= len(note)
+    if how == "insert":
+        note = note[:at] + char + note[at:]
+    elif how == "replace":
+        note = note[:at] + char + note[at + 1 :]
+    elif how == "delete":
+        note = note[:at] + note[at + 1 :]
+    fast = _open_as_signed(note, ORIGIN, PINNED)
+    assert fast is None or fast == _opened_carefully(note)
+
+
+def test_a_size_line_too_long_to_be_a_number_is_refused_not_a_crash() -> None:
+    good = sign_checkpoint(Checkpoint(origin=ORIGIN, size=7, root=bytes(32)), name=ORIGIN,
+                           key=KEY)
+    forged = good.replace("\n7\n", "\n" + "9" * 5000 + "\n")
+    assert _open_as_signed(forged, ORIGIN, PINNED) is None
+    assert _opened_carefully(forged) == "bad_signature"
+    signed_by_the_registry = sign_note(forged[: forged.index("\n\n") + 1], name=ORIGIN, key=KEY)
+    assert _open_as_signed(signed_by_the_registry, ORIGIN, PINNED) is None
+    assert _opened_carefully(signed_by_the_registry) == "bad_checkpoint"
+
+
+def test_what_the_fast_path_does_not_foresee_goes_to_the_careful_one() -> None:
+    note = f"a\ud800\n1\n{ROOT_B64}\n\n{EM_DASH} {ORIGIN} {ROOT_B64}\n"
+    assert _open_as_signed(note, "a\ud800", PINNED) is None
+    assert _open_as_signed(b"not a str", ORIGIN, PINNED) is None  # type: ignore[arg-type]
