@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import cProfile
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -465,14 +466,9 @@ def run_paired(floor: Callable[[int], LoadResult], registry: Callable[[int], Loa
     floors: list[LoadResult] = []
     registries: list[LoadResult] = []
     for i in range(rounds):
-        share_f = n_floor // rounds + (1 if i < n_floor % rounds else 0)
-        share_r = n_registry // rounds + (1 if i < n_registry % rounds else 0)
-        if i % 2 == 0:
-            floors.append(floor(share_f))
-            registries.append(registry(share_r))
-        else:
-            registries.append(registry(share_r))
-            floors.append(floor(share_f))
+        slices = [(floor, n_floor, floors), (registry, n_registry, registries)]
+        for load, n, results in slices if i % 2 == 0 else reversed(slices):
+            results.append(load(n // rounds + (1 if i < n % rounds else 0)))
     return Paired(_merged(registries), _merged(floors))
 
 
@@ -517,15 +513,10 @@ def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, An
         for _ in range(64)
     ]
     floors: dict[int, list[LoadResult]] = {c: [] for c in sizes.floor}
+    slice_budget = sizes.budget / sizes.rounds
     with floor_server(workdir) as floor_port:
-        def floor_load(c: int) -> Callable[[int], LoadResult]:
-            def load(n: int) -> LoadResult:
-                requests = [http_request(floor_port, "/v1/transfers", floor_signed[i % 64],
-                                         new_nonce()) for i in range(n)]
-                return run_load(floor_port, requests, c, sizes.budget / sizes.rounds)
-            return load
-
-        floor_load(4)(sizes.warmup * 4)
+        floor_feed = itertools.cycle(floor_signed)
+        run_load(floor_port, _take(floor_port, floor_feed, sizes.warmup * 4), 4)
         engines = ["sqlite"] + (["postgresql"] if pg_base else [])
         for kind in engines:
             with database(kind, workdir, pg_base) as url:
@@ -543,9 +534,11 @@ def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, An
                             time.sleep(2.0)  # let every worker finish importing before timing
                         run_load(port, _take(port, feed, sizes.warmup), 2)
                         for c, n in sizes.registry.items():
-                            registry_load = _load_from(port, feed, c, sizes.budget / sizes.rounds)
-                            paired = run_paired(floor_load(c), registry_load, sizes.floor[c], n,
-                                                sizes.rounds)
+                            paired = run_paired(
+                                _load_from(floor_port, floor_feed, c, slice_budget),
+                                _load_from(port, feed, c, slice_budget),
+                                sizes.floor[c], n, sizes.rounds,
+                            )
                             floors[c].append(paired.floor)
                             name = f"{kind}_w{workers}_c{c}"
                             entry = _record(figures, name, paired.registry)
@@ -576,7 +569,8 @@ def _load_from(port: int, feed: Iterator[bytes], c: int,
 
 
 def _take(port: int, feed: Iterator[bytes], n: int) -> list[bytes]:
-    """The next ``n`` pre-signed transfers as requests, each with its own Idempotency-Key."""
+    """The next ``n`` pre-signed transfers as requests, each with its own Idempotency-Key (the
+    floor's feed cycles through a few bodies: its endpoint keeps nothing)."""
     return [http_request(port, "/v1/transfers", next(feed), new_nonce()) for _ in range(n)]
 
 
