@@ -112,19 +112,28 @@ def serve(
     """Serve the registry's HTTP API (OpenAPI at /docs)."""
     import uvicorn
 
+    from registry.service.writer_process import ADDRESS_ENV, WriterHost
     from registry.store.db import make_engine, migrate
 
     settings = _settings()
     migrate(make_engine(settings.database_url))
-    uvicorn.run(
-        "registry.api.server:app_from_env",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers,
-        http="registry.api.server:NoDelayH11Protocol",
-        log_level="info",
-    )
+    # One writer process for the whole server, started before any worker: every worker's
+    # instructions share its batches (service/writer_process.py).
+    writer = WriterHost()
+    writer.start()
+    os.environ[ADDRESS_ENV] = writer.address
+    try:
+        uvicorn.run(
+            "registry.api.server:app_from_env",
+            factory=True,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=workers,
+            http="registry.api.server:NoDelayH11Protocol",
+            log_level="info",
+        )
+    finally:
+        writer.stop()
 
 
 @app.command()

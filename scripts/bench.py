@@ -9,11 +9,11 @@ taken minutes apart measured that drift as much as the code:
 
 - **transfers/s over HTTP**: signed, durable (acknowledged means committed) transfers against
   ``registry serve`` with one uvicorn worker (a subprocess on a free loopback port, configured
-  by ``REGISTRY_*`` variables; the worker hands writes to its writer process), on SQLite and
-  PostgreSQL, with 1 and 32 concurrent clients, p50 and p99 latency; on PostgreSQL also with
-  ``--workers 2``. Floor: a bare FastAPI endpoint taking
-  the same pydantic body (the registry's own signed-transfer model), served by uvicorn the same
-  way (subprocess, one worker, same log level) and driven by the same load generator.
+  by ``REGISTRY_*`` variables; the worker hands writes to the server's writer process), on
+  SQLite and PostgreSQL, with 1 and 32 concurrent clients, p50 and p99 latency; on PostgreSQL
+  also with ``--workers 2``. Floor: a bare FastAPI endpoint taking the same pydantic body (the
+  registry's own signed-transfer model), served by uvicorn the same way (subprocess, one
+  worker, same log level) and driven by the same load generator.
 - **issuance** of 1 tonne and of 10^9 tonnes (in-process, through ``submit``): a batch is one
   block per allocation, so the two must cost the same within noise.
 - **inclusion and consistency proofs** at 10^4 and 10^6 leaves (10^5 with ``--quick``), from a
@@ -501,8 +501,8 @@ def _line(label: str, c: int, entry: Mapping[str, Any], floor: Mapping[str, Any]
 
 
 def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, Any]:
-    say("== transfers over HTTP (signed, durable; one uvicorn worker, with the writer process "
-        f"each has, unless noted); each beside the floor, the two run alternately in "
+    say("== transfers over HTTP (signed, durable; one uvicorn worker unless noted, and the "
+        f"server's writer process); each beside the floor, the two run alternately in "
         f"{sizes.rounds} slices")
     figures: dict[str, Any] = {}
     floor_key = SigningKey.generate()

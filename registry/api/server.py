@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import socket
 
 from fastapi import FastAPI
@@ -12,18 +13,26 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from registry.api.app import create_app
 from registry.config import Settings
 from registry.service.setup import open_registry
-from registry.service.writer_process import WriterProcess
+from registry.service.writer_process import ADDRESS_ENV, WriterHost, WriterProcess
 
 
 def app_from_env() -> FastAPI:
-    """Build the app from ``REGISTRY_*`` settings; the schema was migrated before workers start.
+    """Build the app from ``REGISTRY_*`` settings; the schema was migrated before workers start,
+    and the writer process every worker shares was started too (its socket in
+    ``REGISTRY_WRITER_SOCKET``).
 
     Everything loaded so far (modules, models, routes: most of the process's objects) lives as
     long as the process, so it is moved out of the garbage collector's sight. Otherwise every
     full collection walks all of it while requests wait: under load that was a pause every few
     dozen transfers, and it set the p99 latency (about 150 ms at 32 clients, 60 ms without).
     """
-    writer = WriterProcess()
+    address = os.environ.get(ADDRESS_ENV)
+    host = None
+    if address is None:  # not under `registry serve` (uvicorn run directly): a writer of its own
+        host = WriterHost()
+        host.start()
+        address = host.address
+    writer = WriterProcess(address, host=host)
     writer.start()
     app = create_app(open_registry(Settings(), migrate_schema=False), writer=writer)
     gc.collect()

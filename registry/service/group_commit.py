@@ -16,7 +16,7 @@ one queue append each, and the writer hands the answers back in one go. Blocking
 CLI, the tests) use :meth:`GroupCommit.run`. The writer thread starts with the first request
 and ends after a second without work. ``registry serve`` instead runs the writer in a process of
 its own (``registry.service.writer_process``), which carries out each batch it reads from its
-pipe with :meth:`GroupCommit.run_together`.
+API processes with :meth:`GroupCommit.run_together`.
 
 A batch first runs without savepoints, since almost every instruction is accepted; if one is
 refused, the transaction rolls back and the batch runs again with a savepoint for each. If the

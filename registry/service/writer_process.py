@@ -1,38 +1,41 @@
-"""The writer in a process of its own, beside the API process that feeds it.
+"""The writer in a process of its own, shared by every API process of a server.
 
 One uvicorn worker is one Python interpreter: with the writer as a thread, the event loop (HTTP,
 validation, JSON) and the writer (statements, signatures, canonical checks) take turns on one
-interpreter lock, and a transfer costs the sum of both. ``registry serve`` therefore starts, for
-each API process, a writer process: the API process sends each signed instruction as received
-(its type, body and ``Idempotency-Key``) over a pipe, the writer process carries it out exactly
+interpreter lock, and a transfer costs the sum of both. ``registry serve`` therefore starts one
+writer process (:class:`WriterHost`) before its API processes, and each API process
+(:class:`WriterProcess`) connects to it over a Unix socket: it sends each signed instruction
+as received (its type, body and ``Idempotency-Key``), the writer process carries it out exactly
 as :func:`registry.service.submit.submit` would (same ``prepare``, same group commit, same
-transaction), and sends the outcome back once it has committed. Both sides then run at once,
-on two cores.
+transaction), and sends the outcome back once it has committed. HTTP and writing run at once,
+on different cores, and with ``--workers N`` every worker's instructions share the one writer's
+batches instead of N writers taking turns at the ledger's lock.
 
 Nothing about the guarantees changes:
 
 - an answer is sent only after its transaction committed, so acknowledged still means durable;
 - if the writer process dies, every request waiting on it gets a 500 that says a retry with the
   same ``Idempotency-Key`` is safe (what was committed is answered from the stored answer, what
-  was not is carried out), and a new writer process is started for the next request;
-- if the API process dies, the writer process reads the end of the pipe, finishes the batch it
-  is in (its callers are gone: committed but unacknowledged, never half-applied) and exits;
-- several API processes (``--workers N``) have a writer process each, serialised by the
-  database as the writer threads were;
-- neither side ever waits on the pipe: the API process writes and reads it on its event loop,
-  so a burst of requests queues in memory instead of leaving both processes blocked;
-- what crosses the pipe goes in as few messages as it can: the instructions that arrive in one
-  turn of the event loop are written together, the writer reads whatever is waiting in one
-  go, and the answers of a batch go back as one message (a system call and a wake-up each
-  cost about as much as the rest of a message's way);
+  was not is carried out); the server starts another writer process on the same socket, and
+  the next request reaches it (a connection made meanwhile waits in the socket's backlog);
+- if an API process dies, the writer process carries out what it had read from it (committed
+  but unacknowledged, never half-applied: its clients retry with their keys) and serves the
+  others; if the server's own process dies, the writer finishes its batch and exits;
+- neither side ever waits on the other: the API process writes and reads its socket on its
+  event loop, so a burst of requests queues in memory instead of leaving both blocked;
+- what crosses the socket goes in as few messages as it can: the instructions that arrive in
+  one turn of the event loop are written together, the writer reads whatever is waiting in one
+  go, and the answers of a batch go back as one message to each API process (a system call and
+  a wake-up each cost about as much as the rest of a message's way);
 - a server is not ready until its writer process is, and SIGTERM or Ctrl-C sent to the whole
-  process group stop the API process gracefully, which answers what it holds before it
-  closes the pipe (the writer process ignores both and ends when the pipe does).
+  process group stop the API processes gracefully: they answer what they hold, then the server
+  closes the writer's control pipe and the writer process (which ignores both signals) ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib
 import itertools
@@ -40,9 +43,14 @@ import logging
 import multiprocessing
 import os
 import pickle
+import selectors
+import shutil
 import signal
 import socket
 import struct
+import tempfile
+import threading
+import time
 from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
@@ -59,6 +67,9 @@ answers the one before and reads the next, so two half-size batches in flight ke
 With 32 clients on two cores this gave 1,600 transfers/s and a p99 of 25-30 ms, against
 1,300-1,500/s and 30-40 ms with batches of 24 to 64 (``scripts/bench``)."""
 
+ADDRESS_ENV = "REGISTRY_WRITER_SOCKET"
+"""Where ``registry serve`` tells its API processes the writer's socket is."""
+
 READY = "ready"
 """The writer process's first message: it has opened the registry and takes instructions."""
 
@@ -67,8 +78,7 @@ READY = "ready"
 Answer = tuple[int, Outcome | None, tuple[str, str, str, dict[str, Any]] | None]
 
 _HEADER = struct.Struct("!i")
-"""Each message on the pipe: its length, then its pickle (``multiprocessing``'s own framing,
-so the API process can still read the first message with ``Connection.recv``)."""
+"""Each message on the socket: its length, then its pickle."""
 
 
 def _frame(message: object) -> bytes:
@@ -76,32 +86,23 @@ def _frame(message: object) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
-class _Messages:
-    """The writer process's end of the pipe: complete messages, read in as few calls as
-    possible (everything waiting, not one message at a time)."""
+class _Peer:
+    """An API process, seen from the writer process: the complete messages it sent, read in as
+    few calls as possible (everything waiting, not one message at a time), and the way back
+    for their answers."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
+        self.sock = sock
         self._buffer = bytearray()
         self._ready: deque[Any] = deque()
         self.closed = False
+        self._answering = True
 
-    def take(self, most: int) -> list[Any]:
-        """Up to ``most`` messages: waits for the first, then takes what has arrived. Empty
-        only when the other end closed the pipe (messages already read come first)."""
-        if not self._ready and not self.closed:
-            self._read(block=True)
-        elif len(self._ready) < most and not self.closed:
-            self._read(block=False)
-        taken: list[Any] = []
-        while self._ready and len(taken) < most:
-            taken.append(self._ready.popleft())
-        return taken
-
-    def _read(self, *, block: bool) -> None:
-        while True:
+    def read_waiting(self) -> None:
+        """Read whatever has arrived, without waiting; at the end of the stream, ``closed``."""
+        while not self.closed:
             try:
-                data = self._sock.recv(1 << 20, 0 if block else socket.MSG_DONTWAIT)
+                data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
             except OSError:
@@ -111,8 +112,28 @@ class _Messages:
                 return
             self._buffer += data
             self._split()
-            if block and self._ready:
-                block = False  # a message is here: take what else is waiting, then go
+
+    def has_ready(self) -> bool:
+        return bool(self._ready)
+
+    def take_ready(self, most: int) -> list[Any]:
+        taken: list[Any] = []
+        while self._ready and len(taken) < most:
+            taken.append(self._ready.popleft())
+        return taken
+
+    def answer(self, answers: list[Answer]) -> None:
+        """Send a batch's answers to this API process, in one message; nothing if it is gone."""
+        if not self._answering:
+            return
+        try:
+            frame = _frame(answers)
+        except Exception:  # an answer that cannot be pickled: say so instead, for each
+            frame = _frame([_picklable(answer) for answer in answers])
+        try:
+            self.sock.sendall(frame)
+        except OSError:
+            self._answering = False  # the API process is gone: nobody waits for these
 
     def _split(self) -> None:
         buffer, start = self._buffer, 0
@@ -152,18 +173,92 @@ def _error_from_data(data: tuple[str, str, str, dict[str, Any]]) -> BaseExceptio
     return error
 
 
-def serve_writes(connection: Connection) -> None:
-    """The writer process: carry out what arrives on ``connection`` until it closes.
+class _Peers:
+    """The writer process's side of the socket: the API processes connected to it, read in
+    turn, and the server's control pipe, whose end means the server is gone."""
 
-    It takes what is waiting on the pipe (up to :data:`BATCH`), carries it out in one
-    transaction in this thread (``GroupCommit.run_together``: each use case still all or
-    nothing) and sends the answers once it has committed. The API process reads answers as
-    they come, whatever it is sending, so neither side can wait for the other for ever.
+    def __init__(self, listener: socket.socket, control: Connection) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._listener = listener
+        listener.setblocking(False)
+        self._selector.register(listener, selectors.EVENT_READ)
+        self._control = socket.socket(fileno=os.dup(control.fileno()))
+        control.close()
+        self._selector.register(self._control, selectors.EVENT_READ)
+        self._peers: list[_Peer] = []
+        self.server_gone = False
+
+    def take(self, most: int) -> list[tuple[_Peer, Any]]:
+        """Up to ``most`` instructions, taken in turn from each API process that has some:
+        waits for the first, then takes what has arrived. Empty only once the server is gone
+        and everything read has been taken."""
+        while True:
+            waiting = any(peer.has_ready() for peer in self._peers)
+            self._poll(timeout=0 if waiting or self.server_gone else None)
+            taken = self._in_turn(most)
+            if taken or self.server_gone:
+                return taken
+
+    def _poll(self, timeout: float | None) -> None:
+        for key, _events in self._selector.select(timeout):
+            if key.fileobj is self._listener:
+                self._accept()
+            elif key.fileobj is self._control:
+                if not self._control.recv(1):  # the server's process ended
+                    self._selector.unregister(self._control)
+                    self._control.close()
+                    self.server_gone = True
+            else:
+                peer: _Peer = key.data
+                peer.read_waiting()
+                if peer.closed:
+                    self._selector.unregister(peer.sock)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:  # none left (or one given up before it was accepted)
+                return
+            sock.setblocking(True)
+            try:
+                sock.sendall(_frame(READY))
+            except OSError:
+                sock.close()
+                continue
+            peer = _Peer(sock)
+            self._selector.register(sock, selectors.EVENT_READ, peer)
+            self._peers.append(peer)
+
+    def _in_turn(self, most: int) -> list[tuple[_Peer, Any]]:
+        taken: list[tuple[_Peer, Any]] = []
+        while len(taken) < most:
+            before = len(taken)
+            for peer in self._peers:
+                taken.extend((peer, message) for message in peer.take_ready(1))
+                if len(taken) == most:
+                    break
+            if len(taken) == before:
+                break
+        for peer in [p for p in self._peers if p.closed and not p.has_ready()]:
+            self._peers.remove(peer)
+            peer.sock.close()
+        return taken
+
+
+def serve_writes(listener: socket.socket, control: Connection) -> None:
+    """The writer process: carry out what the API processes send until the server is gone.
+
+    It takes what is waiting on its connections (up to :data:`BATCH`, in turn from each API
+    process), carries it out in one transaction in this thread (``GroupCommit.run_together``:
+    each use case still all or nothing) and, once it has committed, sends each API process the
+    answers to its own requests. The API processes read answers as they come, whatever they
+    are sending, so neither side can wait for the other for ever.
 
     Signals do not stop it: SIGINT (Ctrl-C reaches the whole process group) and SIGTERM (as a
-    service manager sends to the whole group) are for the API process, which answers what it
-    holds and then closes the pipe; this process then finishes and exits. Only SIGKILL stops
-    it in the middle, which a transaction survives.
+    service manager sends to the whole group) are for the server, whose API processes answer
+    what they hold; the server then closes ``control`` and this process exits. Only SIGKILL
+    stops it in the middle, which a transaction survives.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -175,42 +270,39 @@ def serve_writes(connection: Connection) -> None:
     gc.collect()
     gc.freeze()  # as in the API process (registry.api.server): full collections stay short
     try:
-        connection.send(READY)
+        control.send(READY)
     except (OSError, ValueError):
         return
-    pipe = socket.socket(fileno=os.dup(connection.fileno()))
-    connection.close()
-    messages = _Messages(pipe)
-    answering = True
-    while requests := messages.take(BATCH):
-        # Once the API process is gone, what was read is still carried out, unanswered:
-        # committed or not at all, never half done (its clients retry with their keys).
-        answers: list[Answer] = []
+    peers = _Peers(listener, control)
+    while requests := peers.take(BATCH):
+        # An API process that is gone still has what was read from it carried out,
+        # unanswered: committed or not at all, never half done (its clients retry).
+        answers: dict[_Peer, list[Answer]] = {}
         works = []
-        for request_id, kind, raw, idempotency_key in requests:
+        for peer, (request_id, kind, raw, idempotency_key) in requests:
             try:
                 work = prepare(registry, raw, expected_type=kind, idempotency_key=idempotency_key)
             except Exception as e:  # a refusal, or a failure of this request alone
-                answers.append((request_id, None, _error_as_data(e)))
+                answers.setdefault(peer, []).append((request_id, None, _error_as_data(e)))
                 continue
-            works.append((request_id, work))
+            works.append((peer, request_id, work))
         if works:
-            results = registry.writes.run_together([work for _, work in works])
-            for (request_id, _), result in zip(works, results, strict=True):
+            results = registry.writes.run_together([work for _, _, work in works])
+            for (peer, request_id, _), result in zip(works, results, strict=True):
                 if isinstance(result, BaseException):
-                    answers.append((request_id, None, _error_as_data(result)))
+                    answers.setdefault(peer, []).append(
+                        (request_id, None, _error_as_data(result))
+                    )
                 else:
-                    answers.append((request_id, result, None))
-        if not answering:
-            continue
-        try:
-            frame = _frame(answers)
-        except Exception:  # an answer that cannot be pickled: say so instead, for each
-            frame = _frame([_picklable(answer) for answer in answers])
-        try:
-            pipe.sendall(frame)
-        except OSError:
-            answering = False  # the API process is gone: nobody waits for answers any more
+                    answers.setdefault(peer, []).append((request_id, result, None))
+        for peer, theirs in answers.items():
+            peer.answer(theirs)
+    # The server is gone (its stop removes the socket too, unless it was killed): nobody
+    # will connect again.
+    address = listener.getsockname()
+    with contextlib.suppress(OSError):
+        os.unlink(address)
+        os.rmdir(os.path.dirname(address))
 
 
 def _picklable(answer: Answer) -> Answer:
@@ -221,17 +313,97 @@ def _picklable(answer: Answer) -> Answer:
     return answer
 
 
-class _Link:
-    """One writer process, the stream to it, and the requests waiting on its answers."""
+class WriterHost:
+    """The server's writer process and the Unix socket its API processes reach it on.
 
-    def __init__(self, process: multiprocessing.process.BaseProcess, pipe: Connection) -> None:
-        self.process = process
-        self.pipe: Connection | None = pipe  # until the event loop takes it over as a stream
+    The socket lives as long as the server, in a directory of its own that only this user can
+    enter; each writer process listens on it in turn. :meth:`start` returns once the first is
+    ready to take instructions. A thread then watches it: a writer process that stops while
+    the server runs is logged and replaced, and connections made meanwhile wait in the
+    socket's backlog for the new one.
+    """
+
+    def __init__(self) -> None:
+        self._dir = tempfile.mkdtemp(prefix="registry-writer-")
+        self.address = os.path.join(self._dir, "writer.sock")
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.address)
+        self._listener.listen(socket.SOMAXCONN)
+        self._context = multiprocessing.get_context("spawn")
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._control: Connection | None = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the writer process and wait until it takes instructions (it opens the
+        registry: the database and the key). A server is not ready before its writer is: a
+        writer that cannot start fails the start, with its reason in the log."""
+        self._spawn(timeout)
+        self._watcher = threading.Thread(
+            target=self._watch, name="registry-writer-watch", daemon=True
+        )
+        self._watcher.start()
+
+    def _spawn(self, timeout: float) -> None:
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=serve_writes,
+            args=(self._listener, theirs),
+            name="registry-writer",
+            daemon=True,
+        )
+        process.start()
+        theirs.close()
+        self._process, self._control = process, ours
+        if not ours.poll(timeout):
+            raise RuntimeError(f"the writer process did not start within {timeout:.0f} s")
+        try:
+            first = ours.recv()
+        except (EOFError, OSError) as e:
+            raise RuntimeError("the writer process failed to start (see its error above)") from e
+        if first != READY:
+            raise RuntimeError(f"the writer process said {first!r} instead of {READY!r}")
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            process = self._process
+            assert process is not None
+            process.join()
+            if self._stopping.is_set():
+                return
+            _log.error(
+                "the writer process stopped (exit code %s); starting another", process.exitcode
+            )
+            if self._control is not None:
+                self._control.close()
+            try:
+                self._spawn(timeout=120.0)
+            except Exception:
+                _log.exception("a new writer process failed to start; trying again")
+                time.sleep(1.0)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Let the writer process finish what it holds and exit, then remove the socket."""
+        self._stopping.set()
+        if self._control is not None:
+            self._control.close()
+        if self._process is not None:
+            self._process.join(timeout)
+        self._listener.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class _Link:
+    """One connection to the writer process, and the requests waiting on its answers."""
+
+    def __init__(self, sock: socket.socket | None) -> None:
+        self.sock = sock  # a connection made before the event loop ran, until it takes it over
         self.stream: asyncio.StreamWriter | None = None
         self.reading: asyncio.Task[None] | None = None
         self.waiting: dict[int, asyncio.Future[Outcome]] = {}
         self.outbox: list[bytes] = []
-        """Instructions of this turn of the event loop, written to the pipe together after it."""
+        """Instructions of this turn of the event loop, written to the socket together after it."""
         self.lost = False
 
     def send_outbox(self) -> None:
@@ -241,55 +413,46 @@ class _Link:
         # Otherwise the writer process is gone, and _lost answers every waiting request.
 
     def usable(self) -> bool:
-        if self.lost:
-            return False
-        if self.stream is not None:
-            return not self.stream.is_closing()
-        return self.process.is_alive()
+        return not self.lost and (self.stream is None or not self.stream.is_closing())
 
 
 class WriterProcess:
     """The API process's side: sends instructions, hands outcomes back to awaiting requests.
 
-    It lives on the event loop and never blocks it: instructions are written to the pipe
+    It lives on the event loop and never blocks it: instructions are written to the socket
     through an asyncio transport (buffered when the writer process is busy), and a task reads
-    the answers as they come, so a burst of requests cannot fill both directions of the pipe
-    and leave each process waiting for the other.
+    the answers as they come, so a burst of requests cannot fill both directions of the socket
+    and leave each process waiting for the other. ``host`` is a writer this process started
+    for itself (an app served without ``registry serve``), stopped with it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, address: str, *, host: WriterHost | None = None) -> None:
+        self._address = address
+        self._host = host
         self._ids = itertools.count()
         self._link: _Link | None = None
         self._opening = asyncio.Lock()
 
     def start(self, timeout: float = 120.0) -> None:
-        """Start the writer process and wait until it takes instructions (it opens the
-        registry: the database and the key). A server is not ready before its writer is: a
-        writer that cannot start fails the start, with its reason in the log."""
-        link = self._spawn()
-        assert link.pipe is not None
-        if not link.pipe.poll(timeout):
-            raise RuntimeError(f"the writer process did not start within {timeout:.0f} s")
+        """Connect to the writer process and wait until it takes instructions."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            first = link.pipe.recv()
-        except (EOFError, OSError) as e:
-            raise RuntimeError("the writer process failed to start (see its error above)") from e
+            sock.settimeout(timeout)
+            sock.connect(self._address)
+            header = _recv_exactly(sock, _HEADER.size)
+            (size,) = _HEADER.unpack(header)
+            first = pickle.loads(_recv_exactly(sock, size))
+        except (OSError, EOFError) as e:
+            sock.close()
+            raise RuntimeError(f"the writer process at {self._address} did not answer: {e}") from e
         if first != READY:
+            sock.close()
             raise RuntimeError(f"the writer process said {first!r} instead of {READY!r}")
-
-    def _spawn(self) -> _Link:
-        context = multiprocessing.get_context("spawn")
-        ours, theirs = context.Pipe()
-        process = context.Process(
-            target=serve_writes, args=(theirs,), name="registry-writer", daemon=True
-        )
-        process.start()
-        theirs.close()
-        self._link = _Link(process, ours)
-        return self._link
+        sock.settimeout(None)
+        self._link = _Link(sock)
 
     async def _open(self) -> _Link:
-        """The link to a live writer process, starting one if there is none."""
+        """The link to the writer process, connecting anew if the last one was lost."""
         link = self._link
         if link is not None and link.stream is not None and link.usable():
             return link
@@ -298,12 +461,19 @@ class WriterProcess:
             if link is None or not link.usable():
                 if link is not None:
                     self._lost(link)
-                link = self._spawn()
-            if link.stream is None:
-                assert link.pipe is not None
-                sock = socket.socket(fileno=os.dup(link.pipe.fileno()))
-                link.pipe.close()
-                link.pipe = None
+                try:
+                    reader, stream = await asyncio.open_unix_connection(self._address)
+                except OSError as e:
+                    raise WriterUnavailable(
+                        "the registry's writer cannot be reached; a retry with the same "
+                        f"Idempotency-Key is safe ({e.strerror or e})"
+                    ) from e
+                link = self._link = _Link(None)
+                link.stream = stream
+                link.reading = asyncio.create_task(self._read(link, reader))
+            elif link.stream is None:
+                assert link.sock is not None
+                sock, link.sock = link.sock, None
                 reader, link.stream = await asyncio.open_unix_connection(sock=sock)
                 link.reading = asyncio.create_task(self._read(link, reader))
             return link
@@ -314,7 +484,7 @@ class WriterProcess:
                 (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
                 self._settle(link, await reader.readexactly(size))
         except (asyncio.IncompleteReadError, OSError):
-            pass  # the writer process is gone, or the pipe was closed
+            pass  # the writer process is gone, or the socket was closed
         finally:
             self._lost(link)
 
@@ -327,7 +497,7 @@ class WriterProcess:
             _log.exception("an answer of the writer process could not be read")
             self._lost(link)
             return
-        if answer == READY:  # a writer started by a request, not by start()
+        if answer == READY:  # the greeting of a writer reached by a new connection
             return
         for request_id, outcome, error in answer:
             future = link.waiting.pop(request_id, None)
@@ -342,8 +512,8 @@ class WriterProcess:
                 future.set_exception(RuntimeError(f"the writer process failed: {e}"))
 
     def _lost(self, link: _Link) -> None:
-        """A writer process is gone (every answer it sent has been read): whoever still
-        waits on it gets a 500 that says a retry is safe; the next instruction starts anew."""
+        """The writer process is gone (every answer it sent has been read): whoever still
+        waits on it gets a 500 that says a retry is safe; the next instruction connects anew."""
         if link.lost:
             return
         link.lost = True
@@ -351,10 +521,8 @@ class WriterProcess:
             self._link = None
         if link.stream is not None:
             link.stream.close()
-        if link.pipe is not None:
-            link.pipe.close()
-        if not link.process.is_alive():
-            link.process.join(timeout=0)  # reap it: no zombie left behind
+        if link.sock is not None:
+            link.sock.close()
         lost, link.waiting = link.waiting, {}
         if lost:
             _log.error("the writer process stopped with %d requests unanswered", len(lost))
@@ -382,14 +550,25 @@ class WriterProcess:
         return await future
 
     async def aclose(self) -> None:
-        """Close the pipe: the writer process finishes the batch it holds and exits."""
+        """Close this process's connection; a writer it started for itself finishes what it
+        holds and exits."""
         link, self._link = self._link, None
-        if link is None:
-            return
-        if link.stream is not None:
-            link.stream.close()
-        if link.pipe is not None:
-            link.pipe.close()
-        await asyncio.to_thread(link.process.join, 30)
-        if link.reading is not None:
-            await asyncio.gather(link.reading, return_exceptions=True)
+        if link is not None:
+            if link.stream is not None:
+                link.stream.close()
+            if link.sock is not None:
+                link.sock.close()
+            if link.reading is not None:
+                await asyncio.gather(link.reading, return_exceptions=True)
+        if self._host is not None:
+            await asyncio.to_thread(self._host.stop)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError("the writer process closed the connection")
+        data += chunk
+    return bytes(data)

@@ -76,11 +76,12 @@ def free_port() -> int:
         return port
 
 
-def _serve_command(port: int) -> list[str]:
+def _serve_command(port: int, workers: int) -> list[str]:
     script = Path(sys.executable).parent / "registry"
     prefix = [str(script)] if script.exists() else [
         sys.executable, "-c", "from registry.cli import main; main()"]
-    return [*prefix, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return [*prefix, "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers)]
 
 
 @dataclass
@@ -90,6 +91,7 @@ class ServerProcess:
     settings: Settings
     log_path: Path
     port: int = field(default_factory=free_port)
+    workers: int = 1
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -107,8 +109,8 @@ class ServerProcess:
                 log.write(f"--- start {self.starts} on port {self.port}\n".encode())
                 log.flush()
                 self.proc = subprocess.Popen(
-                    _serve_command(self.port), env=env, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True,
+                    _serve_command(self.port, self.workers), env=env, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True,
                 )
             self.starts += 1
             if self._wait_ready():

@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,29 +30,33 @@ from tests.world import World, build_world, issue_jcm
 
 
 def _children(pid: int) -> list[int]:
-    """Child processes started by multiprocessing's spawn (not its resource tracker)."""
-    found: list[int] = []
+    """Child processes started by multiprocessing's spawn (not its resource tracker), oldest
+    first: under ``registry serve`` the writer process, then any uvicorn workers."""
+    found: list[tuple[int, int]] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             try:
                 command = Path(f"/proc/{child}/cmdline").read_bytes()
-            except FileNotFoundError:
+                started = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[19])
+            except (FileNotFoundError, ProcessLookupError):
                 continue
             if b"spawn_main" in command:
-                found.append(int(child))
-    return found
+                found.append((started, int(child)))
+    return [child for _, child in sorted(found)]
 
 
-def _writer_of(server: ServerProcess) -> int:
+def _spawned(server: ServerProcess) -> list[int]:
+    """The server's writer process, then its uvicorn workers if it has more than one (each
+    worker is an API process; with one, the server's own process is the API process)."""
     assert server.proc is not None
+    expected = 1 + (server.workers if server.workers > 1 else 0)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         children = _children(server.proc.pid)
-        if children:
-            (writer,) = children
-            return writer
+        if len(children) == expected:
+            return children
         time.sleep(0.05)
-    raise AssertionError("registry serve started no writer process")
+    raise AssertionError(f"registry serve has {_children(server.proc.pid)} for {expected}")
 
 
 def _gone(pid: int, within: float) -> bool:
@@ -70,10 +75,10 @@ def _gone(pid: int, within: float) -> bool:
 
 @contextmanager
 def _serving(
-    settings: Settings, admin_key: SigningKey, tmp_path: Path
+    settings: Settings, admin_key: SigningKey, tmp_path: Path, *, workers: int = 1
 ) -> Iterator[tuple[ServerProcess, World]]:
     """``registry serve`` on the test's database, with the usual parties and accounts."""
-    server = ServerProcess(settings, tmp_path / "server.log")
+    server = ServerProcess(settings, tmp_path / "server.log", workers=workers)
     server.start()
     world = build_world(server.url, admin_key)
     try:
@@ -88,15 +93,52 @@ def test_a_writer_process_that_dies_is_replaced(
 ) -> None:
     with _serving(settings, admin_key, tmp_path) as (server, world):
         batch = issue_jcm(world, "KH004-MR1", 1000)
-        first = _writer_of(server)
+        (first,) = _spawned(server)
         os.kill(first, signal.SIGKILL)
         assert _gone(first, within=10)
-        time.sleep(0.5)  # the API process notices the closed pipe
+        time.sleep(0.5)  # the API process notices the closed connection
         moved = world.submit("kh-water", "credits.transfer", {
             "account": "KH-WATER-1", "batch": batch, "quantity": 5, "to_account": "JP-BUYER-1"})
         assert moved["result"]["quantity"] == 5
-        assert _writer_of(server) != first
+        assert _spawned(server) != [first]
         assert world.active("JP-BUYER-1") == 5
+        check_registry(world, registry, [], tmp_path)
+
+
+def _transfers(server: ServerProcess, world: World, batch: str, n: int) -> list[int]:
+    """``n`` transfers of one tonne from 8 clients at once, each on its own connection (so
+    the workers share them out); the HTTP status of each."""
+    body = {"account": "KH-WATER-1", "batch": batch, "quantity": 1, "to_account": "JP-BUYER-1"}
+
+    def one(i: int) -> int:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            signed = sign_instruction(world.keys["kh-water"], actor="kh-water",
+                                      type="credits.transfer", body=body)
+            response = http.post("/v1/transfers", json=signed,
+                                 headers={"Idempotency-Key": f"t-{batch}-{i}-{time.time_ns()}"})
+            return response.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_workers_share_one_writer_process_which_is_replaced_when_it_dies(
+    settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path: Path
+) -> None:
+    with _serving(settings, admin_key, tmp_path, workers=2) as (server, world):
+        writer, *workers = _spawned(server)
+        assert len(workers) == 2
+        # Each worker is an API process without a writer of its own.
+        assert all(_children(worker) == [] for worker in workers)
+        batch = issue_jcm(world, "KH004-MR1", 1000)
+        assert _transfers(server, world, batch, 40) == [200] * 40
+        os.kill(writer, signal.SIGKILL)
+        assert _gone(writer, within=10)
+        time.sleep(0.5)  # both workers notice the closed connection
+        assert _transfers(server, world, batch, 24) == [200] * 24
+        now = _spawned(server)  # the workers, and a new writer in place of the one killed
+        assert writer not in now and set(workers) <= set(now)
+        assert world.active("JP-BUYER-1") == 64
         check_registry(world, registry, [], tmp_path)
 
 
@@ -104,7 +146,7 @@ def test_a_writer_process_does_not_outlive_its_api_process(
     settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path: Path
 ) -> None:
     with _serving(settings, admin_key, tmp_path) as (server, _world):
-        writer = _writer_of(server)
+        (writer,) = _spawned(server)
         server.kill()
         assert _gone(writer, within=30), "the writer process outlived its API process"
 

@@ -1,36 +1,95 @@
-"""The writer process's end of the pipe: whole messages, as many as are waiting, none lost."""
+"""The writer process's side of its socket: whole messages, in turn from each API process,
+as many as are waiting, none lost."""
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from pathlib import Path
 
-from registry.service.writer_process import _frame, _Messages
-
-
-def test_messages_come_whole_in_order_and_what_was_sent_before_the_close_is_still_read() -> None:
-    ours, theirs = socket.socketpair()
-    messages = _Messages(ours)
-    fourth = _frame({"n": 4, "pad": "x" * 5000})
-    theirs.sendall(_frame(1) + _frame((2, "two")) + _frame([3]) + fourth[:100])
-    assert messages.take(2) == [1, (2, "two")]  # no more than asked for
-    assert messages.take(5) == [[3]]  # what is whole; half a message waits for the rest
-    theirs.sendall(fourth[100:])
-    theirs.close()
-    # The other end is gone, but the message it sent first is carried out all the same.
-    assert messages.take(5) == [{"n": 4, "pad": "x" * 5000}]
-    assert messages.take(5) == []
-    assert messages.closed
-    ours.close()
+from registry.service.writer_process import _HEADER, READY, _frame, _Peers
 
 
-def test_a_batch_is_what_has_arrived_not_a_wait_for_more() -> None:
-    ours, theirs = socket.socketpair()
-    messages = _Messages(ours)
-    theirs.sendall(_frame("only"))
-    assert messages.take(16) == ["only"]  # returns at once with one: nothing else waits
-    theirs.sendall(b"".join(_frame(i) for i in range(40)))
-    assert messages.take(16) == list(range(16))
-    assert messages.take(16) == list(range(16, 32))
-    assert messages.take(16) == list(range(32, 40))
-    theirs.close()
-    ours.close()
+@contextmanager
+def _writer_side(tmp_path: Path) -> Iterator[tuple[_Peers, str, Connection]]:
+    """The writer process's ``_Peers`` on a fresh socket, and the server's end of its control
+    pipe (closing it says the server is gone)."""
+    address = str(tmp_path / "writer.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen()
+    control, writer_end = multiprocessing.Pipe()
+    try:
+        yield _Peers(listener, writer_end), address, control
+    finally:
+        if not control.closed:
+            control.close()
+        listener.close()
+
+
+def _connect(address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(address)
+    return sock
+
+
+def _read_frame(sock: socket.socket) -> object:
+    sock.settimeout(10)
+    data = b""
+    while len(data) < _HEADER.size:
+        data += sock.recv(_HEADER.size - len(data))
+    (size,) = _HEADER.unpack(data)
+    body = b""
+    while len(body) < size:
+        body += sock.recv(size - len(body))
+    return pickle.loads(body)
+
+
+def _taken(peers: _Peers, most: int, names: dict[int, str]) -> list[tuple[str, object]]:
+    return [(names[id(peer)], message) for peer, message in peers.take(most)]
+
+
+def test_messages_come_whole_in_turn_and_what_was_sent_before_a_close_is_still_read(
+    tmp_path: Path,
+) -> None:
+    with _writer_side(tmp_path) as (peers, address, control):
+        a, b = _connect(address), _connect(address)
+        fourth = _frame({"n": 4, "pad": "x" * 5000})
+        a.sendall(_frame(1) + _frame((2, "two")) + _frame([3]) + fourth[:100])
+        b.sendall(_frame("b1") + _frame("b2"))
+        first = peers.take(3)
+        names = {id(first[0][0]): "a", id(first[1][0]): "b"}
+        # In turn from each API process, and no more than asked for.
+        assert [(names[id(p)], m) for p, m in first] == [("a", 1), ("b", "b1"), ("a", (2, "two"))]
+        # What is whole; half a message waits for the rest.
+        assert _taken(peers, 5, names) == [("a", [3]), ("b", "b2")]
+        # Each API process is greeted, and gets the answers meant for it.
+        assert _read_frame(a) == READY and _read_frame(b) == READY
+        first[1][0].answer([(7, None, None)])
+        assert _read_frame(b) == [(7, None, None)]
+        a.sendall(fourth[100:])
+        a.close()
+        # That API process is gone, but what it sent first is carried out all the same.
+        assert _taken(peers, 5, names) == [("a", {"n": 4, "pad": "x" * 5000})]
+        first[0][0].answer([(8, None, None)])  # to nobody, and no error
+        b.sendall(_frame("b3"))
+        assert _taken(peers, 5, names) == [("b", "b3")]
+        control.close()  # the server is gone: nothing more to take, and the writer ends
+        assert peers.take(5) == []
+        b.close()
+
+
+def test_a_batch_is_what_has_arrived_not_a_wait_for_more(tmp_path: Path) -> None:
+    with _writer_side(tmp_path) as (peers, address, _control):
+        sock = _connect(address)
+        sock.sendall(_frame("only"))
+        assert [m for _, m in peers.take(16)] == ["only"]  # at once: nothing else waits
+        sock.sendall(b"".join(_frame(i) for i in range(40)))
+        assert [m for _, m in peers.take(16)] == list(range(16))
+        assert [m for _, m in peers.take(16)] == list(range(16, 32))
+        assert [m for _, m in peers.take(16)] == list(range(32, 40))
+        sock.close()
