@@ -167,9 +167,14 @@ class ServerProcess:
 
 
 @contextmanager
-def serving(settings: Settings, log_dir: Path, count: int = 1) -> Iterator[list[ServerProcess]]:
-    """``count`` servers sharing one database (and one key file); stopped afterwards."""
-    servers = [ServerProcess(settings, log_dir / f"server-{i}.log") for i in range(count)]
+def serving(
+    settings: Settings, log_dir: Path, count: int = 1, workers: int = 1
+) -> Iterator[list[ServerProcess]]:
+    """``count`` servers sharing one database (and one key file), each with ``workers`` uvicorn
+    workers; stopped afterwards."""
+    servers = [
+        ServerProcess(settings, log_dir / f"server-{i}.log", workers=workers) for i in range(count)
+    ]
     try:
         for server in servers:
             server.start()

@@ -10,8 +10,9 @@ moment, with the same key or with different keys. A few read ``/v1/batches`` und
 check supply is conserved in what they see.
 
 Then :func:`tests.load.check_registry` proves the ledger and the state are whole. The test runs
-on SQLite and PostgreSQL with one server process, and with three ``registry serve`` processes
-sharing the database (and the key file) to find forks and lost updates between processes.
+on SQLite and PostgreSQL with one server process, with three ``registry serve`` processes
+sharing the database (and the key file) to find forks and lost updates between processes, and
+with one server of two uvicorn workers, whose instructions share the server's one writer.
 Two smaller tests: holdings reads under load are one snapshot each, and the checks themselves
 catch a double spend and a false acknowledgement.
 """
@@ -241,8 +242,8 @@ def run_races(world: World, urls: list[str], ops: int) -> Outcomes:
 
 
 def race(settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path: Path,
-         processes: int, ops: int) -> None:
-    with serving(settings, tmp_path, count=processes) as servers:
+         processes: int, ops: int, workers: int = 1) -> None:
+    with serving(settings, tmp_path, count=processes, workers=workers) as servers:
         world = build_world(servers[0].url, admin_key)
         try:
             outcomes = run_races(world, [s.url for s in servers], ops)
@@ -257,18 +258,25 @@ def race(settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path
             world.http.http.close()
 
 
-@pytest.mark.parametrize("processes", [1, 3], ids=["1-process", "3-processes"])
+# One server; three sharing the database; one with two uvicorn workers (sharing its writer).
+SCALES = pytest.mark.parametrize(
+    ("processes", "workers"), [(1, 1), (3, 1), (1, 2)],
+    ids=["1-process", "3-processes", "2-workers"],
+)
+
+
+@SCALES
 def test_races(settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path: Path,
-               processes: int) -> None:
-    race(settings, registry, admin_key, tmp_path, processes, ops=5)
+               processes: int, workers: int) -> None:
+    race(settings, registry, admin_key, tmp_path, processes, ops=5, workers=workers)
 
 
 @pytest.mark.slow
 @long_only
-@pytest.mark.parametrize("processes", [1, 3], ids=["1-process", "3-processes"])
+@SCALES
 def test_races_long(settings: Settings, registry: Registry, admin_key: SigningKey,
-                    tmp_path: Path, processes: int) -> None:
-    race(settings, registry, admin_key, tmp_path, processes, ops=24)
+                    tmp_path: Path, processes: int, workers: int) -> None:
+    race(settings, registry, admin_key, tmp_path, processes, ops=24, workers=workers)
 
 
 def test_reads_under_load_are_snapshots(settings: Settings, registry: Registry,
