@@ -263,22 +263,61 @@ def server_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Served:
+    """A server on a loopback port, and its process (the root of its process tree)."""
+
+    port: int
+    pid: int
+
+
 @contextlib.contextmanager
-def registry_server(settings: Settings, workdir: Path, *, workers: int = 1) -> Iterator[int]:
+def registry_server(settings: Settings, workdir: Path, *, workers: int = 1) -> Iterator[Served]:
     port = free_port()
     cmd = [str(VENV_BIN / "registry"), "serve", "--host", "127.0.0.1", "--port", str(port),
            "--workers", str(workers)]
     log = workdir / f"registry-{port}.log"
-    with server_process(cmd, server_env(settings), port, "/v1/checkpoint", log):
-        yield port
+    with server_process(cmd, server_env(settings), port, "/v1/checkpoint", log) as proc:
+        yield Served(port, proc.pid)
 
 
 @contextlib.contextmanager
-def floor_server(workdir: Path) -> Iterator[int]:
+def floor_server(workdir: Path) -> Iterator[Served]:
     port = free_port()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-floor", str(port)]
-    with server_process(cmd, dict(os.environ), port, "/health", workdir / "floor.log"):
-        yield port
+    with server_process(cmd, dict(os.environ), port, "/health", workdir / "floor.log") as proc:
+        yield Served(port, proc.pid)
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    """User and system CPU the live processes ``pids`` have used so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
+
+
+def _postgres_pids() -> list[int]:
+    """PostgreSQL's processes on this machine (its backends, writers and the rest)."""
+    try:
+        import pwd
+
+        uid = pwd.getpwnam("postgres").pw_uid
+    except (ImportError, KeyError):
+        return []
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    found.append(int(name))
+    return found
 
 
 def serve_floor(port: int) -> None:
@@ -327,6 +366,13 @@ class LoadResult:
     latencies: list[float]
     statuses: Counter[int]
     bodies: list[bytes] = field(default_factory=list)
+    server_cpu: float = 0.0
+    """CPU seconds the server's processes used during the load (API, writer, workers)."""
+    database_cpu: float = 0.0
+    """CPU seconds PostgreSQL's processes used during the load."""
+
+    def cpu_ms(self, seconds: float) -> float:
+        return 1000 * seconds / self.requests if self.requests else float("nan")
 
     @property
     def ok(self) -> int:
@@ -442,6 +488,7 @@ def _merged(results: Sequence[LoadResult]) -> LoadResult:
         sum(r.requests for r in results), sum(r.seconds for r in results),
         [x for r in results for x in r.latencies], statuses,
         [b for r in results for b in r.bodies][:3],
+        sum(r.server_cpu for r in results), sum(r.database_cpu for r in results),
     )
 
 
@@ -477,6 +524,8 @@ def _record(figures: dict[str, Any], name: str, result: LoadResult) -> dict[str,
         "rate": round(result.rate, 1), "p50_ms": round(result.percentile_ms(0.50), 2),
         "p99_ms": round(result.percentile_ms(0.99), 2), "requests": result.requests,
         "failed": result.requests - result.ok, "seconds": round(result.seconds, 2),
+        "server_cpu_ms_per_request": round(result.cpu_ms(result.server_cpu), 3),
+        "postgresql_cpu_ms_per_request": round(result.cpu_ms(result.database_cpu), 3),
     }
     figures[name] = entry
     return entry
@@ -514,9 +563,9 @@ def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, An
     ]
     floors: dict[int, list[LoadResult]] = {c: [] for c in sizes.floor}
     slice_budget = sizes.budget / sizes.rounds
-    with floor_server(workdir) as floor_port:
+    with floor_server(workdir) as floor:
         floor_feed = itertools.cycle(floor_signed)
-        run_load(floor_port, _take(floor_port, floor_feed, sizes.warmup * 4), 4)
+        run_load(floor.port, _take(floor.port, floor_feed, sizes.warmup * 4), 4)
         engines = ["sqlite"] + (["postgresql"] if pg_base else [])
         for kind in engines:
             with database(kind, workdir, pg_base) as url:
@@ -529,23 +578,24 @@ def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, An
                 feed = iter(bodies)
                 target = TARGETS[f"{kind}_ratio"]
                 for workers in worker_counts:
-                    with registry_server(seeded.settings, workdir, workers=workers) as port:
+                    with registry_server(seeded.settings, workdir, workers=workers) as served:
                         if workers > 1:
                             time.sleep(2.0)  # let every worker finish importing before timing
-                        run_load(port, _take(port, feed, sizes.warmup), 2)
+                        run_load(served.port, _take(served.port, feed, sizes.warmup), 2)
                         for c, n in sizes.registry.items():
                             paired = run_paired(
-                                _load_from(floor_port, floor_feed, c, slice_budget),
-                                _load_from(port, feed, c, slice_budget),
+                                _load_from(floor, floor_feed, c, slice_budget),
+                                _load_from(served, feed, c, slice_budget, kind == "postgresql"),
                                 sizes.floor[c], n, sizes.rounds,
                             )
                             floors[c].append(paired.floor)
                             name = f"{kind}_w{workers}_c{c}"
                             entry = _record(figures, name, paired.registry)
-                            floor = _record({}, "floor", paired.floor)
-                            entry["floor"] = floor
+                            floor_entry = _record({}, "floor", paired.floor)
+                            entry["floor"] = floor_entry
                             entry["floor_ratio"] = round(paired.ratio, 3)
-                            say(_line(f"{kind} workers={workers}", c, entry, floor, target))
+                            say(_line(f"{kind} workers={workers}", c, entry, floor_entry, target))
+                            say(_cpu_line(entry, floor_entry))
                             if workers > 1 and c == 1 and entry["p50_ms"] > 35:
                                 say("    (uvicorn --workers N binds a listener without "
                                     "IPPROTO_TCP, so accepted sockets keep Nagle on and each "
@@ -560,12 +610,28 @@ def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, An
     return figures
 
 
-def _load_from(port: int, feed: Iterator[bytes], c: int,
-               budget: float) -> Callable[[int], LoadResult]:
-    """A load of the next ``n`` requests of ``feed`` on ``c`` connections, for each ``n``."""
+def _load_from(served: Served, feed: Iterator[bytes], c: int, budget: float,
+               database: bool = False) -> Callable[[int], LoadResult]:
+    """A load of the next ``n`` requests of ``feed`` on ``c`` connections, for each ``n``,
+    with the CPU the server's processes (and PostgreSQL's, with ``database``) used meanwhile."""
     def load(n: int) -> LoadResult:
-        return run_load(port, _take(port, feed, n), c, budget)
+        requests = _take(served.port, feed, n)
+        server = [served.pid, *_descendants(served.pid)]
+        postgres = _postgres_pids() if database else []
+        before = _cpu_seconds(server), _cpu_seconds(postgres)
+        result = run_load(served.port, requests, c, budget)
+        result.server_cpu = _cpu_seconds(server) - before[0]
+        result.database_cpu = _cpu_seconds(postgres) - before[1]
+        return result
     return load
+
+
+def _cpu_line(entry: Mapping[str, Any], floor: Mapping[str, Any]) -> str:
+    """Where the CPU of a request went: the server's processes, PostgreSQL's, the floor's."""
+    text = f"    CPU per request: server {entry['server_cpu_ms_per_request']:.2f} ms"
+    if entry["postgresql_cpu_ms_per_request"]:
+        text += f" + PostgreSQL {entry['postgresql_cpu_ms_per_request']:.2f} ms"
+    return text + f"; the floor's server {floor['server_cpu_ms_per_request']:.2f} ms"
 
 
 def _take(port: int, feed: Iterator[bytes], n: int) -> list[bytes]:
