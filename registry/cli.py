@@ -112,11 +112,13 @@ def serve(
     """Serve the registry's HTTP API (OpenAPI at /docs)."""
     import uvicorn
 
+    from registry.service.setup import open_registry
     from registry.service.writer_process import ADDRESS_ENV, WriterHost
-    from registry.store.db import make_engine, migrate
 
     settings = _settings()
-    migrate(make_engine(settings.database_url))
+    # The schema brought up to date, and the key and database checked here, so that a server
+    # that cannot run says why in one line instead of in each process it starts.
+    open_registry(settings).engine.dispose()
     # One writer process for the whole server, started before any worker: every worker's
     # instructions share its batches (service/writer_process.py).
     writer = WriterHost()

@@ -57,6 +57,17 @@ def test_init_encrypts_keys_and_refuses_to_run_twice(tmp_path: Path) -> None:
     assert r.returncode == 1 and "error[bad_key_file]" in r.stderr
 
 
+def test_serve_without_a_registry_says_why_in_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    r = run(["serve", "--port", "1"], tmp_path, XDG_RUNTIME_DIR=str(runtime),
+            REGISTRY_KEY_FILE=str(tmp_path / "missing.pem"))
+    assert r.returncode == 1
+    assert "error[configuration_error]: no registry key" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert list(runtime.iterdir()) == []  # no writer socket left behind
+
+
 def test_a_developer_signs_submits_and_reads_holdings(
     tmp_path: Path, server: LiveServer, world: World
 ) -> None:

@@ -67,6 +67,9 @@ answers the one before and reads the next, so two half-size batches in flight ke
 With 32 clients on two cores this gave 1,600 transfers/s and a p99 of 25-30 ms, against
 1,300-1,500/s and 30-40 ms with batches of 24 to 64 (``scripts/bench``)."""
 
+MAX_UNSENT = 64 << 20
+"""Bytes of answers an API process may leave unread before the writer gives it up."""
+
 ADDRESS_ENV = "REGISTRY_WRITER_SOCKET"
 """Where ``registry serve`` tells its API processes the writer's socket is."""
 
@@ -88,27 +91,29 @@ def _frame(message: object) -> bytes:
 
 class _Peer:
     """An API process, seen from the writer process: the complete messages it sent, read in as
-    few calls as possible (everything waiting, not one message at a time), and the way back
-    for their answers."""
+    few calls as possible (everything waiting, not one message at a time), and its answers not
+    yet sent. Its socket never blocks: an API process that stops reading holds up nobody."""
 
     def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
         self.sock = sock
         self._buffer = bytearray()
         self._ready: deque[Any] = deque()
+        self._unsent = bytearray()
         self.closed = False
-        self._answering = True
+        """It closed its end (what it sent before is still taken) or was given up."""
 
     def read_waiting(self) -> None:
         """Read whatever has arrived, without waiting; at the end of the stream, ``closed``."""
         while not self.closed:
             try:
-                data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+                data = self.sock.recv(1 << 20)
             except BlockingIOError:
                 return
             except OSError:
                 data = b""
             if not data:
-                self.closed = True
+                self._close()
                 return
             self._buffer += data
             self._split()
@@ -122,18 +127,37 @@ class _Peer:
             taken.append(self._ready.popleft())
         return taken
 
-    def answer(self, answers: list[Answer]) -> None:
-        """Send a batch's answers to this API process, in one message; nothing if it is gone."""
-        if not self._answering:
+    def send(self, frame: bytes) -> None:
+        """Queue ``frame`` and send what the socket takes now; nothing if the peer is gone.
+        An API process that has left :data:`MAX_UNSENT` bytes of answers unread is given up:
+        it sees its connection close, and answers 500 (a retry is safe) to whoever waits."""
+        if self.closed:
             return
-        try:
-            frame = _frame(answers)
-        except Exception:  # an answer that cannot be pickled: say so instead, for each
-            frame = _frame([_picklable(answer) for answer in answers])
-        try:
-            self.sock.sendall(frame)
-        except OSError:
-            self._answering = False  # the API process is gone: nobody waits for these
+        self._unsent += frame
+        self.flush()
+        if len(self._unsent) > MAX_UNSENT:
+            _log.error("an API process left %d bytes of answers unread; closing its connection",
+                       len(self._unsent))
+            self._close()
+
+    def flush(self) -> None:
+        while self._unsent and not self.closed:
+            try:
+                sent = self.sock.send(self._unsent)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._close()
+                return
+            del self._unsent[:sent]
+
+    @property
+    def sending(self) -> bool:
+        return bool(self._unsent)
+
+    def _close(self) -> None:
+        self.closed = True
+        self._unsent.clear()  # nobody will read it
 
     def _split(self) -> None:
         buffer, start = self._buffer, 0
@@ -175,7 +199,8 @@ def _error_from_data(data: tuple[str, str, str, dict[str, Any]]) -> BaseExceptio
 
 class _Peers:
     """The writer process's side of the socket: the API processes connected to it, read in
-    turn, and the server's control pipe, whose end means the server is gone."""
+    turn and answered without blocking, and the server's control pipe, whose end means the
+    server is gone."""
 
     def __init__(self, listener: socket.socket, control: Connection) -> None:
         self._selector = selectors.DefaultSelector()
@@ -186,6 +211,7 @@ class _Peers:
         control.close()
         self._selector.register(self._control, selectors.EVENT_READ)
         self._peers: list[_Peer] = []
+        self._turn = 0
         self.server_gone = False
 
     def take(self, most: int) -> list[tuple[_Peer, Any]]:
@@ -199,47 +225,81 @@ class _Peers:
             if taken or self.server_gone:
                 return taken
 
+    def answer(self, peer: _Peer, answers: list[Answer]) -> None:
+        """Send ``peer`` a batch's answers to its requests, in one message."""
+        try:
+            frame = _frame(answers)
+        except Exception:  # an answer that cannot be pickled: say so instead, for each
+            frame = _frame([_picklable(answer) for answer in answers])
+        self._send(peer, frame)
+
+    def _send(self, peer: _Peer, frame: bytes) -> None:
+        peer.send(frame)
+        self._watch(peer)
+
+    def _watch(self, peer: _Peer) -> None:
+        """Listen to ``peer`` for what it sends and, while answers wait, for room to send."""
+        if peer.closed:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(peer.sock)
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if peer.sending else 0)
+        if self._selector.get_key(peer.sock).events != events:
+            self._selector.modify(peer.sock, events, peer)
+
     def _poll(self, timeout: float | None) -> None:
-        for key, _events in self._selector.select(timeout):
+        for key, events in self._selector.select(timeout):
             if key.fileobj is self._listener:
                 self._accept()
             elif key.fileobj is self._control:
-                if not self._control.recv(1):  # the server's process ended
+                try:
+                    more = self._control.recv(1)
+                except OSError:
+                    more = b""
+                if not more:  # the server's process ended, or closed the pipe
                     self._selector.unregister(self._control)
                     self._control.close()
                     self.server_gone = True
             else:
                 peer: _Peer = key.data
-                peer.read_waiting()
-                if peer.closed:
-                    self._selector.unregister(peer.sock)
+                if events & selectors.EVENT_WRITE:
+                    peer.flush()
+                if events & selectors.EVENT_READ:
+                    peer.read_waiting()
+                self._watch(peer)
 
     def _accept(self) -> None:
         while True:
             try:
                 sock, _ = self._listener.accept()
-            except OSError:  # none left (or one given up before it was accepted)
+            except (BlockingIOError, InterruptedError):
                 return
-            sock.setblocking(True)
-            try:
-                sock.sendall(_frame(READY))
-            except OSError:
-                sock.close()
+            except ConnectionAbortedError:
                 continue
+            except OSError:  # out of file descriptors, say: not a reason to spin
+                _log.exception("the writer process cannot accept a connection")
+                time.sleep(0.1)
+                return
             peer = _Peer(sock)
-            self._selector.register(sock, selectors.EVENT_READ, peer)
             self._peers.append(peer)
+            self._selector.register(sock, selectors.EVENT_READ, peer)
+            self._send(peer, _frame(READY))
 
     def _in_turn(self, most: int) -> list[tuple[_Peer, Any]]:
+        """Up to ``most`` messages, one from each peer in turn, starting one further along
+        each time so that no API process is always last."""
         taken: list[tuple[_Peer, Any]] = []
+        peers = self._peers[self._turn :] + self._peers[: self._turn]
         while len(taken) < most:
             before = len(taken)
-            for peer in self._peers:
+            for peer in peers:
                 taken.extend((peer, message) for message in peer.take_ready(1))
                 if len(taken) == most:
                     break
             if len(taken) == before:
                 break
+        if taken:
+            self._turn = (self._turn + 1) % len(self._peers)
         for peer in [p for p in self._peers if p.closed and not p.has_ready()]:
             self._peers.remove(peer)
             peer.sock.close()
@@ -296,7 +356,7 @@ def serve_writes(listener: socket.socket, control: Connection) -> None:
                 else:
                     answers.setdefault(peer, []).append((request_id, result, None))
         for peer, theirs in answers.items():
-            peer.answer(theirs)
+            peers.answer(peer, theirs)
     # The server is gone (its stop removes the socket too, unless it was killed): nobody
     # will connect again.
     address = listener.getsockname()
@@ -317,14 +377,18 @@ class WriterHost:
     """The server's writer process and the Unix socket its API processes reach it on.
 
     The socket lives as long as the server, in a directory of its own that only this user can
-    enter; each writer process listens on it in turn. :meth:`start` returns once the first is
-    ready to take instructions. A thread then watches it: a writer process that stops while
-    the server runs is logged and replaced, and connections made meanwhile wait in the
-    socket's backlog for the new one.
+    enter (under ``$XDG_RUNTIME_DIR`` when there is one, which no clean-up of old temporary
+    files reaches); each writer process listens on it in turn. :meth:`start` returns once the
+    first is ready to take instructions. A thread then watches it: a writer process that stops
+    while the server runs is logged and replaced. Connections made meanwhile wait in the
+    socket's backlog for the new one; if it cannot start, they are closed (their requests get
+    a 500 that says a retry is safe) and it is tried again, less and less often.
     """
 
     def __init__(self) -> None:
-        self._dir = tempfile.mkdtemp(prefix="registry-writer-")
+        self._dir = tempfile.mkdtemp(
+            prefix="registry-writer-", dir=os.environ.get("XDG_RUNTIME_DIR") or None
+        )
         self.address = os.path.join(self._dir, "writer.sock")
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(self.address)
@@ -332,20 +396,26 @@ class WriterHost:
         self._context = multiprocessing.get_context("spawn")
         self._process: multiprocessing.process.BaseProcess | None = None
         self._control: Connection | None = None
+        self._lock = threading.Lock()
+        """Held while a writer process is started: :meth:`stop` waits for it."""
         self._stopping = threading.Event()
-        self._watcher: threading.Thread | None = None
 
     def start(self, timeout: float = 120.0) -> None:
         """Start the writer process and wait until it takes instructions (it opens the
         registry: the database and the key). A server is not ready before its writer is: a
         writer that cannot start fails the start, with its reason in the log."""
-        self._spawn(timeout)
-        self._watcher = threading.Thread(
-            target=self._watch, name="registry-writer-watch", daemon=True
-        )
-        self._watcher.start()
+        try:
+            with self._lock:
+                self._spawn(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        threading.Thread(target=self._watch, name="registry-writer-watch", daemon=True).start()
 
     def _spawn(self, timeout: float) -> None:
+        """Start a writer process; on failure it is gone again when this raises."""
+        if self._control is not None:
+            self._control.close()
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
             target=serve_writes,
@@ -356,17 +426,25 @@ class WriterHost:
         process.start()
         theirs.close()
         self._process, self._control = process, ours
-        if not ours.poll(timeout):
-            raise RuntimeError(f"the writer process did not start within {timeout:.0f} s")
         try:
-            first = ours.recv()
-        except (EOFError, OSError) as e:
-            raise RuntimeError("the writer process failed to start (see its error above)") from e
-        if first != READY:
-            raise RuntimeError(f"the writer process said {first!r} instead of {READY!r}")
+            if not ours.poll(timeout):
+                raise RuntimeError(f"the writer process did not start within {timeout:.0f} s")
+            try:
+                first = ours.recv()
+            except (EOFError, OSError) as e:
+                raise RuntimeError(
+                    "the writer process failed to start (see its error above)"
+                ) from e
+            if first != READY:
+                raise RuntimeError(f"the writer process said {first!r} instead of {READY!r}")
+        except BaseException:
+            if process.is_alive():
+                process.kill()
+            process.join(10)
+            raise
 
     def _watch(self) -> None:
-        while not self._stopping.is_set():
+        while True:
             process = self._process
             assert process is not None
             process.join()
@@ -375,31 +453,60 @@ class WriterHost:
             _log.error(
                 "the writer process stopped (exit code %s); starting another", process.exitcode
             )
-            if self._control is not None:
-                self._control.close()
+            delay = 1.0
+            while True:
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    try:
+                        self._spawn(timeout=60.0)
+                        break
+                    except Exception:
+                        _log.exception("no writer process could start; trying again in %.0f s",
+                                       delay)
+                        self._turn_away()
+                if self._stopping.wait(delay):
+                    return
+                delay = min(2 * delay, 30.0)
+
+    def _turn_away(self) -> None:
+        """Close the connections waiting for a writer that could not start: their requests
+        are answered (500, a retry is safe) instead of waiting for the next try."""
+        # Non-blocking, as every writer process sets it anyway (the flag is shared with them).
+        self._listener.setblocking(False)
+        while True:
             try:
-                self._spawn(timeout=120.0)
-            except Exception:
-                _log.exception("a new writer process failed to start; trying again")
-                time.sleep(1.0)
+                sock, _ = self._listener.accept()
+            except OSError:  # none left
+                return
+            sock.close()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Let the writer process finish what it holds and exit, then remove the socket."""
         self._stopping.set()
-        if self._control is not None:
-            self._control.close()
-        if self._process is not None:
-            self._process.join(timeout)
+        with self._lock:
+            if self._control is not None:
+                self._control.close()
+            process = self._process
+        if process is not None:
+            process.join(timeout)
+            if process.is_alive():
+                process.kill()
+                process.join(10)
         self._listener.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+READY_TIMEOUT = 15.0
+"""Seconds an API process waits for a new connection's greeting before it answers 500 (a
+retry is safe): a writer process that was just replaced starts in a second or two."""
 
 
 class _Link:
     """One connection to the writer process, and the requests waiting on its answers."""
 
-    def __init__(self, sock: socket.socket | None) -> None:
-        self.sock = sock  # a connection made before the event loop ran, until it takes it over
-        self.stream: asyncio.StreamWriter | None = None
+    def __init__(self, stream: asyncio.StreamWriter) -> None:
+        self.stream = stream
         self.reading: asyncio.Task[None] | None = None
         self.waiting: dict[int, asyncio.Future[Outcome]] = {}
         self.outbox: list[bytes] = []
@@ -408,12 +515,12 @@ class _Link:
 
     def send_outbox(self) -> None:
         frames, self.outbox = self.outbox, []
-        if self.stream is not None and not self.stream.is_closing():
+        if not self.stream.is_closing():
             self.stream.write(b"".join(frames))
         # Otherwise the writer process is gone, and _lost answers every waiting request.
 
     def usable(self) -> bool:
-        return not self.lost and (self.stream is None or not self.stream.is_closing())
+        return not self.lost and not self.stream.is_closing()
 
 
 class WriterProcess:
@@ -422,8 +529,9 @@ class WriterProcess:
     It lives on the event loop and never blocks it: instructions are written to the socket
     through an asyncio transport (buffered when the writer process is busy), and a task reads
     the answers as they come, so a burst of requests cannot fill both directions of the socket
-    and leave each process waiting for the other. ``host`` is a writer this process started
-    for itself (an app served without ``registry serve``), stopped with it.
+    and leave each process waiting for the other. Instructions go to a connection only once
+    the writer process has greeted it. ``host`` is a writer this process started for itself
+    (an app served without ``registry serve``), stopped with it.
     """
 
     def __init__(self, address: str, *, host: WriterHost | None = None) -> None:
@@ -434,49 +542,54 @@ class WriterProcess:
         self._opening = asyncio.Lock()
 
     def start(self, timeout: float = 120.0) -> None:
-        """Connect to the writer process and wait until it takes instructions."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(self._address)
-            header = _recv_exactly(sock, _HEADER.size)
-            (size,) = _HEADER.unpack(header)
-            first = pickle.loads(_recv_exactly(sock, size))
-        except (OSError, EOFError) as e:
-            sock.close()
-            raise RuntimeError(f"the writer process at {self._address} did not answer: {e}") from e
+        """Wait until the writer process takes instructions: a server is not ready before."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            try:
+                sock.settimeout(timeout)
+                sock.connect(self._address)
+                (size,) = _HEADER.unpack(_recv_exactly(sock, _HEADER.size))
+                first = pickle.loads(_recv_exactly(sock, size))
+            except (OSError, EOFError) as e:
+                raise RuntimeError(
+                    f"the writer process at {self._address} did not answer: {e}"
+                ) from e
         if first != READY:
-            sock.close()
             raise RuntimeError(f"the writer process said {first!r} instead of {READY!r}")
-        sock.settimeout(None)
-        self._link = _Link(sock)
 
     async def _open(self) -> _Link:
-        """The link to the writer process, connecting anew if the last one was lost."""
+        """The connection to the writer process, made anew if the last one was lost."""
         link = self._link
-        if link is not None and link.stream is not None and link.usable():
+        if link is not None and link.usable():
             return link
         async with self._opening:
             link = self._link
-            if link is None or not link.usable():
-                if link is not None:
-                    self._lost(link)
-                try:
-                    reader, stream = await asyncio.open_unix_connection(self._address)
-                except OSError as e:
-                    raise WriterUnavailable(
-                        "the registry's writer cannot be reached; a retry with the same "
-                        f"Idempotency-Key is safe ({e.strerror or e})"
-                    ) from e
-                link = self._link = _Link(None)
-                link.stream = stream
-                link.reading = asyncio.create_task(self._read(link, reader))
-            elif link.stream is None:
-                assert link.sock is not None
-                sock, link.sock = link.sock, None
-                reader, link.stream = await asyncio.open_unix_connection(sock=sock)
-                link.reading = asyncio.create_task(self._read(link, reader))
+            if link is not None and link.usable():
+                return link
+            if link is not None:
+                self._lost(link)
+            try:
+                reader, stream = await asyncio.wait_for(self._connect(), READY_TIMEOUT)
+            except (TimeoutError, OSError, EOFError) as e:
+                raise WriterUnavailable(
+                    "the registry's writer cannot be reached; a retry with the same "
+                    f"Idempotency-Key is safe ({type(e).__name__})"
+                ) from e
+            link = self._link = _Link(stream)
+            link.reading = asyncio.create_task(self._read(link, reader))
             return link
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A new connection to the writer process, once it has greeted it."""
+        reader, stream = await asyncio.open_unix_connection(self._address)
+        try:
+            (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+            first = pickle.loads(await reader.readexactly(size))
+            if first != READY:
+                raise OSError(f"the writer process said {first!r} instead of {READY!r}")
+        except BaseException:
+            stream.close()
+            raise
+        return reader, stream
 
     async def _read(self, link: _Link, reader: asyncio.StreamReader) -> None:
         try:
@@ -496,8 +609,6 @@ class WriterProcess:
             # waiting on it gets its 500 (a retry is safe) instead of waiting for ever.
             _log.exception("an answer of the writer process could not be read")
             self._lost(link)
-            return
-        if answer == READY:  # the greeting of a writer reached by a new connection
             return
         for request_id, outcome, error in answer:
             future = link.waiting.pop(request_id, None)
@@ -519,10 +630,7 @@ class WriterProcess:
         link.lost = True
         if self._link is link:
             self._link = None
-        if link.stream is not None:
-            link.stream.close()
-        if link.sock is not None:
-            link.sock.close()
+        link.stream.close()
         lost, link.waiting = link.waiting, {}
         if lost:
             _log.error("the writer process stopped with %d requests unanswered", len(lost))
@@ -538,7 +646,6 @@ class WriterProcess:
     async def submit(self, kind: str, raw: object, idempotency_key: str) -> Outcome:
         """Carry out a signed instruction in the writer process; its outcome once committed."""
         link = await self._open()
-        assert link.stream is not None
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         request_id = next(self._ids)
@@ -554,10 +661,7 @@ class WriterProcess:
         holds and exits."""
         link, self._link = self._link, None
         if link is not None:
-            if link.stream is not None:
-                link.stream.close()
-            if link.sock is not None:
-                link.sock.close()
+            link.stream.close()
             if link.reading is not None:
                 await asyncio.gather(link.reading, return_exceptions=True)
         if self._host is not None:

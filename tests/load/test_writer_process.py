@@ -142,6 +142,69 @@ def test_workers_share_one_writer_process_which_is_replaced_when_it_dies(
         check_registry(world, registry, [], tmp_path)
 
 
+def test_a_writer_process_that_dies_before_any_write_is_replaced(
+    settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path: Path
+) -> None:
+    server = ServerProcess(settings, tmp_path / "server.log")
+    server.start()
+    try:
+        (first,) = _spawned(server)
+        os.kill(first, signal.SIGKILL)
+        assert _gone(first, within=10)
+        time.sleep(0.5)
+        world = build_world(server.url, admin_key)  # parties and accounts: the first writes
+        try:
+            assert world.active("KH-WATER-1") == 0
+            assert _spawned(server) != [first]
+            check_registry(world, registry, [], tmp_path)
+        finally:
+            world.http.http.close()
+    finally:
+        server.stop()
+    assert not server.errors_logged() or all(
+        "writer process stopped" in line for line in server.errors_logged()
+    ), server.log_tail()
+
+
+def test_while_no_writer_process_can_start_writes_are_refused_then_carried_out(
+    settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path: Path
+) -> None:
+    with _serving(settings, admin_key, tmp_path) as (server, world):
+        batch = issue_jcm(world, "KH004-MR1", 1000)
+        signed = sign_instruction(world.keys["kh-water"], actor="kh-water",
+                                  type="credits.transfer", body={
+                                      "account": "KH-WATER-1", "batch": batch, "quantity": 5,
+                                      "to_account": "JP-BUYER-1"})
+        hidden = settings.key_file.with_suffix(".away")
+        settings.key_file.rename(hidden)  # a new writer process cannot open the registry
+        try:
+            (writer,) = _spawned(server)
+            os.kill(writer, signal.SIGKILL)
+            assert _gone(writer, within=10)
+            time.sleep(0.5)  # the API process notices; its next write connects anew
+            started = time.monotonic()
+            refused = world.http.http.post(
+                "/v1/transfers", json=signed, headers={"Idempotency-Key": "no-writer"},
+                timeout=60)
+            # Answered, not left waiting: a 500 that says a retry is safe.
+            assert refused.status_code == 500, refused.text
+            assert "retry" in refused.json()["error"]["message"]
+            assert time.monotonic() - started < 30
+        finally:
+            hidden.rename(settings.key_file)
+        deadline = time.monotonic() + 90
+        while True:  # the server tries again, less and less often, until a writer starts
+            retried = world.http.http.post(
+                "/v1/transfers", json=signed, headers={"Idempotency-Key": "no-writer"},
+                timeout=60)
+            if retried.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert retried.status_code == 200, retried.text
+        assert world.active("JP-BUYER-1") == 5  # once
+        check_registry(world, registry, [], tmp_path)
+
+
 def test_a_writer_process_does_not_outlive_its_api_process(
     settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path: Path
 ) -> None:

@@ -62,20 +62,26 @@ def test_messages_come_whole_in_turn_and_what_was_sent_before_a_close_is_still_r
         a.sendall(_frame(1) + _frame((2, "two")) + _frame([3]) + fourth[:100])
         b.sendall(_frame("b1") + _frame("b2"))
         first = peers.take(3)
-        names = {id(first[0][0]): "a", id(first[1][0]): "b"}
-        # In turn from each API process, and no more than asked for.
-        assert [(names[id(p)], m) for p, m in first] == [("a", 1), ("b", "b1"), ("a", (2, "two"))]
+        names = {id(peer): "a" if message == 1 else "b" for peer, message in first
+                 if message in (1, "b1")}
+        named = [(names[id(p)], m) for p, m in first]
+        # In turn from each API process (one, then the other), each in the order it sent, and
+        # no more than asked for.
+        assert named[0][0] != named[1][0]
+        assert [m for n, m in named if n == "a"] == [1, (2, "two")]
+        assert [m for n, m in named if n == "b"] == ["b1"]
         # What is whole; half a message waits for the rest.
-        assert _taken(peers, 5, names) == [("a", [3]), ("b", "b2")]
+        assert sorted(_taken(peers, 5, names), key=str) == [("a", [3]), ("b", "b2")]
+        a_peer, b_peer = (next(p for p, _ in first if names[id(p)] == n) for n in "ab")
         # Each API process is greeted, and gets the answers meant for it.
         assert _read_frame(a) == READY and _read_frame(b) == READY
-        first[1][0].answer([(7, None, None)])
+        peers.answer(b_peer, [(7, None, None)])
         assert _read_frame(b) == [(7, None, None)]
         a.sendall(fourth[100:])
         a.close()
         # That API process is gone, but what it sent first is carried out all the same.
         assert _taken(peers, 5, names) == [("a", {"n": 4, "pad": "x" * 5000})]
-        first[0][0].answer([(8, None, None)])  # to nobody, and no error
+        peers.answer(a_peer, [(8, None, None)])  # to nobody, and no error
         b.sendall(_frame("b3"))
         assert _taken(peers, 5, names) == [("b", "b3")]
         control.close()  # the server is gone: nothing more to take, and the writer ends
@@ -93,3 +99,20 @@ def test_a_batch_is_what_has_arrived_not_a_wait_for_more(tmp_path: Path) -> None
         assert [m for _, m in peers.take(16)] == list(range(16, 32))
         assert [m for _, m in peers.take(16)] == list(range(32, 40))
         sock.close()
+
+
+def test_an_api_process_that_stops_reading_holds_up_nobody(tmp_path: Path) -> None:
+    with _writer_side(tmp_path) as (peers, address, _control):
+        stalled, other = _connect(address), _connect(address)
+        stalled.sendall(_frame("s"))
+        other.sendall(_frame("o"))
+        taken = peers.take(2)
+        by_message = {message: peer for peer, message in taken}
+        # Far more answers than the socket holds, and nobody reading them: queued, not waited on.
+        for _ in range(200):
+            peers.answer(by_message["s"], [(1, None, ("", "", "x" * 100_000, {}))])
+        peers.answer(by_message["o"], [(2, None, None)])
+        assert _read_frame(other) == READY
+        assert _read_frame(other) == [(2, None, None)]
+        stalled.close()
+        other.close()
