@@ -17,12 +17,16 @@ Nothing about the guarantees changes:
 - if the writer process dies, every request waiting on it gets a 500 that says a retry with the
   same ``Idempotency-Key`` is safe (what was committed is answered from the stored answer, what
   was not is carried out); the server starts another writer process on the same socket, and
-  the next request reaches it (a connection made meanwhile waits in the socket's backlog);
+  the next request reaches it (a connection made meanwhile waits in the socket's backlog, for
+  at most :data:`READY_TIMEOUT`; while no writer can start, the server closes such
+  connections, so their requests get the same 500 instead of waiting);
 - if an API process dies, the writer process carries out what it had read from it (committed
   but unacknowledged, never half-applied: its clients retry with their keys) and serves the
   others; if the server's own process dies, the writer finishes its batch and exits;
 - neither side ever waits on the other: the API process writes and reads its socket on its
-  event loop, so a burst of requests queues in memory instead of leaving both blocked;
+  event loop, so a burst of requests queues in memory instead of leaving both blocked, and the
+  writer sends answers without blocking, so an API process that stops reading holds up no
+  other (past :data:`MAX_UNSENT` bytes unread, it is given up);
 - what crosses the socket goes in as few messages as it can: the instructions that arrive in
   one turn of the event loop are written together, the writer reads whatever is waiting in one
   go, and the answers of a batch go back as one message to each API process (a system call and
