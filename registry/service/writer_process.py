@@ -44,6 +44,7 @@ import gc
 import importlib
 import itertools
 import logging
+import math
 import multiprocessing
 import os
 import pickle
@@ -216,6 +217,7 @@ class _Peers:
         self._selector.register(self._control, selectors.EVENT_READ)
         self._peers: list[_Peer] = []
         self._turn = 0
+        self._accept_failed = -math.inf
         self.server_gone = False
 
     def take(self, most: int) -> list[tuple[_Peer, Any]]:
@@ -251,6 +253,16 @@ class _Peers:
         if self._selector.get_key(peer.sock).events != events:
             self._selector.modify(peer.sock, events, peer)
 
+    def finish_sending(self, within: float) -> None:
+        """Send the answers still queued, for at most ``within`` seconds (the server is gone;
+        an API process may still be reading)."""
+        deadline = time.monotonic() + within
+        while any(peer.sending for peer in self._peers):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._poll(timeout=remaining)
+
     def _poll(self, timeout: float | None) -> None:
         for key, events in self._selector.select(timeout):
             if key.fileobj is self._listener:
@@ -280,8 +292,10 @@ class _Peers:
                 return
             except ConnectionAbortedError:
                 continue
-            except OSError:  # out of file descriptors, say: not a reason to spin
-                _log.exception("the writer process cannot accept a connection")
+            except OSError as e:  # out of file descriptors, say: not a reason to spin
+                if time.monotonic() - self._accept_failed > 60:
+                    self._accept_failed = time.monotonic()
+                    _log.error("the writer process cannot accept a connection: %s", e)
                 time.sleep(0.1)
                 return
             peer = _Peer(sock)
@@ -361,6 +375,7 @@ def serve_writes(listener: socket.socket, control: Connection) -> None:
                     answers.setdefault(peer, []).append((request_id, result, None))
         for peer, theirs in answers.items():
             peers.answer(peer, theirs)
+    peers.finish_sending(within=5.0)
     # The server is gone (its stop removes the socket too, unless it was killed): nobody
     # will connect again.
     address = listener.getsockname()
@@ -431,8 +446,14 @@ class WriterHost:
         theirs.close()
         self._process, self._control = process, ours
         try:
-            if not ours.poll(timeout):
-                raise RuntimeError(f"the writer process did not start within {timeout:.0f} s")
+            deadline = time.monotonic() + timeout
+            while not ours.poll(0.2):
+                if self._stopping.is_set():
+                    raise RuntimeError("the server stopped while a writer process started")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the writer process did not start within {timeout:.0f} s"
+                    )
             try:
                 first = ours.recv()
             except (EOFError, OSError) as e:
@@ -466,11 +487,17 @@ class WriterHost:
                         self._spawn(timeout=60.0)
                         break
                     except Exception:
+                        if self._stopping.is_set():
+                            return
                         _log.exception("no writer process could start; trying again in %.0f s",
                                        delay)
                         self._turn_away()
-                if self._stopping.wait(delay):
-                    return
+                # Until the next try, connections that come are turned away too.
+                until = time.monotonic() + delay
+                while time.monotonic() < until:
+                    if self._stopping.wait(0.25):
+                        return
+                    self._turn_away()
                 delay = min(2 * delay, 30.0)
 
     def _turn_away(self) -> None:
@@ -543,7 +570,9 @@ class WriterProcess:
         self._host = host
         self._ids = itertools.count()
         self._link: _Link | None = None
-        self._opening = asyncio.Lock()
+        self._connecting: asyncio.Future[_Link] | None = None
+        """The connection being made, which every request that needs it awaits: if it fails,
+        all of them get their 500 at once, not one after another."""
 
     def start(self, timeout: float = 120.0) -> None:
         """Wait until the writer process takes instructions: a server is not ready before."""
@@ -565,15 +594,21 @@ class WriterProcess:
         link = self._link
         if link is not None and link.usable():
             return link
-        async with self._opening:
-            link = self._link
-            if link is not None and link.usable():
-                return link
+        if self._connecting is None:
             if link is not None:
                 self._lost(link)
+            connecting = asyncio.ensure_future(self._new_link())
+            # Retrieved even if every request that awaited it went away.
+            connecting.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._connecting = connecting
+        # Shielded: a request whose client goes away does not call the attempt off for others.
+        return await asyncio.shield(self._connecting)
+
+    async def _new_link(self) -> _Link:
+        try:
             try:
                 reader, stream = await asyncio.wait_for(self._connect(), READY_TIMEOUT)
-            except (TimeoutError, OSError, EOFError) as e:
+            except Exception as e:  # refused, turned away, timed out, or a garbled greeting
                 raise WriterUnavailable(
                     "the registry's writer cannot be reached; a retry with the same "
                     f"Idempotency-Key is safe ({type(e).__name__})"
@@ -581,6 +616,8 @@ class WriterProcess:
             link = self._link = _Link(stream)
             link.reading = asyncio.create_task(self._read(link, reader))
             return link
+        finally:
+            self._connecting = None
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A new connection to the writer process, once it has greeted it."""
@@ -650,6 +687,10 @@ class WriterProcess:
     async def submit(self, kind: str, raw: object, idempotency_key: str) -> Outcome:
         """Carry out a signed instruction in the writer process; its outcome once committed."""
         link = await self._open()
+        if not link.usable():  # lost again while this request waited for it
+            raise WriterUnavailable(
+                "the registry's writer stopped; a retry with the same Idempotency-Key is safe"
+            )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         request_id = next(self._ids)

@@ -24,6 +24,7 @@ import httpx
 from registry.client import sign_instruction
 from registry.config import Settings
 from registry.ledger.keys import SigningKey
+from registry.service import writer_process
 from registry.service.context import Registry
 from tests.load import ServerProcess, check_registry
 from tests.world import World, build_world, issue_jcm
@@ -171,10 +172,16 @@ def test_while_no_writer_process_can_start_writes_are_refused_then_carried_out(
 ) -> None:
     with _serving(settings, admin_key, tmp_path) as (server, world):
         batch = issue_jcm(world, "KH004-MR1", 1000)
-        signed = sign_instruction(world.keys["kh-water"], actor="kh-water",
-                                  type="credits.transfer", body={
-                                      "account": "KH-WATER-1", "batch": batch, "quantity": 5,
-                                      "to_account": "JP-BUYER-1"})
+        body = {"account": "KH-WATER-1", "batch": batch, "quantity": 5,
+                "to_account": "JP-BUYER-1"}
+        signed = [sign_instruction(world.keys["kh-water"], actor="kh-water",
+                                   type="credits.transfer", body=body) for _ in range(4)]
+
+        def post(i: int) -> httpx.Response:
+            with httpx.Client(base_url=server.url, timeout=60) as http:
+                return http.post("/v1/transfers", json=signed[i],
+                                 headers={"Idempotency-Key": f"no-writer-{i}"})
+
         hidden = settings.key_file.with_suffix(".away")
         settings.key_file.rename(hidden)  # a new writer process cannot open the registry
         try:
@@ -183,25 +190,23 @@ def test_while_no_writer_process_can_start_writes_are_refused_then_carried_out(
             assert _gone(writer, within=10)
             time.sleep(0.5)  # the API process notices; its next write connects anew
             started = time.monotonic()
-            refused = world.http.http.post(
-                "/v1/transfers", json=signed, headers={"Idempotency-Key": "no-writer"},
-                timeout=60)
-            # Answered, not left waiting: a 500 that says a retry is safe.
-            assert refused.status_code == 500, refused.text
-            assert "retry" in refused.json()["error"]["message"]
-            assert time.monotonic() - started < 30
+            with ThreadPoolExecutor(4) as pool:
+                refused = list(pool.map(post, range(4)))
+            # Answered, all four, not left waiting in turn: a 500 that says a retry is safe,
+            # sooner than a writer's greeting is waited for (the server turns them away).
+            assert [r.status_code for r in refused] == [500] * 4, [r.text for r in refused]
+            assert all("retry" in r.json()["error"]["message"] for r in refused)
+            assert time.monotonic() - started < writer_process.READY_TIMEOUT - 3
         finally:
             hidden.rename(settings.key_file)
         deadline = time.monotonic() + 90
         while True:  # the server tries again, less and less often, until a writer starts
-            retried = world.http.http.post(
-                "/v1/transfers", json=signed, headers={"Idempotency-Key": "no-writer"},
-                timeout=60)
-            if retried.status_code == 200 or time.monotonic() > deadline:
+            retried = [post(i) for i in range(4)]
+            if all(r.status_code == 200 for r in retried) or time.monotonic() > deadline:
                 break
             time.sleep(1)
-        assert retried.status_code == 200, retried.text
-        assert world.active("JP-BUYER-1") == 5  # once
+        assert [r.status_code for r in retried] == [200] * 4, [r.text for r in retried]
+        assert world.active("JP-BUYER-1") == 20  # each once
         check_registry(world, registry, [], tmp_path)
 
 

@@ -3,15 +3,28 @@ as many as are waiting, none lost."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import pickle
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from registry.service.writer_process import _HEADER, READY, _frame, _Peers
+import pytest
+
+from registry.service import writer_process
+from registry.service.writer_process import (
+    _HEADER,
+    READY,
+    WriterProcess,
+    WriterUnavailable,
+    _frame,
+    _Peers,
+)
 
 
 @contextmanager
@@ -109,10 +122,45 @@ def test_an_api_process_that_stops_reading_holds_up_nobody(tmp_path: Path) -> No
         taken = peers.take(2)
         by_message = {message: peer for peer, message in taken}
         # Far more answers than the socket holds, and nobody reading them: queued, not waited on.
-        for _ in range(200):
-            peers.answer(by_message["s"], [(1, None, ("", "", "x" * 100_000, {}))])
-        peers.answer(by_message["o"], [(2, None, None)])
+        def answer_both() -> None:
+            for _ in range(200):
+                peers.answer(by_message["s"], [(1, None, ("", "", "x" * 100_000, {}))])
+            peers.answer(by_message["o"], [(2, None, None)])
+
+        answering = threading.Thread(target=answer_both, daemon=True)
+        answering.start()
+        answering.join(timeout=10)
+        assert not answering.is_alive(), "the writer waited on an API process that reads nothing"
         assert _read_frame(other) == READY
         assert _read_frame(other) == [(2, None, None)]
         stalled.close()
         other.close()
+
+
+def test_requests_waiting_for_a_writer_that_does_not_answer_all_get_their_500_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A socket nobody accepts on: a writer process that is starting, or stuck.
+    address = str(tmp_path / "writer.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen()
+    monkeypatch.setattr(writer_process, "READY_TIMEOUT", 0.5)
+    writer = WriterProcess(address)
+
+    async def four_at_once() -> list[float]:
+        started = time.monotonic()
+
+        async def one(i: int) -> float:
+            with pytest.raises(WriterUnavailable, match="retry with the same Idempotency-Key"):
+                await writer.submit("credits.transfer", {}, f"key-{i}")
+            return time.monotonic() - started
+
+        return list(await asyncio.gather(*(one(i) for i in range(4))))
+
+    try:
+        waited = asyncio.run(four_at_once())
+    finally:
+        listener.close()
+    # One attempt shared by all four: each waited one timeout, not its turn behind the others.
+    assert max(waited) < 1.2, waited
