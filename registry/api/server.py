@@ -33,7 +33,6 @@ def app_from_env() -> FastAPI:
         host.start()
         address = host.address
     writer = WriterProcess(address, host=host)
-    writer.start()
     app = create_app(open_registry(Settings(), migrate_schema=False), writer=writer)
     gc.collect()
     gc.freeze()

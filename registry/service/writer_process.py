@@ -561,8 +561,9 @@ class WriterProcess:
     through an asyncio transport (buffered when the writer process is busy), and a task reads
     the answers as they come, so a burst of requests cannot fill both directions of the socket
     and leave each process waiting for the other. Instructions go to a connection only once
-    the writer process has greeted it. ``host`` is a writer this process started for itself
-    (an app served without ``registry serve``), stopped with it.
+    the writer process has greeted it; the first is made by the first instruction (the server
+    was not started before its writer was ready). ``host`` is a writer this process started for
+    itself (an app served without ``registry serve``), stopped with it.
     """
 
     def __init__(self, address: str, *, host: WriterHost | None = None) -> None:
@@ -573,21 +574,6 @@ class WriterProcess:
         self._connecting: asyncio.Future[_Link] | None = None
         """The connection being made, which every request that needs it awaits: if it fails,
         all of them get their 500 at once, not one after another."""
-
-    def start(self, timeout: float = 120.0) -> None:
-        """Wait until the writer process takes instructions: a server is not ready before."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            try:
-                sock.settimeout(timeout)
-                sock.connect(self._address)
-                (size,) = _HEADER.unpack(_recv_exactly(sock, _HEADER.size))
-                first = pickle.loads(_recv_exactly(sock, size))
-            except (OSError, EOFError) as e:
-                raise RuntimeError(
-                    f"the writer process at {self._address} did not answer: {e}"
-                ) from e
-        if first != READY:
-            raise RuntimeError(f"the writer process said {first!r} instead of {READY!r}")
 
     async def _open(self) -> _Link:
         """The connection to the writer process, made anew if the last one was lost."""
@@ -712,12 +698,3 @@ class WriterProcess:
         if self._host is not None:
             await asyncio.to_thread(self._host.stop)
 
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError("the writer process closed the connection")
-        data += chunk
-    return bytes(data)
