@@ -384,6 +384,12 @@ def serve_writes(listener: socket.socket, control: Connection) -> None:
         os.rmdir(os.path.dirname(address))
 
 
+def _unavailable(what: str) -> WriterUnavailable:
+    return WriterUnavailable(
+        f"the registry's writer {what}; a retry with the same Idempotency-Key is safe"
+    )
+
+
 def _picklable(answer: Answer) -> Answer:
     try:
         pickle.dumps(answer)
@@ -478,27 +484,37 @@ class WriterHost:
             _log.error(
                 "the writer process stopped (exit code %s); starting another", process.exitcode
             )
-            delay = 1.0
-            while True:
-                with self._lock:
+            if not self._replace():
+                return
+
+    def _replace(self) -> bool:
+        """Start another writer process, trying again less and less often; ``False`` once the
+        server is stopping."""
+        delay = 1.0
+        while True:
+            with self._lock:
+                if self._stopping.is_set():
+                    return False
+                try:
+                    self._spawn(timeout=60.0)
+                    return True
+                except Exception:
                     if self._stopping.is_set():
-                        return
-                    try:
-                        self._spawn(timeout=60.0)
-                        break
-                    except Exception:
-                        if self._stopping.is_set():
-                            return
-                        _log.exception("no writer process could start; trying again in %.0f s",
-                                       delay)
-                        self._turn_away()
-                # Until the next try, connections that come are turned away too.
-                until = time.monotonic() + delay
-                while time.monotonic() < until:
-                    if self._stopping.wait(0.25):
-                        return
-                    self._turn_away()
-                delay = min(2 * delay, 30.0)
+                        return False
+                    _log.exception("no writer process could start; trying again in %.0f s",
+                                   delay)
+            if not self._turn_away_for(delay):
+                return False
+            delay = min(2 * delay, 30.0)
+
+    def _turn_away_for(self, seconds: float) -> bool:
+        """Turn connections away until the next try; ``False`` once the server is stopping."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            self._turn_away()
+            if self._stopping.wait(0.25):
+                return False
+        return True
 
     def _turn_away(self) -> None:
         """Close the connections waiting for a writer that could not start: their requests
@@ -595,10 +611,7 @@ class WriterProcess:
             try:
                 reader, stream = await asyncio.wait_for(self._connect(), READY_TIMEOUT)
             except Exception as e:  # refused, turned away, timed out, or a garbled greeting
-                raise WriterUnavailable(
-                    "the registry's writer cannot be reached; a retry with the same "
-                    f"Idempotency-Key is safe ({type(e).__name__})"
-                ) from e
+                raise _unavailable(f"cannot be reached ({type(e).__name__})") from e
             link = self._link = _Link(stream)
             link.reading = asyncio.create_task(self._read(link, reader))
             return link
@@ -663,20 +676,13 @@ class WriterProcess:
             _log.error("the writer process stopped with %d requests unanswered", len(lost))
         for future in lost.values():
             if not future.done():
-                future.set_exception(
-                    WriterUnavailable(
-                        "the registry's writer stopped; a retry with the same "
-                        "Idempotency-Key is safe"
-                    )
-                )
+                future.set_exception(_unavailable("stopped"))
 
     async def submit(self, kind: str, raw: object, idempotency_key: str) -> Outcome:
         """Carry out a signed instruction in the writer process; its outcome once committed."""
         link = await self._open()
         if not link.usable():  # lost again while this request waited for it
-            raise WriterUnavailable(
-                "the registry's writer stopped; a retry with the same Idempotency-Key is safe"
-            )
+            raise _unavailable("stopped")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         request_id = next(self._ids)
