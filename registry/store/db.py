@@ -13,17 +13,18 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
 from registry.store import write_behind
 from registry.store.statements import Read, read_ahead, text_rows
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 LEDGER_LOCK_KEY = 0x4B48_4C47  # "KHLG": the advisory lock that serialises appends on PostgreSQL
@@ -141,6 +142,10 @@ def read_session(engine: Engine) -> Iterator[Session]:
 
 
 def alembic_config() -> Config:
+    # Imported here, not at the top: only ``init`` and ``serve``'s own start migrate, and alembic
+    # took a tenth of the imports of each process a server starts (its writer, its workers).
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     return cfg
@@ -148,6 +153,8 @@ def alembic_config() -> Config:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest migration: the only way tables are ever created."""
+    from alembic import command
+
     cfg = alembic_config()
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
