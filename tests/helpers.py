@@ -29,13 +29,6 @@ class StepClock:
         return current
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
 class LiveServer:
     url: str
@@ -44,13 +37,19 @@ class LiveServer:
 
 @contextmanager
 def start_server(registry: Registry) -> Iterator[LiveServer]:
-    """Serve ``registry`` with uvicorn in a thread, as a user's client would reach it."""
-    port = free_port()
+    """Serve ``registry`` with uvicorn in a thread, as a user's client would reach it.
+
+    The socket is bound here and handed to uvicorn: a port found free and bound later could be
+    taken in between by another test process (the suite runs on several).
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
     config = uvicorn.Config(
         create_app(registry), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
@@ -64,3 +63,4 @@ def start_server(registry: Registry) -> Iterator[LiveServer]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        listener.close()

@@ -46,12 +46,14 @@ import pytest
 from sqlmodel import select
 
 from registry.config import Settings
+from registry.errors import LedgerError
 from registry.ledger import merkle
-from registry.ledger.checkpoint import open_checkpoint
+from registry.ledger.checkpoint import NoteVerifier, open_checkpoint
 from registry.ledger.entry import Entry, open_entry, parse_time
 from registry.ledger.keys import PublicKey
 from registry.service.context import Registry
 from registry.service.ledger import audit_store
+from registry.service.setup import load_signing_key
 from registry.store import ledger_repo
 from registry.store.db import read_session
 from registry.store.tables import IdempotencyRow, NonceRow
@@ -128,12 +130,24 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 return False
             try:
-                if httpx.get(f"{self.url}/v1/checkpoint", timeout=2).status_code == 200:
+                response = httpx.get(f"{self.url}/v1/checkpoint", timeout=2)
+                if response.status_code == 200 and self._ours(response.text):
                     return True
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
         return False
+
+    def _ours(self, note: str) -> bool:
+        """Whether ``note`` is signed by this server's registry: a port found free may have been
+        taken since by another test process's server, and ours then exits (and starts anew)."""
+        key = load_signing_key(self.settings).public_key
+        try:
+            open_checkpoint(note, origin=self.settings.origin,
+                            verifiers=[NoteVerifier(name=self.settings.origin, key=key)])
+        except LedgerError:
+            return False
+        return True
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush, no rollback; whatever was in flight is cut off."""
