@@ -122,9 +122,7 @@ def serve(
     # One writer process for the whole server, started before any worker: every worker's
     # instructions share its batches (service/writer_process.py).
     writer = WriterHost()
-    # With one worker, uvicorn serves from this process: import the API (a second of imports)
-    # while the writer process opens the registry, instead of after.
-    writer.start(meanwhile=_import_api if workers == 1 else None)
+    writer.start()
     os.environ[ADDRESS_ENV] = writer.address
     try:
         uvicorn.run(
@@ -138,10 +136,6 @@ def serve(
         )
     finally:
         writer.stop()
-
-
-def _import_api() -> None:
-    import registry.api.server  # noqa: F401
 
 
 @app.command()

@@ -57,7 +57,6 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -426,23 +425,19 @@ class WriterHost:
         """Held while a writer process is started: :meth:`stop` waits for it."""
         self._stopping = threading.Event()
 
-    def start(
-        self, timeout: float = 120.0, *, meanwhile: Callable[[], object] | None = None
-    ) -> None:
+    def start(self, timeout: float = 120.0) -> None:
         """Start the writer process and wait until it takes instructions (it opens the
         registry: the database and the key). A server is not ready before its writer is: a
-        writer that cannot start fails the start, with its reason in the log. ``meanwhile`` is
-        called once the process is started, before waiting: work this process can do while
-        the writer starts."""
+        writer that cannot start fails the start, with its reason in the log."""
         try:
             with self._lock:
-                self._spawn(timeout, meanwhile)
+                self._spawn(timeout)
         except BaseException:
             self.stop()
             raise
         threading.Thread(target=self._watch, name="registry-writer-watch", daemon=True).start()
 
-    def _spawn(self, timeout: float, meanwhile: Callable[[], object] | None = None) -> None:
+    def _spawn(self, timeout: float) -> None:
         """Start a writer process; on failure it is gone again when this raises."""
         if self._control is not None:
             self._control.close()
@@ -457,8 +452,6 @@ class WriterHost:
         theirs.close()
         self._process, self._control = process, ours
         try:
-            if meanwhile is not None:
-                meanwhile()
             deadline = time.monotonic() + timeout
             while not ours.poll(0.2):
                 if self._stopping.is_set():
