@@ -110,21 +110,30 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Serve the registry's HTTP API (OpenAPI at /docs)."""
-    import uvicorn
-
-    from registry.service.setup import open_registry
     from registry.service.writer_process import ADDRESS_ENV, WriterHost
 
     settings = _settings()
-    # The schema brought up to date, and the key and database checked here, so that a server
-    # that cannot run says why in one line instead of in each process it starts.
-    open_registry(settings).engine.dispose()
     # One writer process for the whole server, started before any worker: every worker's
-    # instructions share its batches (service/writer_process.py).
+    # instructions share its batches (service/writer_process.py). It imports its code while
+    # this process brings the schema up to date and checks the key and the database, so that
+    # a server that cannot run says why in one line instead of in each process it starts.
     writer = WriterHost()
-    writer.start()
+    writer.launch()
+    try:
+        from registry.service.setup import open_registry
+
+        open_registry(settings).engine.dispose()
+        writer.open()
+        if workers == 1:  # this process serves: it imports the API while the writer opens
+            import registry.api.server  # noqa: F401
+        writer.start()
+    except BaseException:
+        writer.stop()
+        raise
     os.environ[ADDRESS_ENV] = writer.address
     try:
+        import uvicorn
+
         uvicorn.run(
             "registry.api.server:app_from_env",
             factory=True,

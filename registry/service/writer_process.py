@@ -58,10 +58,12 @@ import threading
 import time
 from collections import deque
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from registry.errors import RegistryError
-from registry.service.submit import Outcome
+from registry.errors import ConfigurationError, RegistryError
+
+if TYPE_CHECKING:  # the server's own process launches a writer before it imports the rest
+    from registry.service.submit import Outcome
 
 _log = logging.getLogger(__name__)
 
@@ -81,9 +83,14 @@ ADDRESS_ENV = "REGISTRY_WRITER_SOCKET"
 READY = "ready"
 """The writer process's first message: it has opened the registry and takes instructions."""
 
+OPEN = "open"
+"""The server's message to a writer process that has imported its code: open the registry (the
+server has brought its schema up to date). A writer process whose control pipe ends before it
+is told so exits without a word: the server could not start, and said why itself."""
+
 #: What travels back, a batch's answers in one message: (request id, outcome) or
 #: (request id, error as data).
-Answer = tuple[int, Outcome | None, tuple[str, str, str, dict[str, Any]] | None]
+Answer = tuple[int, "Outcome | None", tuple[str, str, str, dict[str, Any]] | None]
 
 _HEADER = struct.Struct("!i")
 """Each message on the socket: its length, then its pickle."""
@@ -344,6 +351,12 @@ def serve_writes(listener: socket.socket, control: Connection) -> None:
     from registry.service.setup import open_registry
     from registry.service.submit import prepare
 
+    try:
+        told = control.recv()
+    except (EOFError, OSError):
+        return
+    if told != OPEN:
+        return
     registry = open_registry(Settings(), migrate_schema=False)
     gc.collect()
     gc.freeze()  # as in the API process (registry.api.server): full collections stay short
@@ -398,37 +411,76 @@ def _picklable(answer: Answer) -> Answer:
     return answer
 
 
+_SOCKET = "writer.sock"
+_SUN_PATH = 108
+"""Bytes a Unix socket's path may take on Linux, with its final NUL."""
+
+
+def _socket_dir() -> str:
+    """A new directory for the writer's socket that only this user can enter: under
+    ``$XDG_RUNTIME_DIR`` when there is one (no clean-up of old temporary files reaches it),
+    else, or when a socket's path there would be too long for the system, under the
+    temporary directory."""
+    for parent in (os.environ.get("XDG_RUNTIME_DIR") or None, None):
+        path = tempfile.mkdtemp(prefix="registry-writer-", dir=parent)
+        if len(os.fsencode(os.path.join(path, _SOCKET))) < _SUN_PATH:
+            return path
+        os.rmdir(path)
+    raise ConfigurationError(
+        f"no directory for the writer's socket: {path} is too long a path for a Unix socket; "
+        "set TMPDIR to a shorter one"
+    )
+
+
 class WriterHost:
     """The server's writer process and the Unix socket its API processes reach it on.
 
     The socket lives as long as the server, in a directory of its own that only this user can
-    enter (under ``$XDG_RUNTIME_DIR`` when there is one, which no clean-up of old temporary
-    files reaches); each writer process listens on it in turn. :meth:`start` returns once the
-    first is ready to take instructions. A thread then watches it: a writer process that stops
-    while the server runs is logged and replaced. Connections made meanwhile wait in the
-    socket's backlog for the new one; if it cannot start, they are closed (their requests get
-    a 500 that says a retry is safe) and it is tried again, less and less often.
+    enter (:func:`_socket_dir`); each writer process listens on it in turn. :meth:`start`
+    returns once the first is ready to take instructions. A thread then watches it: a writer
+    process that stops while the server runs is logged and replaced. Connections made
+    meanwhile wait in the socket's backlog for the new one; if it cannot start, they are closed
+    (their requests get a 500 that says a retry is safe) and it is tried again, less and less
+    often.
     """
 
     def __init__(self) -> None:
-        self._dir = tempfile.mkdtemp(
-            prefix="registry-writer-", dir=os.environ.get("XDG_RUNTIME_DIR") or None
-        )
-        self.address = os.path.join(self._dir, "writer.sock")
+        self._dir = _socket_dir()
+        self.address = os.path.join(self._dir, _SOCKET)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(self.address)
         self._listener.listen(socket.SOMAXCONN)
         self._context = multiprocessing.get_context("spawn")
         self._process: multiprocessing.process.BaseProcess | None = None
         self._control: Connection | None = None
+        self._launched = False
+        """The current writer process was launched and not yet waited for."""
+        self._opening = False
+        """The current writer process was told to open the registry."""
         self._lock = threading.Lock()
         """Held while a writer process is started: :meth:`stop` waits for it."""
         self._stopping = threading.Event()
 
+    def launch(self) -> None:
+        """Start the writer process's interpreter: it imports its code (most of its start)
+        while this process does something else, as bringing the schema up to date. Until it is
+        told to open the registry (:meth:`open`, :meth:`start`) it opens nothing, and
+        :meth:`stop` ends it without a word."""
+        with self._lock:
+            self._launch_if_needed()
+
+    def open(self) -> None:
+        """Tell the writer process to open the registry (the schema is up to date), launching
+        it if need be, without waiting for it: :meth:`start` waits."""
+        with self._lock:
+            self._launch_if_needed()
+            self._open()
+
     def start(self, timeout: float = 120.0) -> None:
-        """Start the writer process and wait until it takes instructions (it opens the
-        registry: the database and the key). A server is not ready before its writer is: a
-        writer that cannot start fails the start, with its reason in the log."""
+        """Start the writer process (unless :meth:`launch` did) and wait until it takes
+        instructions (it opens the registry: the database and the key). A server is not ready
+        before its writer is: a writer that cannot start fails the start, with its reason in
+        the log."""
         try:
             with self._lock:
                 self._spawn(timeout)
@@ -437,8 +489,13 @@ class WriterHost:
             raise
         threading.Thread(target=self._watch, name="registry-writer-watch", daemon=True).start()
 
-    def _spawn(self, timeout: float) -> None:
-        """Start a writer process; on failure it is gone again when this raises."""
+    def _launch_if_needed(self) -> None:
+        """A writer process launched and not yet waited for is the next to start; otherwise
+        (none yet, or the last one started and since died) a new one is launched."""
+        if not self._launched:
+            self._launch()
+
+    def _launch(self) -> None:
         if self._control is not None:
             self._control.close()
         ours, theirs = self._context.Pipe()
@@ -451,7 +508,26 @@ class WriterHost:
         process.start()
         theirs.close()
         self._process, self._control = process, ours
+        self._launched, self._opening = True, False
+
+    def _open(self) -> None:
+        if not self._opening:
+            assert self._control is not None
+            self._opening = True
+            # A writer process that already died (its import failed) is reported by the wait
+            # for its greeting, with its error above.
+            with contextlib.suppress(OSError):
+                self._control.send(OPEN)
+
+    def _spawn(self, timeout: float) -> None:
+        """Start a writer process (the one launched, if any); on failure it is gone again when
+        this raises."""
+        self._launch_if_needed()
+        self._launched = False  # the next one is launched anew
+        process, ours = self._process, self._control
+        assert process is not None and ours is not None
         try:
+            self._open()
             deadline = time.monotonic() + timeout
             while not ours.poll(0.2):
                 if self._stopping.is_set():
@@ -535,6 +611,8 @@ class WriterHost:
             if self._control is not None:
                 self._control.close()
             process = self._process
+            if process is not None and not self._opening:
+                process.kill()  # it has opened nothing: no need to wait for its imports
         if process is not None:
             process.join(timeout)
             if process.is_alive():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import pickle
 import socket
 import threading
@@ -20,6 +21,7 @@ from registry.service import writer_process
 from registry.service.writer_process import (
     _HEADER,
     READY,
+    WriterHost,
     WriterProcess,
     WriterUnavailable,
     _frame,
@@ -164,3 +166,26 @@ def test_requests_waiting_for_a_writer_that_does_not_answer_all_get_their_500_at
         listener.close()
     # One attempt shared by all four: each waited one timeout, not its turn behind the others.
     assert max(waited) < 1.2, waited
+
+
+def test_the_writer_socket_goes_where_its_path_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Unix socket's path holds at most 107 bytes: under a deeper ``XDG_RUNTIME_DIR`` the
+    server would stop with ``AF_UNIX path too long``; it uses the temporary directory."""
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
+    host = WriterHost()
+    try:
+        assert len(os.fsencode(host.address)) < 108
+        assert os.listdir(deep) == []  # the directory tried there first is gone
+        assert os.stat(os.path.dirname(host.address)).st_mode & 0o777 == 0o700
+    finally:
+        host.stop()
+    assert not os.path.exists(os.path.dirname(host.address))
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path.parent))  # short enough: used
+    host = WriterHost()
+    host.stop()
+    assert os.path.dirname(os.path.dirname(host.address)) == str(tmp_path.parent)
