@@ -12,8 +12,9 @@ taken minutes apart measured that drift as much as the code:
   by ``REGISTRY_*`` variables; the worker hands writes to the server's writer process), on
   SQLite and PostgreSQL, with 1 and 32 concurrent clients, p50 and p99 latency; on PostgreSQL
   also with ``--workers 2``. Floor: a bare FastAPI endpoint taking the same pydantic body (the
-  registry's own signed-transfer model), served by uvicorn the same way (subprocess, one
-  worker, same log level) and driven by the same load generator.
+  registry's own signed-transfer model), served by uvicorn the same way (subprocess, as many
+  workers as the registry it is held against, same HTTP protocol and log level) and driven by
+  the same load generator.
 - **issuance** of 1 tonne and of 10^9 tonnes (in-process, through ``submit``): a batch is one
   block per allocation, so the two must cost the same within noise.
 - **inclusion and consistency proofs** at 10^4 and 10^6 leaves (10^5 with ``--quick``), from a
@@ -282,10 +283,12 @@ def registry_server(settings: Settings, workdir: Path, *, workers: int = 1) -> I
 
 
 @contextlib.contextmanager
-def floor_server(workdir: Path) -> Iterator[Served]:
+def floor_server(workdir: Path, *, workers: int = 1) -> Iterator[Served]:
     port = free_port()
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-floor", str(port)]
-    with server_process(cmd, dict(os.environ), port, "/health", workdir / "floor.log") as proc:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-floor", str(port),
+           "--floor-workers", str(workers)]
+    log = workdir / f"floor-{port}.log"
+    with server_process(cmd, dict(os.environ), port, "/health", log) as proc:
         yield Served(port, proc.pid)
 
 
@@ -320,9 +323,8 @@ def _postgres_pids() -> list[int]:
     return found
 
 
-def serve_floor(port: int) -> None:
+def floor_app() -> Any:
     """The floor: a bare FastAPI endpoint taking the registry's signed-transfer body."""
-    import uvicorn
     from fastapi import Body, FastAPI, Header
 
     from registry.domain.instructions import signed_model
@@ -342,9 +344,18 @@ def serve_floor(port: int) -> None:
         return {"seq": 1, "kind": "credits.transfer", "leaf_hash": idempotency_key,
                 "tree_size": 2, "result": {}}
 
-    # Same server settings as `registry serve`: one worker, h11 or httptools as installed,
-    # access log at info level.
-    uvicorn.run(app, host="127.0.0.1", port=port, workers=1, log_level="info")
+    return app
+
+
+def serve_floor(port: int, workers: int) -> None:
+    """Serve :func:`floor_app` the way `registry serve` serves the registry: as many uvicorn
+    workers, the same HTTP protocol (h11, Nagle off on each connection), access log at info
+    level."""
+    import uvicorn
+
+    uvicorn.run("bench:floor_app", factory=True, app_dir=str(Path(__file__).parent),
+                host="127.0.0.1", port=port, workers=workers,
+                http="registry.api.server:NoDelayH11Protocol", log_level="info")
 
 
 # --- the load generator ---------------------------------------------------------------------------
@@ -561,11 +572,24 @@ def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, An
             "to_account": DESTINATION}, valid_for=VALID_FOR)).encode()
         for _ in range(64)
     ]
-    floors: dict[int, list[LoadResult]] = {c: [] for c in sizes.floor}
+    floors: dict[tuple[int, int], list[LoadResult]] = {}
     slice_budget = sizes.budget / sizes.rounds
-    with floor_server(workdir) as floor:
-        floor_feed = itertools.cycle(floor_signed)
-        run_load(floor.port, _take(floor.port, floor_feed, sizes.warmup * 4), 4)
+    floor_feed = itertools.cycle(floor_signed)
+    with contextlib.ExitStack() as stack:
+        floor_servers: dict[int, Served] = {}
+
+        def floor_for(workers: int) -> Served:
+            """The bare endpoint served by as many uvicorn workers as the registry it is held
+            against: the same process setup."""
+            if workers not in floor_servers:
+                served = stack.enter_context(floor_server(workdir, workers=workers))
+                if workers > 1:
+                    time.sleep(2.0)  # let every worker finish importing before timing
+                run_load(served.port, _take(served.port, floor_feed, sizes.warmup * 4), 4)
+                floor_servers[workers] = served
+            return floor_servers[workers]
+
+        floor_for(1)
         engines = ["sqlite"] + (["postgresql"] if pg_base else [])
         for kind in engines:
             with database(kind, workdir, pg_base) as url:
@@ -578,6 +602,7 @@ def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, An
                 feed = iter(bodies)
                 target = TARGETS[f"{kind}_ratio"]
                 for workers in worker_counts:
+                    floor = floor_for(workers)
                     with registry_server(seeded.settings, workdir, workers=workers) as served:
                         if workers > 1:
                             time.sleep(2.0)  # let every worker finish importing before timing
@@ -588,7 +613,7 @@ def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, An
                                 _load_from(served, feed, c, slice_budget, kind == "postgresql"),
                                 sizes.floor[c], n, sizes.rounds,
                             )
-                            floors[c].append(paired.floor)
+                            floors.setdefault((workers, c), []).append(paired.floor)
                             name = f"{kind}_w{workers}_c{c}"
                             entry = _record(figures, name, paired.registry)
                             floor_entry = _record({}, "floor", paired.floor)
@@ -603,10 +628,12 @@ def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, An
                                     "Kludex/uvicorn#3149)")
                 if kind == "sqlite":
                     figures["audit"] = bench_audit(seeded)
-    for c, results in floors.items():
-        # Every slice of the floor together: the bare endpoint over the whole section.
-        entry = _record(figures, f"floor_c{c}", _merged(results))
-        say(_line("floor (bare FastAPI)", c, entry, None, None) + "  (all its slices)")
+    for (workers, c), results in sorted(floors.items()):
+        # Every slice of a floor together: the bare endpoint over the whole section.
+        entry = _record(figures, f"floor_c{c}" if workers == 1 else f"floor_w{workers}_c{c}",
+                        _merged(results))
+        label = "floor (bare FastAPI)" if workers == 1 else f"floor ({workers} workers)"
+        say(_line(label, c, entry, None, None) + "  (all its slices)")
     return figures
 
 
@@ -1239,9 +1266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile-batch", type=int, metavar="K", default=1,
                         help="with --profile: K transfers to a transaction (default 1)")
     parser.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--floor-workers", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_floor:
-        serve_floor(args.serve_floor)
+        serve_floor(args.serve_floor, args.floor_workers)
         return 0
     sizes = QUICK if args.quick else FULL
     if args.verify_sizes:
