@@ -110,6 +110,11 @@ class LogAuditor:
         """Entries added so far."""
         return self.tree.size
 
+    @property
+    def signed_size(self) -> int | None:
+        """The size of the last checkpoint checked against the entries, if any."""
+        return None if self._checked is None else self._checked.size
+
     def add_checkpoint(self, note: str) -> Checkpoint | None:
         """Open a signed checkpoint and keep it until the tree reaches its size."""
         try:

@@ -676,8 +676,13 @@ class Replay:
             derived.apply()
 
     def finish(self) -> LogReport:
-        """Whole-state invariants: each batch's serials are 1..quantity exactly once, and each
-        forest unit's shortfall is the sum of its reversals'."""
+        """Whole-state invariants: the ledger began with a genesis, each batch's serials are
+        1..quantity exactly once, and each forest unit's shortfall is the sum of its
+        reversals'."""
+        if not self._genesis_seen:
+            # Only genesis binds a ledger to the pinned key and origin: without one, an empty
+            # file anyone could write would pass.
+            self.fail(None, "no_genesis", "the ledger has no entries, so no genesis entry")
         state = self.state
         for batch_id in sorted(state.blocks):
             batch = state.batches[batch_id]

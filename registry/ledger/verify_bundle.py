@@ -447,6 +447,18 @@ def verify_bundle(
             progress(run.auditor.size)
     log = run.auditor.finish()
     run.replay.finish()
+    if log.entries and run.auditor.signed_size != log.entries:
+        # The registry signs a checkpoint with every transaction: a whole ledger ends on one,
+        # whose root is the one this report gives.
+        signed = run.auditor.signed_size
+        run.fail(
+            "bad_checkpoint",
+            f"no checkpoint signs the ledger's {log.entries} entries"
+            if signed is None
+            else f"no checkpoint signs the whole ledger: the last signs {signed} of its "
+            f"{log.entries} entries",
+            seq=log.entries,
+        )
     if run.header.tree_size != log.entries:
         run.fail(
             "bad_bundle",

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from registry.client import sign_instruction
-from registry.ledger.checkpoint import Checkpoint, sign_checkpoint
+from registry.ledger.checkpoint import Checkpoint, NoteVerifier, sign_checkpoint
 from registry.ledger.entry import Entry, parse_time, seal_entry
 from registry.ledger.keys import SigningKey
 from registry.ledger.verify_bundle import verify_bundle
@@ -168,6 +168,55 @@ def test_a_checkpoint_of_another_log_is_found(sqlite_bundle: Exported, tmp_path:
     found = failures(bundle, sqlite_bundle)
     assert codes(found) == {(size, "bad_checkpoint")}
     assert "no signature by the registry key" in message(found, size, "bad_checkpoint")
+
+
+def test_entries_past_the_last_checkpoint_are_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """The registry signs a checkpoint with every transaction, so a whole ledger ends on one:
+    entries no signed root covers are not the registry's ledger as it stood."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    size = len(bundle.envelopes)
+    assert bundle.checkpoints[-1][0] == size
+    last_but_one = bundle.checkpoints[-2][0]
+    del bundle.checkpoints[-1]
+    found = failures(bundle, sqlite_bundle)
+    assert codes(found) == {(size, "bad_checkpoint")}
+    assert message(found, size, "bad_checkpoint") == (
+        f"no checkpoint signs the whole ledger: the last signs {last_but_one} of its "
+        f"{size} entries"
+    )
+    bundle.checkpoints = []
+    found = failures(bundle, sqlite_bundle)
+    assert message(found, size, "bad_checkpoint") == (
+        f"no checkpoint signs the ledger's {size} entries"
+    )
+
+
+@pytest.mark.parametrize("pinned", ["note verifier", "raw key, another origin"])
+def test_a_bundle_without_entries_is_not_a_ledger(
+    sqlite_bundle: Exported, tmp_path: Path, pinned: str
+) -> None:
+    """A header alone needs no private key to write: only genesis binds a ledger to the pinned
+    key (and, pinned by its raw key, to an origin), so a bundle without it fails."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    bundle.envelopes, bundle.checkpoints, bundle.party_keys = [], [], []
+    bundle.header["tree_size"] = 0
+    key = sqlite_bundle.key
+    if pinned != "note verifier":
+        public = sqlite_bundle.registry.signer.public_key
+        bundle.header["origin"] = "attacker.example/log"
+        for line in bundle.header["registry_keys"]:
+            line["note_verifier"] = NoteVerifier(
+                name="attacker.example/log", key=public
+            ).verifier_string()
+        key = public.to_b64()
+    for spaced in (False, True):
+        report = verify_bundle(bundle.write(spaced=spaced), registry_key=key, workers=1).report
+        assert not report.ok
+        assert [(f.seq, f.code, f.message) for f in report.failures] == [
+            (None, "no_genesis", "the ledger has no entries, so no genesis entry")
+        ]
 
 
 def test_a_transfer_without_a_valid_holder_signature(
