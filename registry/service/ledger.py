@@ -20,7 +20,7 @@ from registry.errors import CheckpointError, InvalidRequestError, NotFoundError,
 from registry.ledger import merkle
 from registry.ledger.audit import LogReport, audit_log
 from registry.ledger.checkpoint import Checkpoint, sign_checkpoint
-from registry.ledger.entry import Entry, envelope_time, format_time, seal_entry
+from registry.ledger.entry import Entry, envelope_time, format_time, parse_time, seal_entry
 from registry.ledger.keys import PublicKey
 from registry.store import ledger_repo, write_behind
 from registry.store.ledger_repo import SessionNodeReader
@@ -145,6 +145,13 @@ class LedgerTail:
         self._tree = merkle.CompactRange.from_frontier(mark.size, list(mark.frontier))
         write_behind.forget(session, mark.size)
         self._nodes = {k: h for k, h in self._nodes.items() if (k[1] + 1) << k[0] <= mark.size}
+
+    def next_time(self, now: datetime) -> datetime:
+        """The time the next entry will bear if appended ``now``: never before the last one's.
+        A use case checks its instruction at this time, the one the auditor checks it at."""
+        if self.last_time is not None and format_time(now) < self.last_time:
+            return parse_time(self.last_time)
+        return now
 
     def append(
         self,

@@ -180,7 +180,10 @@ def prepare(
             assert refusal is not None
             raise refusal
         seq = tail.size
-        now = registry.clock()
+        # With the clock stepped back, the entry is dated as the last one: the instruction
+        # is checked at that time, the one the auditor checks it at (an instruction expiring
+        # in between would be accepted here and fail the audit).
+        now = tail.next_time(registry.clock())
         acting = authenticate(session, parsed, seq=seq, now=now)
         effects = HANDLERS[expected_type](session, acting)
         appended = tail.append(

@@ -325,7 +325,8 @@ def read_ahead(session: Session, reads: Sequence[Read]) -> None:
 def _frozen(params: Params) -> Any:
     # In the order given, unsorted: the read and its use build their parameters in the same
     # place, and parameters given in another order only miss the kept rows (and read again).
-    return tuple(params.items())
+    # An array parameter (a list) is kept as a tuple, which can be a key.
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items())
 
 
 def _sent_ahead(connection: Connection, statement: Statement, params: Params) -> list[Any] | None:

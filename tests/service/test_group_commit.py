@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from registry.store import ledger_repo, write_behind
 from registry.store.db import read_session, write_transaction
 from registry.store.tables import IdempotencyRow, table
 from tests.factories import drop_append_only_triggers
+from tests.helpers import StepClock
 from tests.load import check_checkpoints, check_offline, read_ledger
 from tests.world import World, issue_jcm
 
@@ -267,3 +269,31 @@ def test_a_caller_gone_with_its_event_loop_does_not_fail_the_rest_of_its_batch(
     busy.join(5)
     assert answer == before + 2
     assert _size(registry) == before + 3  # committed, including the abandoned one
+
+
+def test_an_instruction_is_checked_at_the_time_its_entry_will_bear(
+    world: World, registry: Registry, tmp_path: Path
+) -> None:
+    """Entry times never run backwards: with the clock stepped back, the next entry is dated as
+    the last one, and the auditor checks its instruction's expiry at that time. The registry
+    checks it at the same time, or it would accept what its own audit then rejects."""
+    batch = issue_jcm(world)
+    clock = registry.clock
+    assert isinstance(clock, StepClock)
+    clock.now -= timedelta(hours=1)
+    expiring = world.as_("kh-water").sign(
+        "credits.transfer",
+        {"account": "KH-WATER-1", "batch": batch, "to_account": "JP-BUYER-1", "quantity": 1},
+        now=clock.now, valid_for=timedelta(minutes=30),
+    )
+    before = world.tree_size()
+    (answer,) = registry.writes.run_together([_work(registry, expiring)])
+    assert isinstance(answer, RegistryError) and answer.code == "instruction_expired"
+    assert world.tree_size() == before
+    # One that is still valid at the last entry's time goes through, dated at that time.
+    valid = _transfer(world, batch, quantity=2)
+    (answer,) = registry.writes.run_together([_work(registry, valid)])
+    assert isinstance(answer, Outcome) and answer.body["result"]["quantity"] == 2
+    clock.now += timedelta(hours=1)  # signed reads are checked against the registry's clock
+    assert world.active("JP-BUYER-1") == 2
+    check_offline(registry, tmp_path)

@@ -134,6 +134,18 @@ def test_a_read_sent_ahead_is_never_answered_after_a_write(registry: Registry, w
         session.rollback()
 
 
+def test_a_read_with_array_parameters_runs_while_rows_are_kept_ahead(registry: Registry) -> None:
+    """Looking up the rows kept ahead uses a statement's parameters as a key: a list (the tree
+    nodes' levels and indexes, as arrays on PostgreSQL) must not make that fail."""
+    append_notes(registry, 3)
+    with write_transaction(registry.engine) as session:
+        read_ahead(session, [accounts_read(_BOTH)])
+        nodes = ledger_repo.fetch_nodes(session, [(0, 0), (0, 1), (1, 0)])
+        assert sorted(nodes) == [(0, 0), (0, 1), (1, 0)]
+        assert _kinds(accounts(session, _BOTH))[RETIREMENT_ACCOUNT] == "retirement"
+        session.rollback()
+
+
 def test_a_read_sent_ahead_does_not_outlive_its_transaction(registry: Registry) -> None:
     """Read ahead and never asked for; then another connection writes: the next transaction,
     on the same pooled connection, reads what is stored now."""
