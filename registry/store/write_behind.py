@@ -7,6 +7,9 @@ cases keeps them in its session and :func:`flush` inserts them, in order, just b
 checkpoint is signed. Each row belongs to a ledger entry (its ``seq``): when a savepoint rolls
 back the entries from some ``seq`` on, :func:`forget` drops their rows too. A write transaction
 that would commit with rows still kept refuses to (``registry.store.db``), so none is lost.
+Until then the rows are in no table: a use case that reads one of these tables while writing
+must also look at :func:`kept` (as the idempotency answer and the nonce checks do), or it misses
+what earlier use cases of the same transaction wrote.
 """
 
 from __future__ import annotations
