@@ -4,20 +4,28 @@ A receipt holds the retirement's ledger entry, an inclusion proof of it in a tre
 checkpoint the registry signed for that size; and, to show the holder (not only the registry)
 asked for it, the entry that registered the holder's key, with its own inclusion proof. Checking
 it needs only the registry's checkpoint verifier key, obtained out of band.
+
+What it shows is what the holder signed: a retirement instruction by the entry's actor, unexpired
+at the entry's time, whose account, batch and quantity (or serial range) the recorded effects
+carry out. What it cannot show alone is the history of the holder's key between its
+registration and the retirement (a revocation in between), nor who authorised the registration:
+those need the ledger itself, which ``registry verify`` replays whole.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from registry.domain.instructions import Retire
 from registry.errors import MalformedError, ProofError
 from registry.ledger.canonical import canonical_bytes
 from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
-from registry.ledger.entry import Entry, open_entry
+from registry.ledger.entry import Entry, open_entry, parse_time
 from registry.ledger.keys import PublicKey, b64decode_strict
 from registry.ledger.merkle import leaf_hash, verify_inclusion
 
@@ -57,6 +65,8 @@ class CheckedReceipt:
     holder: str
     quantity: int
     blocks: list[dict[str, Any]]
+    body: Retire
+    """The retirement as the holder signed it: account, batch, beneficiary, purpose, ..."""
 
 
 def _included(item: IncludedEntry, cp: Checkpoint, keys: dict[str, PublicKey], what: str) -> Entry:
@@ -121,11 +131,69 @@ def verify_receipt(receipt: RetirementReceipt, *, verifier: NoteVerifier) -> Che
         b64decode_strict(entry.payload["signature"], what="holder signature"),
         canonical_bytes(instruction),
     )
+    body = _signed_retirement(entry, instruction)
+    quantity = _carried_out(entry, body, effects)
     return CheckedReceipt(
         retirement_id=receipt.retirement_id,
         entry=entry,
         checkpoint=cp,
         holder=instruction["actor"],
-        quantity=int(effects["quantity"]),
+        quantity=quantity,
         blocks=list(effects["blocks"]),
+        body=body,
     )
+
+
+def _signed_retirement(entry: Entry, instruction: dict[str, Any]) -> Retire:
+    """The retirement the holder signed, asked for by the entry's actor before it expired."""
+    if instruction.get("type") != Retire.TYPE:
+        raise MalformedError(
+            f"entry {entry.seq}: the holder signed a {instruction.get('type')!r} instruction, "
+            "not a retirement"
+        )
+    if instruction.get("actor") != entry.actor:
+        raise MalformedError(
+            f"entry {entry.seq}: recorded as by {entry.actor!r}, signed by "
+            f"{instruction.get('actor')!r}"
+        )
+    try:  # as a client wrote it: RFC 3339 with an offset, fractional seconds or not
+        expires: datetime | None = datetime.fromisoformat(instruction.get("expires", ""))
+    except (TypeError, ValueError):
+        expires = None
+    if expires is None or expires.tzinfo is None or expires <= parse_time(entry.time):
+        raise MalformedError(
+            f"entry {entry.seq}: the instruction expires {instruction.get('expires')!r}, "
+            f"not after the entry's time {entry.time}"
+        )
+    try:
+        return Retire.model_validate(instruction.get("body"))
+    except ValidationError as e:
+        raise MalformedError(f"entry {entry.seq}: the signed retirement is not valid: {e}") from e
+
+
+def _carried_out(entry: Entry, body: Retire, effects: dict[str, Any]) -> int:
+    """The quantity retired, once the recorded effects are checked to do what ``body`` asks."""
+    blocks = effects.get("blocks")
+    try:
+        spans = [(int(b["start"]), int(b["end"])) for b in blocks]  # type: ignore[union-attr]
+        quantity = int(effects["quantity"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise MalformedError(f"entry {entry.seq}: malformed effects ({e})") from e
+    asked = None if body.range is None else [(body.range.start, body.range.end)]
+    wrong = []
+    if effects.get("batch") != body.batch or effects.get("from") != body.account:
+        wrong.append(f"batch {effects.get('batch')!r} from {effects.get('from')!r}")
+    if not spans or any(start < 1 or end < start for start, end in spans):
+        wrong.append(f"blocks {blocks}")
+    elif sum(end - start + 1 for start, end in spans) != quantity:
+        wrong.append(f"blocks {blocks} of {quantity} tCO2e")
+    if body.quantity is not None and quantity != body.quantity:
+        wrong.append(f"{quantity} tCO2e")
+    if asked is not None and spans != asked:
+        wrong.append(f"serials {blocks}")
+    if wrong:
+        raise MalformedError(
+            f"entry {entry.seq}: the effects record {', '.join(wrong)}, not the retirement the "
+            f"holder signed ({body.quantity or body.range} of {body.batch} from {body.account})"
+        )
+    return quantity

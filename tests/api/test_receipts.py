@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from registry.client import sign_instruction
 from registry.errors import RegistryError
-from registry.ledger.checkpoint import NoteVerifier
+from registry.ledger.checkpoint import Checkpoint, NoteVerifier, sign_checkpoint
+from registry.ledger.entry import Entry, parse_time, seal_entry
 from registry.ledger.keys import SigningKey
+from registry.ledger.merkle import MemoryTree, inclusion_proof, leaf_hash
 from registry.ledger.receipt import RetirementReceipt, verify_receipt
 from registry.service.context import Registry
+from tests.audit.bundles import entry_of
 from tests.world import World, issue_jcm
 
 
@@ -102,3 +107,75 @@ def test_receipt_needs_the_registry_key(registry: Registry, world: World) -> Non
 def test_unknown_retirement_has_no_receipt(world: World) -> None:
     r = world.http.http.get("/v1/retirements/RET-999/receipt")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def _forged(registry: Registry, receipt: dict[str, Any], **change: Any) -> RetirementReceipt:
+    """``receipt`` as a dishonest registry could rebuild it: its retirement entry changed (and
+    sealed with the registry's own key), in a tree and checkpoint the registry signs anew."""
+    key_envelope = base64.b64decode(receipt["holder_key"]["envelope"])
+    old = entry_of(base64.b64decode(receipt["retirement"]["envelope"]))
+    payload = json.loads(json.dumps(old.payload))
+    for path, value in change.items():
+        *parents, last = path.split("__")
+        target = payload
+        for name in parents:
+            target = target[name]
+        target[last] = value
+    fields = {**old.to_json_value(), "payload": payload}
+    if "actor" in change:
+        fields["actor"] = change["actor"]
+        del payload["actor"]
+    forged = seal_entry(Entry(**fields), registry.signer)
+    key_seq, seq = receipt["holder_key"]["seq"], old.seq
+    tree = MemoryTree()
+    for position in range(seq + 1):
+        leaf = {key_seq: key_envelope, seq: forged}.get(position, b"filler %d" % position)
+        tree.append(leaf_hash(leaf))
+    note = sign_checkpoint(
+        Checkpoint(origin=registry.origin, size=tree.size, root=tree.root()),
+        name=registry.origin, key=registry.signer,
+    )
+
+    def included(position: int, envelope: bytes) -> dict[str, Any]:
+        proof = inclusion_proof(position, tree.size, tree)
+        return {"seq": position, "envelope": base64.b64encode(envelope).decode(),
+                "tree_size": tree.size, "proof": [base64.b64encode(h).decode() for h in proof]}
+
+    return RetirementReceipt.model_validate({
+        **receipt, "checkpoint": note, "retirement": included(seq, forged),
+        "holder_key": included(key_seq, key_envelope),
+    })
+
+
+def test_a_receipt_shows_only_what_the_holder_signed(registry: Registry, world: World) -> None:
+    """The registry's key seals anything: a receipt is believed only where it agrees with the
+    holder's signed instruction (each forgery below is sealed and checkpointed by the registry
+    itself, and its holder signature still verifies)."""
+    receipt = world.http.get(f"/v1/retirements/{_retire(world)}/receipt")
+    honest = verify_receipt(_forged(registry, receipt), verifier=registry.note_verifier)
+    assert honest.quantity == 40 and honest.body.beneficiary == "Example Co."
+    instruction = entry_of(base64.b64decode(receipt["retirement"]["envelope"])).payload
+    buyer = world.keys["jp-buyer"]
+    batch = instruction["instruction"]["body"]["batch"]
+    transfer = sign_instruction(buyer, actor="jp-buyer", type="credits.transfer", body={
+        "account": "JP-BUYER-1", "batch": batch, "quantity": 40, "to_account": "KH-WATER-1"})
+    expired = sign_instruction(
+        buyer, actor="jp-buyer", type="credits.retire",
+        body=instruction["instruction"]["body"],
+        now=parse_time(honest.entry.time) - timedelta(hours=2), valid_for=timedelta(hours=1),
+    )
+    forgeries: dict[str, dict[str, Any]] = {
+        "more retired than signed": {"effects__quantity": 4000,
+                                     "effects__blocks": [{"start": 1, "end": 4000}]},
+        "blocks that are not the quantity": {"effects__blocks": [{"start": 1, "end": 39}]},
+        "another account": {"effects__from": "KH-WATER-1"},
+        "recorded as another party's": {"actor": "kh-water"},
+        "a signed transfer": {"instruction": transfer["instruction"],
+                              "signature": transfer["signature"]},
+        "expired before its entry": {"instruction": expired["instruction"],
+                                     "signature": expired["signature"]},
+    }
+    for what, change in forgeries.items():
+        with pytest.raises(RegistryError, match=f"entry {honest.entry.seq}"):
+            verify_receipt(_forged(registry, receipt, **change), verifier=registry.note_verifier)
+            pytest.fail(f"accepted: {what}")
