@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 
 from registry.errors import BadSignatureError, KeyFileError, MalformedError
 
@@ -80,7 +81,14 @@ def b64decode_exact(text: bytes) -> bytes | None:
 
 @dataclass(frozen=True, slots=True)
 class PublicKey:
-    """An Ed25519 public key, checked at construction: 32 bytes that load as a key."""
+    """An Ed25519 public key, checked at construction: 32 bytes encoding a point of the curve's
+    prime-order group.
+
+    Other points load as keys too, and some make a signature worthless: for a point of small
+    order (the all-zero encoding is one) a fixed signature that needs no private key verifies
+    over about one message in four, so whoever registered such a key could be impersonated by
+    anyone, or deny what was signed with it. libsodium (through PyNaCl) checks the point.
+    """
 
     raw: bytes
     _key: Ed25519PublicKey = field(init=False, repr=False, compare=False, hash=False)
@@ -96,6 +104,11 @@ class PublicKey:
             key = Ed25519PublicKey.from_public_bytes(self.raw)
         except ValueError as e:
             raise MalformedError(f"not an Ed25519 public key: {self.raw.hex()}") from e
+        if not crypto_core_ed25519_is_valid_point(self.raw):
+            raise MalformedError(
+                f"not a usable Ed25519 public key: {self.raw.hex()} is not a point of the "
+                "prime-order group (a weak key, against which a signature proves nothing)"
+            )
         object.__setattr__(self, "_key", key)
 
     def __reduce__(self) -> tuple[type[PublicKey], tuple[bytes]]:

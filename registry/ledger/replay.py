@@ -936,8 +936,8 @@ class Replay:
     def _new_key(self, text: str, pending: set[str]) -> PublicKey:
         try:
             key = PublicKey.from_b64(text)
-        except RegistryError as e:
-            raise InvalidRequestError(f"not a base64 raw Ed25519 public key: {text[:60]!r}") from e
+        except RegistryError as e:  # not base64, not 32 bytes, or a weak key, as the service says
+            raise InvalidRequestError(f"public key {text[:60]!r}: {e.message}") from e
         if key.key_id in self.state.keys or key.key_id in pending:
             raise ConflictError(f"key {key.key_id} is already registered")
         pending.add(key.key_id)

@@ -7,7 +7,13 @@ from typing import Any
 from sqlmodel import Session, select
 
 from registry.domain.instructions import AddPartyKey, OpenAccount, RegisterParty, RevokePartyKey
-from registry.errors import ConflictError, InvalidRequestError, PermissionDeniedError, StateError
+from registry.errors import (
+    ConflictError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    RegistryError,
+    StateError,
+)
 from registry.ledger.keys import PublicKey
 from registry.service.instructions import Acting
 from registry.store.credits_repo import get_or_404
@@ -19,6 +25,8 @@ Effects = dict[str, Any]
 def public_key_from_b64(text: str) -> PublicKey:
     try:
         return PublicKey.from_b64(text)
+    except RegistryError as e:  # not base64, not 32 bytes, or a weak key: say which
+        raise InvalidRequestError(f"public key {text[:60]!r}: {e.message}") from e
     except Exception as e:
         raise InvalidRequestError(f"not a base64 raw Ed25519 public key: {text[:60]!r}") from e
 

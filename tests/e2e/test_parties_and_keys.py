@@ -39,6 +39,14 @@ def test_party_registration(world: World) -> None:
         world.refuse(ADMIN, "party.register",
                      {**body, "party_id": "kh-new", "public_keys": ["A" * 44]},
                      status=422, code="invalid_request")
+        # A weak key (a point of small order: here all zero bytes), against which anyone can
+        # make signatures that verify, is no key.
+        world.refuse(ADMIN, "party.register",
+                     {**body, "party_id": "kh-new", "public_keys": ["A" * 43 + "="]},
+                     status=422, code="invalid_request")
+        world.refuse("kh-water", "party.key_add",
+                     {"party_id": "kh-water", "public_key": "A" * 43 + "="},
+                     status=422, code="invalid_request")
 
 
 def test_key_rotation(world: World) -> None:

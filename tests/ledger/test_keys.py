@@ -6,8 +6,10 @@ import base64
 import hashlib
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -74,6 +76,31 @@ def test_public_key_from_b64_is_strict(text: str, match: str) -> None:
 def test_public_key_checks_size_and_type(raw: bytes) -> None:
     with pytest.raises(MalformedError, match="an Ed25519 public key is 32 bytes"):
         PublicKey(raw)
+
+
+#: Points of small order, each a 32-byte encoding pyca loads as a public key: y = 0 (order 4),
+#: y = 1 (the identity), y = p - 1 (order 2).
+WEAK_KEYS = [bytes(32), b"\x01" + bytes(31), b"\xec" + b"\xff" * 30 + b"\x7f"]
+
+
+@pytest.mark.parametrize("raw", WEAK_KEYS, ids=["order 4", "identity", "order 2"])
+def test_a_weak_public_key_is_refused(raw: bytes) -> None:
+    """Against such a key, a signature made without any private key (R the identity, S = 0)
+    verifies over many messages: whoever registered it could be impersonated by anyone."""
+    loaded = Ed25519PublicKey.from_public_bytes(raw)
+    forged = b"\x01" + bytes(31) + bytes(32)
+    verified = 0
+    for n in range(40):
+        try:
+            loaded.verify(forged, b"transfer %d t" % n)
+            verified += 1
+        except InvalidSignature:
+            pass
+    assert verified > 0
+    with pytest.raises(MalformedError, match="not a usable Ed25519 public key"):
+        PublicKey(raw)
+    with pytest.raises(MalformedError, match="not a usable Ed25519 public key"):
+        PublicKey.from_b64(base64.b64encode(raw).decode())
 
 
 def test_public_key_is_frozen_and_hashable(key: SigningKey) -> None:
