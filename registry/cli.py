@@ -362,12 +362,16 @@ def audit(
         1_000_000
     ),
 ) -> None:
-    """Monitor a running registry: alarm (exit 2) on any rollback, fork or rewrite."""
+    """Monitor a running registry: alarm (exit 2) on any rollback, fork or rewrite.
+
+    A registry that cannot be reached is no alarm: a single check says so and exits 1; with
+    --watch the next round tries again.
+    """
     import time
 
     from registry.client import RegistryClient
     from registry.ledger.checkpoint import NoteVerifier
-    from registry.monitor import MonitorAlarm, MonitorState, check_round
+    from registry.monitor import MonitorAlarm, MonitorState, MonitorUnavailable, check_round
 
     if not registry_key:
         raise InvalidRequestError("--registry-key is required: pin the key you got out of band")
@@ -379,11 +383,16 @@ def audit(
         except MonitorAlarm as e:
             typer.secho(f"ALARM: {e.message}", fg="red", bold=True, err=True)
             raise typer.Exit(2) from e
-        new_state.save(state)
-        typer.echo(
-            f"ok: {done.size} entries, {done.new_entries} new since {done.previous_size}, "
-            "all consistent with what was seen before"
-        )
+        except MonitorUnavailable as e:
+            if not watch:
+                raise
+            typer.secho(f"not checked: {e.message}", fg="yellow", err=True)
+        else:
+            new_state.save(state)
+            typer.echo(
+                f"ok: {done.size} entries, {done.new_entries} new since {done.previous_size}, "
+                "all consistent with what was seen before"
+            )
         if not watch or n == rounds - 1:
             break
         time.sleep(watch)

@@ -2,10 +2,15 @@
 
 The monitor keeps a small state file: the last checkpoint it accepted and the tree's right
 frontier (O(log n) hashes). Each round it fetches the newest checkpoint, checks the pinned
-signature, proves it consistent with the last one, fetches the new entries, checks their
-signatures and chain, and rebuilds the new root from the frontier. Anything else is an alarm:
-a rollback, a fork (two roots for one size), a rewrite (no consistency proof), or entries
-that do not hash to the signed root.
+signature, proves it consistent with the last one, fetches the new entries, checks the
+registry's signature on each and their chain, and rebuilds the new root from the frontier.
+Anything else is an alarm: a rollback, a fork (two roots for one size), a rewrite (no valid
+consistency proof, whether refused, malformed or wrong), or entries that do not hash to the
+signed root. A registry that cannot be reached, or answers with a server error, is not an
+alarm but a round that could not be checked (the memory stays; the next round tries again).
+
+It proves the log append-only, as the registry signed it; what the entries say (holders'
+signatures, supply, double spending) is for ``registry verify``, which replays a whole export.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ import base64
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from registry.errors import RegistryError
 from registry.ledger.checkpoint import NoteVerifier, open_checkpoint
 from registry.ledger.entry import open_entry
+from registry.ledger.keys import b64decode_strict
 from registry.ledger.merkle import CompactRange, leaf_hash, verify_consistency
 
 PAGE = 1000
@@ -29,6 +36,33 @@ class MonitorAlarm(RegistryError):
     """The registry served something that contradicts what it signed before."""
 
     code = "ledger_alarm"
+
+
+class MonitorUnavailable(RegistryError):
+    """The registry could not be asked (unreachable, or a server error): nothing was learnt."""
+
+    code = "registry_unavailable"
+
+
+def _get(http: httpx.Client, path: str, params: dict[str, int] | None = None) -> httpx.Response:
+    """``GET path``; a transport failure or a server error is :class:`MonitorUnavailable`."""
+    try:
+        response = http.get(path, params=params)
+    except httpx.HTTPError as e:
+        raise MonitorUnavailable(f"cannot reach the registry ({path}): {e}") from e
+    if response.status_code >= 500:
+        raise MonitorUnavailable(f"the registry answered {response.status_code} to {path}")
+    return response
+
+
+def _json(response: httpx.Response, what: str) -> Any:
+    """The JSON of a ``200`` answer; anything else from a registry that is up is an alarm."""
+    if response.status_code != 200:
+        raise MonitorAlarm(f"the registry refuses {what}: {response.status_code}")
+    try:
+        return response.json()
+    except ValueError as e:
+        raise MonitorAlarm(f"the registry serves {what} that is not JSON") from e
 
 
 @dataclass
@@ -67,7 +101,10 @@ def check_round(
     http: httpx.Client, verifier: NoteVerifier, state: MonitorState | None
 ) -> tuple[MonitorState, Round]:
     """One round of checks; returns the state to keep, or raises :class:`MonitorAlarm`."""
-    note = http.get("/v1/checkpoint").raise_for_status().text
+    response = _get(http, "/v1/checkpoint")
+    if response.status_code != 200:
+        raise MonitorUnavailable(f"the registry answered {response.status_code} to /v1/checkpoint")
+    note = response.text
     try:
         cp = open_checkpoint(note, origin=verifier.name, verifiers=[verifier])
     except RegistryError as e:
@@ -79,42 +116,34 @@ def check_round(
     if cp.size == old.size and old.size and cp.root != old_root:
         raise MonitorAlarm(f"FORK: two different roots signed for size {cp.size}")
     if old.size and cp.size > old.size:
-        proof = (
-            http.get("/v1/proofs/consistency", params={"first": old.size, "second": cp.size})
-            .raise_for_status()
-            .json()
-        )
+        what = f"a consistency proof from {old.size} to {cp.size}"
+        answer = _get(http, "/v1/proofs/consistency", {"first": old.size, "second": cp.size})
         try:
-            verify_consistency(
-                old.size,
-                cp.size,
-                [base64.b64decode(h) for h in proof["proof"]],
-                old_root,
-                cp.root,
-            )
-        except RegistryError as e:
+            proof = _json(answer, what)
+            hashes = [b64decode_strict(h, what="proof hash") for h in proof["proof"]]
+            verify_consistency(old.size, cp.size, hashes, old_root, cp.root)
+        except (RegistryError, KeyError, TypeError) as e:
+            reason = e.message if isinstance(e, RegistryError) else f"malformed ({e!r})"
             raise MonitorAlarm(
-                f"REWRITE: checkpoint {cp.size} is not consistent with {old.size}: {e.message}"
+                f"REWRITE: checkpoint {cp.size} is not proved consistent with {old.size}: "
+                f"{reason}"
             ) from e
     keys = {verifier.key.key_id: verifier.key}
     tree = CompactRange.from_frontier(old.size, [base64.b64decode(h) for h in old.frontier])
     prev = old.last_leaf
     while tree.size < cp.size:
-        page = (
-            http.get(
-                "/v1/entries", params={"start": tree.size, "limit": min(PAGE, cp.size - tree.size)}
-            )
-            .raise_for_status()
-            .json()
-        )
-        if not page["data"]:
+        params = {"start": tree.size, "limit": min(PAGE, cp.size - tree.size)}
+        page = _json(_get(http, "/v1/entries", params), f"entries from {tree.size}")
+        items = page.get("data") if isinstance(page, dict) else None
+        if not items or not isinstance(items, list):
             raise MonitorAlarm(f"the registry signed {cp.size} entries but serves {tree.size}")
-        for item in page["data"]:
-            envelope = base64.b64decode(item["envelope"])
+        for item in items:
             try:
+                envelope = b64decode_strict(item["envelope"], what="envelope")
                 entry = open_entry(envelope, keys)
-            except RegistryError as e:
-                raise MonitorAlarm(f"entry {tree.size}: {e.message}") from e
+            except (RegistryError, KeyError, TypeError) as e:
+                reason = e.message if isinstance(e, RegistryError) else f"malformed ({e!r})"
+                raise MonitorAlarm(f"entry {tree.size}: {reason}") from e
             if entry.seq != tree.size or entry.prev != prev:
                 raise MonitorAlarm(f"entry {tree.size}: broken chain (seq {entry.seq})")
             leaf = leaf_hash(envelope)

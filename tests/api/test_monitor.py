@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import text
 
@@ -17,13 +23,15 @@ from tests.helpers import LiveServer
 REGISTRY = str(Path(sys.executable).with_name("registry"))
 
 
-def audit(server: LiveServer, registry: Registry, state: Path) -> subprocess.CompletedProcess[str]:
+def audit(
+    at: LiveServer | str, registry: Registry, state: Path
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             REGISTRY,
             "audit",
             "--url",
-            server.url,
+            at if isinstance(at, str) else at.url,
             "--state",
             str(state),
             "--registry-key",
@@ -79,3 +87,62 @@ def test_monitor_alarms_when_history_changes(
     assert r.returncode == 2
     assert ("REWRITE" if attack == "rewrite" else "ROLLBACK") in r.stderr
     assert state.read_text() == before, "an alarm never moves the monitor's memory"
+
+
+@contextmanager
+def _proxy(target: str, consistency: dict[str, str]) -> Iterator[str]:
+    """A loopback front for the registry at ``target`` that answers consistency proofs as
+    ``consistency["mode"]`` says: ``pass`` (the registry's own), ``500``, ``404`` or
+    ``garbage``."""
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            mode = consistency["mode"]
+            if self.path.startswith("/v1/proofs/consistency") and mode != "pass":
+                status, body = {"500": (500, b'{"error": {}}'), "404": (404, b'{"error": {}}'),
+                                "garbage": (200, b'{"proof": ["not base64!"]}')}[mode]
+            else:
+                answer = httpx.get(target + self.path)
+                status, body = answer.status_code, answer.content
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    front = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{front.server_address[1]}"
+    finally:
+        front.shutdown()
+        front.server_close()
+
+
+def test_a_registry_that_cannot_answer_is_not_checked_and_one_that_will_not_prove_is_an_alarm(
+    registry: Registry, server: LiveServer, tmp_path: Path
+) -> None:
+    state = tmp_path / "monitor.json"
+    consistency = {"mode": "pass"}
+    with _proxy(server.url, consistency) as url:
+        append_notes(registry, 3)
+        assert audit(url, registry, state).returncode == 0
+        before = state.read_text()
+        append_notes(registry, 2)
+        consistency["mode"] = "500"  # down for a moment: no alarm, no memory moved
+        r = audit(url, registry, state)
+        assert (r.returncode, r.stdout) == (1, "")
+        assert r.stderr.splitlines() == [
+            "error[registry_unavailable]: the registry answered 500 to /v1/proofs/consistency"
+        ]
+        assert state.read_text() == before
+        for mode in ("404", "garbage"):  # up, and not proving its new checkpoint consistent
+            consistency["mode"] = mode
+            r = audit(url, registry, state)
+            assert r.returncode == 2 and "ALARM: REWRITE: checkpoint 6 is not proved" in r.stderr
+            assert "Traceback" not in r.stderr and state.read_text() == before
+        consistency["mode"] = "pass"
+        assert audit(url, registry, state).returncode == 0
+    r = audit(url, registry, state)  # nobody listens there now
+    assert r.returncode == 1 and r.stderr.startswith("error[registry_unavailable]: cannot reach")
