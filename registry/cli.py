@@ -339,10 +339,15 @@ def verify_receipt_cmd(
     except ValidationError as e:
         raise InvalidRequestError(f"{receipt} is not a retirement receipt: {e}") from e
     checked = verify_receipt(parsed, verifier=NoteVerifier.parse(registry_key))
+    body = checked.body
     typer.echo(
         f"OK: retirement {checked.retirement_id} of {checked.quantity} tCO2e by {checked.holder} "
         f"is entry {checked.entry.seq}, included in the tree of {checked.checkpoint.size} entries "
         f"signed by {registry_key.split('+')[0]}; the holder's signature verifies"
+    )
+    typer.echo(
+        f"   signed: {checked.quantity} tCO2e of {body.batch} from {body.account}, for "
+        f"{body.beneficiary} ({body.purpose}, {body.jurisdiction}): {body.reason}"
     )
 
 

@@ -144,6 +144,9 @@ def test_a_beneficiary_fetches_and_checks_a_receipt(
     ok = run(["verify-receipt", "receipt.json", "--registry-key", verifier], tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert f"OK: retirement {retirement_id} of 5 tCO2e by kh-water" in ok.stdout
+    assert f"signed: 5 tCO2e of {batch} from KH-WATER-1, for Example Co. (ndc, KH): test" in (
+        ok.stdout
+    )
     other = NoteVerifier(name=verifier.split("+")[0], key=SigningKey.generate().public_key)
     bad = run(
         ["verify-receipt", "receipt.json", "--registry-key", other.verifier_string()], tmp_path
