@@ -12,6 +12,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
+from registry.api.app import MAX_BODY_BYTES
 from registry.client import sign_instruction
 from registry.ledger.keys import SigningKey
 from tests.world import ADMIN, UNIT, World, expect_error, flip_first_byte, issue_jcm
@@ -212,5 +213,17 @@ def test_malformed_requests(world: World) -> None:
                                         headers={"Idempotency-Key": "raw-1",
                                                  "Content-Type": "application/json"})
         expect_error(response, 422, "invalid_request")
+        # A body larger than any instruction is refused before it is held in memory, whether
+        # its length is declared or it comes in chunks.
+        huge = b'{"memo": "' + b"y" * MAX_BODY_BYTES + b'"}'
+        for content in (huge, (huge[i:i + 65536] for i in range(0, len(huge), 65536))):
+            response = world.http.http.post("/v1/transfers", content=content,
+                                            headers={"Idempotency-Key": "raw-2",
+                                                     "Content-Type": "application/json"})
+            error = expect_error(response, 413, "payload_too_large")
+            assert error["message"] == f"the request body is larger than {MAX_BODY_BYTES} bytes"
+        # The largest instruction fits: a boundary of one character too many is a 422.
+        world.refuse(ADMIN, "forest_unit.register",
+                     unit_body("KH005-FU2", "x" * 2_000_001), status=422, code="invalid_request")
     # The untouched instruction still goes through once.
     assert world.post_raw("/v1/transfers", signed).status_code == 200
