@@ -7,28 +7,35 @@ disagree about what a valid report or issuance is.
 
 from __future__ import annotations
 
+import math
+from calendar import isleap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from fractions import Fraction
 from typing import Any
 
 from registry.domain.redd import compute_issuance
 from registry.domain.serials import SerialRange, allocate, batch_serial_id
 from registry.errors import ConflictError, InvalidRequestError
 
-DAYS_PER_YEAR = 365
-
 
 def check_report_period(
-    *, period_start: str, period_end: str, crediting_start: str, crediting_end: str
+    *, period_start: str, period_end: str, crediting_start: str, crediting_end: str, today: date
 ) -> None:
-    """A monitoring period runs forwards and lies inside the project's crediting period."""
+    """A monitoring period runs forwards, lies inside the project's crediting period, and is
+    over: reductions are monitored after they happened, not credited ahead of time."""
     if period_end < period_start:
         raise InvalidRequestError(f"period ends ({period_end}) before it starts ({period_start})")
     if period_start < crediting_start or period_end > crediting_end:
         raise InvalidRequestError(
             f"period {period_start}..{period_end} lies outside the crediting period "
             f"{crediting_start}..{crediting_end}"
+        )
+    if period_end >= today.isoformat():
+        raise InvalidRequestError(
+            f"period {period_start}..{period_end} is not over (today is {today.isoformat()}): "
+            "reductions are reported once they have happened"
         )
 
 
@@ -66,13 +73,26 @@ def check_within_reference_level(
     *, reductions: int, reference_level: int, period_start: str, period_end: str
 ) -> None:
     """A REDD+ unit cannot reduce more than its reference level emits over the period."""
-    days = (date.fromisoformat(period_end) - date.fromisoformat(period_start)).days + 1
-    ceiling = -(-reference_level * days // DAYS_PER_YEAR)
+    start, end = date.fromisoformat(period_start), date.fromisoformat(period_end)
+    days = (end - start).days + 1
+    ceiling = reference_level_over(reference_level, start, end)
     if reductions > ceiling:
         raise InvalidRequestError(
             f"{reductions} tCO2e exceeds the reference level for {days} days ({ceiling})",
             details={"reductions": reductions, "ceiling": ceiling},
         )
+
+
+def reference_level_over(reference_level: int, start: date, end: date) -> int:
+    """What a reference level of ``reference_level`` tCO2e a year emits over ``start..end``
+    (both included): each calendar year's share by its own days (366 in a leap year), summed
+    exactly and rounded down, so that no way of cutting a year into reports claims more than
+    the year's level (rounding each report up, one-day reports of a 1 t level made 365 t)."""
+    total = Fraction(0)
+    for year in range(start.year, end.year + 1):
+        first, last = max(start, date(year, 1, 1)), min(end, date(year, 12, 31))
+        total += Fraction(reference_level * ((last - first).days + 1), 366 if isleap(year) else 365)
+    return math.floor(total)
 
 
 def check_no_period_overlap(

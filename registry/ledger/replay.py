@@ -1149,6 +1149,7 @@ class Replay:
             period_end=b.period_end,
             crediting_start=project.crediting_period_start,
             crediting_end=project.crediting_period_end,
+            today=acting.now.date(),
         )
         check_report_area(
             project_id=project.id,

@@ -38,6 +38,7 @@ def submit_report(session: Session, acting: Acting[SubmitReport]) -> Effects:
         period_end=b.period_end,
         crediting_start=project.crediting_period_start,
         crediting_end=project.crediting_period_end,
+        today=acting.now.date(),
     )
     units = session.exec(select(ForestUnitRow).where(ForestUnitRow.project_id == project.id)).all()
     check_report_area(

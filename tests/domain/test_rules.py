@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -12,9 +14,12 @@ from registry.domain.rules import (
     check_report_period,
     check_within_reference_level,
     plan_issuance,
+    reference_level_over,
 )
 from registry.domain.serials import SerialRange
 from registry.errors import ConflictError, InvalidRequestError
+
+TODAY = date(2026, 1, 1)
 
 JCM: dict[str, Any] = {
     "country": "KH",
@@ -78,6 +83,7 @@ def test_report_periods() -> None:
         period_end="2024-12-31",
         crediting_start="2023-06-09",
         crediting_end="2030-12-31",
+        today=TODAY,
     )
     with pytest.raises(InvalidRequestError, match="before it starts"):
         check_report_period(
@@ -85,6 +91,7 @@ def test_report_periods() -> None:
             period_end="2024-01-01",
             crediting_start="2023-06-09",
             crediting_end="2030-12-31",
+            today=TODAY,
         )
     with pytest.raises(InvalidRequestError, match="outside the crediting period"):
         check_report_period(
@@ -92,7 +99,18 @@ def test_report_periods() -> None:
             period_end="2023-12-31",
             crediting_start="2023-06-09",
             crediting_end="2030-12-31",
+            today=TODAY,
         )
+    # A period not yet over is no period to report: today's reductions are not known yet.
+    for end in ("2026-01-01", "2026-06-30"):
+        with pytest.raises(InvalidRequestError, match="is not over"):
+            check_report_period(
+                period_start="2025-01-01",
+                period_end=end,
+                crediting_start="2023-06-09",
+                crediting_end="2030-12-31",
+                today=TODAY,
+            )
     with pytest.raises(ConflictError, match="overlaps report MR1"):
         check_no_period_overlap(
             period_start="2024-06-01",
@@ -128,6 +146,23 @@ def test_a_project_wide_report_covers_every_unit(
             check()
     else:
         check()
+
+
+def test_no_way_of_cutting_a_year_into_reports_claims_more_than_its_reference_level() -> None:
+    # A leap year's level is its level: 366 days of 2024 are one year.
+    assert reference_level_over(400_000, date(2024, 1, 1), date(2024, 12, 31)) == 400_000
+    assert reference_level_over(365, date(2025, 1, 1), date(2025, 12, 31)) == 365
+    # Each calendar year by its own days.
+    assert reference_level_over(366 * 365, date(2024, 12, 31), date(2025, 1, 1)) == 365 + 366
+    # Rounded down: one-day reports of a 1 t level claim nothing, and any cutting of a year
+    # into reports sums to at most its level.
+    assert reference_level_over(1, date(2025, 3, 1), date(2025, 3, 1)) == 0
+    days = [date(2024, 1, 1) + timedelta(days=d) for d in range(0, 366, 7)] + [date(2025, 1, 1)]
+    weekly = sum(
+        reference_level_over(1000, first, last - timedelta(days=1))
+        for first, last in itertools.pairwise(days)
+    )
+    assert weekly <= 1000
 
 
 def test_reductions_cannot_exceed_the_reference_level() -> None:

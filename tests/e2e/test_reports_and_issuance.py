@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from tests.world import (
@@ -74,6 +75,18 @@ def test_report_submitted_by_a_participant_and_verified_by_its_tpe(world: World)
                              {**redd, "forest_unit_id": UNIT, "reductions": 400_001},
                              status=422, code="invalid_request")
         assert error["details"] == {"reductions": 400_001, "ceiling": 400_000}
+        # A leap year's level is its level too (counting 365 days a year, 2024 allowed 401,096).
+        error = world.refuse("kh-gov", "report.submit",
+                             {**redd, "forest_unit_id": UNIT, "reductions": 400_001,
+                              "period_start": "2024-01-01", "period_end": "2024-12-31"},
+                             status=422, code="invalid_request")
+        assert error["details"] == {"reductions": 400_001, "ceiling": 400_000}
+        # Reductions are reported once they have happened: not for a period still running.
+        error = world.refuse("kh-water", "report.submit",
+                             {**body, "period_start": "2026-01-01",
+                              "period_end": date.today().isoformat()},
+                             status=422, code="invalid_request")
+        assert "is not over" in error["message"]
     # The third-party entity may verify fewer tonnes than claimed, and only once.
     verified = world.submit("lrqa", "report.verify", verify)
     assert verified["result"] == {"report_id": "KH004-MR1", "status": "verified",
