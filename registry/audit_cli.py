@@ -136,7 +136,9 @@ def verify_cmd(
         from registry.service.compare import compare_with_database, describe_url
 
         try:
-            differences = compare_with_database(against, verification.state)
+            differences = compare_with_database(
+                against, verification.state, size=report.log.entries, root=report.log.root
+            )
         except RegistryError:
             raise
         except Exception as e:  # a bad URL or an unreachable server is a usage error

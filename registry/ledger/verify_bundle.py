@@ -270,6 +270,14 @@ class _Verifier:
                         f"header note verifier {k.note_verifier!r} is not "
                         f"the pinned {pinned.verifier_string()!r}",
                     )
+                if (k.valid_from_seq, k.valid_until_seq) != (0, None):
+                    # Genesis makes it the registry's key from entry 0, and nothing ends it.
+                    self.fail(
+                        "bad_bundle",
+                        f"the header says registry key {k.key_id} is valid over entries "
+                        f"{k.valid_from_seq}..{k.valid_until_seq}; the ledger makes it the "
+                        "registry's key from genesis on, with no end",
+                    )
             else:
                 self.fail(
                     "unknown_key",

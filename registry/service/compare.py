@@ -4,7 +4,10 @@ The state tables (``registry/store/tables.py``) are a cache of the ledger, kept 
 module owns proving that cache honest. Given a :class:`~registry.ledger.replay.ReplayedState`
 rebuilt from a bundle, it reads every state table and lists every difference: parties, party
 keys, accounts, projects, forest units, monitoring reports, batches, blocks (by batch, serial
-range, account and status), retirements, reversals, used nonces and the registry key. Big tables
+range, account and status), retirements, reversals, used nonces and the registry key table
+(exactly the genesis key, from entry 0 on). First, in the same snapshot, it checks that the
+database holds the very ledger the state was replayed from (its size, and its checkpoint's root
+for that size): state tables of another moment are one difference, said plainly. Big tables
 are streamed, so memory is that of the replayed state. ``block_event`` (an index of movements)
 and ``idempotency`` (answers to retries) are not state the ledger defines, and are not compared.
 """
@@ -121,6 +124,36 @@ def _time(text: str) -> datetime | str:
         return text
 
 
+def compare_ledger(session: Session, size: int, root: bytes) -> list[Difference]:
+    """Whether the database holds the very ledger the state was replayed from: the same number
+    of entries, and its checkpoint for that size signing the same root. If not, its state
+    tables are of another moment (or another ledger), and comparing them row by row would only
+    blame rows for it."""
+    stored = ledger_repo.tree_size(session)
+    if stored != size:
+        return [
+            Difference(
+                "ledger_entry",
+                "*",
+                f"the database holds {stored} entries, the bundle {size}: its state tables are "
+                "of another moment; export and compare at one size (with the registry stopped, "
+                "or against a copy)",
+            )
+        ]
+    checkpoint = ledger_repo.checkpoint_at(session, size) if size else None
+    if size and (checkpoint is None or bytes(checkpoint.root) != root):
+        found = "none" if checkpoint is None else bytes(checkpoint.root).hex()
+        return [
+            Difference(
+                "checkpoint",
+                str(size),
+                f"the database's checkpoint for size {size} signs root {found}, the bundle's "
+                f"entries give {root.hex()}: it holds another ledger",
+            )
+        ]
+    return []
+
+
 def compare_state(session: Session, state: ReplayedState) -> list[Difference]:
     """Every difference between the state tables read through ``session`` and ``state``."""
     out: list[Difference] = []
@@ -129,15 +162,24 @@ def compare_state(session: Session, state: ReplayedState) -> list[Difference]:
         return {n: getattr(obj, n) for n in names}
 
     if state.registry_key is not None:
-        stored = {r.key_id: bytes(r.public_key) for r in ledger_repo.registry_keys(session)}
-        if stored.get(state.registry_key.key_id) != state.registry_key.raw:
-            out.append(
-                Difference(
-                    "registry_key",
-                    state.registry_key.key_id,
-                    "the registry key genesis names is not in the database",
-                )
-            )
+        # The ledger establishes one registry key, from genesis on and never ending: the table
+        # (published at /v1/keys and copied into every export's header) says exactly that.
+        genesis = state.registry_key
+        established: dict[Hashable, Fields] = {
+            genesis.key_id: {"public_key": genesis.raw, "valid_from_seq": 0,
+                             "valid_until_seq": None}
+        }
+        _compare(
+            out,
+            "registry_key",
+            established.get,
+            established,
+            (
+                (r.key_id, {"public_key": bytes(r.public_key), "valid_from_seq": r.valid_from_seq,
+                            "valid_until_seq": r.valid_until_seq})
+                for r in ledger_repo.registry_keys(session)
+            ),
+        )
     party_f = ("name", "role", "country", "created_seq")
     _compare(
         out,
@@ -318,12 +360,16 @@ def _compare_nonces(out: list[Difference], session: Session, state: ReplayedStat
     _compare(out, "used_nonce", ledger, keys, database)
 
 
-def compare_with_database(url: str, state: ReplayedState) -> list[Difference]:
-    """Open the database at ``url`` read-only and compare its state tables with ``state``."""
+def compare_with_database(
+    url: str, state: ReplayedState, *, size: int, root: bytes
+) -> list[Difference]:
+    """Open the database at ``url`` read-only and, in one snapshot, check that it holds the
+    ledger of ``size`` entries and ``root`` that ``state`` was replayed from, then compare its
+    state tables with ``state``."""
     engine: Engine = make_engine(url)
     try:
         with read_session(engine) as session:
-            return compare_state(session, state)
+            return compare_ledger(session, size, root) or compare_state(session, state)
     finally:
         engine.dispose()
 

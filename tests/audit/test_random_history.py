@@ -26,4 +26,6 @@ def test_a_random_history_replays_exactly(
     assert report.ok, report.render()
     assert report.summary["retired"] > 0 and report.summary["batches"] == 4
     assert report.summary["blocks"] > 30
-    assert compare_with_database(db_url, verification.state) == []
+    assert compare_with_database(
+        db_url, verification.state, size=report.log.entries, root=report.log.root
+    ) == []

@@ -193,6 +193,20 @@ def test_entries_past_the_last_checkpoint_are_found(
     )
 
 
+def test_a_registry_key_range_the_ledger_never_gave_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    (key,) = bundle.header["registry_keys"]
+    key["valid_from_seq"], key["valid_until_seq"] = 2, 3
+    found = failures(bundle, sqlite_bundle)
+    assert codes(found) == {(None, "bad_bundle")}
+    assert message(found, None, "bad_bundle") == (
+        f"the header says registry key {key['key_id']} is valid over entries 2..3; the ledger "
+        "makes it the registry's key from genesis on, with no end"
+    )
+
+
 @pytest.mark.parametrize("pinned", ["note verifier", "raw key, another origin"])
 def test_a_bundle_without_entries_is_not_a_ledger(
     sqlite_bundle: Exported, tmp_path: Path, pinned: str

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from registry.audit_cli import export_cmd, verify_cmd
 from registry.errors import RegistryError
 from registry.ledger.bundle import BundleFormatError, BundleReader
+from registry.ledger.keys import SigningKey
 from registry.ledger.verify_bundle import EXIT_FAILED, verify_bundle
 from registry.service.compare import compare_with_database
 from registry.service.context import Registry
@@ -53,7 +54,7 @@ def test_an_exported_registry_verifies_and_matches_its_database(
         "batches": 2, "blocks": 12, "issued": 10000, "active": 8140, "retired": 50,
         "cancelled": 1810, "shortfall": 700,
     }
-    assert compare_with_database(db_url, verification.state) == []
+    assert compare_with_database(db_url, verification.state, size=29, root=report.log.root) == []
     # The raw key works as well as the verifier string, and one worker gives the same result.
     raw = verify_bundle(path, registry_key=registry.signer.public_key.to_b64(), workers=1)
     assert raw.report.ok and raw.report.log.root == report.log.root
@@ -64,7 +65,8 @@ def test_an_edited_state_row_is_found_against_the_database(
 ) -> None:
     path = tmp_path / "bundle.jsonl"
     export_bundle(registry, path)
-    state = verify_bundle(path, registry_key=registry.note_verifier.verifier_string()).state
+    verified = verify_bundle(path, registry_key=registry.note_verifier.verifier_string())
+    state, log = verified.state, verified.report.log
     with write_transaction(registry.engine) as s:
         s.execute(
             text("UPDATE block SET account_id = 'JP-BUYER-1' "
@@ -75,8 +77,19 @@ def test_an_edited_state_row_is_found_against_the_database(
         s.execute(text("UPDATE forest_unit SET shortfall = 0"))
         s.execute(text("DELETE FROM retirement"))
         s.execute(text("UPDATE party SET role = 'administrator' WHERE id = 'jp-buyer'"))
-    found = sorted(str(d) for d in compare_with_database(db_url, state))
+        # The registry's own key, published at /v1/keys and copied into every export: a rogue
+        # one added, and the genesis key's range edited.
+        rogue = SigningKey.from_seed(b"R" * 32).public_key
+        s.execute(text("INSERT INTO registry_key (key_id, public_key, valid_from_seq) "
+                       "VALUES (:k, :p, 20)"), {"k": rogue.key_id, "p": rogue.raw})
+        s.execute(text("UPDATE registry_key SET valid_until_seq = 3 WHERE key_id = :k"),
+                  {"k": registry.signer.public_key.key_id})
+    found = sorted(str(d) for d in compare_with_database(db_url, state, size=log.entries,
+                                                         root=log.root))
     assert found == sorted([
+        f"table registry_key, row {rogue.key_id}: is in the database but not in the ledger",
+        f"table registry_key, row {registry.signer.public_key.key_id}: valid_until_seq is 3 in "
+        "the database, the ledger says None",
         f"table block, row {JCM_BATCH}/901: account_id is 'JP-BUYER-1' in the database, the "
         "ledger says 'JP-GOV-1'",
         "table monitoring_report, row KH004-MR1: status is 'verified' in the database, the "
@@ -95,6 +108,32 @@ def test_an_edited_state_row_is_found_against_the_database(
     assert ("table party, row jp-buyer: role is 'administrator' in the database, the ledger "
             "says 'participant' [state_mismatch]") in result.output
     assert "against     " in result.output and "PASS" not in result.output
+
+
+def test_against_a_database_of_another_moment_says_so_instead_of_blaming_rows(
+    registry: Registry, history: History, db_url: str, tmp_path: Path
+) -> None:
+    """State tables are compared only with the ledger they were replayed from: a database that
+    has moved on since the export (or holds another ledger) is one difference, said plainly,
+    not rows blamed for the writes in between (or rows passed that another ledger's state
+    happens to match)."""
+    path = tmp_path / "bundle.jsonl"
+    export_bundle(registry, path)
+    verified = verify_bundle(path, registry_key=registry.note_verifier.verifier_string())
+    log = verified.report.log
+    history.world.submit("kh-water", "credits.transfer", {
+        "account": "KH-WATER-1", "batch": JCM_BATCH, "quantity": 5, "to_account": "JP-BUYER-1"})
+    found = [str(d) for d in compare_with_database(db_url, verified.state, size=log.entries,
+                                                   root=log.root)]
+    assert found == [
+        f"table ledger_entry, row *: the database holds {log.entries + 1} entries, the bundle "
+        f"{log.entries}: its state tables are of another moment; export and compare at one size "
+        "(with the registry stopped, or against a copy)"
+    ]
+    other_root = b"\x07" * 32
+    found = [str(d) for d in compare_with_database(db_url, verified.state, size=log.entries + 1,
+                                                   root=other_root)]
+    assert len(found) == 1 and "it holds another ledger" in found[0]
 
 
 def test_the_commands_exit_0_2_and_1(

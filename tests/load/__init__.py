@@ -461,7 +461,7 @@ def check_store(registry: Registry, ledger: Sequence[Stored]) -> None:
 def check_offline(registry: Registry, workdir: Path) -> None:
     """Export, verify the bundle with the pinned key, compare its replay with the state tables."""
     from registry.ledger.verify_bundle import verify_bundle
-    from registry.service.compare import compare_state
+    from registry.service.compare import compare_ledger, compare_state
     from registry.service.export import export_bundle
 
     bundle = workdir / "export.jsonl"
@@ -469,8 +469,11 @@ def check_offline(registry: Registry, workdir: Path) -> None:
     verification = verify_bundle(bundle, registry_key=registry.note_verifier.verifier_string(),
                                  workers=1)
     assert verification.report.ok, verification.report.render()
+    log = verification.report.log
     with read_session(registry.engine) as session:
-        differences = compare_state(session, verification.state)
+        differences = compare_ledger(session, log.entries, log.root) or compare_state(
+            session, verification.state
+        )
     assert not differences, "state tables differ from the replay:\n" + "\n".join(
         map(str, differences[:20]))
 
