@@ -180,12 +180,15 @@ class Allocation(BaseModel):
 
 
 class Issue(Body):
-    """Issue credits from a verified report, allocated as the Joint Committee decided."""
+    """Issue credits from a verified report, allocated as the Joint Committee decided.
+
+    ``allocations`` is empty only when nothing is left to allocate: a REDD+ report whose net
+    reductions all go to the unit's buffer pool is issued that way."""
 
     TYPE = "credits.issue"
     report_id: UpperId
     vintage: Annotated[StrictInt, Field(ge=2000, le=2100)]
-    allocations: list[Allocation] = Field(min_length=1, max_length=50)
+    allocations: list[Allocation] = Field(max_length=50)
 
 
 class SerialSpan(BaseModel):

@@ -166,7 +166,8 @@ def plan_issuance(
 
     JCM: the allocations must sum exactly to the verified reductions. REDD+: leakage is
     deducted, the buffer share goes to the unit's buffer pool (last in serial order), and the
-    allocations must sum exactly to what remains.
+    allocations must sum exactly to what remains, none when nothing does (a buffer share is
+    still issued then: it belongs to the pool whatever the proponents get).
     """
     if not int(period_start[:4]) <= vintage <= int(period_end[:4]):
         raise InvalidRequestError(
@@ -199,6 +200,12 @@ def plan_issuance(
         )
     programme = "JCM" if redd is None else "REDD"
     total = sum(q for _, q in shares)
+    if total == 0:
+        raise InvalidRequestError(
+            "nothing to issue: the report's reductions leave no credit to allocate or to put in "
+            "the buffer pool",
+            details={"verified": verified},
+        )
     return IssuancePlan(
         batch_id=batch_serial_id(
             country=country,

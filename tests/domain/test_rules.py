@@ -63,9 +63,21 @@ def test_redd_issuance_deducts_leakage_and_fills_the_buffer_last() -> None:
     }
 
 
+def test_a_buffer_share_is_issued_even_when_nothing_is_left_to_allocate() -> None:
+    # gross 2: leakage 1 (rounded up), net 1, buffer 1 (rounded up), nothing for proponents.
+    terms = BufferTerms(leakage_rate_bp=1000, buffer_rate_bp=2000, buffer_account="BUF-U1")
+    args: dict[str, Any] = {**JCM, "redd": terms}
+    plan = plan_issuance(**args, verified=2, allocations=[])
+    assert plan.blocks == [("BUF-U1", SerialRange(1, 1))] and plan.total == 1
+    # Nothing at all to issue is refused, not an empty batch.
+    with pytest.raises(InvalidRequestError, match="nothing to issue"):
+        plan_issuance(**args, verified=1, allocations=[])
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
+        ({"allocations": []}, "allocations sum to 0 tCO2e but 1820"),
         ({"allocations": [("A", 1819)]}, "allocations sum to 1819 tCO2e but 1820"),
         ({"vintage": 2022}, "vintage 2022 is outside the report's period"),
         ({"vintage": 2025}, "vintage 2025 is outside the report's period"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.world import ADMIN, BUFFER, UNIT, World, issue_redd
+from tests.world import ADMIN, BUFFER, UNIT, World, issue_redd, submit_report, verify_report
 
 BATCH_2024 = "KH-REDD-KH005-2024-00001"
 BATCH_2025 = "KH-REDD-KH005-2025-00001"
@@ -78,3 +78,22 @@ def test_buffer_pool_guards_and_reversal_across_batches(world: World) -> None:
         {"batch": BATCH_2024, "start": 721, "end": 900},
         {"batch": BATCH_2025, "start": 721, "end": 740}]
     assert world.blocks(BUFFER) == [(BATCH_2025, 741, 900, "active")]
+
+
+def test_a_buffer_share_is_issued_when_nothing_is_left_for_the_proponents(
+    world: World,
+) -> None:
+    """Gross 2 t for KH005-FU1: leakage 1 t, net 1 t, all of it the buffer's (rounded up). The
+    proponents get nothing, and the pool still gets its tonne: an issuance without allocations."""
+    submit_report(world, "KH005-MR9", 2, project="KH005", party="kh-gov", unit=UNIT)
+    verify_report(world, "KH005-MR9", 2)
+    with world.unchanged():
+        world.refuse(ADMIN, "credits.issue", {"report_id": "KH005-MR9", "vintage": 2024,
+                                              "allocations": [{"account": "KH-GOV-1",
+                                                               "quantity": 1}]},
+                     status=422, code="invalid_request")
+    issued = world.submit(ADMIN, "credits.issue", {"report_id": "KH005-MR9", "vintage": 2024,
+                                                   "allocations": []})
+    assert issued["result"]["quantity"] == 1
+    assert issued["result"]["blocks"] == [{"account": BUFFER, "start": 1, "end": 1}]
+    assert world.http.get(f"/v1/forest-units/{UNIT}")["buffer_pool"] == 1
