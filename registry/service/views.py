@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlmodel import Session, SQLModel, col, func, select
 
 from registry.domain.serials import SerialRange, format_block, parse_unit_serial
 from registry.errors import NotFoundError, PermissionDeniedError
 from registry.ledger.keys import b64encode
+from registry.store import ledger_repo
 from registry.store.credits_repo import get_or_404
 from registry.store.tables import (
     AccountRow,
@@ -39,6 +40,11 @@ class Page(BaseModel, Generic[T]):
     count: int
     offset: int
     limit: int
+    tree_size: int = Field(
+        description="the ledger's size when this page was read: each page is one snapshot, and "
+        "pages read at different sizes may disagree (a row moved or added in between); a "
+        "client that sees it change starts again"
+    )
 
 
 class PartyKeyPublic(BaseModel):
@@ -184,14 +190,17 @@ class ReversalPublic(BaseModel):
 
 def _page(
     session: Session, model: type[SQLModel], order: Any, offset: int, limit: int, *where: Any
-) -> tuple[list[Any], int]:
+) -> tuple[list[Any], dict[str, int]]:
+    """One page of ``model``'s rows, and what the :class:`Page` says about it."""
     query = select(model)
     count_query = select(func.count()).select_from(model)
     for w in where:
         query, count_query = query.where(w), count_query.where(w)
     orders = order if isinstance(order, tuple) else (order,)
     rows = list(session.exec(query.order_by(*orders).offset(offset).limit(limit)).all())
-    return rows, int(session.exec(count_query).one())
+    count = int(session.exec(count_query).one())
+    size = ledger_repo.tree_size(session)
+    return rows, {"count": count, "offset": offset, "limit": limit, "tree_size": size}
 
 
 def _block(row: BlockRow) -> BlockPublic:
@@ -228,17 +237,15 @@ def _b64(data: bytes) -> str:
 
 
 def parties(session: Session, offset: int, limit: int) -> Page[PartyPublic]:
-    rows, count = _page(session, PartyRow, col(PartyRow.id), offset, limit)
-    return Page(data=[party(session, r.id) for r in rows], count=count, offset=offset, limit=limit)
+    rows, page = _page(session, PartyRow, col(PartyRow.id), offset, limit)
+    return Page(data=[party(session, r.id) for r in rows], **page)
 
 
 def accounts(session: Session, offset: int, limit: int) -> Page[AccountPublic]:
-    rows, count = _page(session, AccountRow, col(AccountRow.id), offset, limit)
+    rows, page = _page(session, AccountRow, col(AccountRow.id), offset, limit)
     return Page(
         data=[AccountPublic(**r.model_dump()) for r in rows],
-        count=count,
-        offset=offset,
-        limit=limit,
+        **page,
     )
 
 
@@ -253,8 +260,8 @@ def project(session: Session, project_id: str) -> ProjectPublic:
 
 
 def projects(session: Session, offset: int, limit: int) -> Page[ProjectPublic]:
-    rows, count = _page(session, ProjectRow, col(ProjectRow.id), offset, limit)
-    return Page(data=[_project(r) for r in rows], count=count, offset=offset, limit=limit)
+    rows, page = _page(session, ProjectRow, col(ProjectRow.id), offset, limit)
+    return Page(data=[_project(r) for r in rows], **page)
 
 
 def _pool(session: Session, account_id: str) -> int:
@@ -277,8 +284,8 @@ def forest_unit(session: Session, unit_id: str) -> ForestUnitPublic:
 
 
 def forest_units(session: Session, offset: int, limit: int) -> Page[ForestUnitPublic]:
-    rows, count = _page(session, ForestUnitRow, col(ForestUnitRow.id), offset, limit)
-    return Page(data=[_unit(session, r) for r in rows], count=count, offset=offset, limit=limit)
+    rows, page = _page(session, ForestUnitRow, col(ForestUnitRow.id), offset, limit)
+    return Page(data=[_unit(session, r) for r in rows], **page)
 
 
 def report(session: Session, report_id: str) -> ReportPublic:
@@ -289,10 +296,8 @@ def reports(
     session: Session, offset: int, limit: int, project_id: str | None = None
 ) -> Page[ReportPublic]:
     where = [] if project_id is None else [ReportRow.project_id == project_id]
-    rows, count = _page(session, ReportRow, col(ReportRow.submitted_seq), offset, limit, *where)
-    return Page(
-        data=[ReportPublic(**r.model_dump()) for r in rows], count=count, offset=offset, limit=limit
-    )
+    rows, page = _page(session, ReportRow, col(ReportRow.submitted_seq), offset, limit, *where)
+    return Page(data=[ReportPublic(**r.model_dump()) for r in rows], **page)
 
 
 def _batch(session: Session, row: BatchRow) -> BatchPublic:
@@ -322,8 +327,8 @@ def batch(session: Session, batch_id: str) -> BatchPublic:
 
 
 def batches(session: Session, offset: int, limit: int) -> Page[BatchPublic]:
-    rows, count = _page(session, BatchRow, col(BatchRow.issued_seq), offset, limit)
-    return Page(data=[_batch(session, r) for r in rows], count=count, offset=offset, limit=limit)
+    rows, page = _page(session, BatchRow, col(BatchRow.issued_seq), offset, limit)
+    return Page(data=[_batch(session, r) for r in rows], **page)
 
 
 def _retirement(row: RetirementRow) -> RetirementPublic:
@@ -351,17 +356,15 @@ def retirement(session: Session, retirement_id: str) -> RetirementPublic:
 
 
 def retirements(session: Session, offset: int, limit: int) -> Page[RetirementPublic]:
-    rows, count = _page(session, RetirementRow, col(RetirementRow.seq), offset, limit)
-    return Page(data=[_retirement(r) for r in rows], count=count, offset=offset, limit=limit)
+    rows, page = _page(session, RetirementRow, col(RetirementRow.seq), offset, limit)
+    return Page(data=[_retirement(r) for r in rows], **page)
 
 
 def reversals(session: Session, offset: int, limit: int) -> Page[ReversalPublic]:
-    rows, count = _page(session, ReversalRow, col(ReversalRow.seq), offset, limit)
+    rows, page = _page(session, ReversalRow, col(ReversalRow.seq), offset, limit)
     return Page(
         data=[ReversalPublic(**r.model_dump()) for r in rows],
-        count=count,
-        offset=offset,
-        limit=limit,
+        **page,
     )
 
 
@@ -375,7 +378,7 @@ def holdings(
             f"holdings of {account_id} are private to {acct.holder}",
             details={"account": account_id, "reader": reader.id},
         )
-    rows, count = _page(
+    rows, page = _page(
         session,
         BlockRow,
         (col(BlockRow.batch_id), col(BlockRow.start)),
@@ -386,7 +389,7 @@ def holdings(
     return HoldingsPublic(
         account=AccountPublic(**acct.model_dump()),
         total_active=_pool(session, account_id),
-        blocks=Page(data=[_block(r) for r in rows], count=count, offset=offset, limit=limit),
+        blocks=Page(data=[_block(r) for r in rows], **page),
     )
 
 

@@ -113,6 +113,14 @@ def test_pagination(world: World) -> None:
     retire = world.holdings("RETIREMENT", limit=2, offset=3)
     assert retire["blocks"]["count"] == 5 and len(retire["blocks"]["data"]) == 2
     assert [b["block"] for b in retire["blocks"]["data"]] == [f"{BATCH}-34-46", f"{BATCH}-47-60"]
+    # Each page says the ledger's size it was read at: a client paging through sees when the
+    # registry moved in between (its pages may then disagree) and starts again.
+    before = world.holdings("KH-WATER-1", limit=1)["blocks"]
+    assert before["tree_size"] == world.tree_size() == parties["tree_size"]
+    world.submit("kh-water", "credits.transfer", {"account": "KH-WATER-1", "batch": BATCH,
+                                                  "quantity": 1, "to_account": "JP-BUYER-1"})
+    after = world.holdings("KH-WATER-1", limit=1, offset=1)["blocks"]
+    assert after["tree_size"] == before["tree_size"] + 1
     for params in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"limit": "ten"}):
         expect_error(world.read("/v1/parties", params=params), 422, "invalid_request")
         expect_error(world.read("/v1/accounts/KH-WATER-1/holdings", party="kh-water",
