@@ -389,7 +389,7 @@ def audit(
             typer.secho(f"ALARM: {e.message}", fg="red", bold=True, err=True)
             raise typer.Exit(2) from e
         except MonitorUnavailable as e:
-            if not watch:
+            if not watch or n == rounds - 1:  # the last word is that nothing was checked
                 raise
             typer.secho(f"not checked: {e.message}", fg="yellow", err=True)
         else:

@@ -50,7 +50,9 @@ def _get(http: httpx.Client, path: str, params: dict[str, int] | None = None) ->
         response = http.get(path, params=params)
     except httpx.HTTPError as e:
         raise MonitorUnavailable(f"cannot reach the registry ({path}): {e}") from e
-    if response.status_code >= 500:
+    if response.status_code >= 500 or response.status_code in (408, 429):
+        # A server error, a timeout or a rate limit (as a proxy in front may answer) says
+        # nothing about the log: the round is not checked.
         raise MonitorUnavailable(f"the registry answered {response.status_code} to {path}")
     return response
 

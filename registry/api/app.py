@@ -27,9 +27,10 @@ def _error(status: int, code: str, message: str, details: object = None) -> JSON
     )
 
 
-MAX_BODY_BYTES = 4 << 20
-"""The largest request body read: twice the largest instruction (a forest unit's boundary is at
-most 2,000,000 characters of GeoJSON). Without a limit a client could make a server hold any
+MAX_BODY_BYTES = 16 << 20
+"""The largest request body read. The largest instruction is a forest unit's boundary of at most
+2,000,000 characters of GeoJSON: about 2 MB as GeoJSON is written (digits and punctuation), 12 MB
+even if every character came escaped. Without a limit a client could make a server hold any
 amount in memory; a larger body is answered 413 before it is read whole."""
 
 

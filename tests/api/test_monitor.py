@@ -24,7 +24,7 @@ REGISTRY = str(Path(sys.executable).with_name("registry"))
 
 
 def audit(
-    at: LiveServer | str, registry: Registry, state: Path
+    at: LiveServer | str, registry: Registry, state: Path, *extra: str
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
@@ -36,6 +36,7 @@ def audit(
             str(state),
             "--registry-key",
             registry.note_verifier.verifier_string(),
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -137,6 +138,10 @@ def test_a_registry_that_cannot_answer_is_not_checked_and_one_that_will_not_prov
             "error[registry_unavailable]: the registry answered 500 to /v1/proofs/consistency"
         ]
         assert state.read_text() == before
+        # Watching, such a round is passed over; but the last word is that nothing was checked.
+        r = audit(url, registry, state, "--watch", "0.01", "--rounds", "2")
+        assert r.returncode == 1 and r.stderr.count("the registry answered 500") == 2
+        assert r.stderr.startswith("not checked: the registry answered 500")
         for mode in ("404", "garbage"):  # up, and not proving its new checkpoint consistent
             consistency["mode"] = mode
             r = audit(url, registry, state)

@@ -179,3 +179,31 @@ def test_a_receipt_shows_only_what_the_holder_signed(registry: Registry, world: 
         with pytest.raises(RegistryError, match=f"entry {honest.entry.seq}"):
             verify_receipt(_forged(registry, receipt, **change), verifier=registry.note_verifier)
             pytest.fail(f"accepted: {what}")
+
+
+def test_a_retirement_of_a_range_held_in_several_blocks_has_a_receipt_that_verifies(
+    registry: Registry, world: World
+) -> None:
+    """A serial range may span blocks the holder got side by side (two transfers of 50): the
+    retirement records one piece per block, and together they are the range signed."""
+    batch = issue_jcm(world)
+    for _ in range(2):
+        world.submit("kh-water", "credits.transfer", {"account": "KH-WATER-1", "batch": batch,
+                                                      "quantity": 50, "to_account": "JP-BUYER-1"})
+    retired = world.submit("jp-buyer", "credits.retire", {
+        "account": "JP-BUYER-1", "batch": batch, "range": {"start": 1, "end": 100},
+        "beneficiary": "Example Co.", "purpose": "voluntary", "jurisdiction": "JP",
+        "reason": "2025 offsetting"})
+    assert retired["result"]["blocks"] == [{"start": 1, "end": 50}, {"start": 51, "end": 100}]
+    receipt = world.http.get(f"/v1/retirements/{retired['result']['retirement_id']}/receipt")
+    checked = verify_receipt(
+        RetirementReceipt.model_validate(receipt), verifier=registry.note_verifier
+    )
+    assert checked.quantity == 100
+    # Pieces that are not the range signed (a gap, or beyond it) are not believed.
+    for blocks in ([{"start": 1, "end": 50}, {"start": 52, "end": 101}],
+                   [{"start": 1, "end": 50}, {"start": 51, "end": 101}]):
+        with pytest.raises(RegistryError, match="the effects record"):
+            verify_receipt(_forged(registry, receipt, effects__blocks=blocks,
+                                   effects__quantity=100 if blocks[1]["start"] == 52 else 101),
+                           verifier=registry.note_verifier)
