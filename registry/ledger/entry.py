@@ -72,6 +72,16 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text[:-1] + "+00:00")
 
 
+def parse_expiry(text: object) -> datetime | None:
+    """An instruction's ``expires`` as a client wrote it (RFC 3339 with an offset, fractional
+    seconds or not); ``None`` if it names no instant."""
+    try:
+        value = datetime.fromisoformat(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if value.tzinfo is not None else None
+
+
 class Entry(BaseModel):
     """One ledger entry, validated at construction. ``to_bytes`` is what gets signed.
 

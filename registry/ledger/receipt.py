@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import itertools
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -26,7 +25,7 @@ from registry.domain.instructions import Retire
 from registry.errors import MalformedError, ProofError
 from registry.ledger.canonical import canonical_bytes
 from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
-from registry.ledger.entry import Entry, open_entry, parse_time
+from registry.ledger.entry import Entry, open_entry, parse_expiry
 from registry.ledger.keys import PublicKey, b64decode_strict
 from registry.ledger.merkle import leaf_hash, verify_inclusion
 
@@ -157,11 +156,8 @@ def _signed_retirement(entry: Entry, instruction: dict[str, Any]) -> Retire:
             f"entry {entry.seq}: recorded as by {entry.actor!r}, signed by "
             f"{instruction.get('actor')!r}"
         )
-    try:  # as a client wrote it: RFC 3339 with an offset, fractional seconds or not
-        expires: datetime | None = datetime.fromisoformat(instruction.get("expires", ""))
-    except (TypeError, ValueError):
-        expires = None
-    if expires is None or expires.tzinfo is None or expires <= parse_time(entry.time):
+    expires = parse_expiry(instruction.get("expires"))
+    if expires is None or expires <= entry.timestamp:
         raise MalformedError(
             f"entry {entry.seq}: the instruction expires {instruction.get('expires')!r}, "
             f"not after the entry's time {entry.time}"
@@ -191,7 +187,6 @@ def _carried_out(entry: Entry, body: Retire, effects: dict[str, Any]) -> int:
         quantity = int(effects["quantity"])
     except (KeyError, TypeError, ValueError) as e:
         raise MalformedError(f"entry {entry.seq}: malformed effects ({e})") from e
-    asked = None if body.range is None else [(body.range.start, body.range.end)]
     wrong = []
     if effects.get("batch") != body.batch or effects.get("from") != body.account:
         wrong.append(f"batch {effects.get('batch')!r} from {effects.get('from')!r}")
@@ -201,7 +196,7 @@ def _carried_out(entry: Entry, body: Retire, effects: dict[str, Any]) -> int:
         wrong.append(f"blocks {blocks} of {quantity} tCO2e")
     if body.quantity is not None and quantity != body.quantity:
         wrong.append(f"{quantity} tCO2e")
-    if asked is not None and not _covers(spans, *asked[0]):
+    if body.range is not None and not _covers(spans, body.range.start, body.range.end):
         wrong.append(f"serials {blocks}")
     if wrong:
         raise MalformedError(

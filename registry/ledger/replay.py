@@ -69,7 +69,7 @@ from registry.errors import (
 )
 from registry.ledger.audit import Failure, LogReport
 from registry.ledger.checkpoint import NoteVerifier
-from registry.ledger.entry import Entry
+from registry.ledger.entry import Entry, parse_expiry
 from registry.ledger.keys import PublicKey
 from registry.ledger.opening import SignatureCheck, check_instruction_signature
 
@@ -873,7 +873,7 @@ class Replay:
                     f"{key.key_id}) does not verify over its instruction",
                 )
         now = entry.timestamp
-        expires = _parse_expiry(instruction.expires)
+        expires = parse_expiry(instruction.expires)
         if expires is None:
             self.fail(seq, "malformed", f"{kind}: expires {instruction.expires!r} is not a time")
         elif expires <= now:
@@ -1705,14 +1705,6 @@ def _nul_path(value: Any, where: str) -> str | None:
         if found is not None:
             return found
     return None
-
-
-def _parse_expiry(text: str) -> datetime | None:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return value if value.tzinfo is not None else None
 
 
 def _first_error(e: ValidationError) -> str:
