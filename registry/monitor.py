@@ -67,6 +67,11 @@ def _json(response: httpx.Response, what: str) -> Any:
         raise MonitorAlarm(f"the registry serves {what} that is not JSON") from e
 
 
+def _why(error: Exception) -> str:
+    """What was wrong with what the registry served: a check's message, or its shape."""
+    return error.message if isinstance(error, RegistryError) else f"malformed ({error!r})"
+
+
 @dataclass
 class MonitorState:
     size: int = 0
@@ -125,10 +130,9 @@ def check_round(
             hashes = [b64decode_strict(h, what="proof hash") for h in proof["proof"]]
             verify_consistency(old.size, cp.size, hashes, old_root, cp.root)
         except (RegistryError, KeyError, TypeError) as e:
-            reason = e.message if isinstance(e, RegistryError) else f"malformed ({e!r})"
             raise MonitorAlarm(
                 f"REWRITE: checkpoint {cp.size} is not proved consistent with {old.size}: "
-                f"{reason}"
+                f"{_why(e)}"
             ) from e
     keys = {verifier.key.key_id: verifier.key}
     tree = CompactRange.from_frontier(old.size, [base64.b64decode(h) for h in old.frontier])
@@ -144,8 +148,7 @@ def check_round(
                 envelope = b64decode_strict(item["envelope"], what="envelope")
                 entry = open_entry(envelope, keys)
             except (RegistryError, KeyError, TypeError) as e:
-                reason = e.message if isinstance(e, RegistryError) else f"malformed ({e!r})"
-                raise MonitorAlarm(f"entry {tree.size}: {reason}") from e
+                raise MonitorAlarm(f"entry {tree.size}: {_why(e)}") from e
             if entry.seq != tree.size or entry.prev != prev:
                 raise MonitorAlarm(f"entry {tree.size}: broken chain (seq {entry.seq})")
             leaf = leaf_hash(envelope)
