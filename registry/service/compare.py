@@ -129,7 +129,8 @@ def compare_ledger(session: Session, size: int, root: bytes) -> list[Difference]
     of entries, and its checkpoint for that size signing the same root. If not, its state
     tables are of another moment (or another ledger), and comparing them row by row would only
     blame rows for it."""
-    stored = ledger_repo.tree_size(session)
+    tip = ledger_repo.tip(session)
+    stored = tip.size
     if stored != size:
         return [
             Difference(
@@ -140,9 +141,9 @@ def compare_ledger(session: Session, size: int, root: bytes) -> list[Difference]
                 "or against a copy)",
             )
         ]
-    checkpoint = ledger_repo.checkpoint_at(session, size) if size else None
-    if size and (checkpoint is None or bytes(checkpoint.root) != root):
-        found = "none" if checkpoint is None else bytes(checkpoint.root).hex()
+    signed = tip.checkpoint  # the last checkpoint: (size, root)
+    if size and (signed is None or signed[0] != size or bytes(signed[1]) != root):
+        found = "none" if signed is None or signed[0] != size else bytes(signed[1]).hex()
         return [
             Difference(
                 "checkpoint",
