@@ -31,7 +31,8 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlmodel import Session
@@ -39,6 +40,7 @@ from sqlmodel import Session
 from registry.errors import RegistryError
 from registry.service.ledger import LedgerTail
 from registry.store.db import write_transaction
+from registry.store.statements import Read
 
 if TYPE_CHECKING:
     from registry.service.context import Registry
@@ -47,6 +49,22 @@ _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Work = Callable[[Session, LedgerTail], T]
+
+
+@dataclass(frozen=True)
+class ReadingWork(Generic[T]):
+    """Work whose first reads are known before it runs (``reads``, as for
+    ``statements.read_ahead``). A batch sends the reads of all its work with the transaction's
+    lock: on PostgreSQL one round trip for the whole batch, not one for each use case. Each
+    read's rows stay kept until something writes its tables, so the work still reads what is
+    stored when it runs (and reads again what an earlier use case changed)."""
+
+    work: Work[T]
+    reads: Sequence[Read]
+
+    def __call__(self, session: Session, tail: LedgerTail) -> T:
+        return self.work(session, tail)
+
 
 #: Most use cases one transaction carries out: bounds how long the first of them waits.
 MAX_BATCH = 64
@@ -216,7 +234,11 @@ class GroupCommit:
         """
         answers: list[tuple[Any, RegistryError | None]] = []
         registry = self._registry
-        with write_transaction(registry.engine, reads=LedgerTail.first_reads()) as session:
+        reads = LedgerTail.first_reads()
+        if not savepoints:  # each savepoint forgets what was read ahead: no use sending it
+            works = [job.work for job in batch]
+            reads += [r for work in works if isinstance(work, ReadingWork) for r in work.reads]
+        with write_transaction(registry.engine, reads=reads) as session:
             tail = LedgerTail.read(session, cached=self._tail)
             self._tail = None  # unknown until the commit succeeds
             for job in batch:

@@ -24,7 +24,7 @@ from registry.store.credits_repo import (
     batch_exists,
     held_blocks,
     held_blocks_read,
-    move_serials,
+    move_held,
 )
 from registry.store.statements import Read
 from registry.store.tables import RetirementRow
@@ -90,8 +90,10 @@ def _move(
     else:
         assert body.quantity is not None
         taken, _ = take_lowest(held, body.quantity)
-    move_serials(
+    move_held(
         session,
+        account_id=source.id,
+        batch_id=body.batch,
         rows=rows,
         taken=taken,
         to_account=to_account,

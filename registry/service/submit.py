@@ -23,7 +23,7 @@ from registry.domain import instructions as ins
 from registry.errors import IdempotencyConflictError, InvalidRequestError, RegistryError
 from registry.service import issuance, movements, parties, projects, reports, reversal
 from registry.service.context import Registry
-from registry.service.group_commit import Work
+from registry.service.group_commit import ReadingWork, Work
 from registry.service.instructions import (
     Acting,
     Parsed,
@@ -216,4 +216,4 @@ def prepare(
         )
         return Outcome(200, body)
 
-    return carry_out
+    return ReadingWork(carry_out, reads)

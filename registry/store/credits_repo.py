@@ -16,7 +16,7 @@ from sqlmodel import Session, SQLModel
 from registry.domain.serials import SerialRange
 from registry.errors import NotFoundError
 from registry.store import write_behind
-from registry.store.statements import Read, Statement, insert_rows
+from registry.store.statements import Read, Statement, insert_rows, keep
 from registry.store.tables import AccountRow, BatchRow, BlockEventRow, BlockRow, core, table
 
 T = TypeVar("T", bound=SQLModel)
@@ -76,9 +76,10 @@ def batch_exists(session: Session, batch_id: str) -> bool:
 
 @dataclass(frozen=True)
 class HeldBlock:
-    """A stored block of serials (a row of ``block``)."""
+    """A stored block of serials (a row of ``block``); ``id`` is ``None`` for a block this
+    transaction made (a split's new piece), which its unique key (batch, start) names."""
 
-    id: int
+    id: int | None
     batch_id: str
     start: int
     end: int
@@ -114,6 +115,34 @@ def held_blocks(
     """Blocks an account holds in ``status``, optionally in one batch, lowest serials first."""
     query, params = held_blocks_read(account_id=account_id, batch_id=batch_id, status=status)
     return [HeldBlock(*row) for row in query.rows(session, params)]
+
+
+def move_held(
+    session: Session,
+    *,
+    account_id: str,
+    batch_id: str,
+    rows: Sequence[HeldBlock],
+    taken: Sequence[SerialRange],
+    to_account: str,
+    status: str,
+    seq: int,
+    kind: str,
+) -> None:
+    """:func:`move_serials` out of ``rows``, which must be every block ``held_blocks(
+    account_id=account_id, batch_id=batch_id)`` returns now; what the account holds in the
+    batch afterwards is then known without reading it again, and kept as that read's answer
+    (``statements.keep``): the next movement from the account, in the same transaction,
+    reads it without a round trip on PostgreSQL."""
+    remaining = move_serials(
+        session, rows=rows, taken=taken, to_account=to_account, status=status, seq=seq, kind=kind
+    )
+    still = [b for b in remaining if (b.account_id, b.status) == (account_id, "active")]
+    keep(
+        session,
+        held_blocks_read(account_id=account_id, batch_id=batch_id),
+        [(b.id, b.batch_id, b.start, b.end, b.account_id, b.status) for b in still],
+    )
 
 
 def add_block(
@@ -166,18 +195,22 @@ def move_serials(
     status: str,
     seq: int,
     kind: str,
-) -> None:
+) -> list[HeldBlock]:
     """Move the ``taken`` serials out of ``rows`` (one batch) to ``to_account`` in ``status``.
 
     Each affected row keeps its first piece in place (its start, the unique key, is unchanged)
     and the other pieces become new rows, so a block split costs O(pieces), never O(tonnes).
+    Returns every block ``rows`` now are, in serial order: untouched rows, and the pieces of
+    the others where they now are (a new piece with no ``id``).
     """
     updates: list[dict[str, object]] = []
     new_blocks: list[dict[str, object]] = []
+    now: list[HeldBlock] = []
     for row in rows:
         held = SerialRange(row.start, row.end)
         moving = sorted(t for t in taken if held.overlaps(t))
         if not moving:
+            now.append(row)
             continue
         pieces: list[tuple[SerialRange, bool]] = []
         cursor = held.start
@@ -191,10 +224,21 @@ def move_serials(
         for i, (piece, moves) in enumerate(pieces):
             account_id = to_account if moves else row.account_id
             piece_status = status if moves else row.status
+            now.append(
+                HeldBlock(
+                    id=row.id if i == 0 else None,
+                    batch_id=row.batch_id,
+                    start=piece.start,
+                    end=piece.end,
+                    account_id=account_id,
+                    status=piece_status,
+                )
+            )
             if i == 0:
                 updates.append(
                     {
-                        "row_id": row.id,
+                        "row_batch": row.batch_id,
+                        "row_start": row.start,
                         "to_end": piece.end,
                         "to_account": account_id,
                         "to_status": piece_status,
@@ -225,11 +269,14 @@ def move_serials(
     # of the transaction: a round trip saved on PostgreSQL (see Statement.execute_soon).
     _MOVE_BLOCK.execute_soon(session, updates)
     _NEW_BLOCK.execute_soon(session, new_blocks)
+    return now
 
 
+# By the block's unique key, not its id: a piece split off earlier in the same transaction
+# has no id known here (its insert returns nothing), but its batch and start are known.
 _MOVE_BLOCK = Statement(
     update(_BLOCK)
-    .where(_BLOCK.c.id == bindparam("row_id"))
+    .where(_BLOCK.c.batch_id == bindparam("row_batch"), _BLOCK.c.start == bindparam("row_start"))
     .values(
         end=bindparam("to_end"), account_id=bindparam("to_account"), status=bindparam("to_status")
     )

@@ -32,17 +32,21 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Delete,
     Dialect,
     Engine,
+    Insert,
     Select,
     Table,
+    Update,
     bindparam,
     event,
     exc,
     insert,
 )
 from sqlalchemy.pool import Pool
-from sqlalchemy.sql.expression import Executable, TextClause
+from sqlalchemy.sql.expression import Executable, TableClause, TextClause
+from sqlalchemy.sql.util import find_tables
 from sqlmodel import Session
 
 from registry.store.tables import core
@@ -96,6 +100,11 @@ class Statement:
         self._columns = tuple(columns)
         self._secret = secret
         self._compiled: dict[tuple[str, str, str], _Compiled] = {}
+        self.tables = _tables_of(statement)
+        """Names of the tables the statement reads or writes; ``None`` if not known (text)."""
+        written = statement.table if isinstance(statement, Insert | Update | Delete) else None
+        self.writes: str | None = written.name if isinstance(written, TableClause) else None
+        """The table an insert, update or delete writes; ``None`` for anything else."""
 
     def _for(self, dialect: Dialect) -> _Compiled:
         key = (dialect.name, dialect.driver, dialect.paramstyle)
@@ -211,10 +220,9 @@ class Statement:
             read_ahead(session, [(self, params)])
         return connection, _sent_ahead(connection, self, params)
 
-    @staticmethod
-    def _writing(session: Session) -> Connection:
+    def _writing(self, session: Session) -> Connection:
         connection = core(session)
-        _forget_ahead(connection.info)
+        _forget_ahead(connection.info, self.writes)
         return connection
 
     def execute_soon(self, session: Session, rows: Sequence[Params]) -> None:
@@ -235,7 +243,7 @@ class Statement:
         if connection.dialect.name != "postgresql":
             self.execute_many(session, rows)
             return
-        _forget_ahead(connection.info)
+        _forget_ahead(connection.info, self.writes)
         connection.info.setdefault(_QUEUED, []).append((self, list(rows)))
 
 
@@ -291,18 +299,33 @@ def read_ahead(session: Session, reads: Sequence[Read]) -> None:
     - the reads are sent after every write of the transaction so far (objects added to the
       session are flushed first, as for any statement, and writes queued by
       :meth:`Statement.execute_soon` go first in the same pipeline);
-    - any write on the connection forgets them all: a :class:`Statement` ``execute``, a
-      :func:`pipeline`, and (by listeners on every engine) any statement but a ``SELECT`` run
-      through SQLAlchemy, including the ORM's flushes and savepoints;
-    - so do the end of the transaction and the connection's return to the pool;
+    - a :class:`Statement` that writes a table (``execute``, ``execute_many``,
+      ``execute_soon``) forgets the rows of every read of that table, and of every read whose
+      tables are not known (a textual one);
+    - any other write forgets them all: a :func:`pipeline`, and (by listeners on every
+      engine) any statement but a ``SELECT`` run through SQLAlchemy, including the ORM's
+      flushes and savepoints; so do the end of the transaction and the connection's return
+      to the pool;
     - other transactions cannot write in between: writers are serialised
       (:func:`registry.store.db.write_transaction`).
-    Each is handed out once. On SQLite, which has no round trips to save, this does nothing.
+    So the reads of many use cases can be sent at the start of their transaction: each keeps
+    its rows until something writes its tables (:func:`keep` puts back rows a writer knows).
+    A read already kept is not sent again. On SQLite, which has no round trips to save, this
+    does nothing.
     """
     connection = core(session)
     dialect = connection.dialect
     if dialect.name != "postgresql" or not reads:
         return
+    kept_now = connection.info.get(_AHEAD) or {}
+    wanted: dict[tuple[Statement, Any], Read] = {}
+    for statement, params in reads:
+        key = (statement, _frozen(params))
+        if key not in kept_now:
+            wanted.setdefault(key, (statement, params))
+    if not wanted:
+        return
+    reads = list(wanted.values())
     raw = connection.connection.driver_connection
     # The queued writes go on the writes' cursor; each read has a cursor of its own.
     cursors = _kept_cursors(connection, _AHEAD_FROM + len(reads))[_AHEAD_FROM:]
@@ -330,13 +353,48 @@ def _frozen(params: Params) -> Any:
 
 
 def _sent_ahead(connection: Connection, statement: Statement, params: Params) -> list[Any] | None:
-    """The rows of ``statement`` with ``params`` read ahead (handed out once), or ``None``."""
+    """The rows of ``statement`` with ``params`` read ahead (a copy), or ``None``."""
     kept = connection.info.get(_AHEAD)
-    return None if not kept else kept.pop((statement, _frozen(params)), None)
+    rows = None if not kept else kept.get((statement, _frozen(params)))
+    return None if rows is None else list(rows)
 
 
-def _forget_ahead(info: dict[Any, Any]) -> None:
-    info.pop(_AHEAD, None)
+def keep(session: Session, read: Read, rows: Sequence[Sequence[Any]]) -> None:
+    """Keep ``rows`` as the answer ``read`` would give now, as if it had been read ahead.
+
+    For a writer that knows exactly what the tables it has just written hold for ``read``
+    (a movement, the blocks its source account still holds): the next use case asks for them
+    without a round trip. Only on PostgreSQL (elsewhere reads are never kept), and only until
+    the next write of the read's tables, like any read kept.
+    """
+    connection = core(session)
+    if connection.dialect.name != "postgresql":
+        return
+    statement, params = read
+    make = statement._for(connection.dialect).row  # values as read, already converted
+    assert make is not None, "only a read's rows can be kept"
+    kept: dict[tuple[Statement, Any], list[Any]] = connection.info.setdefault(_AHEAD, {})
+    kept[statement, _frozen(params)] = [make(*row) for row in rows]
+
+
+def _forget_ahead(info: dict[Any, Any], table: str | None = None) -> None:
+    """Forget the rows read ahead: all of them, or those a write of ``table`` may change."""
+    if table is None:
+        info.pop(_AHEAD, None)
+        return
+    kept: dict[tuple[Statement, Any], list[Any]] | None = info.get(_AHEAD)
+    if kept:
+        for key in [k for k in kept if k[0].tables is None or table in k[0].tables]:
+            del kept[key]
+
+
+def _tables_of(statement: Executable) -> frozenset[str] | None:
+    """The tables a Core statement names anywhere (subqueries too); ``None`` for text."""
+    if isinstance(statement, TextClause):
+        return None
+    found = find_tables(statement, check_columns=True, include_crud=True)  # type: ignore[arg-type]
+    names = frozenset(t.name for t in found if isinstance(t, TableClause))
+    return names or None
 
 
 _QUEUED = "registry.queued_writes"

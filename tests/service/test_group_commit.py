@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlmodel import Session
 
 from registry.client import new_nonce
 from registry.errors import InvalidRequestError, RegistryError
 from registry.service.context import Registry
+from registry.service.group_commit import ReadingWork
 from registry.service.ledger import LedgerTail
 from registry.service.submit import Outcome, prepare
 from registry.store import ledger_repo, write_behind
+from registry.store.credits_repo import _BLOCK, held_blocks
 from registry.store.db import read_session, write_transaction
 from registry.store.tables import IdempotencyRow, table
 from tests.factories import drop_append_only_triggers
@@ -296,4 +298,80 @@ def test_an_instruction_is_checked_at_the_time_its_entry_will_bear(
     assert isinstance(answer, Outcome) and answer.body["result"]["quantity"] == 2
     clock.now += timedelta(hours=1)  # signed reads are checked against the registry's clock
     assert world.active("JP-BUYER-1") == 2
+    check_offline(registry, tmp_path)
+
+
+
+def _movement(world: World, registry: Registry, party: str, kind: str, account: str,
+              batch: str, **rest: Any) -> Any:
+    pick = {k: v for k, v in rest.items() if k in ("quantity", "to_account")}
+    if "serials" in rest:
+        start, end = rest["serials"]
+        pick["range"] = {"start": start, "end": end}
+    if kind == "credits.retire":
+        pick |= {"beneficiary": "Phnom Penh Water", "purpose": "voluntary",
+                 "jurisdiction": "KH", "reason": "2024 operations"}
+    elif kind == "credits.cancel":
+        pick["reason"] = "correction"
+    signed = world.as_(party).sign(kind, {"account": account, "batch": batch, **pick})
+    return prepare(registry, signed, expected_type=kind, idempotency_key=new_nonce())
+
+
+def test_movements_in_one_batch_each_see_the_blocks_the_ones_before_left(
+    world: World, registry: Registry, tmp_path: Path
+) -> None:
+    """The blocks an account holds are read once for a batch and then known from each
+    movement's own changes (no round trip on PostgreSQL): every later movement of the batch,
+    from either side, must still take exactly the serials the stored blocks hold, including
+    pieces split off earlier in the same transaction."""
+    batch = issue_jcm(world)
+    s = world.blocks("KH-WATER-1")[0][1]
+    kh, jp = ("kh-water", "KH-WATER-1"), ("jp-buyer", "JP-BUYER-1")
+    to_jp, to_kh = {"to_account": jp[1]}, {"to_account": kh[1]}
+    steps: list[tuple[tuple[str, str], str, dict[str, Any]]] = [
+        (kh, "credits.transfer", {"serials": (s + 10, s + 19), **to_jp}),
+        (kh, "credits.transfer", {"quantity": 5, **to_jp}),  # s..s+4 of s..s+9
+        (kh, "credits.transfer", {"serials": (s + 5, s + 6), **to_jp}),  # the piece left
+        (kh, "credits.cancel", {"quantity": 3}),  # s+7..s+9, split off just before
+        (kh, "credits.retire", {"serials": (s + 20, s + 22)}),  # split off by the first
+        (jp, "credits.transfer", {"serials": (s + 12, s + 14), **to_kh}),
+        (kh, "credits.transfer", {"quantity": 1, **to_jp}),  # s+12, just come back
+        (kh, "credits.transfer", {"quantity": 1, **to_jp}),  # s+13
+        (jp, "credits.transfer", {"quantity": 2, **to_kh}),  # s, s+1
+    ]
+
+    def checked(work: ReadingWork[Outcome]) -> ReadingWork[Outcome]:
+        """``work``, then what both accounts hold as a movement reads it (known, on
+        PostgreSQL, without a read) against the stored rows, read anew."""
+        def run(session: Session, tail: LedgerTail) -> Outcome:
+            outcome = work(session, tail)
+            for account in (kh[1], jp[1]):
+                known = held_blocks(session, account_id=account, batch_id=batch)
+                stored = session.execute(
+                    select(_BLOCK.c.start, _BLOCK.c.end)
+                    .where(_BLOCK.c.account_id == account, _BLOCK.c.batch_id == batch,
+                           _BLOCK.c.status == "active")
+                    .order_by(_BLOCK.c.start)
+                ).all()
+                assert [(b.start, b.end) for b in known] == [tuple(r) for r in stored]
+            return outcome
+        return ReadingWork(run, work.reads)
+
+    answers = registry.writes.run_together([
+        checked(_movement(world, registry, who, kind, account, batch, **pick))
+        for (who, account), kind, pick in steps
+    ])
+    assert all(isinstance(a, Outcome) for a in answers), answers
+    taken = [[(b["start"], b["end"]) for b in a.body["result"]["blocks"]] for a in answers]
+    assert taken == [
+        [(s + 10, s + 19)], [(s, s + 4)], [(s + 5, s + 6)], [(s + 7, s + 9)],
+        [(s + 20, s + 22)], [(s + 12, s + 14)], [(s + 12, s + 12)], [(s + 13, s + 13)],
+        [(s, s + 1)],
+    ]
+    assert [(b[1], b[2]) for b in world.blocks("JP-BUYER-1")] == [
+        (s + 2, s + 4), (s + 5, s + 6), (s + 10, s + 11), (s + 12, s + 12), (s + 13, s + 13),
+        (s + 15, s + 19),
+    ]
+    assert [(b[1], b[2]) for b in world.blocks("KH-WATER-1")] == [
+        (s, s + 1), (s + 14, s + 14), (s + 23, s + 799)]
     check_offline(registry, tmp_path)
