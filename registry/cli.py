@@ -69,6 +69,7 @@ def init(
     """Create the database, the registry's Ed25519 key, the first administrator and genesis."""
     from registry.service.setup import (
         FirstAdministrator,
+        check_administrator,
         initialise,
         passphrase_of,
         preflight,
@@ -76,6 +77,7 @@ def init(
     )
 
     settings = _settings()
+    check_administrator(party_id=admin_id, name=admin_name, country="KH")
     preflight(settings, insecure_dev_key=insecure_dev_key)
     if admin_public_key is not None:
         admin_key = PublicKey.from_b64(admin_public_key)

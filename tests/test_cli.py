@@ -58,6 +58,17 @@ def test_init_encrypts_keys_and_refuses_to_run_twice(tmp_path: Path) -> None:
     assert r.returncode == 1 and "error[bad_key_file]" in r.stderr
 
 
+def test_init_refuses_an_administrator_id_no_instruction_could_carry(tmp_path: Path) -> None:
+    # Genesis is there for good: an administrator whose id no signed instruction can name as
+    # its actor would leave a registry where nobody can ever act.
+    r = run(["init", "--insecure-dev-key", "--admin-id", "admin@moe.gov.kh"], tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error[configuration_error]: the first administrator's id")
+    assert not (tmp_path / "var").exists()  # no key, no database
+    r = run(["init", "--insecure-dev-key", "--admin-id", "kh-moe-admin"], tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
 def test_serve_without_a_registry_says_why_in_one_line_and_leaves_nothing(tmp_path: Path) -> None:
     # The writer process is launched before the registry is checked, to import meanwhile: it
     # must go without a word, and its socket with it.

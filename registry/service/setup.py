@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from registry.config import Settings
+from registry.domain.instructions import RegisterParty
 from registry.errors import ConfigurationError
 from registry.ledger.keys import PublicKey, SigningKey
 from registry.service.context import Registry, utc_now
@@ -99,6 +101,25 @@ class FirstAdministrator:
     public_key: PublicKey
 
 
+def check_administrator(*, party_id: str, name: str, country: str | None) -> None:
+    """Refuse a first administrator that a ``party.register`` would refuse: its id must be
+    one that instructions can name as their actor, or nobody could ever act in the registry
+    (genesis, once written, is there for good)."""
+    try:
+        RegisterParty.model_validate({
+            "party_id": party_id, "name": name, "role": "administrator", "country": country,
+            "public_keys": ["A" * 43 + "="],  # any key: only the fields above are checked
+        })
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        field = {"party_id": "id", "name": "name", "country": "country"}.get(
+            str(first["loc"][0]), str(first["loc"][0])
+        )
+        raise ConfigurationError(
+            f"the first administrator's {field} is not usable: {first['msg']}"
+        ) from e
+
+
 SYSTEM_ACCOUNTS = (
     (RETIREMENT_ACCOUNT, "retirement", "Retired credits"),
     (CANCELLATION_ACCOUNT, "cancellation", "Cancelled credits"),
@@ -117,10 +138,38 @@ def initialise(
     The genesis entry (seq 0) names the registry key, the first administrator with its key, and
     the retirement and cancellation accounts, so a replay of the ledger starts from nothing.
     """
+    check_administrator(party_id=admin.party_id, name=admin.name, country=admin.country)
     engine = preflight(settings, insecure_dev_key=insecure_dev_key)
     passphrase = passphrase_of(settings)
     key = SigningKey.generate()
     write_key_file(settings.key_file, key, passphrase=None if insecure_dev_key else passphrase)
+    try:
+        registry = _genesis(settings, engine, key, admin, clock)
+    except BaseException:
+        # Genesis was not written: the key signs nothing, and a retry must not find it in the
+        # way. If the database cannot say (a commit whose answer was lost), the key stays.
+        if not _initialised(engine):
+            settings.key_file.unlink(missing_ok=True)
+        raise
+    return registry
+
+
+def _initialised(engine: Engine) -> bool:
+    """Whether the registry at ``engine`` holds a ledger (``True`` when it cannot be told)."""
+    try:
+        with read_session(engine) as session:
+            return ledger_repo.tree_size(session) > 0
+    except Exception:
+        return True
+
+
+def _genesis(
+    settings: Settings,
+    engine: Engine,
+    key: SigningKey,
+    admin: FirstAdministrator,
+    clock: Callable[[], datetime],
+) -> Registry:
     registry = Registry(engine=engine, signer=key, origin=settings.origin, clock=clock)
     with write_transaction(engine) as session:
         public = key.public_key

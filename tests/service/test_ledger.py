@@ -6,12 +6,14 @@ import itertools
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
-from registry.errors import CheckpointError
+from registry.config import Settings
+from registry.errors import CheckpointError, ConfigurationError
 from registry.ledger import merkle
 from registry.ledger.checkpoint import open_checkpoint
 from registry.ledger.entry import open_entry
-from registry.ledger.keys import PublicKey
+from registry.ledger.keys import PublicKey, SigningKey
 from registry.service.context import Registry
 from registry.service.ledger import (
     append_entry,
@@ -19,9 +21,12 @@ from registry.service.ledger import (
     consistency_proof,
     inclusion_proof,
 )
+from registry.service.setup import FirstAdministrator, initialise
 from registry.store import ledger_repo
-from registry.store.db import read_session, write_transaction
+from registry.store.db import make_engine, migrate, read_session, write_transaction
+from tests.conftest import ADMIN
 from tests.factories import append_notes, drop_append_only_triggers
+from tests.helpers import StepClock
 
 
 def _keys(registry: Registry) -> dict[str, PublicKey]:
@@ -214,3 +219,41 @@ def test_an_entry_dated_before_its_predecessor_is_found(registry: Registry) -> N
     )
     assert [(f.seq, f.code) for f in report.failures] == [(1, "broken_chain")]
     assert "time runs backwards" in report.failures[0].message
+
+
+
+def test_a_genesis_that_fails_leaves_no_key_in_the_way_of_a_retry(
+    settings: Settings, admin_key: SigningKey
+) -> None:
+    """The registry key is written before genesis; if genesis is not committed, the key signs
+    nothing and goes, so `registry init` can simply be run again."""
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    leftover = text("INSERT INTO party (id, name, role, created_seq) "
+                    "VALUES (:id, 'leftover', 'participant', 0)")
+    with engine.begin() as c:  # a row of the administrator's id: genesis cannot insert it
+        c.execute(leftover, {"id": ADMIN})
+    admin = FirstAdministrator(party_id=ADMIN, public_key=admin_key.public_key)
+    with pytest.raises(IntegrityError):
+        initialise(settings, admin=admin, insecure_dev_key=True, clock=StepClock())
+    assert not settings.key_file.exists()
+    with engine.begin() as c:
+        c.execute(text("DELETE FROM party WHERE id = :id"), {"id": ADMIN})
+    engine.dispose()
+    registry = initialise(settings, admin=admin, insecure_dev_key=True, clock=StepClock())
+    try:
+        assert settings.key_file.exists()
+        with read_session(registry.engine) as session:
+            assert ledger_repo.tree_size(session) == 1
+    finally:
+        registry.engine.dispose()
+
+
+def test_an_administrator_no_instruction_could_name_is_refused_before_anything_is_written(
+    settings: Settings, admin_key: SigningKey
+) -> None:
+    for party_id, name in (("admin@moe.gov.kh", "Admin"), ("kh-admin", "x" * 501)):
+        admin = FirstAdministrator(party_id=party_id, name=name, public_key=admin_key.public_key)
+        with pytest.raises(ConfigurationError, match="first administrator"):
+            initialise(settings, admin=admin, insecure_dev_key=True, clock=StepClock())
+        assert not settings.key_file.exists()
