@@ -320,38 +320,54 @@ def overlap_hectares(a: Boundary, b: Boundary) -> float:
     return _geodesic_area_m2(a.geometry.intersection(b.geometry)) / SQUARE_METRES_PER_HECTARE
 
 
+#: The largest share of the smaller unit a tolerated sliver may cover: the tolerance in
+#: hectares is for digitising noise along a shared edge, and must not let a small unit lie
+#: wholly (or mostly) inside another, crediting the same forest twice.
+SLIVER_SHARE = 0.01
+
+
 def find_overlap(
     new: Boundary, existing: Iterable[tuple[str, Boundary]], *, tolerance_ha: float = 1.0
 ) -> tuple[str, float] | None:
-    """The first ``(unit_id, hectares)`` in ``existing`` that ``new`` overlaps by more than
-    ``tolerance_ha``, or None.
+    """The first ``(unit_id, hectares)`` in ``existing`` that ``new`` overlaps by more than a
+    sliver, or None.
 
-    Boundaries that only touch, or overlap by a sliver no larger than the tolerance (digitising
-    noise along a shared edge), pass. When re-checking an existing unit's own boundary, leave that
-    unit out of ``existing``.
+    Boundaries that only touch, or overlap by a sliver (digitising noise along a shared edge:
+    no more than ``tolerance_ha``, nor than :data:`SLIVER_SHARE` of the smaller unit), pass.
+    When re-checking an existing unit's own boundary, leave that unit out of ``existing``.
     """
-    tolerance = _tolerance(tolerance_ha)
+    found = _first_overlap(new, existing, _tolerance(tolerance_ha))
+    return None if found is None else found[:2]
+
+
+def _first_overlap(
+    new: Boundary, existing: Iterable[tuple[str, Boundary]], tolerance: float
+) -> tuple[str, float, float] | None:
+    """:func:`find_overlap`, with the sliver that was tolerated against that unit."""
     for unit_id, other in existing:
         hectares = overlap_hectares(new, other)
-        if hectares > tolerance:
-            return unit_id, hectares
+        smaller = min(new.area_m2, other.area_m2) / SQUARE_METRES_PER_HECTARE
+        allowed = min(tolerance, SLIVER_SHARE * smaller)
+        if hectares > allowed:
+            return unit_id, hectares, allowed
     return None
 
 
 def check_no_overlap(
     new: Boundary, existing: Iterable[tuple[str, Boundary]], *, tolerance_ha: float = 1.0
 ) -> None:
-    """Raise OverlapError naming the first unit ``new`` overlaps by more than ``tolerance_ha``."""
-    found = find_overlap(new, existing, tolerance_ha=tolerance_ha)
+    """Raise OverlapError naming the first unit ``new`` overlaps by more than a sliver."""
+    found = _first_overlap(new, existing, _tolerance(tolerance_ha))
     if found is None:
         return
-    unit_id, hectares = found
+    unit_id, hectares, allowed = found
     raise OverlapError(
-        f"boundary overlaps forest unit {unit_id} by {hectares:.2f} ha "
-        f"(tolerance {tolerance_ha} ha)",
+        f"boundary overlaps forest unit {unit_id} by {hectares:.2f} ha (a sliver of up to "
+        f"{tolerance_ha} ha and {SLIVER_SHARE:.0%} of the smaller unit is tolerated: here "
+        f"{allowed:.4g} ha)",
         details={
             "unit_id": unit_id,
             "overlap_hectares": round(hectares, 4),
-            "tolerance_hectares": float(tolerance_ha),
+            "tolerance_hectares": round(allowed, 4),
         },
     )

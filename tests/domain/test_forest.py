@@ -269,3 +269,18 @@ def test_no_existing_units() -> None:
 def test_tolerance_validated(tolerance: object) -> None:
     with pytest.raises(InvalidRequestError, match="tolerance_ha"):
         find_overlap(A, [("A", A)], tolerance_ha=tolerance)  # type: ignore[arg-type]
+
+
+def test_a_small_unit_inside_another_is_no_sliver() -> None:
+    """The tolerance is for digitising noise along a shared edge: a unit smaller than it,
+    drawn wholly inside another, would credit the same forest twice."""
+    small = parse_boundary(polygon(square(east_m=100, north_m=100, width_m=60, height_m=60)))
+    assert small.area_m2 < 10_000  # 0.36 ha: less than the 1 ha tolerance
+    found = find_overlap(small, [("A", A)])
+    assert found is not None and found[1] == pytest.approx(small.area_m2 / 10_000)
+    with pytest.raises(OverlapError, match="1% of the smaller unit") as e:
+        check_no_overlap(small, [("A", A)])
+    assert e.value.details["tolerance_hectares"] == pytest.approx(0.0036, rel=0.01)
+    # The same little square astride A's edge, mostly outside: still more than a sliver of it.
+    astride = parse_boundary(polygon(square(east_m=990, north_m=100, width_m=60, height_m=60)))
+    assert find_overlap(astride, [("A", A)]) is not None
