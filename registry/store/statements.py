@@ -216,9 +216,11 @@ class Statement:
         """The session's connection, and this read's rows if they were read ahead. Writes
         still queued go first, with this read: one round trip."""
         connection = core(session)
-        if connection.info.get(_QUEUED):
+        ahead = _sent_ahead(connection, self, params)
+        if ahead is None and connection.info.get(_QUEUED):
             read_ahead(session, [(self, params)])
-        return connection, _sent_ahead(connection, self, params)
+            ahead = _sent_ahead(connection, self, params)
+        return connection, ahead
 
     def _writing(self, session: Session) -> Connection:
         connection = core(session)
