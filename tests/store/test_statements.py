@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session
 
 from registry.service.context import Registry
@@ -16,7 +16,7 @@ from registry.store import ledger_repo
 from registry.store.credits_repo import _HELD_IN_BATCH, Account, accounts, accounts_read
 from registry.store.db import make_engine, read_session, write_transaction
 from registry.store.statements import insert_rows, pipeline, read_ahead
-from registry.store.tables import AccountRow, table
+from registry.store.tables import AccountRow, BlockEventRow, IdempotencyRow, table
 from tests.conftest import ADMIN
 from tests.factories import append_notes
 
@@ -298,3 +298,43 @@ def test_a_session_that_begins_by_itself_gets_each_transaction_its_own_connectio
         second = ledger_repo.tip(session)
         session.commit()
     assert first == second and first.size == 2
+
+
+_ANSWERS = table(IdempotencyRow)
+_EVENTS = table(BlockEventRow)
+
+
+def _answer(key: str, seq: int) -> dict[str, Any]:
+    return {"key": key, "request_hash": "h" * 64, "status_code": 200, "response": "{}", "seq": seq}
+
+
+def test_rows_inserted_together_read_back_as_written(registry: Registry) -> None:
+    events = [
+        {"seq": 2**53 - 1, "kind": "credits.issue", "batch_id": "B", "start": 1, "end": 2**53 - 1,
+         "from_account": None, "to_account": "KH-WATER-1", "status": "active"},
+        {"seq": 7, "kind": "credits.transfer", "batch_id": "B", "start": 5, "end": 6,
+         "from_account": "KH-WATER-1", "to_account": "JP-BUYER-1", "status": "active"},
+    ]
+    with write_transaction(registry.engine) as session:
+        insert_rows(_EVENTS, tuple(events[0])).execute_many(session, events)
+        insert_rows(_ANSWERS, tuple(_answer("a", 1))).execute_many(
+            session, [_answer("a", 1), _answer("b", 2)])
+    with read_session(registry.engine) as s:
+        stored = s.execute(
+            select(*(_EVENTS.c[name] for name in events[0])).order_by(_EVENTS.c.seq.desc())
+        ).all()
+        keys = s.execute(select(_ANSWERS.c.key, _ANSWERS.c.seq).order_by(_ANSWERS.c.key)).all()
+    assert [dict(r._mapping) for r in stored] == events
+    assert [tuple(r) for r in keys] == [("a", 1), ("b", 2)]
+
+
+def test_rows_inserted_together_are_refused_as_each_would_be(registry: Registry) -> None:
+    """All or nothing, and never cut to fit: a key too long for its column is refused."""
+    too_long = "k" * 129
+    cases = [[_answer("same", 1), _answer("same", 2)]]
+    if registry.engine.dialect.name == "postgresql":  # SQLite does not enforce lengths
+        cases.append([_answer("fine", 1), _answer(too_long, 2)])
+    for rows in cases:
+        with pytest.raises(DBAPIError), write_transaction(registry.engine) as session:
+            insert_rows(_ANSWERS, tuple(rows[0])).execute_many(session, rows)
+        assert _count(registry, "idempotency") == 0
