@@ -66,6 +66,15 @@ EXAMPLE_BODIES: dict[str, dict[str, Any]] = {
         "verified_reductions": 1180,
         "statement_sha256": "b" * 64,
     },
+    "report.reject": {
+        "report_id": "KH004-MR1",
+        "statement_sha256": "c" * 64,
+        "reason": "monitored electricity data for March are missing",
+    },
+    "report.withdraw": {
+        "report_id": "KH004-MR1",
+        "reason": "submitted with the 2023 monitoring sheet; resubmitted as KH004-MR2",
+    },
     "credits.issue": {
         "report_id": "KH004-MR1",
         "vintage": 2024,

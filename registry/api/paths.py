@@ -12,6 +12,8 @@ INSTRUCTION_PATHS: dict[str, str] = {
     "forest_unit.register": "/v1/forest-units",
     "report.submit": "/v1/reports",
     "report.verify": "/v1/reports/verifications",
+    "report.reject": "/v1/reports/rejections",
+    "report.withdraw": "/v1/reports/withdrawals",
     "credits.issue": "/v1/issuances",
     "credits.transfer": "/v1/transfers",
     "credits.retire": "/v1/retirements",

@@ -170,6 +170,25 @@ class VerifyReport(Body):
     statement_sha256: Sha256Hex
 
 
+class RejectReport(Body):
+    """The project's third-party entity rejects a submitted report: nothing is ever issued from
+    it, and its period is free for a corrected report (under a new id)."""
+
+    TYPE = "report.reject"
+    report_id: UpperId
+    statement_sha256: Sha256Hex = Field(description="the verification statement giving why")
+    reason: Text
+
+
+class WithdrawReport(Body):
+    """A participant of the project withdraws a report not yet verified (one submitted in
+    error): nothing is ever issued from it, and its period is free for a corrected report."""
+
+    TYPE = "report.withdraw"
+    report_id: UpperId
+    reason: Text
+
+
 # --- credits -------------------------------------------------------------------------------
 
 
@@ -249,6 +268,8 @@ BODIES: dict[str, type[Body]] = {
         RegisterForestUnit,
         SubmitReport,
         VerifyReport,
+        RejectReport,
+        WithdrawReport,
         Issue,
         Transfer,
         Retire,

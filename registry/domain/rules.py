@@ -95,6 +95,11 @@ def reference_level_over(reference_level: int, start: date, end: date) -> int:
     return math.floor(total)
 
 
+CLOSED_REPORT_STATUSES = frozenset({"rejected", "withdrawn"})
+"""A report rejected by its verifier or withdrawn by its project issues nothing, ever: it
+claims no period, and no area."""
+
+
 def check_no_period_overlap(
     *,
     period_start: str,

@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from registry.domain import instructions as ins
 from registry.domain.redd import compute_issuance, compute_reversal
 from registry.domain.rules import (
+    CLOSED_REPORT_STATUSES,
     BufferTerms,
     check_no_period_overlap,
     check_report_area,
@@ -597,6 +598,8 @@ class Replay:
             ins.RegisterForestUnit.TYPE: self._register_forest_unit,
             ins.SubmitReport.TYPE: self._submit_report,
             ins.VerifyReport.TYPE: self._verify_report,
+            ins.RejectReport.TYPE: self._reject_report,
+            ins.WithdrawReport.TYPE: self._withdraw_report,
             ins.Issue.TYPE: self._issue,
             ins.Transfer.TYPE: self._transfer,
             ins.Retire.TYPE: self._retire,
@@ -1084,7 +1087,9 @@ class Replay:
             project_wide_reports=[
                 r.id
                 for r in state.reports.values()
-                if r.project_id == b.project_id and r.forest_unit_id is None
+                if r.project_id == b.project_id
+                and r.forest_unit_id is None
+                and r.status not in CLOSED_REPORT_STATUSES
             ],
         )
         from registry.domain.forest import check_no_overlap, parse_boundary_text
@@ -1168,7 +1173,7 @@ class Replay:
             others=[
                 (o.id, o.period_start, o.period_end, o.forest_unit_id)
                 for o in state.reports.values()
-                if o.project_id == project.id
+                if o.project_id == project.id and o.status not in CLOSED_REPORT_STATUSES
             ],
         )
 
@@ -1219,6 +1224,52 @@ class Replay:
             "verified_reductions": b.verified_reductions,
         }
         return _Derived(effects, apply)
+
+    def _reject_report(self, acting: _Acting) -> _Derived:
+        b: ins.RejectReport = acting.body
+        report = self._submitted_report(acting, b.report_id, by_verifier=True)
+
+        def apply() -> None:
+            report.status = "rejected"
+            report.verifier = acting.actor
+            report.statement_sha256 = b.statement_sha256
+
+        return _Derived({"report_id": report.id, "status": "rejected"}, apply)
+
+    def _withdraw_report(self, acting: _Acting) -> _Derived:
+        b: ins.WithdrawReport = acting.body
+        report = self._submitted_report(acting, b.report_id, by_verifier=False)
+
+        def apply() -> None:
+            report.status = "withdrawn"
+
+        return _Derived({"report_id": report.id, "status": "withdrawn"}, apply)
+
+    def _submitted_report(
+        self, acting: _Acting, report_id: str, *, by_verifier: bool
+    ) -> ReportState:
+        """The report a rejection or a withdrawal closes: still only submitted, and closed
+        by the project's third-party entity (``by_verifier``) or one of its participants."""
+        state = self.state
+        report: ReportState = _get(state.reports, report_id, "report")
+        project: ProjectState = _get(state.projects, report.project_id, "project")
+        if by_verifier and acting.actor != project.third_party_entity:
+            self.fail(
+                acting.seq,
+                "forbidden",
+                f"only project {project.id}'s third-party entity "
+                f"{project.third_party_entity} may reject its reports, not {acting.actor}",
+            )
+        if not by_verifier and acting.actor not in project.participants:
+            self.fail(
+                acting.seq,
+                "forbidden",
+                f"only a participant of project {project.id} may withdraw its reports, "
+                f"not {acting.actor}",
+            )
+        if report.status != "submitted":
+            raise StateError(f"report {report.id} is already {report.status}")
+        return report
 
     # -- credits: deriving what should happen --
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from registry.domain.forest import check_no_overlap, parse_boundary_text
 from registry.domain.instructions import RegisterForestUnit, RegisterProject, SetProjectStatus
-from registry.domain.rules import check_unit_can_join
+from registry.domain.rules import CLOSED_REPORT_STATUSES, check_unit_can_join
 from registry.errors import ConflictError, InvalidRequestError
 from registry.service.instructions import Acting
 from registry.service.parties import create_account
@@ -87,6 +87,7 @@ def register_forest_unit(session: Session, acting: Acting[RegisterForestUnit]) -
         select(ReportRow.id).where(
             ReportRow.project_id == b.project_id,
             ReportRow.forest_unit_id == None,  # noqa: E711
+            col(ReportRow.status).not_in(CLOSED_REPORT_STATUSES),
         )
     ).all()
     check_unit_can_join(project_id=b.project_id, project_wide_reports=list(project_wide))

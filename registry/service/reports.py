@@ -7,8 +7,9 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from registry.domain.instructions import SubmitReport, VerifyReport
+from registry.domain.instructions import RejectReport, SubmitReport, VerifyReport, WithdrawReport
 from registry.domain.rules import (
+    CLOSED_REPORT_STATUSES,
     check_no_period_overlap,
     check_report_area,
     check_report_period,
@@ -54,7 +55,11 @@ def submit_report(session: Session, acting: Acting[SubmitReport]) -> Effects:
         period_start=b.period_start,
         period_end=b.period_end,
         forest_unit_id=b.forest_unit_id,
-        others=[(r.id, r.period_start, r.period_end, r.forest_unit_id) for r in same_scope],
+        others=[
+            (r.id, r.period_start, r.period_end, r.forest_unit_id)
+            for r in same_scope
+            if r.status not in CLOSED_REPORT_STATUSES
+        ],
     )
     session.add(
         ReportRow(
@@ -72,18 +77,33 @@ def submit_report(session: Session, acting: Acting[SubmitReport]) -> Effects:
     return {"report_id": b.report_id, "status": "submitted"}
 
 
-def verify_report(session: Session, acting: Acting[VerifyReport]) -> Effects:
-    b = acting.body
-    report = get_or_404(session, ReportRow, b.report_id, "report")
+def _submitted_report(
+    session: Session, acting: Acting[Any], report_id: str, *, by_verifier: bool
+) -> ReportRow:
+    """Report ``report_id``, still only submitted, and ``acting`` may decide on it: the
+    project's third-party entity (``by_verifier``) or one of its participants."""
+    report = get_or_404(session, ReportRow, report_id, "report")
     project = get_or_404(session, ProjectRow, report.project_id, "project")
-    if acting.party.id != project.third_party_entity:
+    kind = acting.instruction.type
+    if by_verifier and acting.party.id != project.third_party_entity:
         raise PermissionDeniedError(
             f"only project {project.id}'s third-party entity {project.third_party_entity} "
-            f"may verify its reports",
+            f"may {'verify' if kind == VerifyReport.TYPE else 'reject'} its reports",
             details={"party": acting.party.id, "verifier": project.third_party_entity},
+        )
+    if not by_verifier and acting.party.id not in json.loads(project.participants):
+        raise PermissionDeniedError(
+            f"only a participant of project {project.id} may withdraw its reports",
+            details={"party": acting.party.id, "project": project.id},
         )
     if report.status != "submitted":
         raise StateError(f"report {report.id} is already {report.status}")
+    return report
+
+
+def verify_report(session: Session, acting: Acting[VerifyReport]) -> Effects:
+    b = acting.body
+    report = _submitted_report(session, acting, b.report_id, by_verifier=True)
     if b.verified_reductions > report.reductions:
         raise InvalidRequestError(
             f"verified {b.verified_reductions} tCO2e exceeds the {report.reductions} claimed",
@@ -100,3 +120,20 @@ def verify_report(session: Session, acting: Acting[VerifyReport]) -> Effects:
         "status": "verified",
         "verified_reductions": b.verified_reductions,
     }
+
+
+def reject_report(session: Session, acting: Acting[RejectReport]) -> Effects:
+    b = acting.body
+    report = _submitted_report(session, acting, b.report_id, by_verifier=True)
+    report.status = "rejected"
+    report.verifier = acting.party.id
+    report.statement_sha256 = b.statement_sha256
+    session.add(report)
+    return {"report_id": report.id, "status": "rejected"}
+
+
+def withdraw_report(session: Session, acting: Acting[WithdrawReport]) -> Effects:
+    report = _submitted_report(session, acting, acting.body.report_id, by_verifier=False)
+    report.status = "withdrawn"
+    session.add(report)
+    return {"report_id": report.id, "status": "withdrawn"}

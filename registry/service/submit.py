@@ -48,6 +48,8 @@ HANDLERS: dict[str, Handler] = {
     ins.RegisterForestUnit.TYPE: projects.register_forest_unit,
     ins.SubmitReport.TYPE: reports.submit_report,
     ins.VerifyReport.TYPE: reports.verify_report,
+    ins.RejectReport.TYPE: reports.reject_report,
+    ins.WithdrawReport.TYPE: reports.withdraw_report,
     ins.Issue.TYPE: issuance.issue,
     ins.Transfer.TYPE: movements.transfer,
     ins.Retire.TYPE: movements.retire,

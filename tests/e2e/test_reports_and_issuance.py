@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 from typing import Any
 
+from registry.service.context import Registry
+from tests.load import check_offline
 from tests.world import (
     ADMIN,
     BUFFER,
@@ -211,3 +214,47 @@ def test_billion_tonnes_is_one_block_per_allocation(world: World) -> None:
     story = world.http.get(f"/v1/serials/{batch}-500000000")
     assert story["now"]["account"] == "JP-BUYER-1"
 
+
+
+def test_a_rejected_or_withdrawn_report_frees_its_period_and_never_issues(
+    world: World, registry: Registry, tmp_path: Path
+) -> None:
+    submit_report(world, "KH004-MR1", 1200)
+    reject = {"report_id": "KH004-MR1", "statement_sha256": "c" * 64,
+              "reason": "monitored electricity data for March are missing"}
+    withdraw = {"report_id": "KH004-MR1", "reason": "submitted with last year's sheet"}
+    with world.unchanged():
+        # Only its third-party entity rejects a report; only its participants withdraw one.
+        for party in ("kh-water", ADMIN):
+            world.refuse(party, "report.reject", reject, status=403, code="forbidden")
+        for party in ("lrqa", "jp-buyer", ADMIN):
+            world.refuse(party, "report.withdraw", withdraw, status=403, code="forbidden")
+        world.refuse("lrqa", "report.reject", {**reject, "report_id": "KH004-MR9"},
+                     status=404, code="not_found")
+    rejected = world.submit("lrqa", "report.reject", reject)
+    assert rejected["result"] == {"report_id": "KH004-MR1", "status": "rejected"}
+    report = world.http.get("/v1/reports/KH004-MR1")
+    assert (report["status"], report["verifier"], report["statement_sha256"]) == (
+        "rejected", "lrqa", "c" * 64)
+    with world.unchanged():
+        # A rejected report is closed: nothing verifies, withdraws or issues it.
+        for party, kind, body in (
+            ("lrqa", "report.verify", {"report_id": "KH004-MR1", "verified_reductions": 1,
+                                       "statement_sha256": "e" * 64}),
+            ("lrqa", "report.reject", reject),
+            ("kh-water", "report.withdraw", withdraw),
+            (ADMIN, "credits.issue", issue_body("KH004-MR1", ("KH-WATER-1", 1))),
+        ):
+            error = world.refuse(party, kind, body, status=409, code="invalid_state")
+            assert "rejected" in error["message"]
+    # Its period is free again: a corrected report, which a co-participant may withdraw...
+    submit_report(world, "KH004-MR2", 1200)
+    withdrawn = world.submit("kh-gov", "report.withdraw", {**withdraw, "report_id": "KH004-MR2"})
+    assert withdrawn["result"] == {"report_id": "KH004-MR2", "status": "withdrawn"}
+    assert world.http.get("/v1/reports/KH004-MR2")["status"] == "withdrawn"
+    # ...and one that is verified and issued. A verified report can no longer be withdrawn.
+    batch = issue_jcm(world, "KH004-MR3", 1000)
+    world.refuse("kh-water", "report.withdraw", {**withdraw, "report_id": "KH004-MR3"},
+                 status=409, code="invalid_state")
+    assert world.active("KH-WATER-1") == 800 and batch.endswith("-00001")
+    check_offline(registry, tmp_path)
