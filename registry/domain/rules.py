@@ -16,8 +16,8 @@ from fractions import Fraction
 from typing import Any
 
 from registry.domain.redd import compute_issuance
-from registry.domain.serials import SerialRange, allocate, batch_serial_id
-from registry.errors import ConflictError, InvalidRequestError
+from registry.domain.serials import MAX_SERIAL, SerialRange, allocate, batch_serial_id
+from registry.errors import ConflictError, InvalidQuantityError, InvalidRequestError
 
 
 def check_report_period(
@@ -129,6 +129,8 @@ class BufferTerms:
     leakage_rate_bp: int
     buffer_rate_bp: int
     buffer_account: str
+    pool: int = 0
+    """Credits the buffer pool holds now (active)."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,13 @@ def plan_issuance(
             gross=verified, leakage_bp=redd.leakage_rate_bp, buffer_bp=redd.buffer_rate_bp
         )
         expected = calc.issuable
+        if redd.pool + calc.buffer > MAX_SERIAL:
+            # A reversal states the pool it draws on, which no ledger entry could then write.
+            raise InvalidQuantityError(
+                f"the buffer pool {redd.buffer_account} would hold {redd.pool + calc.buffer} "
+                f"credits, more than {MAX_SERIAL}",
+                details={"pool": redd.pool, "buffer": calc.buffer, "max": MAX_SERIAL},
+            )
         if calc.buffer:
             shares.append((redd.buffer_account, calc.buffer))
         redd_effects = {

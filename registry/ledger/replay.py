@@ -351,6 +351,12 @@ class ReplayedState:
         """Batches in which ``account`` holds active serials, in batch id order."""
         return sorted(self.active.get(account, {}))
 
+    def pool(self, account: str) -> int:
+        """Active credits ``account`` holds in all batches (a buffer pool's size)."""
+        return sum(
+            r.quantity for batch in self.held_batches(account) for r in self.held(account, batch)
+        )
+
     def move(self, batch: str, taken: Iterable[SerialRange], *, to: str, status: str) -> None:
         """Move serials already checked to be held, splitting blocks as the store does."""
         blocks = self.blocks[batch]
@@ -1298,6 +1304,7 @@ class Replay:
                 leakage_rate_bp=unit.leakage_rate_bp,
                 buffer_rate_bp=unit.buffer_rate_bp,
                 buffer_account=unit.buffer_account,
+                pool=state.pool(unit.buffer_account),
             )
         plan = plan_issuance(
             country=project.partner_country,
@@ -1395,7 +1402,7 @@ class Replay:
         unit: UnitState = _get(state.units, b.unit_id, "forest unit")
         batches = state.held_batches(unit.buffer_account)
         held = {batch: state.held(unit.buffer_account, batch) for batch in batches}
-        pool = sum(r.quantity for ranges in held.values() for r in ranges)
+        pool = state.pool(unit.buffer_account)
         outcome = compute_reversal(lost=b.lost, pool=pool)
         remaining = outcome.cancelled
         cancelled: list[dict[str, Any]] = []

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+from registry.service.context import Registry
+from tests.load import check_offline
 from tests.world import ADMIN, BUFFER, UNIT, World, issue_redd, submit_report, verify_report
 
 BATCH_2024 = "KH-REDD-KH005-2024-00001"
@@ -97,3 +101,36 @@ def test_a_buffer_share_is_issued_when_nothing_is_left_for_the_proponents(
     assert issued["result"]["quantity"] == 1
     assert issued["result"]["blocks"] == [{"account": BUFFER, "start": 1, "end": 1}]
     assert world.http.get(f"/v1/forest-units/{UNIT}")["buffer_pool"] == 1
+
+
+def test_a_buffer_pool_never_grows_past_what_a_reversal_can_state(
+    world: World, registry: Registry, tmp_path: Path
+) -> None:
+    """A reversal writes the pool it drew on into its entry, and ledger integers stop at
+    2^53 - 1: an issuance that would take a pool past that is refused, where it used to be
+    accepted and leave every later reversal of the unit refused for good."""
+    top = 2**53 - 1
+    far = {"type": "Polygon", "coordinates": [
+        [[106.8, 13.6], [106.9, 13.6], [106.9, 13.7], [106.8, 13.7], [106.8, 13.6]]]}
+    world.submit(ADMIN, "forest_unit.register", {
+        "unit_id": "KH005-FU2", "project_id": "KH005", "name": "all to the buffer",
+        "boundary": json.dumps(far), "jurisdiction": "Stung Treng", "reference_level": top,
+        "leakage_rate_bp": 0, "buffer_rate_bp": 10_000,
+    })
+    for report_id, year, tonnes in (("KH005-B1", 2022, top), ("KH005-B2", 2023, 1)):
+        submit_report(world, report_id, tonnes, period=(f"{year}-01-01", f"{year}-12-31"),
+                      project="KH005", party="kh-gov", unit="KH005-FU2")
+        verify_report(world, report_id, tonnes)
+    world.submit(ADMIN, "credits.issue", {"report_id": "KH005-B1", "vintage": 2022,
+                                          "allocations": []})
+    assert world.http.get("/v1/forest-units/KH005-FU2")["buffer_pool"] == top
+    one_more = {"report_id": "KH005-B2", "vintage": 2023, "allocations": []}
+    with world.unchanged():
+        error = world.refuse(ADMIN, "credits.issue", one_more, status=422,
+                             code="invalid_quantity")
+        assert error["details"] == {"pool": top, "buffer": 1, "max": top}
+    answer = world.submit(ADMIN, "redd.reversal", reversal(10, unit="KH005-FU2"))
+    assert (answer["result"]["pool_before"], answer["result"]["cancelled"]) == (top, 10)
+    world.submit(ADMIN, "credits.issue", one_more)  # now there is room
+    assert world.http.get("/v1/forest-units/KH005-FU2")["buffer_pool"] == top - 9
+    check_offline(registry, tmp_path)
