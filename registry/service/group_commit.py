@@ -57,7 +57,8 @@ class ReadingWork(Generic[T]):
     ``statements.read_ahead``). A batch sends the reads of all its work with the transaction's
     lock: on PostgreSQL one round trip for the whole batch, not one for each use case. Each
     read's rows stay kept until something writes its tables, so the work still reads what is
-    stored when it runs (and reads again what an earlier use case changed)."""
+    stored when it runs: what an earlier use case changed is read again, or known from the
+    change itself (``statements.keep``: a movement, the blocks its source still holds)."""
 
     work: Work[T]
     reads: Sequence[Read]

@@ -59,7 +59,8 @@ HANDLERS: dict[str, Handler] = {
 assert set(HANDLERS) == set(ins.BODIES), "every instruction type has exactly one use case"
 
 #: Use cases whose first reads are known from the instruction alone: they are sent ahead, with
-#: the answer and signer reads every use case makes, in one round trip (``read_ahead``).
+#: the answer and signer reads every use case makes (``read_ahead``); a group commit sends those
+#: of all its use cases with its lock, in one round trip (``ReadingWork``).
 READS_AHEAD: dict[str, Callable[[Any], list[Read]]] = {
     ins.Transfer.TYPE: movements.reads,
     ins.Retire.TYPE: movements.reads,

@@ -76,10 +76,9 @@ def batch_exists(session: Session, batch_id: str) -> bool:
 
 @dataclass(frozen=True)
 class HeldBlock:
-    """A stored block of serials (a row of ``block``); ``id`` is ``None`` for a block this
-    transaction made (a split's new piece), which its unique key (batch, start) names."""
+    """A stored block of serials (a row of ``block``), named by its unique key (batch, start):
+    a piece split off earlier in the same transaction has no id known here."""
 
-    id: int | None
     batch_id: str
     start: int
     end: int
@@ -89,9 +88,8 @@ class HeldBlock:
 
 _BLOCK = table(BlockRow)
 _EVENT = table(BlockEventRow)
-_BLOCK_COLUMNS = (_BLOCK.c.id, _BLOCK.c.batch_id, _BLOCK.c.start, _BLOCK.c.end)
 _HELD_QUERY = (
-    select(*_BLOCK_COLUMNS, _BLOCK.c.account_id, _BLOCK.c.status)
+    select(_BLOCK.c.batch_id, _BLOCK.c.start, _BLOCK.c.end, _BLOCK.c.account_id, _BLOCK.c.status)
     .where(_BLOCK.c.account_id == bindparam("account"), _BLOCK.c.status == bindparam("status"))
     .order_by(_BLOCK.c.batch_id, _BLOCK.c.start)
 )
@@ -141,7 +139,7 @@ def move_held(
     keep(
         session,
         held_blocks_read(account_id=account_id, batch_id=batch_id),
-        [(b.id, b.batch_id, b.start, b.end, b.account_id, b.status) for b in still],
+        [(b.batch_id, b.start, b.end, b.account_id, b.status) for b in still],
     )
 
 
@@ -201,7 +199,7 @@ def move_serials(
     Each affected row keeps its first piece in place (its start, the unique key, is unchanged)
     and the other pieces become new rows, so a block split costs O(pieces), never O(tonnes).
     Returns every block ``rows`` now are, in serial order: untouched rows, and the pieces of
-    the others where they now are (a new piece with no ``id``).
+    the others where they now are.
     """
     updates: list[dict[str, object]] = []
     new_blocks: list[dict[str, object]] = []
@@ -226,7 +224,6 @@ def move_serials(
             piece_status = status if moves else row.status
             now.append(
                 HeldBlock(
-                    id=row.id if i == 0 else None,
                     batch_id=row.batch_id,
                     start=piece.start,
                     end=piece.end,

@@ -16,10 +16,11 @@ wrapped in a ``StatementError``; our hot-path types have no bind processors.) St
 need expanding parameters or other per-call compilation are not for this class: use the
 session.
 
-On PostgreSQL every statement waits for its answer: a round trip. :func:`read_ahead` sends the
-independent reads of a use case together (one round trip) and keeps their rows for the calls
-that ask for them; see its docstring for why a row so kept is always the row the read would
-return.
+On PostgreSQL every statement waits for its answer: a round trip. :func:`read_ahead` sends
+independent reads together (a group commit sends those of all its use cases with its lock: one
+round trip) and keeps their rows for the calls that ask for them, until a write of their tables;
+:func:`keep` puts back rows a writer knows. See its docstring for why a row so kept is always
+the row the read would return.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.pool import Pool
 from sqlalchemy.sql.expression import Executable, TableClause, TextClause
+from sqlalchemy.sql.selectable import TextualSelect
 from sqlalchemy.sql.util import find_tables
+from sqlalchemy.sql.visitors import iterate
 from sqlmodel import Session
 
 from registry.store.tables import core
@@ -191,7 +194,8 @@ class Statement:
             return None if raw is None else compiled.make_row(raw)
 
     def execute(self, session: Session, params: Params) -> None:
-        """Run the statement once with ``params`` (a write: reads sent ahead are forgotten)."""
+        """Run the statement once with ``params`` (a write: the rows kept ahead of every read
+        of its table are forgotten)."""
         connection = self._writing(session)
         if connection.info.get(_QUEUED):
             with pipeline(session):  # the queued writes and this one: one round trip
@@ -213,8 +217,8 @@ class Statement:
             cursor.executemany(compiled.sql, [compiled.parameters(row) for row in rows])
 
     def _reading(self, session: Session, params: Params) -> tuple[Connection, list[Any] | None]:
-        """The session's connection, and this read's rows if they were read ahead. Writes
-        still queued go first, with this read: one round trip."""
+        """The session's connection, and this read's rows if they are kept ahead. Otherwise,
+        if writes are queued, they go first, with this read: one round trip."""
         connection = core(session)
         ahead = _sent_ahead(connection, self, params)
         if ahead is None and connection.info.get(_QUEUED):
@@ -232,9 +236,11 @@ class Statement:
         round trip instead of one of its own.
 
         For writes whose result nobody reads. On PostgreSQL they wait, in order, in a queue
-        kept with the connection until the next statement of the transaction, of any kind,
-        which sends them first, in the same pipeline when it is one of ours: so every later
-        statement sees them, as if they had run here. The commit sends what is still queued; a
+        kept with the connection until the next statement of the transaction that goes to the
+        database, of any kind, which sends them first, in the same pipeline when it is one of
+        ours: so every later statement sees them, as if they had run here. (A read answered
+        from rows kept ahead sends nothing: the queued writes forgot every kept read of the
+        table they write.) The commit sends what is still queued; a
         rollback (of the transaction, or of the savepoint they were queued in) drops it. An
         error of theirs comes from that next statement, labelled as coming from a pipeline,
         and fails the transaction like any other. On SQLite they simply run now.
@@ -391,8 +397,9 @@ def _forget_ahead(info: dict[Any, Any], table: str | None = None) -> None:
 
 
 def _tables_of(statement: Executable) -> frozenset[str] | None:
-    """The tables a Core statement names anywhere (subqueries too); ``None`` for text."""
-    if isinstance(statement, TextClause):
+    """The tables a Core statement names anywhere (subqueries too); ``None`` for one that
+    holds any text, whose tables cannot be known."""
+    if any(isinstance(e, TextClause | TextualSelect) for e in iterate(statement)):  # type: ignore[arg-type]
         return None
     found = find_tables(statement, check_columns=True, include_crud=True)  # type: ignore[arg-type]
     names = frozenset(t.name for t in found if isinstance(t, TableClause))
