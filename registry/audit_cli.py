@@ -74,11 +74,16 @@ def export_cmd(
     out: Annotated[Path, typer.Argument(help="Where to write the bundle (JSON Lines).")],
 ) -> None:
     """Export the whole ledger (entries, checkpoints, keys) as a bundle for offline audit."""
+    from sqlalchemy.engine import make_url
+
     from registry.service.export import export_bundle
     from registry.store import ledger_repo
     from registry.store.db import make_engine, read_session
 
     settings = _settings()
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        raise ConfigurationError(f"no registry database at {url.database}")
     engine = make_engine(settings.database_url)
     try:
         with read_session(engine) as session:

@@ -78,9 +78,10 @@ def init(
 
     settings = _settings()
     check_administrator(party_id=admin_id, name=admin_name, country="KH")
+    parsed_key = PublicKey.from_b64(admin_public_key) if admin_public_key is not None else None
     preflight(settings, insecure_dev_key=insecure_dev_key)
-    if admin_public_key is not None:
-        admin_key = PublicKey.from_b64(admin_public_key)
+    if parsed_key is not None:
+        admin_key = parsed_key
     else:
         new_key = SigningKey.generate()
         passphrase = None if insecure_dev_key else passphrase_of(settings)
@@ -108,7 +109,7 @@ def init(
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port to listen on.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Serve the registry's HTTP API (OpenAPI at /docs)."""
@@ -195,7 +196,9 @@ def sign(
     body: Annotated[str, typer.Argument(help="The instruction body as a JSON file, or - .")],
     actor: ActorOption,
     key: KeyOption,
-    valid_for: Annotated[int, typer.Option(help="Seconds until the instruction expires.")] = 3600,
+    valid_for: Annotated[
+        int, typer.Option(min=1, max=7 * 86400, help="Seconds until the instruction expires.")
+    ] = 3600,
 ) -> None:
     """Sign an instruction with your key; prints the signed JSON to submit."""
     from registry.client import sign_instruction
@@ -233,7 +236,10 @@ def submit(
         raise InvalidRequestError("not a signed instruction (see `registry sign`)") from e
     response = client.post_signed(document, idempotency_key=idempotency_key)
     if response.status_code >= 400:
-        error = response.json().get("error", {})
+        try:
+            error = response.json().get("error", {})
+        except ValueError:
+            error = {"message": f"HTTP {response.status_code} from {url}"}
         raise RemoteError(error.get("code", "http_error"), error.get("message", response.text))
     typer.echo(json.dumps(response.json(), indent=2))
 
@@ -251,13 +257,20 @@ def holdings(
     client = RegistryClient.connect(url, actor=actor, key=_read_party_key(key))
     try:
         data = client.get(f"/v1/accounts/{account}/holdings", signed=True, params={"limit": 500})
+        blocks = list(data["blocks"]["data"])
+        while len(blocks) < data["blocks"]["count"]:  # the rest, 500 at a time
+            page = client.get(f"/v1/accounts/{account}/holdings", signed=True,
+                              params={"offset": len(blocks), "limit": 500})
+            if not page["blocks"]["data"]:
+                break  # the account moved credits meanwhile
+            blocks += page["blocks"]["data"]
     except ClientError as e:
         raise RemoteError(e.code, e.message) from e
     typer.echo(
         f"{data['account']['id']} ({data['account']['kind']}, held by "
         f"{data['account']['holder']}): {data['total_active']} active tCO2e"
     )
-    for block in data["blocks"]["data"]:
+    for block in blocks:
         typer.echo(f"  {block['block']:<40} {block['quantity']:>12}  {block['status']}")
 
 
@@ -339,7 +352,11 @@ def verify_receipt_cmd(
     try:
         parsed = RetirementReceipt.model_validate(_read_json(str(receipt)))
     except ValidationError as e:
-        raise InvalidRequestError(f"{receipt} is not a retirement receipt: {e}") from e
+        first = e.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "$"
+        raise InvalidRequestError(
+            f"{receipt} is not a retirement receipt: {where}: {first['msg']}"
+        ) from e
     checked = verify_receipt(parsed, verifier=NoteVerifier.parse(registry_key))
     body = checked.body
     typer.echo(
@@ -414,8 +431,17 @@ class RemoteError(RegistryError):
 
 
 def main() -> None:
+    import httpx
+
     try:
         app()
+    except httpx.TransportError as e:
+        message = f"error[registry_unavailable]: cannot reach the registry: {e}"
+        typer.secho(message, fg="red", err=True)
+        sys.exit(1)
+    except (OSError, UnicodeDecodeError) as e:  # a file that is not there, or not text
+        typer.secho(f"error[io_error]: {e}", fg="red", err=True)
+        sys.exit(1)
     except RemoteError as e:
         typer.secho(f"error[{e.remote_code}]: {e.message}", fg="red", err=True)
         sys.exit(1)

@@ -84,7 +84,10 @@ class MonitorState:
     def load(cls, path: Path) -> MonitorState | None:
         if not path.exists():
             return None
-        return cls(**json.loads(path.read_text()))
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as e:
+            raise RegistryError(f"the monitor's state file {path} is damaged: {e}") from e
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

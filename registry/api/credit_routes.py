@@ -112,6 +112,14 @@ def list_accounts(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 10
     return views.accounts(session, offset, limit)
 
 
+@router.get(
+    "/v1/accounts/{account_id}", response_model=views.AccountPublic, tags=["reads"],
+    responses=ERRORS,
+)
+def get_account(session: ReadSessionDep, account_id: RecordId) -> Any:
+    return views.account(session, account_id)
+
+
 @router.get("/v1/projects", response_model=views.Page[views.ProjectPublic], tags=["reads"])
 def list_projects(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100) -> Any:
     return views.projects(session, offset, limit)

@@ -249,6 +249,10 @@ def accounts(session: Session, offset: int, limit: int) -> Page[AccountPublic]:
     )
 
 
+def account(session: Session, account_id: str) -> AccountPublic:
+    return AccountPublic(**get_or_404(session, AccountRow, account_id, "account").model_dump())
+
+
 def _project(row: ProjectRow) -> ProjectPublic:
     data = row.model_dump()
     data["participants"] = json.loads(row.participants)

@@ -300,6 +300,7 @@ def test_reads_of_records_that_exist(api_schema: Any, world: World, ids: dict[st
         ("/v1/parties", {}, {"limit": 500}),
         ("/v1/parties/{party_id}", {"party_id": "kh-water"}, {}),
         ("/v1/accounts", {}, {"limit": 500}),
+        ("/v1/accounts/{account_id}", {"account_id": "KH-WATER-1"}, {}),
         ("/v1/projects", {}, {}),
         ("/v1/projects/{project_id}", {"project_id": "KH004"}, {}),
         ("/v1/forest-units", {}, {}),

@@ -1,0 +1,263 @@
+"""The `registry` command and the API's reads, as users meet them with bad input.
+
+The rule: bad input is a one-line ``error[<code>]: <message>`` on stderr and a
+non-zero exit (HTTP: a 4xx with the usual error body), never a traceback, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from registry.client import new_nonce
+from registry.config import Settings
+from registry.ledger.checkpoint import NoteVerifier
+from registry.ledger.keys import SigningKey
+from registry.service.context import Registry
+from registry.service.setup import FirstAdministrator, initialise
+from registry.service.submit import prepare
+from tests.helpers import LiveServer, start_server
+from tests.test_cli import run
+from tests.world import ADMIN, World, build_world, issue_jcm
+
+
+def assert_one_line_error(r: object) -> None:
+    """Exit 1 and exactly one line ``error[...]: ...`` on stderr; no traceback."""
+    returncode, stderr = r.returncode, r.stderr  # type: ignore[attr-defined]
+    lines = stderr.strip().splitlines()
+    last = lines[-1] if lines else ""
+    assert "Traceback" not in stderr, f"traceback ending {last!r}"
+    assert returncode == 1, (returncode, last)
+    assert len(lines) == 1 and lines[0].startswith("error["), (
+        f"{len(lines)} lines: {stderr[:300]!r}"
+    )
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "me.pem"
+    path.write_bytes(SigningKey.generate().to_pem_unencrypted_unsafe())
+    return path
+
+
+@pytest.fixture
+def signed_file(tmp_path: Path, key_file: Path) -> Path:
+    (tmp_path / "body.json").write_text(json.dumps({"account": "A", "batch": "B", "quantity": 1,
+                                                    "to_account": "C"}))
+    r = run(["sign", "credits.transfer", "body.json", "--actor", "me", "--key", str(key_file)],
+            tmp_path)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "signed.json").write_text(r.stdout)
+    return tmp_path / "signed.json"
+
+
+# --- files that are not there, or not what they should be -----------------------------------
+
+
+def test_sign_with_a_key_file_that_is_not_there(tmp_path: Path) -> None:
+    (tmp_path / "body.json").write_text("{}")
+    r = run(["sign", "credits.transfer", "body.json", "--actor", "me", "--key", "nokey.pem"],
+            tmp_path)
+    assert_one_line_error(r)
+
+
+def test_sign_with_a_body_file_that_is_not_there(tmp_path: Path, key_file: Path) -> None:
+    r = run(["sign", "credits.transfer", "nobody.json", "--actor", "me", "--key", str(key_file)],
+            tmp_path)
+    assert_one_line_error(r)
+
+
+def test_sign_with_an_out_of_range_validity(tmp_path: Path, key_file: Path) -> None:
+    (tmp_path / "body.json").write_text("{}")
+    r = run(["sign", "credits.transfer", "body.json", "--actor", "me", "--key", str(key_file),
+             "--valid-for", "100000000000000"], tmp_path)
+    assert "Traceback" not in r.stderr, r.stderr.strip().splitlines()[-1]
+    assert r.returncode != 0
+
+
+def test_verify_receipt_of_a_file_that_is_not_there(tmp_path: Path) -> None:
+    key = NoteVerifier(name="x.example/ledger", key=SigningKey.generate().public_key)
+    r = run(["verify-receipt", "receipt.json", "--registry-key", key.verifier_string()], tmp_path)
+    assert_one_line_error(r)
+
+
+def test_verify_receipt_of_json_that_is_not_a_receipt_says_so_in_one_line(tmp_path: Path) -> None:
+    key = NoteVerifier(name="x.example/ledger", key=SigningKey.generate().public_key)
+    (tmp_path / "receipt.json").write_text("{}")
+    r = run(["verify-receipt", "receipt.json", "--registry-key", key.verifier_string()], tmp_path)
+    assert_one_line_error(r)
+
+
+def test_audit_with_a_damaged_state_file(tmp_path: Path) -> None:
+    # The state file is the monitor's own (a crash or a full disk mid-write, an editor): what
+    # is wrong with it is said in one line, not as a JSONDecodeError traceback.
+    key = NoteVerifier(name="x.example/ledger", key=SigningKey.generate().public_key)
+    (tmp_path / "registry-monitor.json").write_text("{\"size\": 3, ")
+    r = run(["audit", "--url", f"http://127.0.0.1:{closed_port()}",
+             "--registry-key", key.verifier_string()], tmp_path)
+    assert_one_line_error(r)
+
+
+# --- the registry's own database and setup ----------------------------------------------------
+
+
+def test_export_where_no_registry_was_initialised(tmp_path: Path) -> None:
+    # An auditor running export in the wrong directory (or with REGISTRY_DATABASE_URL unset).
+    r = run(["export", "ledger.jsonl"], tmp_path)
+    assert_one_line_error(r)
+    assert not (tmp_path / "var").exists()  # no empty database left behind
+
+
+def test_init_with_an_unusable_admin_public_key_writes_nothing(tmp_path: Path) -> None:
+    r = run(["init", "--insecure-dev-key", "--admin-public-key", "garbage"], tmp_path)
+    assert_one_line_error(r)
+    assert not (tmp_path / "var").exists()  # as with an unusable --admin-id
+
+
+def test_demo_with_an_admin_key_file_that_is_not_there(tmp_path: Path) -> None:
+    assert run(["init", "--insecure-dev-key"], tmp_path).returncode == 0
+    r = run(["demo", "--admin-key", "missing.pem"], tmp_path)
+    assert_one_line_error(r)
+
+
+def test_serve_with_a_port_out_of_range(tmp_path: Path) -> None:
+    assert run(["init", "--insecure-dev-key"], tmp_path).returncode == 0
+    with tempfile.TemporaryDirectory(prefix="run-") as runtime:
+        r = run(["serve", "--port", "99999"], tmp_path, XDG_RUNTIME_DIR=runtime)
+    assert "Traceback" not in r.stderr, r.stderr.strip().splitlines()[-1]
+    assert r.returncode != 0
+
+
+# --- a registry that is down, or something else answering --------------------------------------
+
+
+@pytest.mark.parametrize("command", ["submit", "holdings", "proof"])
+def test_commands_against_a_registry_that_is_down(
+    tmp_path: Path, key_file: Path, signed_file: Path, command: str
+) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
+    args = {
+        "submit": ["submit", str(signed_file), "--url", url],
+        "holdings": ["holdings", "KH-WATER-1", "--actor", "me", "--key", str(key_file),
+                     "--url", url],
+        "proof": ["proof", "retirement", "RET-1", "--url", url],
+    }[command]
+    assert_one_line_error(run(args, tmp_path))
+
+
+@pytest.fixture
+def not_a_registry() -> Iterator[str]:
+    """A web server on loopback that answers everything with a 502 HTML page (a proxy)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            body = b"<html><body><h1>502 Bad Gateway</h1></body></html>\n"
+            self.send_response(502)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_submit_when_the_answer_is_not_the_registrys_json(
+    tmp_path: Path, signed_file: Path, not_a_registry: str
+) -> None:
+    r = run(["submit", str(signed_file), "--url", not_a_registry], tmp_path)
+    assert_one_line_error(r)
+
+
+# --- reads that show less than the registry holds ------------------------------------------------
+
+
+@pytest.fixture
+def real_clock_world(
+    settings: Settings, admin_key: SigningKey
+) -> Iterator[tuple[str, World, Registry]]:
+    """The test world on a registry with the real clock: the CLI signs its reads with it."""
+    reg = initialise(settings, admin=FirstAdministrator(party_id=ADMIN,
+                     public_key=admin_key.public_key), insecure_dev_key=True)
+    with start_server(reg) as live:
+        world = build_world(live.url, admin_key)
+        yield live.url, world, reg
+        world.http.http.close()
+    reg.engine.dispose()
+
+
+def test_holdings_lists_every_block_of_an_account(
+    tmp_path: Path, real_clock_world: tuple[str, World, Registry]
+) -> None:
+    url, world, reg = real_clock_world
+    batch = issue_jcm(world, quantity=1300)  # KH-WATER-1 holds serials 1-1040
+    transfers = [  # every other serial leaves: 505 blocks remain
+        prepare(reg, world.as_("kh-water").sign("credits.transfer", {
+            "account": "KH-WATER-1", "batch": batch, "range": {"start": serial, "end": serial},
+            "to_account": "JP-BUYER-1"}), expected_type="credits.transfer",
+            idempotency_key=new_nonce())
+        for serial in range(1, 1011, 2)
+    ]
+    for first in range(0, len(transfers), 64):
+        answers = reg.writes.run_together(transfers[first:first + 64])
+        assert all(not isinstance(a, Exception) for a in answers), answers
+    holdings = world.holdings("KH-WATER-1")
+    assert holdings["total_active"] == 1040 - 505
+    assert holdings["blocks"]["count"] == 505
+    key_file = tmp_path / "kh-water.pem"
+    key_file.write_bytes(world.keys["kh-water"].to_pem_unencrypted_unsafe())
+    r = run(["holdings", "KH-WATER-1", "--actor", "kh-water", "--key", str(key_file),
+             "--url", url], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "535 active tCO2e" in r.stdout
+    listed = [line for line in r.stdout.splitlines() if line.startswith("  ")]
+    # The blocks listed are every block the account holds, and add up to the total above them.
+    assert (len(listed), sum(int(line.split()[1]) for line in listed)) == (505, 535)
+
+
+def test_an_account_is_read_by_its_id(world: World) -> None:
+    # README: the public lists, /v1/accounts among them, have "their /{id} forms".
+    listed = world.http.get("/v1/accounts", params={"limit": 500})["data"]
+    water = next(a for a in listed if a["id"] == "KH-WATER-1")
+    response = world.read("/v1/accounts/KH-WATER-1")
+    assert response.status_code == 200, response.text
+    assert response.json() == water
+
+
+def test_proof_retirement_written_into_a_directory_that_is_not_there(
+    tmp_path: Path, server: LiveServer, world: World
+) -> None:
+    batch = issue_jcm(world)
+    retired = world.submit("kh-water", "credits.retire", {
+        "account": "KH-WATER-1", "batch": batch, "quantity": 5, "beneficiary": "Example Co.",
+        "purpose": "ndc", "jurisdiction": "KH", "reason": "test"})
+    r = run(["proof", "retirement", retired["result"]["retirement_id"], "--url", server.url,
+             "-o", "receipts/receipt.json"], tmp_path)
+    assert_one_line_error(r)
