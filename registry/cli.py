@@ -95,11 +95,18 @@ def init(
             fg="yellow",
             err=True,
         )
-    registry = initialise(
-        settings,
-        admin=FirstAdministrator(party_id=admin_id, name=admin_name, public_key=admin_key),
-        insecure_dev_key=insecure_dev_key,
-    )
+    try:
+        registry = initialise(
+            settings,
+            admin=FirstAdministrator(party_id=admin_id, name=admin_name, public_key=admin_key),
+            insecure_dev_key=insecure_dev_key,
+        )
+    except BaseException:
+        # No registry key left means no genesis (initialise keeps it when it cannot tell):
+        # the administrator key made for it would only stand in the way of a retry.
+        if parsed_key is None and not settings.key_file.exists():
+            admin_key_out.unlink(missing_ok=True)
+        raise
     typer.echo(f"initialised registry {settings.origin}")
     typer.echo(f"database: {settings.database_url}")
     typer.echo(f"registry key: {registry.signer.public_key.key_id}")
@@ -224,7 +231,7 @@ def submit(
     ] = None,
 ) -> None:
     """Submit a signed instruction; prints the ledger entry that records it."""
-    from registry.client import RegistryClient
+    from registry.client import ClientError, RegistryClient, answer_of
 
     document = _read_json(signed)
     client = RegistryClient.connect(url)
@@ -235,13 +242,11 @@ def submit(
     except (KeyError, TypeError) as e:
         raise InvalidRequestError("not a signed instruction (see `registry sign`)") from e
     response = client.post_signed(document, idempotency_key=idempotency_key)
-    if response.status_code >= 400:
-        try:
-            error = response.json().get("error", {})
-        except ValueError:
-            error = {"message": f"HTTP {response.status_code} from {url}"}
-        raise RemoteError(error.get("code", "http_error"), error.get("message", response.text))
-    typer.echo(json.dumps(response.json(), indent=2))
+    try:
+        answer = answer_of(response)
+    except ClientError as e:
+        raise RemoteError(e.code, e.message) from e
+    typer.echo(json.dumps(answer, indent=2))
 
 
 @app.command()
@@ -432,6 +437,7 @@ class RemoteError(RegistryError):
 
 def main() -> None:
     import httpx
+    from sqlalchemy.exc import SQLAlchemyError
 
     try:
         app()
@@ -441,6 +447,10 @@ def main() -> None:
         sys.exit(1)
     except (OSError, UnicodeDecodeError) as e:  # a file that is not there, or not text
         typer.secho(f"error[io_error]: {e}", fg="red", err=True)
+        sys.exit(1)
+    except SQLAlchemyError as e:  # the database refused or failed: its first line says why
+        first = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        typer.secho(f"error[database_error]: {first}", fg="red", err=True)
         sys.exit(1)
     except RemoteError as e:
         typer.secho(f"error[{e.remote_code}]: {e.message}", fg="red", err=True)

@@ -84,8 +84,25 @@ def _raise_for(response: httpx.Response) -> None:
     try:
         err = response.json()["error"]
     except Exception:
-        raise ClientError(response.status_code, "http_error", response.text) from None
+        raise ClientError(
+            response.status_code, "http_error",
+            f"HTTP {response.status_code} from {response.request.url} is not the registry's "
+            f"answer: {' '.join(response.text.split())[:200] or 'no body'}",
+        ) from None
     raise ClientError(response.status_code, err["code"], err["message"], err.get("details"))
+
+
+def answer_of(response: httpx.Response) -> Any:
+    """The registry's JSON answer; a :class:`ClientError` when something else answered (a
+    web page at the wrong address, a captive portal)."""
+    _raise_for(response)
+    try:
+        return response.json()
+    except ValueError:
+        raise ClientError(
+            response.status_code, "http_error",
+            f"HTTP {response.status_code} from {response.request.url} is not the registry's JSON",
+        ) from None
 
 
 @dataclass
@@ -127,8 +144,7 @@ class RegistryClient:
     ) -> dict[str, Any]:
         """Sign and submit; returns the registry's answer or raises :class:`ClientError`."""
         response = self.post_signed(self.sign(type, body, **kw), idempotency_key=idempotency_key)
-        _raise_for(response)
-        result: dict[str, Any] = response.json()
+        result: dict[str, Any] = answer_of(response)
         return result
 
     def get(self, path: str, *, params: dict[str, Any] | None = None, signed: bool = False) -> Any:
@@ -140,5 +156,4 @@ class RegistryClient:
             target = request.url.raw_path.decode()
             headers = read_auth_headers(self.key, actor=self.actor, method="GET", path=target)
         response = self.http.get(path, params=params, headers=headers)
-        _raise_for(response)
-        return response.json()
+        return answer_of(response)

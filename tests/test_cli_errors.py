@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from registry.client import new_nonce
 from registry.config import Settings
@@ -23,6 +24,7 @@ from registry.ledger.keys import SigningKey
 from registry.service.context import Registry
 from registry.service.setup import FirstAdministrator, initialise
 from registry.service.submit import prepare
+from registry.store.db import make_engine, migrate
 from tests.helpers import LiveServer, start_server
 from tests.test_cli import run
 from tests.world import ADMIN, World, build_world, issue_jcm
@@ -261,3 +263,73 @@ def test_proof_retirement_written_into_a_directory_that_is_not_there(
     r = run(["proof", "retirement", retired["result"]["retirement_id"], "--url", server.url,
              "-o", "receipts/receipt.json"], tmp_path)
     assert_one_line_error(r)
+
+
+@pytest.fixture
+def html_ok_server() -> Iterator[str]:
+    """A web server answering everything 200 with an HTML page (a captive portal, or a web
+    UI on the port --url names by mistake)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"<html><body>Welcome</body></html>\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("command", ["submit", "holdings"])
+def test_cli_against_a_web_server_answering_200_html_is_a_one_line_error(
+    tmp_path: Path, html_ok_server: str, command: str
+) -> None:
+    key = tmp_path / "me.pem"
+    key.write_bytes(SigningKey.generate().to_pem_unencrypted_unsafe())
+    (tmp_path / "body.json").write_text(json.dumps(
+        {"account": "A", "batch": "B", "quantity": 1, "to_account": "C"}))
+    r = run(["sign", "credits.transfer", "body.json", "--actor", "me", "--key", str(key)],
+            tmp_path)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "signed.json").write_text(r.stdout)
+    args = {
+        "submit": ["submit", "signed.json", "--url", html_ok_server],
+        "holdings": ["holdings", "KH-WATER-1", "--actor", "me", "--key", str(key),
+                     "--url", html_ok_server],
+    }[command]
+    assert_one_line_error(run(args, tmp_path))
+
+
+def test_init_can_be_run_again_after_a_genesis_that_failed(tmp_path: Path) -> None:
+    # Without --admin-public-key, init writes a new administrator key before genesis: a genesis
+    # that fails takes it with it, as it does the registry key, or the retry is refused ("var/
+    # admin-key.pem already exists; not replacing a key").
+    engine = make_engine(f"sqlite:///{tmp_path / 'var' / 'registry.db'}")
+    migrate(engine)
+    with engine.begin() as c:  # a row of the administrator's id: genesis cannot insert it
+        c.execute(text("INSERT INTO party (id, name, role, created_seq) "
+                       "VALUES ('kh-registry-admin', 'leftover', 'participant', 0)"))
+    r = run(["init", "--insecure-dev-key"], tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[-1] == "error[database_error]: UNIQUE constraint failed: party.id"
+    assert not (tmp_path / "var" / "registry-key.pem").exists()
+    assert not (tmp_path / "var" / "admin-key.pem").exists()
+    with engine.begin() as c:
+        c.execute(text("DELETE FROM party"))
+    engine.dispose()
+    r = run(["init", "--insecure-dev-key"], tmp_path)
+    assert r.returncode == 0, r.stderr

@@ -109,7 +109,8 @@ def check_no_period_overlap(
 ) -> None:
     """Two reports covering the same days of the same area would count the reductions twice.
 
-    ``others`` are ``(report_id, start, end, forest_unit_id)`` of every report of the project.
+    ``others`` are ``(report_id, start, end, forest_unit_id)`` of every open report of the
+    project (not rejected nor withdrawn: see :data:`CLOSED_REPORT_STATUSES`).
     A project-wide report (no forest unit) covers every unit, so it overlaps reports of any
     unit; reports of two different units do not overlap.
     """
@@ -236,7 +237,7 @@ def plan_issuance(
 
 
 def check_unit_can_join(*, project_id: str, project_wide_reports: Sequence[str]) -> None:
-    """A project that already reported project-wide cannot gain a forest unit.
+    """A project with an open project-wide report cannot gain a forest unit.
 
     Its earlier reports covered the whole project area; a unit's reports would count those
     hectares again.
