@@ -1,4 +1,5 @@
-"""Test factories: a deterministic clock and a real uvicorn server on a free loopback port."""
+"""Test factories: a deterministic clock, a real uvicorn server on a free loopback port, and
+plain web servers on loopback for what answers where the registry should."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import uvicorn
@@ -64,3 +66,36 @@ def start_server(registry: Registry) -> Iterator[LiveServer]:
         server.should_exit = True
         thread.join(timeout=10)
         listener.close()
+
+
+@contextmanager
+def loopback_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on a loopback port while the block runs; yields its base URL."""
+    front = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{front.server_address[1]}"
+    finally:
+        front.shutdown()
+        front.server_close()
+
+
+def web_page(status: int, page: bytes) -> type[BaseHTTPRequestHandler]:
+    """A handler answering every GET and POST with ``page`` as HTML and ``status``: what
+    answers where the registry should (a proxy's error page, a captive portal)."""
+
+    class Page(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Page

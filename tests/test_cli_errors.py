@@ -6,11 +6,9 @@ non-zero exit (HTTP: a 4xx with the usual error body), never a traceback, and ch
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from registry.service.context import Registry
 from registry.service.setup import FirstAdministrator, initialise
 from registry.service.submit import prepare
 from registry.store.db import make_engine, migrate
-from tests.helpers import LiveServer, start_server
+from tests.helpers import LiveServer, loopback_http, start_server, web_page
 from tests.test_cli import run
 from tests.world import ADMIN, World, build_world, issue_jcm
 
@@ -164,31 +162,9 @@ def test_commands_against_a_registry_that_is_down(
 @pytest.fixture
 def not_a_registry() -> Iterator[str]:
     """A web server on loopback that answers everything with a 502 HTML page (a proxy)."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
-            body = b"<html><body><h1>502 Bad Gateway</h1></body></html>\n"
-            self.send_response(502)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = _answer
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    page = b"<html><body><h1>502 Bad Gateway</h1></body></html>\n"
+    with loopback_http(web_page(502, page)) as url:
+        yield url
 
 
 def test_submit_when_the_answer_is_not_the_registrys_json(
@@ -269,29 +245,8 @@ def test_proof_retirement_written_into_a_directory_that_is_not_there(
 def html_ok_server() -> Iterator[str]:
     """A web server answering everything 200 with an HTML page (a captive portal, or a web
     UI on the port --url names by mistake)."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = b"<html><body>Welcome</body></html>\n"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = _answer
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_http(web_page(200, b"<html><body>Welcome</body></html>\n")) as url:
+        yield url
 
 
 @pytest.mark.parametrize("command", ["submit", "holdings"])

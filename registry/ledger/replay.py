@@ -1200,18 +1200,7 @@ class Replay:
 
     def _verify_report(self, acting: _Acting) -> _Derived:
         b: ins.VerifyReport = acting.body
-        state = self.state
-        report: ReportState = _get(state.reports, b.report_id, "report")
-        project: ProjectState = _get(state.projects, report.project_id, "project")
-        if acting.actor != project.third_party_entity:
-            self.fail(
-                acting.seq,
-                "forbidden",
-                f"only project {project.id}'s third-party entity "
-                f"{project.third_party_entity} may verify its reports, not {acting.actor}",
-            )
-        if report.status != "submitted":
-            raise StateError(f"report {report.id} is already {report.status}")
+        report = self._submitted_report(acting, b.report_id, by_verifier=True)
         if b.verified_reductions > report.reductions:
             raise InvalidRequestError(
                 f"verified {b.verified_reductions} tCO2e exceeds the {report.reductions} claimed"
@@ -1254,17 +1243,19 @@ class Replay:
     def _submitted_report(
         self, acting: _Acting, report_id: str, *, by_verifier: bool
     ) -> ReportState:
-        """The report a rejection or a withdrawal closes: still only submitted, and closed
-        by the project's third-party entity (``by_verifier``) or one of its participants."""
+        """The report a verification, a rejection or a withdrawal decides on: still only
+        submitted, and decided by the project's third-party entity (``by_verifier``) or by one
+        of its participants."""
         state = self.state
         report: ReportState = _get(state.reports, report_id, "report")
         project: ProjectState = _get(state.projects, report.project_id, "project")
         if by_verifier and acting.actor != project.third_party_entity:
+            verb = "verify" if acting.kind == ins.VerifyReport.TYPE else "reject"
             self.fail(
                 acting.seq,
                 "forbidden",
                 f"only project {project.id}'s third-party entity "
-                f"{project.third_party_entity} may reject its reports, not {acting.actor}",
+                f"{project.third_party_entity} may {verb} its reports, not {acting.actor}",
             )
         if not by_verifier and acting.actor not in project.participants:
             self.fail(

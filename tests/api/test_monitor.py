@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from sqlalchemy import text
 from registry.service.context import Registry
 from registry.store.db import write_transaction
 from tests.factories import append_notes, drop_append_only_triggers
-from tests.helpers import LiveServer
+from tests.helpers import LiveServer, loopback_http
 
 REGISTRY = str(Path(sys.executable).with_name("registry"))
 
@@ -112,13 +111,8 @@ def _proxy(target: str, consistency: dict[str, str]) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(body)
 
-    front = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=front.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{front.server_address[1]}"
-    finally:
-        front.shutdown()
-        front.server_close()
+    with loopback_http(Handler) as url:
+        yield url
 
 
 def test_a_registry_that_cannot_answer_is_not_checked_and_one_that_will_not_prove_is_an_alarm(
