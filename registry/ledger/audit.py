@@ -125,17 +125,30 @@ class LogAuditor:
         self.add_opened_checkpoint(cp)
         return cp
 
+    @property
+    def last_time(self) -> str | None:
+        """The time of the last entry added (``None`` before the first)."""
+        return self._prev_time
+
     def add_opened_checkpoint(self, cp: Checkpoint) -> None:
         """Add a checkpoint whose note was already verified against the pinned key."""
         report = self.report
-        report.checkpoints += 1
         if cp.size < self.tree.size or (cp.size == 0 and self.tree.size == 0):
+            report.checkpoints += 1
             self._check_past(cp)
             return
         seen = self._pending.get(cp.size)
         if seen is None and self._checked is not None and self._checked.size == cp.size:
             seen = self._checked
-        if seen is not None and seen.root != cp.root:
+        if seen is not None and seen.root == cp.root:
+            # The same tree head twice: not a checkpoint more than the registry signed.
+            report.fail(
+                CheckpointError(f"the checkpoint for size {cp.size} is in the bundle twice"),
+                seq=cp.size,
+            )
+            return
+        report.checkpoints += 1
+        if seen is not None:
             report.fail(
                 ForkError(f"two checkpoints for size {cp.size} with different roots: a fork"),
                 seq=cp.size,

@@ -250,7 +250,7 @@ def _line_type(raw: bytes) -> str | None:
         return "entry"  # the writer's own spelling: skipping a million entries stays cheap
     try:
         value: Any = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past what the parser goes
         return None
     kind = value.get("type") if isinstance(value, dict) else None
     return kind if isinstance(kind, str) else None
@@ -319,7 +319,7 @@ class BundleReader:
     def _parse_header(self, raw: bytes) -> BundleHeader:
         try:
             value = json.loads(raw)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise BundleFormatError(
                 f"{self.path} is not an export bundle: line 1 is not JSON"
             ) from e

@@ -271,10 +271,28 @@ def parse_canonical(data: bytes) -> Any:
         try:
             value = _PROFILE_DECODER.decode(data.decode("ascii"))
             if _fast_dumps(value) == data:
-                return value
+                return _within_depth(value, data)
         except (ValueError, RecursionError, UnicodeEncodeError):
             pass
-    return _parse_carefully(data)
+    return _within_depth(_parse_carefully(data), data)
+
+
+def _within_depth(value: Any, data: bytes) -> Any:
+    """``value``, unless it nests deeper than :data:`MAX_DEPTH`, which ``canonical_bytes``
+    never writes (and which a worker process could not even hand back). Counting brackets
+    bounds the depth from above, so only a value with many of them is walked."""
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return value
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if type(item) is dict else item if type(item) is list else ()
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                if depth >= MAX_DEPTH:
+                    raise MalformedError(f"JSON nested deeper than {MAX_DEPTH} levels")
+                stack.append((child, depth + 1))
+    return value
 
 
 def _parse_carefully(data: bytes) -> Any:

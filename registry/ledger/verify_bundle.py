@@ -41,6 +41,7 @@ from registry.ledger.bundle import (
     TailLine,
 )
 from registry.ledger.checkpoint import NoteVerifier
+from registry.ledger.entry import parse_time
 from registry.ledger.keys import PublicKey, b64encode
 from registry.ledger.opening import Context, Job, JobResult, OpenedCheckpoint, run_job
 from registry.ledger.replay import Replay, ReplayedState
@@ -203,10 +204,19 @@ def _pipeline(jobs: Iterator[Job], workers: int) -> Iterator[tuple[Job, JobResul
             window.append((job, pool.submit(run_job, job)))
             if len(window) >= 2 * workers:
                 done, future = window.popleft()
-                yield done, future.result()
+                yield done, _result(done, future)
         while window:
             done, future = window.popleft()
-            yield done, future.result()
+            yield done, _result(done, future)
+
+
+def _result(job: Job, future: Future[JobResult]) -> JobResult:
+    """A worker's result; a job it could not finish or hand back (an input no check foresaw)
+    is run again in this process, where whatever it meets is reported or raised as usual."""
+    try:
+        return future.result()
+    except Exception:
+        return run_job(job)
 
 
 class _Verifier:
@@ -250,7 +260,12 @@ class _Verifier:
                 f"bundle is for {h.origin!r}",
             )
         listed = False
+        seen: set[str] = set()
         for k in h.registry_keys:
+            if k.key_id in seen:
+                self.fail("bad_bundle", f"the header lists registry key {k.key_id} twice")
+                continue
+            seen.add(k.key_id)
             try:
                 key = PublicKey.from_b64(k.public_key)
             except MalformedError as e:
@@ -374,6 +389,25 @@ class _Verifier:
         while checkpoints:
             self._add_checkpoint(checkpoints.popleft())
 
+    def check_export_time(self) -> None:
+        """The header's export time is a time (the report states it), and not before the
+        last entry's: the registry exports what it has written."""
+        exported, last = self.header.exported_at, self.auditor.last_time
+        try:
+            parse_time(exported)
+        except ValueError:
+            self.fail(
+                "bad_bundle",
+                f"the header's export time {exported!r} is not a time YYYY-MM-DDTHH:MM:SS.ffffffZ",
+            )
+            return
+        if last is not None and exported < last:  # fixed-width UTC: text order is time order
+            self.fail(
+                "bad_bundle",
+                f"the header says the bundle was exported at {exported}, before its last "
+                f"entry's time {last}",
+            )
+
     def check_party_keys(self) -> int:
         """Compare the bundle's party key lines with the key history the ledger records."""
         keys = self.replay.state.keys
@@ -391,8 +425,13 @@ class _Verifier:
                 )
                 continue
             assert isinstance(line, PartyKeyLine)
-            count += 1
             k = line.key
+            if k.key_id in seen:
+                self.fail(
+                    "bad_bundle", f"party key line {line.line}: key {k.key_id} is listed twice"
+                )
+                continue
+            count += 1
             known = keys.get(k.key_id)
             if known is None:
                 self.fail(
@@ -473,6 +512,7 @@ def verify_bundle(
             f"the header says the log holds {run.header.tree_size} entries; "
             f"the bundle has {log.entries} entry lines",
         )
+    run.check_export_time()
     party_keys = run.check_party_keys()
     report = BundleReport(
         bundle=str(path),

@@ -29,7 +29,7 @@ from registry.ledger.bundle import (
 )
 from registry.ledger.checkpoint import NoteVerifier
 from registry.ledger.dsse import Envelope
-from registry.ledger.entry import Entry, format_time
+from registry.ledger.entry import Entry, envelope_time, format_time
 from registry.ledger.keys import PublicKey, b64encode
 from registry.service.context import Registry, utc_now
 from registry.store import ledger_repo
@@ -156,14 +156,20 @@ def export_bundle(
     """
     engine = source.engine if isinstance(source, Registry) else source
     with read_session(engine) as session:
-        size = ledger_repo.tree_size(session)
+        end = ledger_repo.head(session)
+        size = end.size
         origin = source.origin if isinstance(source, Registry) else _origin_from_genesis(session)
+        exported_at = format_time(now())
+        if end.last_envelope is not None:
+            # Never before the last entry, even with this machine's clock behind the
+            # registry's: an auditor checks that the registry exported what it had written.
+            exported_at = max(exported_at, envelope_time(end.last_envelope))
         header = BundleHeader(
             format="kh-carbon-registry-export",
             version=1,
             origin=origin,
             tree_size=size,
-            exported_at=format_time(now()),
+            exported_at=exported_at,
             registry_keys=_registry_keys(session, origin, size),
         )
         stream, tmp = atomic_output(out)
