@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+MAX_MESSAGE = 2000
+"""Most characters of an error's message: a message quoting a request's value is cut there."""
+
 
 class RegistryError(Exception):
     """Root of every deliberate failure; ``message`` is for people, ``code`` for machines."""
@@ -18,6 +21,8 @@ class RegistryError(Exception):
     http_status: ClassVar[int] = 400
 
     def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        if len(message) > MAX_MESSAGE:  # one that quotes what it refuses, say 16 MiB of it
+            message = f"{message[:MAX_MESSAGE]}... ({len(message) - MAX_MESSAGE} more characters)"
         super().__init__(message)
         self.message = message
         self.details: dict[str, Any] = details or {}

@@ -57,8 +57,8 @@ def b64decode_strict(text: str, *, what: str) -> bytes:
     try:  # refused: only to say how
         base64.b64decode(text.encode("ascii"), validate=True)
     except (UnicodeEncodeError, binascii.Error, ValueError) as e:
-        raise MalformedError(f"{what} is not valid standard base64: {text!r}") from e
-    raise MalformedError(f"{what} is not canonical standard base64: {text!r}")
+        raise MalformedError(f"{what} is not valid standard base64: {text[:100]!r}") from e
+    raise MalformedError(f"{what} is not canonical standard base64: {text[:100]!r}")
 
 
 def b64decode_exact(text: bytes) -> bytes | None:

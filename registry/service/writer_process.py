@@ -145,12 +145,14 @@ class _Peer:
         it sees its connection close, and answers 500 (a retry is safe) to whoever waits."""
         if self.closed:
             return
+        unread = len(self._unsent)  # answers sent before this one, still not read
+        if unread > MAX_UNSENT:
+            _log.error("an API process left %d bytes of answers unread; closing its connection",
+                       unread)
+            self._close()
+            return
         self._unsent += frame
         self.flush()
-        if len(self._unsent) > MAX_UNSENT:
-            _log.error("an API process left %d bytes of answers unread; closing its connection",
-                       len(self._unsent))
-            self._close()
 
     def flush(self) -> None:
         while self._unsent and not self.closed:
@@ -170,6 +172,10 @@ class _Peer:
     def _close(self) -> None:
         self.closed = True
         self._unsent.clear()  # nobody will read it
+        # The API process sees the end of its connection now (its waiting requests get a 500
+        # that says a retry is safe); the descriptor itself is closed once it is unregistered.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
     def _split(self) -> None:
         buffer, start = self._buffer, 0
@@ -419,10 +425,15 @@ _SUN_PATH = 108
 def _socket_dir() -> str:
     """A new directory for the writer's socket that only this user can enter: under
     ``$XDG_RUNTIME_DIR`` when there is one (no clean-up of old temporary files reaches it),
-    else, or when a socket's path there would be too long for the system, under the
-    temporary directory."""
+    else, or when it cannot be written (``su`` keeps the invoking user's) or a socket's path
+    there would be too long for the system, under the temporary directory."""
     for parent in (os.environ.get("XDG_RUNTIME_DIR") or None, None):
-        path = tempfile.mkdtemp(prefix="registry-writer-", dir=parent)
+        try:
+            path = tempfile.mkdtemp(prefix="registry-writer-", dir=parent)
+        except OSError:
+            if parent is None:
+                raise
+            continue
         if len(os.fsencode(os.path.join(path, _SOCKET))) < _SUN_PATH:
             return path
         os.rmdir(path)

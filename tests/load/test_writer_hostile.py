@@ -1,0 +1,241 @@
+"""The writer process under hostile or careless API processes and environments: every request
+is answered, and one API process that stops reading holds up nobody else."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import multiprocessing
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import httpx
+import pytest
+
+from registry.api.app import MAX_BODY_BYTES
+from registry.config import Settings
+from registry.service.context import Registry
+from registry.service.writer_process import (
+    MAX_UNSENT,
+    WriterHost,
+    WriterProcess,
+    WriterUnavailable,
+    _frame,
+    _Peers,
+)
+from tests.load import ServerProcess
+
+
+@contextmanager
+def _writer_side(tmp_path: Path) -> Iterator[tuple[_Peers, str, Connection]]:
+    """The writer process's ``_Peers`` on a fresh socket (as tests/service/test_writer_pipe.py)."""
+    address = str(tmp_path / "writer.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen()
+    control, writer_end = multiprocessing.Pipe()
+    try:
+        yield _Peers(listener, writer_end), address, control
+    finally:
+        if not control.closed:
+            control.close()
+        listener.close()
+
+
+def _connect(address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(address)
+    return sock
+
+
+def _read_until_eof(sock: socket.socket, within: float) -> tuple[int, bool]:
+    """Bytes read, and whether the end of the stream was seen within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    read = 0
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = sock.recv(1 << 20)
+        except TimeoutError:
+            return read, False
+        if not data:
+            return read, True
+        read += len(data)
+    return read, False
+
+
+# --- an API process that stops reading is given up, and told so at once ----------------------
+
+
+def test_an_api_process_that_stops_reading_is_given_up_and_sees_its_connection_close(
+    tmp_path: Path,
+) -> None:
+    """Answers an API process leaves unread pile up to MAX_UNSENT; the next answer gives it
+    up, and it must see its connection end then (its waiting requests get a 500 that says a
+    retry is safe), even while the writer waits for work with nothing else to do."""
+    with _writer_side(tmp_path) as (peers, address, control):
+        api = _connect(address)
+        for request_id in (0, 1):
+            api.sendall(_frame((request_id, "credits.transfer", {}, f"k{request_id}")))
+        taken = peers.take(16)
+        peer = taken[0][0]
+        # A batch's answers that the API process does not read: past MAX_UNSENT...
+        peers.answer(peer, [(0, None, ("", "", "x" * (MAX_UNSENT + (1 << 20)), {}))])
+        # ...and the next: it is given up.
+        peers.answer(peer, [(1, None, ("", "", "y", {}))])
+        waiting = threading.Thread(target=peers.take, args=(16,), daemon=True)
+        waiting.start()  # the writer goes back to waiting for work, as serve_writes does
+        try:
+            read, closed = _read_until_eof(api, within=10)
+            assert closed, f"the API process read {read} bytes and then waited for ever"
+            assert read < MAX_UNSENT + (2 << 20)
+        finally:
+            control.close()  # the server is gone: the writer's wait ends
+            waiting.join(10)
+            api.close()
+
+
+# --- an API process that reads its answers is never given up for their size -----------------
+
+
+def test_an_api_process_that_reads_its_answers_is_not_given_up_for_one_large_batch(
+    tmp_path: Path,
+) -> None:
+    """``MAX_UNSENT`` is for an API process that stopped reading, not for one batch's answers
+    of more than that, which a reading API process takes (its requests, committed ones
+    included, would otherwise all lose their answers)."""
+    address = str(tmp_path / "writer.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen()
+    control, writer_end = multiprocessing.Pipe()
+    peers = _Peers(listener, writer_end)
+    big = "x" * (MAX_UNSENT + (1 << 20))
+
+    def writer() -> None:  # serve_writes, reduced to what it does here
+        while requests := peers.take(16):
+            for peer, (request_id, *_rest) in requests:
+                peers.answer(peer, [(request_id, None, ("", "", big, {}))])
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    api = WriterProcess(address)
+
+    async def one() -> BaseException | None:
+        try:
+            await asyncio.wait_for(api.submit("credits.transfer", {}, "k"), 20)
+        except BaseException as e:
+            return e
+        finally:
+            await api.aclose()
+        return None
+
+    try:
+        error = asyncio.run(one())
+    finally:
+        control.close()
+        thread.join(10)
+        listener.close()
+    assert not isinstance(error, TimeoutError), "the request never got an answer"
+    assert not isinstance(error, WriterUnavailable), (
+        "an API process reading its answers was given up: its requests got a 500"
+    )
+    assert isinstance(error, RuntimeError) and big[:10] in str(error)
+
+
+# --- from HTTP: requests with a huge bad signature are refused briefly, and stop nothing ------
+
+
+def _oversized_signature_request(i: int) -> bytes:
+    """A transfer whose signature is 16 MiB of U+007F: valid in shape (FastAPI's model takes
+    any string as a signature), refused by the writer as ``malformed`` (422). Its message
+    used to quote the whole signature, four bytes for each one received: 64 MiB of answer."""
+    signed = {
+        "instruction": {
+            "type": "credits.transfer", "actor": "kh-water",
+            "key_id": hashlib.sha256(b"k").hexdigest(), "nonce": f"n{i:030d}",
+            "expires": "2030-01-01T00:00:00Z",
+            "body": {"account": "KH-WATER-1", "batch": "B", "quantity": 1,
+                     "to_account": "JP-BUYER-1"},
+        },
+        "signature": "",
+    }
+    head = json.dumps(signed).encode()
+    room = MAX_BODY_BYTES - len(head)
+    data = head.replace(b'"signature": ""', b'"signature": "' + b"\x7f" * room + b'"')
+    assert len(data) <= MAX_BODY_BYTES
+    return (
+        f"POST /v1/transfers HTTP/1.1\r\nHost: registry\r\nContent-Type: application/json\r\n"
+        f"Idempotency-Key: big-{i}\r\nContent-Length: {len(data)}\r\n\r\n"
+    ).encode() + data
+
+
+def test_three_requests_with_a_huge_bad_signature_do_not_stop_every_write(
+    settings: Settings, registry: Registry, tmp_path: Path
+) -> None:
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("the database plays no part: SQLite is enough")
+    server = ServerProcess(settings, tmp_path / "server.log")
+    server.start()
+    sockets: list[socket.socket] = []
+    try:
+        requests = [_oversized_signature_request(i) for i in range(3)]
+        sockets = [socket.create_connection(("127.0.0.1", server.port)) for _ in requests]
+        for sock, request in zip(sockets, requests, strict=True):
+            sock.sendall(request)
+        firsts: dict[int, bytes] = {}
+        deadline = time.monotonic() + 60
+        while len(firsts) < len(sockets) and time.monotonic() < deadline:
+            pending = [s for i, s in enumerate(sockets) if i not in firsts]
+            readable, _, _ = select.select(pending, [], [], 1)
+            for sock in readable:
+                firsts[sockets.index(sock)] = sock.recv(1 << 16).split(b"\r\n", 1)[0]
+        # Then an ordinary (small) instruction from anyone: refused, but answered.
+        small = {"instruction": {"type": "credits.transfer", "actor": "nobody",
+                                 "key_id": "0" * 64, "nonce": "n" * 20,
+                                 "expires": "2030-01-01T00:00:00Z",
+                                 "body": {"account": "A", "batch": "B", "quantity": 1,
+                                          "to_account": "C"}},
+                 "signature": "AAAA"}
+        try:
+            after = httpx.post(f"{server.url}/v1/transfers", json=small, timeout=20,
+                               headers={"Idempotency-Key": "small-1"}).status_code
+        except httpx.TimeoutException:
+            after = None
+        assert list(firsts.values()) == [b"HTTP/1.1 422 Unprocessable Entity"] * 3 and (
+            after is not None and after < 500
+        ), (
+            f"answers to the three oversized requests within 60 s: {firsts}; a later small "
+            f"instruction got {after} (None: no answer in 20 s)\n" + server.log_tail(3)
+        )
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.stop()
+
+
+# --- the socket's directory ---------------------------------------------------------------
+
+
+def test_the_writer_socket_falls_back_when_xdg_runtime_dir_cannot_be_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``$XDG_RUNTIME_DIR`` naming a directory that does not exist, or that this user cannot
+    write (``su``/``sudo -u`` keep the invoking user's /run/user/UID), is passed over for the
+    temporary directory: ``registry serve`` still starts."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "not-there"))
+    host = WriterHost()
+    try:
+        assert os.path.isdir(os.path.dirname(host.address))
+    finally:
+        host.stop()
+
+
