@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "passphrase"})
@@ -33,6 +33,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+
+    lock_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a write waits for the ledger's lock on PostgreSQL (another server sharing the
+    database holds it) before it is answered 503 ``registry_busy``: a retry is safe."""
 
     @field_validator("key_passphrase")
     @classmethod

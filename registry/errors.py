@@ -28,6 +28,13 @@ class RegistryError(Exception):
         self.details: dict[str, Any] = details or {}
 
 
+class RegistryBusyError(RegistryError):
+    """The ledger's lock was not free in time; nothing was done, and a retry is safe."""
+
+    code = "registry_busy"
+    http_status = 503
+
+
 # --- the signed log -------------------------------------------------------------------------
 
 

@@ -61,7 +61,7 @@ def open_registry(
     settings: Settings, *, clock: Callable[[], datetime] = utc_now, migrate_schema: bool = True
 ) -> Registry:
     """Open the registry ``settings`` describe, bringing its schema up to date."""
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, lock_timeout=settings.lock_timeout)
     if migrate_schema:
         migrate(engine)
     return Registry(

@@ -18,8 +18,10 @@ from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
+from registry.errors import RegistryBusyError
 from registry.store import write_behind
 from registry.store.statements import Read, read_ahead, text_rows
 
@@ -31,8 +33,9 @@ LEDGER_LOCK_KEY = 0x4B48_4C47  # "KHLG": the advisory lock that serialises appen
 _WRITE = "registry_write"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url`` with the settings durability and serialisation need."""
+def make_engine(url: str, *, lock_timeout: float = 30.0, **kwargs: Any) -> Engine:
+    """An engine for ``url`` with the settings durability and serialisation need; on
+    PostgreSQL no statement waits more than ``lock_timeout`` seconds for a lock."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -45,10 +48,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         # Writes are serialised anyway; a small pool keeps several processes well inside
         # PostgreSQL's default 100 connections.
-        return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8, **kwargs)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8, **kwargs)
+        _configure_postgres(engine, lock_timeout_ms=max(1, round(lock_timeout * 1000)))
+        return engine
     raise ValueError(
         f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
     )
+
+
+def _configure_postgres(engine: Engine, *, lock_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # For the session (a URL's own options, a schema's search_path, stay as they are).
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = {int(lock_timeout_ms)}")
+        dbapi_connection.commit()
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -110,15 +124,28 @@ _LEDGER_LOCK = text_rows(
 )
 
 
+_LOCK_NOT_AVAILABLE = "55P03"
+"""PostgreSQL's SQLSTATE for a lock not obtained within ``lock_timeout``."""
+
+
 @contextmanager
 def _write_session(engine: Engine, reads: Sequence[Read]) -> Iterator[Session]:
     writer = engine.execution_options(**{_WRITE: True})
     with Session(writer, expire_on_commit=False) as session, session.begin():
         if is_postgres(engine):
             lock = {"k": LEDGER_LOCK_KEY}
-            # The server runs a pipeline's statements in order: the reads wait for the lock.
-            read_ahead(session, [(_LEDGER_LOCK, lock), *reads])
-            _LEDGER_LOCK.first(session, lock)
+            try:
+                # The server runs a pipeline's statements in order: the reads wait for the lock.
+                read_ahead(session, [(_LEDGER_LOCK, lock), *reads])
+                _LEDGER_LOCK.first(session, lock)
+            except DBAPIError as e:
+                if getattr(e.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                    raise
+                raise RegistryBusyError(
+                    "the ledger's lock stayed taken by another transaction (another server "
+                    "sharing the database?); nothing was done, and a retry with the same "
+                    "Idempotency-Key is safe"
+                ) from e
         yield session
         if write_behind.pending(session):
             raise RuntimeError("a write transaction ended with deferred rows it never wrote")

@@ -96,6 +96,8 @@ class ServerProcess:
     workers: int = 1
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    """More of the server's environment (``REGISTRY_LOCK_TIMEOUT``, say)."""
 
     @property
     def url(self) -> str:
@@ -105,7 +107,7 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         env.update(REGISTRY_DATABASE_URL=self.settings.database_url,
                    REGISTRY_ORIGIN=self.settings.origin,
-                   REGISTRY_KEY_FILE=str(self.settings.key_file))
+                   REGISTRY_KEY_FILE=str(self.settings.key_file), **self.env)
         for attempt in range(3):
             with open(self.log_path, "ab") as log:
                 log.write(f"--- start {self.starts} on port {self.port}\n".encode())

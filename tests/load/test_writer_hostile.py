@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from registry.api.app import MAX_BODY_BYTES
 from registry.config import Settings
@@ -31,6 +32,7 @@ from registry.service.writer_process import (
     _frame,
     _Peers,
 )
+from registry.store.db import LEDGER_LOCK_KEY, make_engine
 from tests.load import ServerProcess
 
 
@@ -239,3 +241,48 @@ def test_the_writer_socket_falls_back_when_xdg_runtime_dir_cannot_be_used(
         host.stop()
 
 
+def _small_refused_instruction() -> dict[str, object]:
+    return {"instruction": {"type": "credits.transfer", "actor": "nobody",
+                            "key_id": "0" * 64, "nonce": "n" * 20,
+                            "expires": "2030-01-01T00:00:00Z",
+                            "body": {"account": "A", "batch": "B", "quantity": 1,
+                                     "to_account": "C"}},
+            "signature": "AAAA"}
+
+
+# --- PostgreSQL: a ledger lock held elsewhere ---------------------------------------------------
+
+
+def test_a_write_waiting_for_the_ledger_lock_is_answered_in_bounded_time(
+    settings: Settings, registry: Registry, tmp_path: Path
+) -> None:
+    """While another session holds the ledger's lock (a hung server sharing the database, a
+    stuck transaction), a write waits ``lock_timeout`` and is answered 503 registry_busy: a
+    retry is safe. It used to wait for ever, and every other write with it."""
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("SQLite's write lock has a 60 s timeout")
+    holder = make_engine(settings.database_url)
+    server = ServerProcess(settings, tmp_path / "server.log",
+                           env={"REGISTRY_LOCK_TIMEOUT": "2"})
+    server.start()
+    try:
+        with holder.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k, hashtext(current_schema()))"),
+                         {"k": LEDGER_LOCK_KEY})
+            conn.commit()  # a session-level lock: held until released
+            try:
+                answer = httpx.post(f"{server.url}/v1/transfers",
+                                    json=_small_refused_instruction(), timeout=30,
+                                    headers={"Idempotency-Key": "locked-out"})
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock_all()"))
+                conn.commit()
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "registry_busy"
+        # The lock free again, the retry goes through (here: refused, the party is unknown).
+        retry = httpx.post(f"{server.url}/v1/transfers", json=_small_refused_instruction(),
+                           timeout=30, headers={"Idempotency-Key": "locked-out"})
+        assert retry.status_code == 401, retry.text
+    finally:
+        server.stop()
+        holder.dispose()
