@@ -458,9 +458,7 @@ class WriterHost:
     def __init__(self) -> None:
         self._dir = _socket_dir()
         self.address = os.path.join(self._dir, _SOCKET)
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(self.address)
-        self._listener.listen(socket.SOMAXCONN)
+        self._listener = self._listen()
         self._context = multiprocessing.get_context("spawn")
         self._process: multiprocessing.process.BaseProcess | None = None
         self._control: Connection | None = None
@@ -471,6 +469,24 @@ class WriterHost:
         self._lock = threading.Lock()
         """Held while a writer process is started: :meth:`stop` waits for it."""
         self._stopping = threading.Event()
+
+    def _listen(self) -> socket.socket:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.address)
+        listener.listen(socket.SOMAXCONN)
+        return listener
+
+    def _listen_again_if_gone(self) -> None:
+        """Make the socket anew, at the same address, if its file is gone: the API processes
+        connect by its path, which a clean-up of ``$XDG_RUNTIME_DIR`` (the end of the user's
+        last session) removes while the server runs. Connections made so far are not
+        affected; the next ones, after a writer process is replaced, would find nothing."""
+        if os.path.exists(self.address):
+            return
+        _log.error("the writer's socket %s was removed; making it again", self.address)
+        os.makedirs(self._dir, mode=0o700, exist_ok=True)
+        old, self._listener = self._listener, self._listen()
+        old.close()
 
     def launch(self) -> None:
         """Start the writer process's interpreter: it imports its code (most of its start)
@@ -583,6 +599,7 @@ class WriterHost:
                 if self._stopping.is_set():
                     return False
                 try:
+                    self._listen_again_if_gone()
                     self._spawn(timeout=60.0)
                     return True
                 except Exception:

@@ -9,6 +9,8 @@ import json
 import multiprocessing
 import os
 import select
+import shutil
+import signal
 import socket
 import threading
 import time
@@ -34,6 +36,7 @@ from registry.service.writer_process import (
 )
 from registry.store.db import LEDGER_LOCK_KEY, make_engine
 from tests.load import ServerProcess
+from tests.load.test_writer_process import _gone, _spawned
 
 
 @contextmanager
@@ -248,6 +251,47 @@ def _small_refused_instruction() -> dict[str, object]:
                             "body": {"account": "A", "batch": "B", "quantity": 1,
                                      "to_account": "C"}},
             "signature": "AAAA"}
+
+
+def test_writes_recover_after_a_writer_restart_when_the_socket_directory_was_removed(
+    settings: Settings, registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket lives in a directory under $XDG_RUNTIME_DIR, which systemd-logind removes
+    when the user's last session ends (``nohup registry serve &`` over SSH, then log out).
+    The next writer process is started on a socket made anew at the same address: without
+    it every write answered 500 for the rest of the server's life, while reads answered and
+    the server looked healthy."""
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("the database plays no part: SQLite is enough")
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
+    server = ServerProcess(settings, tmp_path / "server.log")
+    server.start()
+    try:
+        first = httpx.post(f"{server.url}/v1/transfers", json=_small_refused_instruction(),
+                           timeout=30, headers={"Idempotency-Key": "before"})
+        assert first.status_code == 401, first.text  # unknown party: the writer answered
+        (socket_dir,) = run.glob("registry-writer-*")
+        shutil.rmtree(socket_dir)  # logind removing /run/user/UID at logout
+        (writer,) = _spawned(server)
+        os.kill(writer, signal.SIGKILL)
+        assert _gone(writer, within=10)
+        statuses: list[int] = []
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            response = httpx.post(f"{server.url}/v1/transfers",
+                                  json=_small_refused_instruction(), timeout=30,
+                                  headers={"Idempotency-Key": f"after-{len(statuses)}"})
+            statuses.append(response.status_code)
+            if response.status_code < 500:
+                break
+            time.sleep(1)
+        assert statuses[-1] == 401, (
+            f"writes after the writer's restart: {statuses}; last: {response.text}"
+        )
+    finally:
+        server.stop()
 
 
 # --- PostgreSQL: a ledger lock held elsewhere ---------------------------------------------------
