@@ -12,6 +12,7 @@ import select
 import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -263,8 +264,8 @@ def test_writes_recover_after_a_writer_restart_when_the_socket_directory_was_rem
     the server looked healthy."""
     if not settings.database_url.startswith("sqlite"):
         pytest.skip("the database plays no part: SQLite is enough")
-    run = tmp_path / "run"
-    run.mkdir(mode=0o700)
+    # Short enough for a socket's path, wherever the test's own directory is.
+    run = Path(tempfile.mkdtemp(prefix="run-"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
     server = ServerProcess(settings, tmp_path / "server.log")
     server.start()
@@ -292,6 +293,7 @@ def test_writes_recover_after_a_writer_restart_when_the_socket_directory_was_rem
         )
     finally:
         server.stop()
+        shutil.rmtree(run, ignore_errors=True)
 
 
 # --- PostgreSQL: a ledger lock held elsewhere ---------------------------------------------------
