@@ -436,21 +436,10 @@ class RemoteError(RegistryError):
 
 
 def main() -> None:
-    import httpx
-    from sqlalchemy.exc import SQLAlchemyError
-
     try:
         app()
-    except httpx.TransportError as e:
-        message = f"error[registry_unavailable]: cannot reach the registry: {e}"
-        typer.secho(message, fg="red", err=True)
-        sys.exit(1)
     except (OSError, UnicodeDecodeError) as e:  # a file that is not there, or not text
         typer.secho(f"error[io_error]: {e}", fg="red", err=True)
-        sys.exit(1)
-    except SQLAlchemyError as e:  # the database refused or failed: its first line says why
-        first = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        typer.secho(f"error[database_error]: {first}", fg="red", err=True)
         sys.exit(1)
     except RemoteError as e:
         typer.secho(f"error[{e.remote_code}]: {e.message}", fg="red", err=True)
@@ -458,3 +447,24 @@ def main() -> None:
     except RegistryError as e:
         typer.secho(f"error[{e.code}]: {e.message}", fg="red", err=True)
         sys.exit(1)
+    except Exception as e:
+        message = _one_line(e)
+        if message is None:
+            raise
+        typer.secho(message, fg="red", err=True)
+        sys.exit(1)
+
+
+def _one_line(error: Exception) -> str | None:
+    """What to say of a failure of the HTTP client or the database, in one line; ``None`` for
+    anything else. Only modules a command loaded are looked at: ``verify`` and its workers
+    never load the HTTP client or the database layer for this."""
+    httpx = sys.modules.get("httpx")
+    if httpx is not None and isinstance(error, httpx.TransportError):
+        return f"error[registry_unavailable]: cannot reach the registry: {error}"
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    if sqlalchemy_exc is not None and isinstance(error, sqlalchemy_exc.SQLAlchemyError):
+        # The database refused or failed: its first line says why.
+        first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        return f"error[database_error]: {first}"
+    return None
