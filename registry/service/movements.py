@@ -24,7 +24,7 @@ from registry.store.credits_repo import (
     batch_exists,
     held_blocks,
     held_blocks_read,
-    move_held,
+    move_serials,
 )
 from registry.store.statements import Read
 from registry.store.tables import RetirementRow
@@ -90,16 +90,15 @@ def _move(
     else:
         assert body.quantity is not None
         taken, _ = take_lowest(held, body.quantity)
-    move_held(
+    move_serials(
         session,
-        account_id=source.id,
-        batch_id=body.batch,
         rows=rows,
         taken=taken,
         to_account=to_account,
         status=status,
         seq=acting.seq,
         kind=acting.instruction.type,
+        read=held_blocks_read(account_id=source.id, batch_id=body.batch),
     )
     return taken
 

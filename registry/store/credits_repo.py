@@ -115,34 +115,6 @@ def held_blocks(
     return [HeldBlock(*row) for row in query.rows(session, params)]
 
 
-def move_held(
-    session: Session,
-    *,
-    account_id: str,
-    batch_id: str,
-    rows: Sequence[HeldBlock],
-    taken: Sequence[SerialRange],
-    to_account: str,
-    status: str,
-    seq: int,
-    kind: str,
-) -> None:
-    """:func:`move_serials` out of ``rows``, which must be every block ``held_blocks(
-    account_id=account_id, batch_id=batch_id)`` returns now; what the account holds in the
-    batch afterwards is then known without reading it again, and kept as that read's answer
-    (``statements.keep``): the next movement from the account, in the same transaction,
-    reads it without a round trip on PostgreSQL."""
-    remaining = move_serials(
-        session, rows=rows, taken=taken, to_account=to_account, status=status, seq=seq, kind=kind
-    )
-    still = [b for b in remaining if (b.account_id, b.status) == (account_id, "active")]
-    keep(
-        session,
-        held_blocks_read(account_id=account_id, batch_id=batch_id),
-        [(b.batch_id, b.start, b.end, b.account_id, b.status) for b in still],
-    )
-
-
 def add_block(
     session: Session, *, batch_id: str, serials: SerialRange, account_id: str, status: str
 ) -> None:
@@ -193,13 +165,17 @@ def move_serials(
     status: str,
     seq: int,
     kind: str,
-) -> list[HeldBlock]:
+    read: Read | None = None,
+) -> None:
     """Move the ``taken`` serials out of ``rows`` (one batch) to ``to_account`` in ``status``.
 
     Each affected row keeps its first piece in place (its start, the unique key, is unchanged)
     and the other pieces become new rows, so a block split costs O(pieces), never O(tonnes).
-    Returns every block ``rows`` now are, in serial order: untouched rows, and the pieces of
-    the others where they now are.
+
+    ``read``, if given, is the ``held_blocks_read`` whose whole answer ``rows`` are (an
+    account's active blocks in the batch): what the account holds afterwards is then known
+    without reading it again, and kept as that read's answer (``statements.keep``), so the
+    next movement from the account in the same transaction reads it without a round trip.
     """
     updates: list[dict[str, object]] = []
     new_blocks: list[dict[str, object]] = []
@@ -266,7 +242,10 @@ def move_serials(
     # of the transaction: a round trip saved on PostgreSQL (see Statement.execute_soon).
     _MOVE_BLOCK.execute_soon(session, updates)
     _NEW_BLOCK.execute_soon(session, new_blocks)
-    return now
+    if read is not None:
+        account_id, status_held = read[1]["account"], read[1]["status"]
+        still = [b for b in now if (b.account_id, b.status) == (account_id, status_held)]
+        keep(session, read, [(b.batch_id, b.start, b.end, b.account_id, b.status) for b in still])
 
 
 # By the block's unique key, not its id: a piece split off earlier in the same transaction

@@ -86,26 +86,19 @@ def test_a_deeply_nested_entry_is_a_failure_not_a_crash_with_workers(
 # --- 3. duplicated lines pass and inflate the reported figures ---------------------------------
 
 
-def test_a_duplicated_checkpoint_line_does_not_pass_with_an_inflated_count(
-    sqlite_bundle: Exported, tmp_path: Path  # noqa: F811
+@pytest.mark.parametrize("kind", [b"checkpoint", b"party_key"])
+def test_a_line_listed_twice_fails_instead_of_being_counted_twice(
+    sqlite_bundle: Exported, tmp_path: Path, kind: bytes  # noqa: F811
 ) -> None:
     lines = _lines(sqlite_bundle)
-    last_cp = max(i for i, raw in enumerate(lines) if raw.startswith(b'{"type":"checkpoint"'))
-    lines.insert(last_cp + 1, lines[last_cp])
+    at = max(i for i, raw in enumerate(lines) if raw.startswith(b'{"type":"' + kind + b'"'))
+    lines.insert(at + 1, lines[at])
     report = verify_bundle(_write(tmp_path, lines), registry_key=sqlite_bundle.key).report
     exported = RawBundle.read(sqlite_bundle.path)
-    assert not report.ok or report.log.checkpoints == len(exported.checkpoints)
-
-
-def test_a_duplicated_party_key_line_does_not_pass_with_an_inflated_count(
-    sqlite_bundle: Exported, tmp_path: Path  # noqa: F811
-) -> None:
-    lines = _lines(sqlite_bundle)
-    first_pk = next(i for i, raw in enumerate(lines) if raw.startswith(b'{"type":"party_key"'))
-    lines.insert(first_pk + 1, lines[first_pk])
-    report = verify_bundle(_write(tmp_path, lines), registry_key=sqlite_bundle.key).report
-    exported = RawBundle.read(sqlite_bundle.path)
-    assert not report.ok or report.party_keys == len(exported.party_keys)
+    assert not report.ok and any("twice" in f.message for f in report.failures)
+    counted = report.log.checkpoints if kind == b"checkpoint" else report.party_keys
+    listed = exported.checkpoints if kind == b"checkpoint" else exported.party_keys
+    assert counted == len(listed)
 
 
 # --- 4. the header's export time is reported without any check ---------------------------------

@@ -15,9 +15,6 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 import httpx
@@ -38,28 +35,7 @@ from registry.service.writer_process import (
 from registry.store.db import LEDGER_LOCK_KEY, make_engine
 from tests.load import ServerProcess
 from tests.load.test_writer_process import _gone, _spawned
-
-
-@contextmanager
-def _writer_side(tmp_path: Path) -> Iterator[tuple[_Peers, str, Connection]]:
-    """The writer process's ``_Peers`` on a fresh socket (as tests/service/test_writer_pipe.py)."""
-    address = str(tmp_path / "writer.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(address)
-    listener.listen()
-    control, writer_end = multiprocessing.Pipe()
-    try:
-        yield _Peers(listener, writer_end), address, control
-    finally:
-        if not control.closed:
-            control.close()
-        listener.close()
-
-
-def _connect(address: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(address)
-    return sock
+from tests.service.test_writer_pipe import _connect, _writer_side
 
 
 def _read_until_eof(sock: socket.socket, within: float) -> tuple[int, bool]:
