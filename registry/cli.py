@@ -261,14 +261,7 @@ def holdings(
 
     client = RegistryClient.connect(url, actor=actor, key=_read_party_key(key))
     try:
-        data = client.get(f"/v1/accounts/{account}/holdings", signed=True, params={"limit": 500})
-        blocks = list(data["blocks"]["data"])
-        while len(blocks) < data["blocks"]["count"]:  # the rest, 500 at a time
-            page = client.get(f"/v1/accounts/{account}/holdings", signed=True,
-                              params={"offset": len(blocks), "limit": 500})
-            if not page["blocks"]["data"]:
-                break  # the account moved credits meanwhile
-            blocks += page["blocks"]["data"]
+        data, blocks = _all_holdings(client, account)
     except ClientError as e:
         raise RemoteError(e.code, e.message) from e
     typer.echo(
@@ -277,6 +270,23 @@ def holdings(
     )
     for block in blocks:
         typer.echo(f"  {block['block']:<40} {block['quantity']:>12}  {block['status']}")
+
+
+def _all_holdings(client: Any, account: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An account's holdings and every block, 500 a page, all read at one ledger size: when
+    the registry moved between two pages (they may then disagree), it starts again."""
+    path = f"/v1/accounts/{account}/holdings"
+    for _ in range(5):
+        data = client.get(path, signed=True, params={"limit": 500})
+        blocks, size = list(data["blocks"]["data"]), data["blocks"]["tree_size"]
+        while len(blocks) < data["blocks"]["count"]:
+            page = client.get(path, signed=True, params={"offset": len(blocks), "limit": 500})
+            if page["blocks"]["tree_size"] != size or not page["blocks"]["data"]:
+                break
+            blocks += page["blocks"]["data"]
+        else:
+            return data, blocks
+    raise RegistryError(f"account {account} kept changing while its pages were read; try again")
 
 
 @app.command()
@@ -465,6 +475,6 @@ def _one_line(error: Exception) -> str | None:
     sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
     if sqlalchemy_exc is not None and isinstance(error, sqlalchemy_exc.SQLAlchemyError):
         # The database refused or failed: its first line says why.
-        first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        return f"error[database_error]: {first}"
+        lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+        return f"error[database_error]: {lines[0] if lines else type(error).__name__}"
     return None

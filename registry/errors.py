@@ -22,7 +22,9 @@ class RegistryError(Exception):
 
     def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
         if len(message) > MAX_MESSAGE:  # one that quotes what it refuses, say 16 MiB of it
-            message = f"{message[:MAX_MESSAGE]}... ({len(message) - MAX_MESSAGE} more characters)"
+            # At most MAX_MESSAGE with the note, so a message cut once is never cut again.
+            note = f"... ({len(message)} characters in all)"
+            message = message[: MAX_MESSAGE - len(note)] + note
         super().__init__(message)
         self.message = message
         self.details: dict[str, Any] = details or {}

@@ -11,17 +11,21 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from registry.client import new_nonce
+from registry import cli
+from registry.client import RegistryClient, new_nonce
 from registry.config import Settings
+from registry.errors import MAX_MESSAGE, InvalidRequestError
 from registry.ledger.checkpoint import NoteVerifier
 from registry.ledger.keys import SigningKey
 from registry.service.context import Registry
 from registry.service.setup import FirstAdministrator, initialise
 from registry.service.submit import prepare
+from registry.service.writer_process import _error_as_data, _error_from_data
 from registry.store.db import make_engine, migrate
 from tests.helpers import LiveServer, loopback_http, start_server, web_page
 from tests.test_cli import run
@@ -219,6 +223,27 @@ def test_holdings_lists_every_block_of_an_account(
     # The blocks listed are every block the account holds, and add up to the total above them.
     assert (len(listed), sum(int(line.split()[1]) for line in listed)) == (505, 535)
 
+    # The registry moves between two pages (the buyer sends serial 1 back: a block that sorts
+    # first): the pages would disagree, so the listing starts again and is of one ledger size.
+    client = RegistryClient.connect(url, actor="kh-water", key=world.keys["kh-water"])
+    reads: list[int] = []
+    read = client.get
+
+    def get_moving_once(path: str, **kw: Any) -> Any:
+        answer = read(path, **kw)
+        reads.append(answer["blocks"]["tree_size"])
+        if len(reads) == 1:
+            world.submit("jp-buyer", "credits.transfer", {
+                "account": "JP-BUYER-1", "batch": batch, "range": {"start": 1, "end": 1},
+                "to_account": "KH-WATER-1"})
+        return answer
+
+    client.get = get_moving_once  # type: ignore[method-assign]
+    data, blocks = cli._all_holdings(client, "KH-WATER-1")
+    starts = [b["block"] for b in blocks]
+    assert len(starts) == len(set(starts)) == data["blocks"]["count"] == 506
+    assert reads[0] < reads[-1] and len(reads) == 4  # two pages, then two pages again
+
 
 def test_an_account_is_read_by_its_id(world: World) -> None:
     # README: the public lists, /v1/accounts among them, have "their /{id} forms".
@@ -288,3 +313,12 @@ def test_init_can_be_run_again_after_a_genesis_that_failed(tmp_path: Path) -> No
     engine.dispose()
     r = run(["init", "--insecure-dev-key"], tmp_path)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_cut_error_message_crosses_the_writer_pipe_unchanged() -> None:
+    """An error message is cut once, to at most MAX_MESSAGE with a note of its length; the
+    API process rebuilding it from the writer's pipe must not cut it again."""
+    error = InvalidRequestError("x" * (MAX_MESSAGE + 3000))
+    assert len(error.message) <= MAX_MESSAGE and "5000 characters in all" in error.message
+    back = _error_from_data(_error_as_data(error))
+    assert isinstance(back, InvalidRequestError) and back.message == error.message

@@ -92,7 +92,7 @@ def create_app(registry: Registry, *, writer: WriterProcess | None = None) -> Fa
     app.state.writer = writer
     app.add_middleware(_BodyLimit)
     # The routers' routes go on the app's own router, instructions first. An included router
-    # is matched through a layer of FastAPI's per request and route (a 404 walked the 42 routes
+    # is matched through a layer of FastAPI's per request and route (a 404 walked the then 42 routes
     # in 138 us, against 96 us flat), and a transfer is the route the registry serves most.
     # (So app.dependency_overrides does not reach these routes; nothing here uses it.)
     for router in (credit_routes.router, ledger_routes.router):

@@ -1393,7 +1393,7 @@ class Replay:
         unit: UnitState = _get(state.units, b.unit_id, "forest unit")
         batches = state.held_batches(unit.buffer_account)
         held = {batch: state.held(unit.buffer_account, batch) for batch in batches}
-        pool = state.pool(unit.buffer_account)
+        pool = sum(r.quantity for ranges in held.values() for r in ranges)
         outcome = compute_reversal(lost=b.lost, pool=pool)
         remaining = outcome.cancelled
         cancelled: list[dict[str, Any]] = []

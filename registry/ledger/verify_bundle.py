@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,13 +202,22 @@ def _pipeline(jobs: Iterator[Job], workers: int) -> Iterator[tuple[Job, JobResul
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         window: deque[tuple[Job, Future[JobResult]]] = deque()
         for job in jobs:
-            window.append((job, pool.submit(run_job, job)))
+            try:
+                window.append((job, pool.submit(run_job, job)))
+            except BrokenProcessPool:  # a worker died (killed, out of memory): go on here
+                window.append((job, _failed_future()))
             if len(window) >= 2 * workers:
                 done, future = window.popleft()
                 yield done, _result(done, future)
         while window:
             done, future = window.popleft()
             yield done, _result(done, future)
+
+
+def _failed_future() -> Future[JobResult]:
+    future: Future[JobResult] = Future()
+    future.set_exception(BrokenProcessPool("no worker left"))
+    return future
 
 
 def _result(job: Job, future: Future[JobResult]) -> JobResult:

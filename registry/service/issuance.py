@@ -18,9 +18,9 @@ from registry.errors import ConflictError, InvalidRequestError, StateError
 from registry.service.instructions import Acting
 from registry.store.credits_repo import (
     account,
+    active_quantity,
     add_block,
     get_or_404,
-    held_blocks,
     record_event,
 )
 from registry.store.tables import BatchRow, ForestUnitRow, ProjectRow, ReportRow
@@ -50,9 +50,7 @@ def issue(session: Session, acting: Acting[Issue]) -> Effects:
             leakage_rate_bp=unit.leakage_rate_bp,
             buffer_rate_bp=unit.buffer_rate_bp,
             buffer_account=unit.buffer_account,
-            pool=sum(
-                r.end - r.start + 1 for r in held_blocks(session, account_id=unit.buffer_account)
-            ),
+            pool=active_quantity(session, unit.buffer_account),
         )
     number = (
         1

@@ -1,4 +1,5 @@
-"""Monitoring reports: submitted by the project side, verified by its third-party entity."""
+"""Monitoring reports: submitted by the project side, then verified or rejected by its
+third-party entity, or withdrawn by a participant, until verified."""
 
 from __future__ import annotations
 

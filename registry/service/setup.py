@@ -77,7 +77,7 @@ def preflight(settings: Settings, *, insecure_dev_key: bool) -> Engine:
             "set REGISTRY_KEY_PASSPHRASE to encrypt the registry key "
             "(or pass --insecure-dev-key for a local, throw-away registry)"
         )
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, lock_timeout=settings.lock_timeout)
     migrate(engine)
     with read_session(engine) as session:
         if ledger_repo.tree_size(session) > 0:

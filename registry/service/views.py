@@ -17,7 +17,7 @@ from registry.domain.serials import SerialRange, format_block, parse_unit_serial
 from registry.errors import NotFoundError, PermissionDeniedError
 from registry.ledger.keys import b64encode
 from registry.store import ledger_repo
-from registry.store.credits_repo import get_or_404
+from registry.store.credits_repo import active_quantity, get_or_404
 from registry.store.tables import (
     AccountRow,
     BatchRow,
@@ -268,19 +268,10 @@ def projects(session: Session, offset: int, limit: int) -> Page[ProjectPublic]:
     return Page(data=[_project(r) for r in rows], **page)
 
 
-def _pool(session: Session, account_id: str) -> int:
-    total = session.exec(
-        select(func.coalesce(func.sum(col(BlockRow.end) - col(BlockRow.start) + 1), 0)).where(
-            BlockRow.account_id == account_id, BlockRow.status == "active"
-        )
-    ).one()
-    return int(total)
-
-
 def _unit(session: Session, row: ForestUnitRow) -> ForestUnitPublic:
     data = row.model_dump()
     data["boundary"] = json.loads(row.boundary)
-    return ForestUnitPublic(**data, buffer_pool=_pool(session, row.buffer_account))
+    return ForestUnitPublic(**data, buffer_pool=active_quantity(session, row.buffer_account))
 
 
 def forest_unit(session: Session, unit_id: str) -> ForestUnitPublic:
@@ -392,7 +383,7 @@ def holdings(
     )
     return HoldingsPublic(
         account=AccountPublic(**acct.model_dump()),
-        total_active=_pool(session, account_id),
+        total_active=active_quantity(session, account_id),
         blocks=Page(data=[_block(r) for r in rows], **page),
     )
 

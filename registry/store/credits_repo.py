@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlmodel import Session, SQLModel
 
 from registry.domain.serials import SerialRange
@@ -154,6 +154,16 @@ def record_event(
         "status": status,
     }
     write_behind.defer(session, _EVENT, [event])
+
+
+def active_quantity(session: Session, account_id: str) -> int:
+    """Credits ``account_id`` holds, active, in all batches (a buffer pool's size)."""
+    total = session.execute(
+        select(func.coalesce(func.sum(_BLOCK.c.end - _BLOCK.c.start + 1), 0)).where(
+            _BLOCK.c.account_id == account_id, _BLOCK.c.status == "active"
+        )
+    ).scalar_one()
+    return int(total)
 
 
 def move_serials(

@@ -195,7 +195,7 @@ class Statement:
 
     def execute(self, session: Session, params: Params) -> None:
         """Run the statement once with ``params`` (a write: the rows kept ahead of every read
-        of its table are forgotten)."""
+        of its table are forgotten; all of them when queued writes go with it, in a pipeline)."""
         connection = self._writing(session)
         if connection.info.get(_QUEUED):
             with pipeline(session):  # the queued writes and this one: one round trip

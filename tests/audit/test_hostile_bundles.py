@@ -8,7 +8,12 @@ here needs a registry key, only the file.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
+import signal
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +23,8 @@ from registry.ledger.bundle import BundleFormatError, BundleReader
 from registry.ledger.canonical import parse_canonical
 from registry.ledger.dsse import sign_envelope
 from registry.ledger.keys import SigningKey
-from registry.ledger.verify_bundle import verify_bundle
+from registry.ledger.opening import Context, Job
+from registry.ledger.verify_bundle import _pipeline, verify_bundle
 from tests.audit.bundles import RawBundle, entry_of
 from tests.audit.conftest import Exported, sqlite_bundle  # noqa: F401  (module fixture)
 
@@ -117,3 +123,21 @@ def test_an_export_time_before_the_last_entry_or_no_time_is_found(
     report = verify_bundle(_write(tmp_path, lines), registry_key=sqlite_bundle.key).report
     assert report.to_json_value()["exported_at"] == exported_at
     assert not report.ok
+
+
+def test_a_verification_goes_on_when_its_workers_die() -> None:
+    """A worker killed in the middle (out of memory, a crash in C) breaks the whole process
+    pool: the jobs it held, and every later one, are checked in this process instead."""
+    context = Context(registry_keys={}, verifier=None, origin="x")  # type: ignore[arg-type]
+
+    def jobs() -> Iterator[Job]:
+        for i in range(12):
+            if i == 6:
+                for child in multiprocessing.active_children():
+                    os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+                time.sleep(1.0)
+            yield Job(context=context, envelopes=[None], checkpoints=[], party_keys={})
+
+    results = list(_pipeline(jobs(), 2))
+    assert len(results) == 12
+    assert all(r.entries[0].failure is not None for _, r in results)
