@@ -77,11 +77,12 @@ def init(
     )
 
     settings = _settings()
-    check_administrator(party_id=admin_id, name=admin_name, country="KH")
-    parsed_key = PublicKey.from_b64(admin_public_key) if admin_public_key is not None else None
+    # Checked before anything is written: the database, the registry key, a new admin key.
+    check_administrator(party_id=admin_id, name=admin_name, country=FirstAdministrator.country)
+    given = PublicKey.from_b64(admin_public_key) if admin_public_key is not None else None
     preflight(settings, insecure_dev_key=insecure_dev_key)
-    if parsed_key is not None:
-        admin_key = parsed_key
+    if given is not None:
+        admin_key = given
     else:
         new_key = SigningKey.generate()
         passphrase = None if insecure_dev_key else passphrase_of(settings)
@@ -104,7 +105,7 @@ def init(
     except BaseException:
         # No registry key left means no genesis (initialise keeps it when it cannot tell):
         # the administrator key made for it would only stand in the way of a retry.
-        if parsed_key is None and not settings.key_file.exists():
+        if given is None and not settings.key_file.exists():
             admin_key_out.unlink(missing_ok=True)
         raise
     typer.echo(f"initialised registry {settings.origin}")

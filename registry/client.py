@@ -84,11 +84,7 @@ def _raise_for(response: httpx.Response) -> None:
     try:
         err = response.json()["error"]
     except Exception:
-        raise ClientError(
-            response.status_code, "http_error",
-            f"HTTP {response.status_code} from {response.request.url} is not the registry's "
-            f"answer: {' '.join(response.text.split())[:200] or 'no body'}",
-        ) from None
+        raise _not_the_registry(response) from None
     raise ClientError(response.status_code, err["code"], err["message"], err.get("details"))
 
 
@@ -99,10 +95,15 @@ def answer_of(response: httpx.Response) -> Any:
     try:
         return response.json()
     except ValueError:
-        raise ClientError(
-            response.status_code, "http_error",
-            f"HTTP {response.status_code} from {response.request.url} is not the registry's JSON",
-        ) from None
+        raise _not_the_registry(response) from None
+
+
+def _not_the_registry(response: httpx.Response) -> ClientError:
+    return ClientError(
+        response.status_code, "http_error",
+        f"HTTP {response.status_code} from {response.request.url} is not the registry's "
+        f"answer: {' '.join(response.text.split())[:200] or 'no body'}",
+    )
 
 
 @dataclass

@@ -200,12 +200,12 @@ def _pipeline(jobs: Iterator[Job], workers: int) -> Iterator[tuple[Job, JobResul
     # copy in a half-held state.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        window: deque[tuple[Job, Future[JobResult]]] = deque()
+        window: deque[tuple[Job, Future[JobResult] | None]] = deque()
         for job in jobs:
             try:
                 window.append((job, pool.submit(run_job, job)))
             except BrokenProcessPool:  # a worker died (killed, out of memory): go on here
-                window.append((job, _failed_future()))
+                window.append((job, None))
             if len(window) >= 2 * workers:
                 done, future = window.popleft()
                 yield done, _result(done, future)
@@ -214,19 +214,16 @@ def _pipeline(jobs: Iterator[Job], workers: int) -> Iterator[tuple[Job, JobResul
             yield done, _result(done, future)
 
 
-def _failed_future() -> Future[JobResult]:
-    future: Future[JobResult] = Future()
-    future.set_exception(BrokenProcessPool("no worker left"))
-    return future
-
-
-def _result(job: Job, future: Future[JobResult]) -> JobResult:
-    """A worker's result; a job it could not finish or hand back (an input no check foresaw)
-    is run again in this process, where whatever it meets is reported or raised as usual."""
+def _result(job: Job, future: Future[JobResult] | None) -> JobResult:
+    """A worker's result; a job no worker took (``None``: the pool broke) or one it could not
+    finish or hand back (an input no check foresaw) is run in this process, where whatever it
+    meets is reported or raised as usual."""
     try:
-        return future.result()
+        if future is not None:
+            return future.result()
     except Exception:
-        return run_job(job)
+        pass
+    return run_job(job)
 
 
 class _Verifier:
