@@ -35,8 +35,9 @@ class Settings(BaseSettings):
     port: int = 8000
 
     lock_timeout: float = Field(default=30.0, gt=0)
-    """Seconds a write waits for the ledger's lock on PostgreSQL (another server sharing the
-    database holds it) before it is answered 503 ``registry_busy``: a retry is safe."""
+    """Seconds a write waits for the ledger's lock (SQLite's write lock, PostgreSQL's advisory
+    lock: another server or tool sharing the database holds it) before it is answered 503
+    ``registry_busy``: a retry is safe."""
 
     @field_validator("key_passphrase")
     @classmethod

@@ -8,6 +8,7 @@ same head (or the same holding) and append; acknowledged means committed and dur
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -34,14 +35,15 @@ _WRITE = "registry_write"
 
 
 def make_engine(url: str, *, lock_timeout: float = 30.0, **kwargs: Any) -> Engine:
-    """An engine for ``url`` with the settings durability and serialisation need; on
-    PostgreSQL no statement waits more than ``lock_timeout`` seconds for a lock."""
+    """An engine for ``url`` with the settings durability and serialisation need; no write
+    waits more than ``lock_timeout`` seconds for the ledger's lock (SQLite's write lock, or
+    PostgreSQL's advisory lock and any row lock)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 60}, **kwargs
+            url, connect_args={"check_same_thread": False, "timeout": lock_timeout}, **kwargs
         )
         _configure_sqlite(engine)
         return engine
@@ -127,25 +129,36 @@ _LEDGER_LOCK = text_rows(
 _LOCK_NOT_AVAILABLE = "55P03"
 """PostgreSQL's SQLSTATE for a lock not obtained within ``lock_timeout``."""
 
+_BUSY = (
+    "the ledger's lock stayed taken by another transaction (another server or a tool "
+    "sharing the database?); nothing was done, and a retry with the same Idempotency-Key "
+    "is safe"
+)
+
+
+def _lock_not_obtained(error: DBAPIError) -> bool:
+    """Whether ``error`` says the ledger's lock was still taken when the wait ran out."""
+    if isinstance(error.orig, sqlite3.Error):
+        return error.orig.sqlite_errorcode == sqlite3.SQLITE_BUSY
+    return getattr(error.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE
+
 
 @contextmanager
 def _write_session(engine: Engine, reads: Sequence[Read]) -> Iterator[Session]:
     writer = engine.execution_options(**{_WRITE: True})
     with Session(writer, expire_on_commit=False) as session, session.begin():
-        if is_postgres(engine):
-            lock = {"k": LEDGER_LOCK_KEY}
-            try:
+        try:
+            if is_postgres(engine):
+                lock = {"k": LEDGER_LOCK_KEY}
                 # The server runs a pipeline's statements in order: the reads wait for the lock.
                 read_ahead(session, [(_LEDGER_LOCK, lock), *reads])
                 _LEDGER_LOCK.first(session, lock)
-            except DBAPIError as e:
-                if getattr(e.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
-                    raise
-                raise RegistryBusyError(
-                    "the ledger's lock stayed taken by another transaction (another server "
-                    "sharing the database?); nothing was done, and a retry with the same "
-                    "Idempotency-Key is safe"
-                ) from e
+            else:
+                session.connection()  # BEGIN IMMEDIATE: the write lock, before any work
+        except DBAPIError as e:
+            if not _lock_not_obtained(e):
+                raise
+            raise RegistryBusyError(_BUSY) from e
         yield session
         if write_behind.pending(session):
             raise RuntimeError("a write transaction ended with deferred rows it never wrote")
