@@ -157,6 +157,17 @@ class ServerProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
 
+    def terminate(self, within: float = 20) -> int | None:
+        """SIGTERM to the whole process group, as a service manager stops a service; the
+        exit code, or ``None`` if it had not ended ``within`` seconds (it is then killed)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
