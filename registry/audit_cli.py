@@ -147,8 +147,10 @@ def verify_cmd(
         except RegistryError:
             raise
         except Exception as e:  # a bad URL or an unreachable server is a usage error
+            lines = str(getattr(e, "orig", None) or e).strip().splitlines()  # not the SQL
             raise ConfigurationError(
-                f"cannot read the database {describe_url(against)}: {e}"
+                f"cannot read the database {describe_url(against)}: "
+                f"{lines[0] if lines else type(e).__name__}"
             ) from e
         report.against = describe_url(against)
         for difference in differences:

@@ -348,7 +348,10 @@ def proof_retirement(
     if out is None:
         typer.echo(text)
     else:
-        out.write_text(text + "\n")
+        from registry.ledger.bundle import atomic_output
+
+        with atomic_output(out) as file:
+            file.write(f"{text}\n".encode())
         typer.echo(f"receipt for {retirement_id} written to {out}")
 
 
@@ -396,7 +399,7 @@ def audit(
         "registry-monitor.json"
     ),
     watch: Annotated[
-        float, typer.Option(help="Seconds between rounds; 0 checks once and exits.")
+        float, typer.Option(min=0, help="Seconds between rounds; 0 checks once and exits.")
     ] = 0,
     rounds: Annotated[int, typer.Option(min=1, help="With --watch: stop after this many.")] = (
         1_000_000
@@ -471,6 +474,8 @@ def _one_line(error: Exception) -> str | None:
     anything else. Only modules a command loaded are looked at: ``verify`` and its workers
     never load the HTTP client or the database layer for this."""
     httpx = sys.modules.get("httpx")
+    if httpx is not None and isinstance(error, httpx.InvalidURL):
+        return f"error[invalid_request]: not a usable registry URL: {error}"
     if httpx is not None and isinstance(error, httpx.TransportError):
         return f"error[registry_unavailable]: cannot reach the registry: {error}"
     sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")

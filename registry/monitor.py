@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from registry.errors import RegistryError
+from registry.ledger.bundle import atomic_output
 from registry.ledger.checkpoint import NoteVerifier, open_checkpoint
 from registry.ledger.entry import open_entry
 from registry.ledger.keys import b64decode_strict
@@ -85,15 +86,35 @@ class MonitorState:
         if not path.exists():
             return None
         try:
-            return cls(**json.loads(path.read_text()))
-        except (ValueError, TypeError) as e:
-            raise RegistryError(f"the monitor's state file {path} is damaged: {e}") from e
+            state = cls(**json.loads(path.read_text()))
+            state._check()
+        except (ValueError, TypeError, RegistryError) as e:
+            why = e.message if isinstance(e, RegistryError) else e
+            raise RegistryError(f"the monitor's state file {path} is damaged: {why}") from e
+        return state
+
+    def _check(self) -> None:
+        """The fields hang together: a damaged file is the monitor's error, not the registry's."""
+        if type(self.size) is not int or self.size < 0:
+            raise ValueError(f"size {self.size!r}")
+        if not isinstance(self.frontier, list) or not isinstance(self.checkpoint, str):
+            raise ValueError("frontier or checkpoint of the wrong type")
+        hashes = [b64decode_strict(h, what="frontier hash") for h in self.frontier]
+        if any(len(h) != 32 for h in hashes):
+            raise ValueError("a frontier hash is not 32 bytes")
+        tree = CompactRange.from_frontier(self.size, hashes)
+        if self.size and self.root != _b64(tree.root()):
+            raise ValueError("root is not the frontier's")
+        if (self.last_leaf is None) != (self.size == 0) or (
+            self.last_leaf is not None
+            and (not isinstance(self.last_leaf, str) or len(bytes.fromhex(self.last_leaf)) != 32)
+        ):
+            raise ValueError(f"last_leaf {self.last_leaf!r}")
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
+        """Atomically and durably: a crash never leaves a half or empty state behind."""
+        with atomic_output(path) as out:
+            out.write(json.dumps(asdict(self), indent=2).encode())
 
 
 @dataclass(frozen=True)

@@ -254,16 +254,20 @@ def test_an_account_is_read_by_its_id(world: World) -> None:
     assert response.json() == water
 
 
-def test_proof_retirement_written_into_a_directory_that_is_not_there(
+def test_proof_retirement_written_into_a_directory_that_is_not_there_makes_it(
     tmp_path: Path, server: LiveServer, world: World
 ) -> None:
+    """As ``export`` does; and never a half receipt under the name, whatever happens."""
     batch = issue_jcm(world)
     retired = world.submit("kh-water", "credits.retire", {
         "account": "KH-WATER-1", "batch": batch, "quantity": 5, "beneficiary": "Example Co.",
         "purpose": "ndc", "jurisdiction": "KH", "reason": "test"})
     r = run(["proof", "retirement", retired["result"]["retirement_id"], "--url", server.url,
              "-o", "receipts/receipt.json"], tmp_path)
-    assert_one_line_error(r)
+    assert r.returncode == 0, r.stderr
+    receipt = json.loads((tmp_path / "receipts" / "receipt.json").read_text())
+    assert receipt["retirement_id"] == retired["result"]["retirement_id"]
+    assert [p.name for p in (tmp_path / "receipts").iterdir()] == ["receipt.json"]
 
 
 @pytest.fixture
@@ -322,3 +326,40 @@ def test_a_cut_error_message_crosses_the_writer_pipe_unchanged() -> None:
     assert len(error.message) <= MAX_MESSAGE and "5000 characters in all" in error.message
     back = _error_from_data(_error_as_data(error))
     assert isinstance(back, InvalidRequestError) and back.message == error.message
+
+
+@pytest.mark.parametrize("command", ["audit", "proof", "submit"])
+def test_a_url_that_is_not_a_url_is_a_one_line_error(
+    tmp_path: Path, signed_file: Path, command: str
+) -> None:
+    # A typo in --url (an IPv6 address without its closing bracket) is a usage error.
+    key = NoteVerifier(name="x.example/ledger", key=SigningKey.generate().public_key)
+    url = "http://[::1:8000"
+    args = {
+        "audit": ["audit", "--url", url, "--registry-key", key.verifier_string()],
+        "proof": ["proof", "retirement", "RET-1", "--url", url],
+        "submit": ["submit", str(signed_file), "--url", url],
+    }[command]
+    assert_one_line_error(run(args, tmp_path))
+
+
+def test_audit_watch_with_a_negative_interval_is_a_one_line_error(tmp_path: Path) -> None:
+    key = NoteVerifier(name="x.example/ledger", key=SigningKey.generate().public_key)
+    r = run(["audit", "--url", f"http://127.0.0.1:{closed_port()}", "--registry-key",
+             key.verifier_string(), "--watch", "-1", "--rounds", "2"], tmp_path)
+    assert "Traceback" not in r.stderr, r.stderr.strip().splitlines()[-1]
+    assert r.returncode != 0
+
+
+def test_verify_against_a_database_that_is_not_there(tmp_path: Path) -> None:
+    # --against reads a database "read only": a mistyped SQLite path is a one-line error,
+    # and leaves no empty database (nor its directory) behind.
+    r = run(["init", "--insecure-dev-key"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    key = next(line.split(": ", 1)[1] for line in r.stdout.splitlines()
+               if line.startswith("checkpoint verifier key: "))
+    assert run(["export", "ledger.jsonl"], tmp_path).returncode == 0
+    r = run(["verify", "ledger.jsonl", "--registry-key", key, "--workers", "1",
+             "--against", "sqlite:///typo/registry.db"], tmp_path)
+    assert_one_line_error(r)
+    assert not (tmp_path / "typo").exists()

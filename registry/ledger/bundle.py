@@ -29,6 +29,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, Any, Final, Literal
@@ -190,21 +191,30 @@ class BundleWriter:
             )
 
 
-def atomic_output(path: Path) -> tuple[IO[bytes], Path]:
-    """A temporary file beside ``path``: write there, then :func:`commit_output` renames it.
+@contextmanager
+def atomic_output(path: Path) -> Iterator[IO[bytes]]:
+    """A temporary file beside ``path`` to write: once the block ends well, it is fsynced and
+    renamed over ``path`` (its directory fsynced too); if it fails, it is removed.
 
-    So a failed or interrupted export never leaves a half bundle under the real name.
+    So a failed or interrupted write (an export, the monitor's state) never leaves a half file
+    under the real name, and a crash right after never loses the new one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    return os.fdopen(fd, "wb"), Path(tmp)
-
-
-def commit_output(out: IO[bytes], tmp: Path, path: Path) -> None:
-    out.flush()
-    os.fsync(out.fileno())
-    out.close()
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 # --- reading ----------------------------------------------------------------------------------

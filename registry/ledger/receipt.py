@@ -111,6 +111,14 @@ def _registered_key(entry: Entry, party: str, key_id: str) -> PublicKey:
 
 def verify_receipt(receipt: RetirementReceipt, *, verifier: NoteVerifier) -> CheckedReceipt:
     """Check every part of a receipt against the pinned registry key; raise on any failure."""
+    try:
+        return _verify_receipt(receipt, verifier=verifier)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        # The registry's key seals any JSON: a sealed entry of the wrong shape is a forgery.
+        raise MalformedError(f"the receipt's entries are not of the expected shape ({e!r})") from e
+
+
+def _verify_receipt(receipt: RetirementReceipt, *, verifier: NoteVerifier) -> CheckedReceipt:
     if receipt.format != RECEIPT_FORMAT or receipt.version != 1:
         raise MalformedError(f"not a version 1 {RECEIPT_FORMAT}")
     cp = open_checkpoint(receipt.checkpoint, origin=verifier.name, verifiers=[verifier])
@@ -190,8 +198,11 @@ def _carried_out(entry: Entry, body: Retire, effects: dict[str, Any]) -> int:
     wrong = []
     if effects.get("batch") != body.batch or effects.get("from") != body.account:
         wrong.append(f"batch {effects.get('batch')!r} from {effects.get('from')!r}")
+    ordered = sorted(spans)
     if not spans or any(start < 1 or end < start for start, end in spans):
         wrong.append(f"blocks {blocks}")
+    elif any(b[0] <= a[1] for a, b in itertools.pairwise(ordered)):
+        wrong.append(f"overlapping blocks {blocks}")  # a serial retired twice counts once
     elif sum(end - start + 1 for start, end in spans) != quantity:
         wrong.append(f"blocks {blocks} of {quantity} tCO2e")
     if body.quantity is not None and quantity != body.quantity:

@@ -25,7 +25,6 @@ from registry.ledger.bundle import (
     BundleRegistryKey,
     BundleWriter,
     atomic_output,
-    commit_output,
 )
 from registry.ledger.checkpoint import NoteVerifier
 from registry.ledger.dsse import Envelope
@@ -172,8 +171,7 @@ def export_bundle(
             exported_at=exported_at,
             registry_keys=_registry_keys(session, origin, size),
         )
-        stream, tmp = atomic_output(out)
-        try:
+        with atomic_output(out) as stream:
             writer = BundleWriter(stream, header)
             for seq, envelope in _entries(session, size):
                 writer.entry(seq, envelope)
@@ -185,11 +183,6 @@ def export_bundle(
                 writer.party_key(key)
             writer.close()
             written = stream.tell()
-            commit_output(stream, tmp, out)
-        except BaseException:
-            stream.close()
-            tmp.unlink(missing_ok=True)
-            raise
     if progress is not None:
         progress(size)
     return ExportResult(

@@ -91,7 +91,9 @@ class Outcome:
 def request_hash(kind: str, raw: object) -> str:
     """Fingerprint of a request for idempotency (key order does not matter)."""
     text = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(f"{kind}\n{text}".encode()).hexdigest()
+    # JSON can spell a lone surrogate ("\\ud800"); it is refused later, not a 500 here. For
+    # every well-formed string the bytes (and so the stored fingerprints) are unchanged.
+    return hashlib.sha256(f"{kind}\n{text}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _scoped_key(raw: dict[str, Any], idempotency_key: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -145,3 +146,44 @@ def test_a_registry_that_cannot_answer_is_not_checked_and_one_that_will_not_prov
         assert audit(url, registry, state).returncode == 0
     r = audit(url, registry, state)  # nobody listens there now
     assert r.returncode == 1 and r.stderr.startswith("error[registry_unavailable]: cannot reach")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"size": "6"},  # a string where a number belongs
+        {"root": 5},
+        {"frontier": ["x"]},  # not base64
+        {"root": ""},  # the root lost (an editor, a truncated write of an older version)
+        {"frontier": ["A" * 43 + "=", "A" * 43 + "="]},  # a frontier that is not the root's
+    ],
+)
+def test_a_damaged_state_file_is_the_monitors_own_error_not_a_traceback_or_an_alarm(
+    registry: Registry, server: LiveServer, tmp_path: Path, damage: dict[str, Any]
+) -> None:
+    """The state file is the monitor's own: when it is damaged, the monitor says so in one
+    line (exit 1), instead of a traceback, or an ALARM that blames an honest registry."""
+    state = tmp_path / "monitor.json"
+    append_notes(registry, 5)
+    assert audit(server, registry, state).returncode == 0
+    state.write_text(json.dumps({**json.loads(state.read_text()), **damage}))
+    append_notes(registry, 3)
+    r = audit(server, registry, state)
+    assert "Traceback" not in r.stderr, r.stderr.strip().splitlines()[-1]
+    assert "ALARM" not in r.stderr, r.stderr
+    assert r.returncode == 1 and r.stderr.startswith("error["), r.stderr
+
+
+def test_saving_the_state_leaves_the_files_beside_it_alone(
+    registry: Registry, server: LiveServer, tmp_path: Path
+) -> None:
+    """The state is written through a temporary file of its own: ``--state audit.json`` must
+    not overwrite (then rename away) a file ``audit.tmp`` the user keeps beside it, nor two
+    overlapping runs (cron and a slow round) share one temporary name."""
+    state = tmp_path / "audit.json"
+    mine = tmp_path / "audit.tmp"
+    mine.write_text("the user's own notes\n")
+    append_notes(registry, 2)
+    r = audit(server, registry, state)
+    assert r.returncode == 0, r.stderr
+    assert mine.exists() and mine.read_text() == "the user's own notes\n"

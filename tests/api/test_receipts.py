@@ -207,3 +207,36 @@ def test_a_retirement_of_a_range_held_in_several_blocks_has_a_receipt_that_verif
             verify_receipt(_forged(registry, receipt, effects__blocks=blocks,
                                    effects__quantity=100 if blocks[1]["start"] == 52 else 101),
                            verifier=registry.note_verifier)
+
+
+def test_a_receipt_whose_blocks_overlap_is_refused(registry: Registry, world: World) -> None:
+    """The holder signed 40 tCO2e: effects that retire serials 1-20 twice add up to 40 but
+    retire 20 credits, and the receipt must not certify 40 (the other 20 stay sellable)."""
+    receipt = world.http.get(f"/v1/retirements/{_retire(world)}/receipt")
+    twice = [{"start": 1, "end": 20}, {"start": 1, "end": 20}]
+    nested = [{"start": 1, "end": 30}, {"start": 11, "end": 20}]
+    for blocks in (twice, nested):
+        forged = _forged(registry, receipt, effects__blocks=blocks)
+        with pytest.raises(RegistryError, match="the effects record"):
+            checked = verify_receipt(forged, verifier=registry.note_verifier)
+            pytest.fail(f"accepted {checked.quantity} tCO2e retired as {checked.blocks}")
+
+
+@pytest.mark.parametrize("change", [{"effects": []}, {"instruction": "x"}])
+def test_a_sealed_entry_of_the_wrong_shape_is_a_one_line_refusal(
+    registry: Registry, world: World, tmp_path: Any, change: dict[str, Any]
+) -> None:
+    """A dishonest registry seals whatever it likes: a retirement entry whose effects or
+    instruction are not objects is refused like any forgery (RegistryError; the CLI's one
+    line), not an AttributeError/TypeError traceback."""
+    from tests.test_cli import run
+    from tests.test_cli_errors import assert_one_line_error
+
+    receipt = world.http.get(f"/v1/retirements/{_retire(world)}/receipt")
+    forged = _forged(registry, receipt, **change)
+    with pytest.raises(RegistryError):
+        verify_receipt(forged, verifier=registry.note_verifier)
+    (tmp_path / "receipt.json").write_text(forged.model_dump_json())
+    r = run(["verify-receipt", "receipt.json", "--registry-key",
+             registry.note_verifier.verifier_string()], tmp_path)
+    assert_one_line_error(r)

@@ -227,3 +227,21 @@ def test_malformed_requests(world: World) -> None:
                      unit_body("KH005-FU2", "x" * 2_000_001), status=422, code="invalid_request")
     # The untouched instruction still goes through once.
     assert world.post_raw("/v1/transfers", signed).status_code == 200
+
+
+def test_a_lone_surrogate_in_the_signature_is_a_422_not_a_500(world: World) -> None:
+    """JSON may spell a lone UTF-16 surrogate (``"\\ud800"``); the signature, the one string
+    of an instruction with no pattern, reached the Idempotency-Key fingerprint, whose UTF-8
+    encoding raised: a 500 and a traceback. It is a 422, and the key stays unused."""
+    issue_jcm(world)
+    signed = world.as_("kh-water").sign("credits.transfer", {
+        "account": "KH-WATER-1", "batch": BATCH, "quantity": 1, "to_account": "JP-BUYER-1"})
+    with world.unchanged():
+        for bad in ("\ud800", "abc\udfff"):
+            response = world.http.http.post(
+                "/v1/transfers", content=json.dumps({**signed, "signature": bad}),
+                headers={"Idempotency-Key": "sur-1", "Content-Type": "application/json"})
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["code"] in {"malformed", "invalid_request"}
+    # The key was not used up: the genuine request goes through under it.
+    assert world.as_("kh-water").post_signed(signed, idempotency_key="sur-1").status_code == 200
