@@ -3,8 +3,10 @@
 A forest unit's boundary decides how many hectares it claims and whether it claims forest another
 unit already claims (double counting). Both answers must not depend on a map projection, so areas
 are geodesic on the WGS84 ellipsoid (pyproj ``Geod``), while shapely does the planar topology
-(validity, intersection) in lon/lat degrees. Edges are straight lines in lon/lat for both, so the
-two agree on what shape is being measured.
+(validity, intersection) in lon/lat degrees. Edges are straight lines in lon/lat (RFC 7946
+3.1.1) for both: pyproj measures an edge as a geodesic, so edges are first cut into pieces of at
+most 0.01 degree (about 1 km, where the two lines part by millimetres), and the hectares of units
+that only touch add up to those of their union.
 
 Input is strict on purpose: a boundary is evidence in a registry, and a silently "repaired" shape is
 not the shape the proponent submitted. Accepted: a bare GeoJSON geometry object (RFC 7946) of type
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pyproj import Geod
+from shapely import segmentize
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.polygon import orient
 from shapely.validation import explain_validity
@@ -44,6 +48,11 @@ SQUARE_METRES_PER_HECTARE: Final = 10_000
 MAX_POSITIONS: Final = 100_000
 
 _GEOD: Final = Geod(ellps="WGS84")
+_MAX_EDGE_DEGREES: Final = 0.01
+"""Longest piece of an edge measured as one geodesic (about 1 km)."""
+_MAX_MEASURED_POSITIONS: Final = 1_000_000
+"""Bound on the positions measured: a boundary with edges thousands of kilometres long gets
+longer pieces instead of billions of them."""
 _TYPES: Final = ("Polygon", "MultiPolygon")
 _ALLOWED_MEMBERS: Final = frozenset({"type", "coordinates", "bbox"})
 
@@ -63,9 +72,13 @@ def _geodesic_area_m2(geometry: Any) -> float:
     Each polygon is oriented (exterior counter-clockwise, holes clockwise) before measuring, since
     pyproj's area is signed by orientation and subtracts holes only when they run the other way.
     """
+    polygons = _polygons(geometry)
+    degrees = sum(p.exterior.length + sum(h.length for h in p.interiors) for p in polygons)
+    piece = max(_MAX_EDGE_DEGREES, degrees / _MAX_MEASURED_POSITIONS)
     total = 0.0
-    for polygon in _polygons(geometry):
-        area, _perimeter = _GEOD.geometry_area_perimeter(orient(polygon, sign=1.0))
+    for polygon in polygons:
+        dense = segmentize(orient(polygon, sign=1.0), max_segment_length=piece)
+        area, _perimeter = _GEOD.geometry_area_perimeter(dense)
         total += abs(float(area))
     return total
 
@@ -219,10 +232,11 @@ def _ring(value: object, where: str, counter: _Counter) -> list[tuple[float, flo
         raise InvalidGeometryError(
             f"{where} is a linear ring and needs at least 4 positions, got {len(positions)}"
         )
-    if positions[0] != positions[-1]:
+    # Closed means identical positions (RFC 7946 3.1.6), altitude included.
+    first, last = ([float(n) for n in value[i]] for i in (0, -1))
+    if first != last:
         raise InvalidGeometryError(
-            f"{where} is not closed: first position {list(positions[0])} differs from last "
-            f"{list(positions[-1])}"
+            f"{where} is not closed: first position {first} differs from last {last}"
         )
     return positions
 
@@ -287,6 +301,16 @@ def parse_boundary(geojson: Mapping[str, Any]) -> Boundary:
 # --- overlaps ---------------------------------------------------------------------------------
 
 
+def _without_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object; one naming a member twice is refused, since tools differ on which of
+    the two they keep, and the evidence would then describe two shapes."""
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        twice = sorted(name for name, count in Counter(k for k, _ in pairs).items() if count > 1)
+        raise InvalidGeometryError(f"boundary JSON names a member twice: {_short(twice)}")
+    return members
+
+
 def parse_boundary_text(text: str) -> Boundary:
     """A boundary as instructions carry it: JSON text holding a GeoJSON geometry object.
 
@@ -294,7 +318,7 @@ def parse_boundary_text(text: str) -> Boundary:
     ledger's canonical JSON is integers only); the registry and the auditor parse it here.
     """
     try:
-        geojson = json.loads(text)
+        geojson = json.loads(text, object_pairs_hook=_without_duplicate_members)
     except json.JSONDecodeError as e:
         raise InvalidGeometryError(f"boundary is not JSON: {e.msg} at position {e.pos}") from e
     except (ValueError, RecursionError) as e:

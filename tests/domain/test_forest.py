@@ -16,6 +16,7 @@ from registry.domain.forest import (
     find_overlap,
     overlap_hectares,
     parse_boundary,
+    parse_boundary_text,
 )
 from registry.errors import (
     ConflictError,
@@ -56,6 +57,29 @@ KM_SQUARE = polygon(square())
 
 
 # --- area -------------------------------------------------------------------------------------
+
+
+def test_the_hectares_of_units_that_only_touch_add_up_to_those_of_their_union() -> None:
+    """Two units sharing part of the parallel 13.6 N, with edges 50 to 160 km long: no overlap
+    either way. pyproj measured each edge as a geodesic, which bulges north of the parallel,
+    and 1,201 ha were counted in both units."""
+    south = parse_boundary(polygon([[104.5, 13.0], [106.0, 13.0], [106.0, 13.6], [104.5, 13.6],
+                                    [104.5, 13.0]]))
+    north = parse_boundary(polygon([[105.0, 13.6], [105.5, 13.6], [105.5, 14.0], [105.0, 14.0],
+                                    [105.0, 13.6]]))
+    union = parse_boundary(polygon([[104.5, 13.0], [106.0, 13.0], [106.0, 13.6], [105.5, 13.6],
+                                    [105.5, 14.0], [105.0, 14.0], [105.0, 13.6], [104.5, 13.6],
+                                    [104.5, 13.0]]))
+    assert overlap_hectares(south, north) == 0.0
+    assert abs(south.area_hectares + north.area_hectares - union.area_hectares) <= 1
+
+
+def test_a_boundary_of_edges_thousands_of_kilometres_long_is_measured_in_bounded_work() -> None:
+    """Edges are cut into pieces of 0.01 degree, but never into more than a million in all."""
+    zigzag = [[-85.0 + 0.0018 * i, 80.0 if i % 2 else -80.0] for i in range(90_000)]
+    ring = [*zigzag, [zigzag[-1][0], -85.0], [-85.0, -85.0], zigzag[0]]
+    boundary = parse_boundary(polygon(ring))
+    assert boundary.area_hectares > 0
 
 
 def test_one_km_square_is_about_100_hectares() -> None:
@@ -284,3 +308,20 @@ def test_a_small_unit_inside_another_is_no_sliver() -> None:
     # The same little square astride A's edge, mostly outside: still more than a sliver of it.
     astride = parse_boundary(polygon(square(east_m=990, north_m=100, width_m=60, height_m=60)))
     assert find_overlap(astride, [("A", A)]) is not None
+
+
+def test_a_ring_whose_last_position_differs_in_altitude_is_not_closed() -> None:
+    # RFC 7946 3.1.6: the first and last positions of a ring contain identical values.
+    ring = [[105.8, 13.6, 0], [105.9, 13.6, 0], [105.9, 13.7, 0], [105.8, 13.6, 250]]
+    with pytest.raises(InvalidGeometryError, match="not closed"):
+        parse_boundary(polygon(ring))
+
+
+def test_a_boundary_naming_its_coordinates_twice_is_refused() -> None:
+    """Python's json keeps the last of two members, other readers the first (or refuse): the
+    signed evidence would describe two shapes, and the registry must not pick one."""
+    text = ('{"type":"Polygon","coordinates":[[[105.8,13.6],[105.9,13.6],[105.9,13.7],'
+            '[105.8,13.6]]],"coordinates":[[[105.8,13.6],[106.8,13.6],[106.8,14.6],'
+            '[105.8,13.6]]]}')
+    with pytest.raises(InvalidGeometryError, match="names a member twice"):
+        parse_boundary_text(text)
