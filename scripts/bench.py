@@ -192,7 +192,8 @@ def seed(url: str, workdir: Path) -> Seeded:
                                      "name": f"{holder} holding"})
     s.do(ADMIN, "project.register", {
         "project_id": PROJECT, "title": "Benchmark project", "partner_country": "KH",
-        "methodology": "KH_AM001", "sector": "Energy efficiency", "participants": [HOLDER],
+        "methodology": "KH_AM001", "sector": "Energy efficiency",
+        "programme": "JCM", "participants": [HOLDER],
         "third_party_entity": TPE, "crediting_period_start": FIRST_DAY.isoformat(),
         "crediting_period_end": "2040-12-31",
     })

@@ -186,13 +186,14 @@ def build_world(url: str, admin_key: SigningKey) -> World:
         "project_id": "KH004",
         "title": "Energy Saving by Inverters for Distribution Pumps in Water Treatment Plant",
         "partner_country": "KH", "methodology": "KH_AM001", "sector": "Energy efficiency",
+        "programme": "JCM",
         "participants": ["kh-water", "kh-gov"], "third_party_entity": "lrqa",
         "crediting_period_start": "2023-06-09", "crediting_period_end": "2030-12-31",
     })
     world.submit(ADMIN, "project.register", {
         "project_id": "KH005",
         "title": "Prey Lang Wildlife Sanctuary - Stung Treng REDD+ project",
-        "partner_country": "KH", "methodology": "KH_AM004", "sector": "REDD+",
+        "partner_country": "KH", "methodology": "KH_AM004", "sector": "REDD+", "programme": "REDD+",
         "participants": ["kh-gov"], "third_party_entity": "lrqa",
         "crediting_period_start": "2018-03-12", "crediting_period_end": "2037-12-31",
     })

@@ -35,7 +35,7 @@ EXAMPLE_BODIES: dict[str, dict[str, Any]] = {
         "title": "Energy Saving by Inverters for Distribution Pumps in Water Treatment Plant",
         "partner_country": "KH",
         "methodology": "KH_AM001",
-        "sector": "Energy efficiency",
+        "sector": "Energy efficiency", "programme": "JCM",
         "participants": ["kh-water-supply-co"],
         "third_party_entity": "lrqa",
         "crediting_period_start": "2023-06-09",

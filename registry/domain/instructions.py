@@ -108,6 +108,7 @@ class OpenAccount(Body):
 # --- programmes ----------------------------------------------------------------------------
 
 ProjectStatus = Literal["registered", "suspended", "closed"]
+Programme = Literal["JCM", "REDD+"]
 
 
 class RegisterProject(Body):
@@ -119,6 +120,10 @@ class RegisterProject(Body):
     partner_country: Country
     methodology: Annotated[StrictStr, Field(pattern=r"^[A-Z]{2}_AM\d{3}$", examples=["KH_AM001"])]
     sector: Text
+    programme: Programme = Field(
+        description="JCM: reports cover the whole project. REDD+: each report is of one forest "
+        "unit, within its reference level, and issues after leakage and the buffer's share"
+    )
     participants: list[Id] = Field(min_length=1, max_length=20)
     third_party_entity: Id
     crediting_period_start: IsoDate

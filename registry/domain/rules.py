@@ -42,21 +42,27 @@ def check_report_period(
 def check_report_area(
     *,
     project_id: str,
+    programme: str,
     forest_unit_id: str | None,
     reference_levels: Mapping[str, int],
     reductions: int,
     period_start: str,
     period_end: str,
 ) -> None:
-    """A report of a REDD+ project names one of its forest units and stays within its level.
+    """A report of a REDD+ project names one of its forest units and stays within its level;
+    a JCM project reports project-wide.
 
-    ``reference_levels`` maps each forest unit of the project to its reference level; a
-    project without units (JCM) reports project-wide.
+    ``reference_levels`` maps each forest unit of the project to its reference level.
     """
-    if reference_levels and forest_unit_id is None:
+    if programme == "REDD+" and forest_unit_id is None:
         raise InvalidRequestError(f"project {project_id} is REDD+: name the forest_unit_id")
     if forest_unit_id is None:
         return
+    if programme != "REDD+":
+        raise InvalidRequestError(
+            f"project {project_id} is {programme}: it reports project-wide, without a "
+            "forest_unit_id"
+        )
     if forest_unit_id not in reference_levels:
         raise InvalidRequestError(
             f"forest unit {forest_unit_id} is not a unit of project {project_id}"
@@ -236,15 +242,12 @@ def plan_issuance(
     )
 
 
-def check_unit_can_join(*, project_id: str, project_wide_reports: Sequence[str]) -> None:
-    """A project with an open project-wide report cannot gain a forest unit.
-
-    Its earlier reports covered the whole project area; a unit's reports would count those
-    hectares again.
-    """
-    if project_wide_reports:
+def check_unit_can_join(*, project_id: str, programme: str) -> None:
+    """Only a REDD+ project has forest units (and it never reports project-wide, so no
+    report counts a unit's hectares twice)."""
+    if programme != "REDD+":
         raise ConflictError(
-            f"project {project_id} already has project-wide report {project_wide_reports[0]}; "
-            "a forest unit now would count its area twice",
-            details={"project": project_id, "report": project_wide_reports[0]},
+            f"project {project_id} is a {programme} project; forest units belong to REDD+ "
+            "projects",
+            details={"project": project_id, "programme": programme},
         )

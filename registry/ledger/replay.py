@@ -139,6 +139,7 @@ class ProjectState:
     partner_country: str
     methodology: str
     sector: str
+    programme: str
     participants: list[str]
     third_party_entity: str
     crediting_period_start: str
@@ -1058,6 +1059,7 @@ class Replay:
                 b.partner_country,
                 b.methodology,
                 b.sector,
+                b.programme,
                 list(b.participants),
                 b.third_party_entity,
                 b.crediting_period_start,
@@ -1087,17 +1089,8 @@ class Replay:
         state = self.state
         if b.unit_id in state.units:
             raise ConflictError(f"forest unit {b.unit_id} already exists")
-        _get(state.projects, b.project_id, "project")
-        check_unit_can_join(
-            project_id=b.project_id,
-            project_wide_reports=[
-                r.id
-                for r in state.reports.values()
-                if r.project_id == b.project_id
-                and r.forest_unit_id is None
-                and r.status not in CLOSED_REPORT_STATUSES
-            ],
-        )
+        project: ProjectState = _get(state.projects, b.project_id, "project")
+        check_unit_can_join(project_id=project.id, programme=project.programme)
         from registry.domain.forest import check_no_overlap, parse_boundary_text
 
         boundary = parse_boundary_text(b.boundary)
@@ -1164,6 +1157,7 @@ class Replay:
         )
         check_report_area(
             project_id=project.id,
+            programme=project.programme,
             forest_unit_id=b.forest_unit_id,
             reference_levels={
                 u.id: u.reference_level for u in state.units.values() if u.project_id == project.id

@@ -215,6 +215,7 @@ def compare_state(session: Session, state: ReplayedState) -> list[Difference]:
         "partner_country",
         "methodology",
         "sector",
+        "programme",
         "participants",
         "third_party_entity",
         "crediting_period_start",

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from registry.domain.forest import check_no_overlap, parse_boundary_text
 from registry.domain.instructions import RegisterForestUnit, RegisterProject, SetProjectStatus
-from registry.domain.rules import CLOSED_REPORT_STATUSES, check_unit_can_join
+from registry.domain.rules import check_unit_can_join
 from registry.errors import ConflictError, InvalidRequestError
 from registry.service.instructions import Acting
 from registry.service.parties import create_account
 from registry.store.credits_repo import get_or_404
-from registry.store.tables import ForestUnitRow, PartyRow, ProjectRow, ReportRow
+from registry.store.tables import ForestUnitRow, PartyRow, ProjectRow
 
 Effects = dict[str, Any]
 
@@ -56,6 +56,7 @@ def register_project(session: Session, acting: Acting[RegisterProject]) -> Effec
             partner_country=b.partner_country,
             methodology=b.methodology,
             sector=b.sector,
+            programme=b.programme,
             participants=json.dumps(b.participants),
             third_party_entity=b.third_party_entity,
             crediting_period_start=b.crediting_period_start,
@@ -82,15 +83,8 @@ def register_forest_unit(session: Session, acting: Acting[RegisterForestUnit]) -
     b = acting.body
     if session.get(ForestUnitRow, b.unit_id) is not None:
         raise ConflictError(f"forest unit {b.unit_id} already exists", details={"unit": b.unit_id})
-    get_or_404(session, ProjectRow, b.project_id, "project")
-    project_wide = session.exec(
-        select(ReportRow.id).where(
-            ReportRow.project_id == b.project_id,
-            ReportRow.forest_unit_id == None,  # noqa: E711
-            col(ReportRow.status).not_in(CLOSED_REPORT_STATUSES),
-        )
-    ).all()
-    check_unit_can_join(project_id=b.project_id, project_wide_reports=list(project_wide))
+    project = get_or_404(session, ProjectRow, b.project_id, "project")
+    check_unit_can_join(project_id=project.id, programme=project.programme)
     boundary = parse_boundary_text(b.boundary)
     existing = [
         (row.id, parse_boundary_text(row.boundary))

@@ -45,6 +45,7 @@ def submit_report(session: Session, acting: Acting[SubmitReport]) -> Effects:
     units = session.exec(select(ForestUnitRow).where(ForestUnitRow.project_id == project.id)).all()
     check_report_area(
         project_id=project.id,
+        programme=project.programme,
         forest_unit_id=b.forest_unit_id,
         reference_levels={u.id: u.reference_level for u in units},
         reductions=b.reductions,

@@ -78,6 +78,7 @@ class ProjectPublic(BaseModel):
     partner_country: str
     methodology: str
     sector: str
+    programme: str
     participants: list[str]
     third_party_entity: str
     crediting_period_start: str

@@ -63,12 +63,14 @@ def setup_world(drive: Driver) -> None:
         drive(ADMIN, "account.open", {"account_id": account, "holder": holder, "name": holder})
     drive(ADMIN, "project.register", {
         "project_id": "KH004", "title": "Inverters", "partner_country": "KH",
-        "methodology": "KH_AM001", "sector": "Energy", "participants": ["kh-water", "kh-gov"],
+        "methodology": "KH_AM001", "sector": "Energy",
+        "programme": "JCM", "participants": ["kh-water", "kh-gov"],
         "third_party_entity": "lrqa", "crediting_period_start": "2020-01-01",
         "crediting_period_end": "2040-12-31"})
     drive(ADMIN, "project.register", {
         "project_id": "KH005", "title": "Prey Lang", "partner_country": "KH",
-        "methodology": "KH_AM004", "sector": "REDD+", "participants": ["kh-gov"],
+        "methodology": "KH_AM004", "sector": "REDD+",
+        "programme": "REDD+", "participants": ["kh-gov"],
         "third_party_entity": "lrqa", "crediting_period_start": "2018-01-01",
         "crediting_period_end": "2040-12-31"})
     drive(ADMIN, "forest_unit.register", {

@@ -11,7 +11,7 @@ PROJECT: dict[str, Any] = {
     "title": "Illustrative project",
     "partner_country": "KH",
     "methodology": "KH_AM001",
-    "sector": "Energy efficiency",
+    "sector": "Energy efficiency", "programme": "JCM",
     "participants": ["kh-water"],
     "third_party_entity": "lrqa",
     "crediting_period_start": "2024-01-01",

@@ -13,6 +13,7 @@ KH006: dict[str, Any] = {
     "title": "Installation of high-efficiency chillers in a Phnom Penh shopping mall "
              "(illustrative)",
     "partner_country": "KH", "methodology": "KH_AM002", "sector": "Energy efficiency",
+    "programme": "JCM",
     "participants": ["jp-buyer", "kh-gov"], "third_party_entity": "lrqa",
     "crediting_period_start": "2024-01-01", "crediting_period_end": "2030-12-31",
 }

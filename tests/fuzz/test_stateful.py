@@ -228,12 +228,13 @@ class CreditLedgerMachine(RuleBasedStateMachine):
         for account, holder in HOLDINGS.items():
             self.accept(ADMIN, "account.open",
                         {"account_id": account, "holder": holder, "name": f"{holder} holding"})
-        for project, participants, methodology in (
-            ("KH004", ["kh-water"], "KH_AM001"), ("KH005", ["kh-gov"], "KH_AM004"),
+        for project, participants, methodology, programme in (
+            ("KH004", ["kh-water"], "KH_AM001", "JCM"), ("KH005", ["kh-gov"], "KH_AM004", "REDD+"),
         ):
             self.accept(ADMIN, "project.register", {
                 "project_id": project, "title": f"{project} (illustrative)",
                 "partner_country": "KH", "methodology": methodology, "sector": "Energy",
+                "programme": programme,
                 "participants": participants, "third_party_entity": TPE,
                 "crediting_period_start": "2018-01-01", "crediting_period_end": "2037-12-31",
             })
