@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from registry.domain.forest import check_no_overlap, parse_boundary_text
 from registry.domain.instructions import RegisterForestUnit, RegisterProject, SetProjectStatus
@@ -86,9 +86,18 @@ def register_forest_unit(session: Session, acting: Acting[RegisterForestUnit]) -
     project = get_or_404(session, ProjectRow, b.project_id, "project")
     check_unit_can_join(project_id=project.id, programme=project.programme)
     boundary = parse_boundary_text(b.boundary)
+    # Only a unit whose bounding box meets the new one's can overlap it: the others' boundaries
+    # (each up to 100,000 positions) are not read, parsed and measured under the ledger's lock.
+    west, south, east, north = boundary.geometry.bounds
+    nearby = select(ForestUnitRow).where(
+        col(ForestUnitRow.west) <= east,
+        col(ForestUnitRow.east) >= west,
+        col(ForestUnitRow.south) <= north,
+        col(ForestUnitRow.north) >= south,
+    )
     existing = [
         (row.id, parse_boundary_text(row.boundary))
-        for row in session.exec(select(ForestUnitRow)).all()
+        for row in session.exec(nearby.order_by(col(ForestUnitRow.registered_seq))).all()
     ]
     check_no_overlap(boundary, existing, tolerance_ha=OVERLAP_TOLERANCE_HA)
     buffer_account = f"BUF-{b.unit_id}"
@@ -108,6 +117,10 @@ def register_forest_unit(session: Session, acting: Acting[RegisterForestUnit]) -
             name=b.name,
             boundary=json.dumps(boundary.to_geojson(), separators=(",", ":")),
             area_ha=boundary.area_hectares,
+            west=west,
+            south=south,
+            east=east,
+            north=north,
             jurisdiction=b.jurisdiction,
             reference_level=b.reference_level,
             leakage_rate_bp=b.leakage_rate_bp,

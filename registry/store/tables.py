@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -137,6 +138,11 @@ class ForestUnitRow(SQLModel, table=True):
     name: str = Field(sa_column=Column(String(500), nullable=False))
     boundary: str = Field(sa_column=Column(Text, nullable=False))  # normalised GeoJSON text
     area_ha: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # The boundary's bounding box (degrees): which units a new one could overlap.
+    west: float = Field(sa_column=Column(Float, nullable=False))
+    south: float = Field(sa_column=Column(Float, nullable=False))
+    east: float = Field(sa_column=Column(Float, nullable=False))
+    north: float = Field(sa_column=Column(Float, nullable=False))
     jurisdiction: str = Field(sa_column=Column(String(500), nullable=False))
     reference_level: int = Field(sa_column=Column(BigInteger, nullable=False))
     leakage_rate_bp: int = Field(sa_column=Column(Integer, nullable=False))

@@ -37,6 +37,35 @@ def polygon(*ring: tuple[float, float]) -> str:
     return json.dumps({"type": "Polygon", "coordinates": [[list(p) for p in ring]]})
 
 
+def box(west: float, south: float, east: float, north: float) -> str:
+    return polygon((west, south), (east, south), (east, north), (west, north), (west, south))
+
+
+def test_an_overlap_is_found_from_every_side_and_a_neighbour_in_the_box_is_not_one(
+    world: World,
+) -> None:
+    """A new unit is checked against the units whose bounding boxes meet its own: one
+    overlapping KH005-FU1 (105.8..105.9 x 13.6..13.7) across any side, or holding it whole,
+    is still refused; one inside its neighbour's box but outside its shape is registered."""
+    with world.unchanged():
+        for west, south, east, north in (
+            (105.75, 13.62, 105.82, 13.68), (105.88, 13.62, 105.95, 13.68),  # west, east
+            (105.82, 13.55, 105.88, 13.62), (105.82, 13.68, 105.88, 13.75),  # south, north
+            (105.7, 13.5, 106.0, 13.8),  # around it
+        ):
+            error = world.refuse(ADMIN, "forest_unit.register",
+                                 unit_body("KH005-FU2", box(west, south, east, north)),
+                                 status=409, code="boundary_overlap")
+            assert error["details"]["unit_id"] == UNIT
+    # An L around a corner of 106.0..106.2 x 13.0..13.2; the next unit sits in its notch.
+    ell = polygon((106.0, 13.0), (106.2, 13.0), (106.2, 13.1), (106.1, 13.1), (106.1, 13.2),
+                  (106.0, 13.2), (106.0, 13.0))
+    world.submit(ADMIN, "forest_unit.register", unit_body("KH005-FU2", ell))
+    world.submit(ADMIN, "forest_unit.register",
+                 unit_body("KH005-FU3", box(106.12, 13.12, 106.18, 13.18)))
+    assert world.http.get("/v1/forest-units")["count"] == 3
+
+
 def test_bad_boundaries_are_refused(world: World) -> None:
     bad = {
         "not JSON": "{this is not json",

@@ -7,11 +7,13 @@ from sqlalchemy import text
 
 from registry.store.db import alembic_config, make_engine
 
+BOUNDARY = ('{"type":"Polygon","coordinates":[[[105.8,13.6],[105.9,13.6],[105.9,13.7],'
+            '[105.8,13.7],[105.8,13.6]]]}')
 
-def test_projects_registered_before_0004_take_the_programme_their_units_gave_them(
-    db_url: str,
-) -> None:
-    """Before 0004 a project was REDD+ once it had a forest unit; its rows say so after."""
+
+def test_a_registry_of_0003_is_brought_along(db_url: str) -> None:
+    """0004: before it, a project was REDD+ once it had a forest unit; its row says so after.
+    0005: every forest unit gets its boundary's bounding box."""
     engine = make_engine(db_url)
     cfg = alembic_config()
     try:
@@ -32,12 +34,15 @@ def test_projects_registered_before_0004_take_the_programme_their_units_gave_the
                 "INSERT INTO forest_unit (id, project_id, name, boundary, area_ha, "
                 "jurisdiction, reference_level, leakage_rate_bp, buffer_rate_bp, "
                 "buffer_account, shortfall, registered_seq) VALUES ('KH005-FU1', 'KH005', 'u', "
-                "'{}', 1, 'j', 1, 0, 0, 'BUF-KH005-FU1', 0, 3)"))
+                ":boundary, 1, 'j', 1, 0, 0, 'BUF-KH005-FU1', 0, 3)"), {"boundary": BOUNDARY})
         with engine.begin() as connection:
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
             rows = connection.execute(
                 text("SELECT id, programme FROM project ORDER BY id")).all()
+            bounds = connection.execute(
+                text("SELECT west, south, east, north FROM forest_unit")).one()
         assert [tuple(r) for r in rows] == [("KH004", "JCM"), ("KH005", "REDD+")]
+        assert tuple(bounds) == (105.8, 13.6, 105.9, 13.7)
     finally:
         engine.dispose()
