@@ -435,3 +435,23 @@ def test_an_instruction_the_service_would_refuse_as_input(
         end, "invalid_request", "project.status should have been refused: "
         "$.instruction.body.reason: NUL characters are not allowed",
     )]
+
+
+def test_a_movement_naming_a_serial_twice_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """Effects that list serial 6 in two blocks (and count it twice) are a duplicate serial,
+    whatever else is wrong with them."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    position = sqlite_bundle.history.seq["retire"] + 1
+    body = {"account": "JP-BUYER-1", "batch": JCM_BATCH, "range": {"start": 1, "end": 10},
+            "to_account": "KH-GOV-1"}
+    effects = {"batch": JCM_BATCH, "from": "JP-BUYER-1", "to": "KH-GOV-1", "quantity": 11,
+               "blocks": [{"start": 1, "end": 6}, {"start": 6, "end": 10}]}
+    forge(bundle, sqlite_bundle, position, kind="credits.transfer", actor="jp-buyer",
+          key=BUYER_KEY, body=body, effects=effects)
+    found = failures(bundle, sqlite_bundle)
+    assert (position, "duplicate_serial") in codes(found), found
+    assert message(found, position, "duplicate_serial") == (
+        f"credits.transfer names serials 6-6 of {JCM_BATCH} twice"
+    )

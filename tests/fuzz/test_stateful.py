@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -78,6 +79,7 @@ from registry.store.tables import (
     ReversalRow,
 )
 from tests.helpers import StepClock
+from tests.load import check_offline
 
 POSTGRES_URL = os.environ.get("REGISTRY_TEST_POSTGRES_URL")
 ORIGIN = "test.carbon-registry.example/stateful"
@@ -250,6 +252,9 @@ class CreditLedgerMachine(RuleBasedStateMachine):
                 report = audit_store(session, self.registry)
             assert report.ok, report.failures
             assert report.entries == self.size
+            # And as an auditor sees it: the export verifies, and its replay is the store.
+            with tempfile.TemporaryDirectory() as workdir:
+                check_offline(self.registry, Path(workdir))
         finally:
             self.registry.engine.dispose()
             self.database.drop()
@@ -433,11 +438,14 @@ class CreditLedgerMachine(RuleBasedStateMachine):
         else:
             self.cancelled[batch] |= taken
 
-    @rule(lost=st.integers(1, 200))
-    def reversal(self, lost: int) -> None:
+    @rule(lost=st.integers(1, 200), percent=st.integers(0, 99))
+    def reversal(self, lost: int, percent: int) -> None:
         pool = [(batch, s) for (account, batch), serials in sorted(self.held.items())
                 if account == BUFFER for s in sorted(serials)]
         pool.sort()
+        if percent and len(pool) > 1:
+            # Part of the pool, which often spans batches: the oldest batch's serials go first.
+            lost = max(1, len(pool) * percent // 100)
         cancelled = pool[:lost]
         result = self.accept(ADMIN, "redd.reversal", {
             "unit_id": UNIT, "lost": lost, "document_sha256": "f" * 64, "reason": "fire",

@@ -31,7 +31,7 @@ from registry.store.tables import IdempotencyRow, table
 from tests.factories import drop_append_only_triggers
 from tests.helpers import StepClock
 from tests.load import check_checkpoints, check_offline, read_ledger
-from tests.world import World, issue_jcm
+from tests.world import ADMIN, World, issue_jcm
 
 
 def _transfer(world: World, batch: str, **pick: Any) -> dict[str, Any]:
@@ -126,6 +126,9 @@ def test_a_replay_in_the_same_batch_is_refused_and_its_original_commits(
     assert isinstance(first, Outcome) and isinstance(other, Outcome)
     assert isinstance(replay, RegistryError) and replay.code == "nonce_reused"
     assert world.tree_size() == before + 2
+    # Refused inside the batch, not by the used_nonce key failing the whole transaction (then
+    # each use case would have been carried out again alone, one checkpoint each).
+    assert _checkpoint_sizes(registry, range(before, before + 3)) == [before, before + 2]
     assert world.active("JP-BUYER-1") == 5
     # Committed, the nonce is refused the same way from the store.
     again = registry.writes.run_together([_work(registry, signed)])[0]
@@ -374,4 +377,30 @@ def test_movements_in_one_batch_each_see_the_blocks_the_ones_before_left(
     ]
     assert [(b[1], b[2]) for b in world.blocks("KH-WATER-1")] == [
         (s, s + 1), (s + 14, s + 14), (s + 23, s + 799)]
+    check_offline(registry, tmp_path)
+
+
+def test_a_refusal_after_its_own_writes_in_a_batch_leaves_no_row(
+    world: World, registry: Registry, tmp_path: Path
+) -> None:
+    """A use case refused after writing state rows (``party.register`` adds the party, then
+    finds its second key already registered) must leave none of them, also when it is refused
+    inside a batch, where only its savepoint can take them back."""
+    from registry.ledger.keys import SigningKey
+    from registry.store.tables import PartyKeyRow, PartyRow
+
+    batch = issue_jcm(world)
+    fresh = SigningKey.from_seed(b"\x42" * 32).public_key
+    taken = world.keys["kh-water"].public_key  # already kh-water's
+    signed = world.as_(ADMIN).sign("party.register", {
+        "party_id": "ghost-party", "name": "Ghost (illustrative)", "role": "participant",
+        "public_keys": [fresh.to_b64(), taken.to_b64()],
+    })
+    register = prepare(registry, signed, expected_type="party.register",
+                       idempotency_key=new_nonce())
+    refused = _between_two_transfers(world, registry, batch, register)
+    assert isinstance(refused, RegistryError) and refused.code == "conflict", refused
+    with read_session(registry.engine) as s:
+        assert s.get(PartyRow, "ghost-party") is None, "a refused registration left its party"
+        assert s.get(PartyKeyRow, fresh.key_id) is None, "a refused registration left a key"
     check_offline(registry, tmp_path)
