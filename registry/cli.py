@@ -26,6 +26,9 @@ from registry.ledger.keys import PublicKey, SigningKey
 if TYPE_CHECKING:
     from registry.config import Settings
 
+GRACEFUL_SHUTDOWN_SECONDS = 10
+"""How long ``registry serve``, once told to stop, lets requests in progress finish."""
+
 app = typer.Typer(
     help="Cambodia–Japan JCM and REDD+ carbon credit registry.",
     no_args_is_help=True,
@@ -153,6 +156,9 @@ def serve(
             workers=workers,
             http="registry.api.server:NoDelayH11Protocol",
             log_level="info",
+            # A stop (SIGTERM, Ctrl-C) lets requests in progress finish, but a client that
+            # keeps its connection busy cannot hold a worker, and the server, up for ever.
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )
     finally:
         writer.stop()

@@ -26,6 +26,7 @@ timeout, and every loop has a fixed count. ``REGISTRY_TEST_LONG=1`` runs the lon
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -152,9 +153,11 @@ class ServerProcess:
         return True
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown, no flush, no rollback; whatever was in flight is cut off."""
+        """SIGKILL to every process of the server: no shutdown, no flush, no rollback;
+        whatever was in flight is cut off."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
 
     def terminate(self, within: float = 20) -> int | None:

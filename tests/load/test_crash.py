@@ -139,6 +139,7 @@ def crash(settings: Settings, registry: Registry, admin_key: SigningKey, tmp_pat
     server = ServerProcess(settings, tmp_path / "server.log", workers=workers)
     server.start()
     world = build_world(server.url, admin_key)
+    stop = threading.Event()
     try:
         batch = issue_jcm(world, "KH004-MR1", 100_000)
         # Give every holder credits, so all four clients have something to move.
@@ -146,10 +147,10 @@ def crash(settings: Settings, registry: Registry, admin_key: SigningKey, tmp_pat
             "account": "KH-WATER-1", "batch": batch, "quantity": 20_000,
             "to_account": "JP-BUYER-1"})
         seen = Seen()
-        stop = threading.Event()
         movers = [Mover(i, server, world.keys, batch, seen, stop, max_ops=10_000)
                   for i in range(clients)]
-        threads = [threading.Thread(target=m.run, name=f"mover-{m.index}") for m in movers]
+        threads = [threading.Thread(target=m.run, name=f"mover-{m.index}", daemon=True)
+                   for m in movers]
         started = time.monotonic()
         for t in threads:
             t.start()
@@ -189,6 +190,7 @@ def crash(settings: Settings, registry: Registry, admin_key: SigningKey, tmp_pat
             # Nothing was committed and left unanswered: no retry found its request done.
             assert seen.replayed_after_crash == 0, seen.replayed_after_crash
     finally:
+        stop.set()  # a failed assertion must not leave the clients retrying for ever
         world.http.http.close()
         server.stop()
 

@@ -330,3 +330,30 @@ def test_a_write_waiting_for_the_ledger_lock_is_answered_in_bounded_time(
         assert retry.status_code == 401, retry.text
     finally:
         server.stop()
+
+
+# --- a client that never finishes its request -------------------------------------------------
+
+
+def test_a_client_that_never_finishes_its_request_cannot_hold_a_stopping_server_up(
+    settings: Settings, registry: Registry, tmp_path: Path
+) -> None:
+    """Told to stop, the server lets requests in progress finish, but not for ever: one whose
+    body never comes (a stalled or hostile client) kept the server, and a service manager's
+    restart, waiting until it was killed."""
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("the database plays no part: SQLite is enough")
+    server = ServerProcess(settings, tmp_path / "server.log")
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as stalled:
+            stalled.sendall(b"POST /v1/transfers HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                            b"application/json\r\nContent-Length: 1000\r\n\r\n{\"instr")
+            time.sleep(0.5)  # the request is in progress, waiting for the rest of its body
+            began = time.monotonic()
+            code = server.terminate(within=40)
+            took = time.monotonic() - began
+        assert code is not None, f"still running after 40 s:\n{server.log_tail()}"
+        assert took < 20, took
+    finally:
+        server.stop()
