@@ -16,6 +16,7 @@ signatures, supply, double spending) is for ``registry verify``, which replays a
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,7 +87,11 @@ class MonitorState:
         if not path.exists():
             return None
         try:
-            state = cls(**json.loads(path.read_text()))
+            data = json.loads(path.read_text())
+            digest = data.pop("digest", None) if isinstance(data, dict) else None
+            state = cls(**data)
+            if digest is not None and digest != state._digest():
+                raise ValueError("its digest is not its content's")  # e.g. last_leaf
             state._check()
         except (ValueError, TypeError, RegistryError) as e:
             why = e.message if isinstance(e, RegistryError) else e
@@ -114,7 +119,12 @@ class MonitorState:
     def save(self, path: Path) -> None:
         """Atomically and durably: a crash never leaves a half or empty state behind."""
         with atomic_output(path) as out:
-            out.write(json.dumps(asdict(self), indent=2).encode())
+            out.write(json.dumps({**asdict(self), "digest": self._digest()}, indent=2).encode())
+
+    def _digest(self) -> str:
+        """SHA-256 of the fields: ``last_leaf`` cannot be checked against the others."""
+        text = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -163,3 +163,27 @@ def test_a_beneficiary_fetches_and_checks_a_receipt(
         ["verify-receipt", "receipt.json", "--registry-key", other.verifier_string()], tmp_path
     )
     assert bad.returncode == 1 and "error[bad_checkpoint]" in bad.stderr
+
+
+def test_a_receipt_written_with_out_is_readable_as_any_file_the_user_writes(
+    tmp_path: Path, server: LiveServer, world: World
+) -> None:
+    """``proof retirement -o`` used to write with the user's umask; through atomic_output's
+    mkstemp it became 0600, so a receipt meant to be handed to a beneficiary (a web
+    directory, a shared folder) cannot be read by anyone else."""
+    batch = issue_jcm(world)
+    retired = world.submit(
+        "kh-water",
+        "credits.retire",
+        {"account": "KH-WATER-1", "batch": batch, "quantity": 5, "beneficiary": "Example Co.",
+         "purpose": "ndc", "jurisdiction": "KH", "reason": "test"},
+    )
+    retirement_id = retired["result"]["retirement_id"]
+    old = os.umask(0o022)
+    try:
+        r = run(["proof", "retirement", retirement_id, "--url", server.url, "-o", "r.json"],
+                tmp_path)
+    finally:
+        os.umask(old)
+    assert r.returncode == 0, r.stderr
+    assert oct((tmp_path / "r.json").stat().st_mode & 0o777) == "0o644"

@@ -25,9 +25,10 @@ checkpoints further down the same file. Nothing here knows the database or the r
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -200,9 +201,17 @@ def atomic_output(path: Path) -> Iterator[IO[bytes]]:
     under the real name, and a crash right after never loses the new one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        mode: int | None = path.stat().st_mode & 0o7777  # a file replaced keeps its mode
+    except FileNotFoundError:
+        mode = None
+    # Not mkstemp, whose files are 0600: a new file gets the mode open() would give it.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as out:
+            if mode is not None:
+                os.fchmod(out.fileno(), mode)
             yield out
             out.flush()
             os.fsync(out.fileno())
@@ -213,6 +222,9 @@ def atomic_output(path: Path) -> Iterator[IO[bytes]]:
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # a file system that cannot sync a directory (some FUSE)
+            raise
     finally:
         os.close(directory)
 

@@ -187,3 +187,22 @@ def test_saving_the_state_leaves_the_files_beside_it_alone(
     r = audit(server, registry, state)
     assert r.returncode == 0, r.stderr
     assert mine.exists() and mine.read_text() == "the user's own notes\n"
+
+
+@pytest.mark.parametrize("notes", [4, 5])  # an odd and an even tree size
+def test_a_state_file_whose_last_leaf_is_damaged_is_not_an_alarm(
+    registry: Registry, server: LiveServer, tmp_path: Path, notes: int
+) -> None:
+    """``last_leaf`` is the one field ``_check`` cannot tie to the others: a flipped hex digit
+    (still 64 hex digits) passes it, and the next round blames the registry for a broken
+    chain. The README promises a damaged state file is never an alarm against the registry."""
+    state = tmp_path / "monitor.json"
+    append_notes(registry, notes)
+    assert audit(server, registry, state).returncode == 0
+    saved = json.loads(state.read_text())
+    flipped = ("1" if saved["last_leaf"][0] == "0" else "0") + saved["last_leaf"][1:]
+    state.write_text(json.dumps({**saved, "last_leaf": flipped}))
+    append_notes(registry, 3)
+    r = audit(server, registry, state)
+    assert "ALARM" not in r.stderr, r.stderr
+    assert r.returncode == 1 and r.stderr.startswith("error["), r.stderr
