@@ -66,21 +66,31 @@ def _polygons(geometry: Any) -> list[Any]:
     return []
 
 
-def _geodesic_area_m2(geometry: Any) -> float:
+def _geodesic_area_m2(geometry: Any, *, cut: bool = True) -> float:
     """Area in square metres on the WGS84 ellipsoid of the polygonal parts of ``geometry``.
 
     Each polygon is oriented (exterior counter-clockwise, holes clockwise) before measuring, since
     pyproj's area is signed by orientation and subtracts holes only when they run the other way.
+    Without ``cut``, each edge is measured whole, as a geodesic (the measure of ledgers written
+    before edges were cut: :func:`edge_by_edge_hectares`).
     """
     polygons = _polygons(geometry)
     degrees = sum(p.exterior.length + sum(h.length for h in p.interiors) for p in polygons)
     piece = max(_MAX_EDGE_DEGREES, degrees / _MAX_MEASURED_POSITIONS)
     total = 0.0
     for polygon in polygons:
-        dense = segmentize(orient(polygon, sign=1.0), max_segment_length=piece)
+        oriented = orient(polygon, sign=1.0)
+        dense = segmentize(oriented, max_segment_length=piece) if cut else oriented
         area, _perimeter = _GEOD.geometry_area_perimeter(dense)
         total += abs(float(area))
     return total
+
+
+def edge_by_edge_hectares(boundary: Boundary) -> int:
+    """``boundary``'s area as the registry measured it before edges were cut: each edge a
+    geodesic. A unit registered then records this figure in its signed ledger entry (for
+    edges under 0.01 degree, the two are the same)."""
+    return round(_geodesic_area_m2(boundary.geometry, cut=False) / SQUARE_METRES_PER_HECTARE)
 
 
 def _oriented(geometry: Any) -> Any:

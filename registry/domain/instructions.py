@@ -120,9 +120,13 @@ class RegisterProject(Body):
     partner_country: Country
     methodology: Annotated[StrictStr, Field(pattern=r"^[A-Z]{2}_AM\d{3}$", examples=["KH_AM001"])]
     sector: Text
-    programme: Programme = Field(
+    programme: Programme | None = Field(
+        default=None,
         description="JCM: reports cover the whole project. REDD+: each report is of one forest "
-        "unit, within its reference level, and issues after leakage and the buffer's share"
+        "unit, within its reference level, and issues after leakage and the buffer's share. "
+        "Required: the registry refuses a new project without it. Absent only from the "
+        "registrations of ledgers written before projects named their programme, whose "
+        "projects keep the rule of then: REDD+ once they have a forest unit",
     )
     participants: list[Id] = Field(min_length=1, max_length=20)
     third_party_entity: Id

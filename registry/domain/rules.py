@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from calendar import isleap
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from fractions import Fraction
@@ -42,7 +42,7 @@ def check_report_period(
 def check_report_area(
     *,
     project_id: str,
-    programme: str,
+    programme: str | None,
     forest_unit_id: str | None,
     reference_levels: Mapping[str, int],
     reductions: int,
@@ -52,8 +52,12 @@ def check_report_area(
     """A report of a REDD+ project names one of its forest units and stays within its level;
     a JCM project reports project-wide.
 
-    ``reference_levels`` maps each forest unit of the project to its reference level.
+    ``reference_levels`` maps each forest unit of the project to its reference level. A
+    project registered before projects named their programme (``None``) is REDD+ once it
+    has a forest unit.
     """
+    if programme is None:
+        programme = "REDD+" if reference_levels else "JCM"
     if programme == "REDD+" and forest_unit_id is None:
         raise InvalidRequestError(f"project {project_id} is REDD+: name the forest_unit_id")
     if forest_unit_id is None:
@@ -242,9 +246,25 @@ def plan_issuance(
     )
 
 
-def check_unit_can_join(*, project_id: str, programme: str) -> None:
+def check_unit_can_join(
+    *, project_id: str, programme: str | None, project_wide_reports: Callable[[], Sequence[str]]
+) -> None:
     """Only a REDD+ project has forest units (and it never reports project-wide, so no
-    report counts a unit's hectares twice)."""
+    report counts a unit's hectares twice).
+
+    A project registered before projects named their programme (``None``) gains a unit unless
+    it has an open project-wide report (``project_wide_reports``, asked only then): those
+    reports covered the whole project area, and a unit's reports would count it again.
+    """
+    if programme is None:
+        reports = project_wide_reports()
+        if reports:
+            raise ConflictError(
+                f"project {project_id} already has project-wide report {reports[0]}; a forest "
+                "unit now would count its area twice",
+                details={"project": project_id, "report": reports[0]},
+            )
+        return
     if programme != "REDD+":
         raise ConflictError(
             f"project {project_id} is a {programme} project; forest units belong to REDD+ "

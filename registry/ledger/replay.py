@@ -139,7 +139,7 @@ class ProjectState:
     partner_country: str
     methodology: str
     sector: str
-    programme: str
+    programme: str | None
     participants: list[str]
     third_party_entity: str
     crediting_period_start: str
@@ -1052,6 +1052,9 @@ class Replay:
             self._party_with_role(p, "participant", "government")
         self._party_with_role(b.third_party_entity, "third_party_entity")
 
+        # A registration naming no programme is refused by the registry today; in a ledger it
+        # is one from before projects named it, and its project keeps the rule of then.
+
         def apply() -> None:
             state.projects[b.project_id] = ProjectState(
                 b.project_id,
@@ -1090,10 +1093,28 @@ class Replay:
         if b.unit_id in state.units:
             raise ConflictError(f"forest unit {b.unit_id} already exists")
         project: ProjectState = _get(state.projects, b.project_id, "project")
-        check_unit_can_join(project_id=project.id, programme=project.programme)
-        from registry.domain.forest import check_no_overlap, parse_boundary_text
+        check_unit_can_join(
+            project_id=project.id,
+            programme=project.programme,
+            project_wide_reports=lambda: [
+                r.id
+                for r in state.reports.values()
+                if r.project_id == b.project_id
+                and r.forest_unit_id is None
+                and r.status not in CLOSED_REPORT_STATUSES
+            ],
+        )
+        from registry.domain.forest import (
+            check_no_overlap,
+            edge_by_edge_hectares,
+            parse_boundary_text,
+        )
 
         boundary = parse_boundary_text(b.boundary)
+        area = boundary.area_hectares
+        recorded = acting.effects.get("area_ha") if isinstance(acting.effects, dict) else None
+        if recorded != area and recorded == edge_by_edge_hectares(boundary):
+            area = recorded  # a unit registered before edges were cut: its measure of then
         check_no_overlap(
             boundary,
             [(u.id, u.boundary) for u in state.units.values()],
@@ -1117,7 +1138,7 @@ class Replay:
                 b.project_id,
                 b.name,
                 boundary,
-                boundary.area_hectares,
+                area,
                 b.jurisdiction,
                 b.reference_level,
                 b.leakage_rate_bp,
@@ -1129,7 +1150,7 @@ class Replay:
 
         effects = {
             "unit_id": b.unit_id,
-            "area_ha": boundary.area_hectares,
+            "area_ha": area,
             "buffer_account": buffer,
         }
         return _Derived(effects, apply)

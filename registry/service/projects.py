@@ -9,12 +9,12 @@ from sqlmodel import Session, col, select
 
 from registry.domain.forest import check_no_overlap, parse_boundary_text
 from registry.domain.instructions import RegisterForestUnit, RegisterProject, SetProjectStatus
-from registry.domain.rules import check_unit_can_join
+from registry.domain.rules import CLOSED_REPORT_STATUSES, check_unit_can_join
 from registry.errors import ConflictError, InvalidRequestError
 from registry.service.instructions import Acting
 from registry.service.parties import create_account
 from registry.store.credits_repo import get_or_404
-from registry.store.tables import ForestUnitRow, PartyRow, ProjectRow
+from registry.store.tables import ForestUnitRow, PartyRow, ProjectRow, ReportRow
 
 Effects = dict[str, Any]
 
@@ -35,6 +35,12 @@ def _party_with_role(session: Session, party_id: str, *roles: str) -> PartyRow:
 def register_project(session: Session, acting: Acting[RegisterProject]) -> Effects:
     acting.require_role("administrator")
     b = acting.body
+    if b.programme is None:
+        raise InvalidRequestError(
+            "programme is required: JCM (reports cover the whole project) or REDD+ (reports "
+            "by forest unit)",
+            details={"field": "programme"},
+        )
     if session.get(ProjectRow, b.project_id) is not None:
         raise ConflictError(
             f"project {b.project_id} already exists", details={"project": b.project_id}
@@ -84,7 +90,23 @@ def register_forest_unit(session: Session, acting: Acting[RegisterForestUnit]) -
     if session.get(ForestUnitRow, b.unit_id) is not None:
         raise ConflictError(f"forest unit {b.unit_id} already exists", details={"unit": b.unit_id})
     project = get_or_404(session, ProjectRow, b.project_id, "project")
-    check_unit_can_join(project_id=project.id, programme=project.programme)
+
+    def project_wide_reports() -> list[str]:
+        return list(
+            session.exec(
+                select(ReportRow.id).where(
+                    ReportRow.project_id == b.project_id,
+                    ReportRow.forest_unit_id == None,  # noqa: E711
+                    col(ReportRow.status).not_in(CLOSED_REPORT_STATUSES),
+                )
+            ).all()
+        )
+
+    check_unit_can_join(
+        project_id=project.id,
+        programme=project.programme,
+        project_wide_reports=project_wide_reports,
+    )
     boundary = parse_boundary_text(b.boundary)
     # Only a unit whose bounding box meets the new one's can overlap it: the others' boundaries
     # (each up to 100,000 positions) are not read, parsed and measured under the ledger's lock.

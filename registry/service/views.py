@@ -78,7 +78,7 @@ class ProjectPublic(BaseModel):
     partner_country: str
     methodology: str
     sector: str
-    programme: str
+    programme: str | None
     participants: list[str]
     third_party_entity: str
     crediting_period_start: str

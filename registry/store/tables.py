@@ -119,7 +119,8 @@ class ProjectRow(SQLModel, table=True):
     partner_country: str = Field(sa_column=Column(String(2), nullable=False))
     methodology: str = Field(sa_column=Column(String(16), nullable=False))
     sector: str = Field(sa_column=Column(String(500), nullable=False))
-    programme: str = Field(sa_column=Column(String(8), nullable=False))  # JCM or REDD+
+    # JCM or REDD+; None for a project registered before projects named it (see rules.py)
+    programme: str | None = Field(default=None, sa_column=Column(String(8), nullable=True))
     participants: str = Field(sa_column=Column(Text, nullable=False))  # JSON list of party ids
     third_party_entity: str = Field(
         sa_column=Column(String(64), ForeignKey("party.id"), nullable=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
@@ -11,7 +12,9 @@ import pytest
 from registry.domain.rules import (
     BufferTerms,
     check_no_period_overlap,
+    check_report_area,
     check_report_period,
+    check_unit_can_join,
     check_within_reference_level,
     plan_issuance,
     reference_level_over,
@@ -185,3 +188,44 @@ def test_reductions_cannot_exceed_the_reference_level() -> None:
         check_within_reference_level(
             reductions=366, reference_level=365, period_start="2025-01-01", period_end="2025-12-31"
         )
+
+
+def _area(programme: str | None, unit: str | None, levels: dict[str, int]) -> None:
+    check_report_area(project_id="KH009", programme=programme, forest_unit_id=unit,
+                      reference_levels=levels, reductions=10, period_start="2024-01-01",
+                      period_end="2024-12-31")
+
+
+def test_a_project_reports_as_its_programme_says_and_one_of_before_as_its_units_say() -> None:
+    _area("JCM", None, {})
+    _area("REDD+", "U1", {"U1": 1000})
+    with pytest.raises(InvalidRequestError, match="is REDD\\+: name the forest_unit_id"):
+        _area("REDD+", None, {})  # before its first unit, too
+    with pytest.raises(InvalidRequestError, match="is JCM: it reports project-wide"):
+        _area("JCM", "U1", {"U1": 1000})
+    # Registered before projects named their programme: REDD+ once it has a unit.
+    _area(None, None, {})
+    _area(None, "U1", {"U1": 1000})
+    with pytest.raises(InvalidRequestError, match="is REDD\\+: name the forest_unit_id"):
+        _area(None, None, {"U1": 1000})
+
+
+def test_forest_units_join_redd_projects_and_projects_of_before_without_project_wide_reports(
+) -> None:
+    asked: list[bool] = []
+
+    def reports(found: list[str]) -> Callable[[], list[str]]:
+        def ask() -> list[str]:
+            asked.append(True)
+            return found
+        return ask
+
+    check_unit_can_join(project_id="KH009", programme="REDD+", project_wide_reports=reports([]))
+    with pytest.raises(ConflictError, match="forest units belong to REDD\\+ projects"):
+        check_unit_can_join(project_id="KH009", programme="JCM",
+                            project_wide_reports=reports([]))
+    assert not asked  # the reports are read only for a project of before
+    check_unit_can_join(project_id="KH009", programme=None, project_wide_reports=reports([]))
+    with pytest.raises(ConflictError, match="project-wide report KH009-MR1"):
+        check_unit_can_join(project_id="KH009", programme=None,
+                            project_wide_reports=reports(["KH009-MR1"]))

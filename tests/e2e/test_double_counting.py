@@ -53,3 +53,17 @@ def test_a_redd_project_reports_by_forest_unit_even_before_it_has_one(world: Wor
         **report, "report_id": "KH004-MR9", "project_id": "KH004", "forest_unit_id": UNIT},
         status=422, code="invalid_request")
     assert "KH004 is JCM: it reports project-wide" in error["message"]
+
+
+def test_a_new_project_must_name_its_programme(world: World) -> None:
+    """Only registrations of ledgers written before programmes were named go without one."""
+    body = {
+        "project_id": "KH006", "title": "A project of no programme (illustrative)",
+        "partner_country": "KH", "methodology": "KH_AM004", "sector": "REDD+",
+        "participants": ["kh-gov"], "third_party_entity": "lrqa",
+        "crediting_period_start": "2020-01-01", "crediting_period_end": "2040-12-31",
+    }
+    with world.unchanged():
+        error = world.refuse(ADMIN, "project.register", body, status=422,
+                             code="invalid_request")
+    assert error["message"].startswith("programme is required")

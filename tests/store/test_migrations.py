@@ -12,8 +12,9 @@ BOUNDARY = ('{"type":"Polygon","coordinates":[[[105.8,13.6],[105.9,13.6],[105.9,
 
 
 def test_a_registry_of_0003_is_brought_along(db_url: str) -> None:
-    """0004: before it, a project was REDD+ once it had a forest unit; its row says so after.
-    0005: every forest unit gets its boundary's bounding box."""
+    """0004: projects registered before it name no programme (NULL: the rule of then, REDD+
+    once it has a forest unit, as their signed registrations say). 0005: every forest unit
+    gets its boundary's bounding box."""
     engine = make_engine(db_url)
     cfg = alembic_config()
     try:
@@ -42,7 +43,7 @@ def test_a_registry_of_0003_is_brought_along(db_url: str) -> None:
                 text("SELECT id, programme FROM project ORDER BY id")).all()
             bounds = connection.execute(
                 text("SELECT west, south, east, north FROM forest_unit")).one()
-        assert [tuple(r) for r in rows] == [("KH004", "JCM"), ("KH005", "REDD+")]
+        assert [tuple(r) for r in rows] == [("KH004", None), ("KH005", None)]
         assert tuple(bounds) == (105.8, 13.6, 105.9, 13.7)
     finally:
         engine.dispose()
