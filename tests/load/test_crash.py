@@ -131,12 +131,11 @@ class Mover:
 
 
 def crash(settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path: Path,
-          *, kills: int, clients: int = 4, seed: int = 0, graceful: bool = False,
-          workers: int = 1) -> None:
+          *, kills: int, clients: int = 4, seed: int = 0, graceful: bool = False) -> None:
     """``kills`` SIGKILLs at random moments under load, or with ``graceful`` as many SIGTERMs
     to the server's process group, each followed by a restart on the same database."""
     rng = random.Random(seed)
-    server = ServerProcess(settings, tmp_path / "server.log", workers=workers)
+    server = ServerProcess(settings, tmp_path / "server.log")
     server.start()
     world = build_world(server.url, admin_key)
     stop = threading.Event()
@@ -200,11 +199,9 @@ def test_crash(settings: Settings, registry: Registry, admin_key: SigningKey,
     crash(settings, registry, admin_key, tmp_path, kills=20)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
 def test_graceful_restarts_under_load(settings: Settings, registry: Registry,
-                                     admin_key: SigningKey, tmp_path: Path, workers: int) -> None:
-    crash(settings, registry, admin_key, tmp_path, kills=5, graceful=True, seed=2,
-          workers=workers)
+                                     admin_key: SigningKey, tmp_path: Path) -> None:
+    crash(settings, registry, admin_key, tmp_path, kills=5, graceful=True, seed=2)
 
 
 @pytest.mark.slow
