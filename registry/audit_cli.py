@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from pydantic import ValidationError
 
-from registry.errors import ConfigurationError, RegistryError
+from registry.errors import ConfigurationError, RegistryError, first_line
 from registry.ledger.audit import Failure
 from registry.ledger.bundle import BundleReader
 from registry.ledger.verify_bundle import EXIT_FAILED, verify_bundle
@@ -74,16 +74,12 @@ def export_cmd(
     out: Annotated[Path, typer.Argument(help="Where to write the bundle (JSON Lines).")],
 ) -> None:
     """Export the whole ledger (entries, checkpoints, keys) as a bundle for offline audit."""
-    from sqlalchemy.engine import make_url
-
     from registry.service.export import export_bundle
     from registry.store import ledger_repo
-    from registry.store.db import make_engine, read_session
+    from registry.store.db import make_engine, read_session, require_database
 
     settings = _settings()
-    url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
-        raise ConfigurationError(f"no registry database at {url.database}")
+    require_database(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
         with read_session(engine) as session:
@@ -147,10 +143,8 @@ def verify_cmd(
         except RegistryError:
             raise
         except Exception as e:  # a bad URL or an unreachable server is a usage error
-            lines = str(getattr(e, "orig", None) or e).strip().splitlines()  # not the SQL
             raise ConfigurationError(
-                f"cannot read the database {describe_url(against)}: "
-                f"{lines[0] if lines else type(e).__name__}"
+                f"cannot read the database {describe_url(against)}: {first_line(e)}"
             ) from e
         report.against = describe_url(against)
         for difference in differences:

@@ -17,7 +17,7 @@ import typer
 
 from registry.api.paths import INSTRUCTION_PATHS
 from registry.audit_cli import export_cmd, verify_cmd
-from registry.errors import ConfigurationError, InvalidRequestError, RegistryError
+from registry.errors import ConfigurationError, InvalidRequestError, RegistryError, first_line
 from registry.ledger.keys import PublicKey, SigningKey
 
 # The database layer, the HTTP client and the settings are imported by the commands that use
@@ -486,7 +486,5 @@ def _one_line(error: Exception) -> str | None:
         return f"error[registry_unavailable]: cannot reach the registry: {error}"
     sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
     if sqlalchemy_exc is not None and isinstance(error, sqlalchemy_exc.SQLAlchemyError):
-        # The database refused or failed: its first line says why.
-        lines = str(getattr(error, "orig", None) or error).strip().splitlines()
-        return f"error[database_error]: {lines[0] if lines else type(error).__name__}"
+        return f"error[database_error]: {first_line(error)}"  # the database refused or failed
     return None

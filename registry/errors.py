@@ -14,6 +14,13 @@ MAX_MESSAGE = 2000
 """Most characters of an error's message: a message quoting a request's value is cut there."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of what ``error`` says (a database driver's own error under it, not the
+    SQL that follows); its type's name if it says nothing."""
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 class RegistryError(Exception):
     """Root of every deliberate failure; ``message`` is for people, ``code`` for machines."""
 

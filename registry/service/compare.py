@@ -18,17 +18,15 @@ import json
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, SQLModel, col, select
 
-from registry.errors import ConfigurationError
 from registry.ledger.replay import ReplayedState
 from registry.store import ledger_repo
-from registry.store.db import make_engine, read_session
+from registry.store.db import make_engine, read_session, require_database
 from registry.store.tables import (
     AccountRow,
     BatchRow,
@@ -370,11 +368,7 @@ def compare_with_database(
     """Open the database at ``url`` read-only and, in one snapshot, check that it holds the
     ledger of ``size`` entries and ``root`` that ``state`` was replayed from, then compare its
     state tables with ``state``."""
-    parsed = make_url(url)
-    file = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    if file not in (None, "", ":memory:") and not Path(file).is_file():
-        # make_engine would create it (and its directory): this is a read-only comparison.
-        raise ConfigurationError(f"no registry database at {file}")
+    require_database(url)
     engine: Engine = make_engine(url)
     try:
         with read_session(engine) as session:

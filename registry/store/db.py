@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
-from registry.errors import RegistryBusyError
+from registry.errors import ConfigurationError, RegistryBusyError
 from registry.store import write_behind
 from registry.store.statements import Read, read_ahead, text_rows
 
@@ -56,6 +56,15 @@ def make_engine(url: str, *, lock_timeout: float = 30.0, **kwargs: Any) -> Engin
     raise ValueError(
         f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
     )
+
+
+def require_database(url: str) -> None:
+    """Refuse a SQLite file that is not there: :func:`make_engine` would create it (and its
+    directory), which a command that only reads a registry must never do."""
+    parsed = make_url(url)
+    file = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if file not in (None, "", ":memory:") and not Path(file).is_file():
+        raise ConfigurationError(f"no registry database at {file}")
 
 
 def _configure_postgres(engine: Engine, *, lock_timeout_ms: int) -> None:
