@@ -280,18 +280,20 @@ def holdings(
 
 
 def _all_holdings(client: Any, account: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """An account's holdings and every block, 500 a page, all read at one ledger size: when
-    the registry moved between two pages (they may then disagree), it starts again."""
+    """An account's holdings and every block, 500 a page, each page from where the last one
+    ended (``after``): a block the account holds all along is listed once, however busy the
+    registry. When the account itself changed between two pages (its active blocks then do
+    not add up to its total), it starts again."""
     path = f"/v1/accounts/{account}/holdings"
     for _ in range(5):
         data = client.get(path, signed=True, params={"limit": 500})
-        blocks, size = list(data["blocks"]["data"]), data["blocks"]["tree_size"]
-        while len(blocks) < data["blocks"]["count"]:
-            page = client.get(path, signed=True, params={"offset": len(blocks), "limit": 500})
-            if page["blocks"]["tree_size"] != size or not page["blocks"]["data"]:
-                break
-            blocks += page["blocks"]["data"]
-        else:
+        blocks = list(data["blocks"]["data"])
+        while data["blocks"]["next"] is not None:
+            params = {"limit": 500, "after": data["blocks"]["next"]}
+            data = client.get(path, signed=True, params=params)
+            blocks += data["blocks"]["data"]
+        active = sum(b["quantity"] for b in blocks if b["status"] == "active")
+        if active == data["total_active"]:
             return data, blocks
     raise RegistryError(f"account {account} kept changing while its pages were read; try again")
 

@@ -239,6 +239,13 @@ def get_holdings(
     signature: Annotated[str | None, Header(alias=AUTH_SIGNATURE)] = None,
     offset: Offset = 0,
     limit: Limit = 100,
+    after: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="a unit serial, the previous page's `next`: blocks past it",
+        ),
+    ] = None,
 ) -> Any:
     if not (actor and key_id and date and signature):
         raise AuthenticationError(
@@ -256,4 +263,6 @@ def get_holdings(
         message=message,
         now=registry.clock(),
     )
-    return views.holdings(session, account_id=account_id, reader=reader, offset=offset, limit=limit)
+    return views.holdings(
+        session, account_id=account_id, reader=reader, offset=offset, limit=limit, after=after
+    )

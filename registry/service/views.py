@@ -11,6 +11,7 @@ import json
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
+from sqlalchemy import tuple_
 from sqlmodel import Session, SQLModel, col, func, select
 
 from registry.domain.serials import SerialRange, format_block, parse_unit_serial
@@ -142,10 +143,18 @@ class BlockPublic(BaseModel):
     status: str
 
 
+class BlockPage(Page[BlockPublic]):
+    next: str | None = Field(
+        description="when this page is full, the last serial it lists: pass it as `after` for "
+        "the next page. Paging so, every block the account holds all along is listed exactly "
+        "once, even while credits move (an offset would skip or repeat blocks then)"
+    )
+
+
 class HoldingsPublic(BaseModel):
     account: AccountPublic
     total_active: int
-    blocks: Page[BlockPublic]
+    blocks: BlockPage
 
 
 class RetirementPublic(BaseModel):
@@ -365,27 +374,49 @@ def reversals(session: Session, offset: int, limit: int) -> Page[ReversalPublic]
 
 
 def holdings(
-    session: Session, *, account_id: str, reader: PartyRow, offset: int, limit: int
+    session: Session,
+    *,
+    account_id: str,
+    reader: PartyRow,
+    offset: int,
+    limit: int,
+    after: str | None = None,
 ) -> HoldingsPublic:
-    """An account's blocks, for its holder, administrators and auditors only."""
+    """An account's blocks, for its holder, administrators and auditors only.
+
+    ``after`` (a unit serial, the previous page's ``next``) starts the page past that serial.
+    Blocks are only ever split, never merged, so a block that holds serials past the last one
+    a page listed starts past it too: a block held all along is on exactly one page.
+    """
     acct = get_or_404(session, AccountRow, account_id, "account")
     if reader.id != acct.holder and reader.role not in {"administrator", "auditor"}:
         raise PermissionDeniedError(
             f"holdings of {account_id} are private to {acct.holder}",
             details={"account": account_id, "reader": reader.id},
         )
-    rows, page = _page(
-        session,
-        BlockRow,
-        (col(BlockRow.batch_id), col(BlockRow.start)),
-        offset,
-        limit,
-        BlockRow.account_id == account_id,
-    )
+    query = select(BlockRow).where(BlockRow.account_id == account_id)
+    if after is not None:
+        batch_id, number = parse_unit_serial(after)
+        past = tuple_(col(BlockRow.batch_id), col(BlockRow.start)) > tuple_(batch_id, number)
+        query = query.where(past)
+    rows = session.exec(
+        query.order_by(col(BlockRow.batch_id), col(BlockRow.start)).offset(offset).limit(limit)
+    ).all()
+    count = session.exec(
+        select(func.count()).select_from(BlockRow).where(BlockRow.account_id == account_id)
+    ).one()
+    last = rows[-1] if len(rows) == limit else None
     return HoldingsPublic(
         account=AccountPublic(**acct.model_dump()),
         total_active=active_quantity(session, account_id),
-        blocks=Page(data=[_block(r) for r in rows], **page),
+        blocks=BlockPage(
+            data=[_block(r) for r in rows],
+            count=count,
+            offset=offset,
+            limit=limit,
+            tree_size=ledger_repo.tree_size(session),
+            next=None if last is None else f"{last.batch_id}-{last.end}",
+        ),
     )
 
 

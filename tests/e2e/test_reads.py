@@ -125,3 +125,46 @@ def test_pagination(world: World) -> None:
         expect_error(world.read("/v1/parties", params=params), 422, "invalid_request")
         expect_error(world.read("/v1/accounts/KH-WATER-1/holdings", party="kh-water",
                                 params=params), 422, "invalid_request")
+
+
+def test_paging_through_holdings_while_the_holder_moves_credits_misses_no_block(
+    world: World,
+) -> None:
+    # An auditor pages through an account's blocks while the registry keeps moving: every
+    # block the account holds all along is listed exactly once, whatever moves meanwhile.
+    issue_jcm(world)
+    for start in (101, 301, 501):  # KH-WATER-1 holds 1-100, 201-300, 401-500, 601-800
+        world.submit("kh-water", "credits.transfer", {
+            "account": "KH-WATER-1", "batch": BATCH, "range": {"start": start,
+                                                               "end": start + 99},
+            "to_account": "JP-BUYER-1"})
+    first = world.holdings("KH-WATER-1", reader="auditor", limit=2)["blocks"]
+    assert [b["block"] for b in first["data"]] == [f"{BATCH}-1-100", f"{BATCH}-201-300"]
+    assert first["next"] == f"{BATCH}-300"
+    # Meanwhile the holder transfers its first block away, and part of its last one.
+    world.submit("kh-water", "credits.transfer", {
+        "account": "KH-WATER-1", "batch": BATCH, "range": {"start": 1, "end": 100},
+        "to_account": "JP-BUYER-1"})
+    world.submit("kh-water", "credits.transfer", {
+        "account": "KH-WATER-1", "batch": BATCH, "range": {"start": 601, "end": 650},
+        "to_account": "JP-BUYER-1"})
+    second = world.holdings("KH-WATER-1", reader="auditor", limit=2, after=first["next"])
+    assert [b["block"] for b in second["blocks"]["data"]] == [f"{BATCH}-401-500",
+                                                               f"{BATCH}-651-800"]
+    assert second["blocks"]["next"] == f"{BATCH}-800"
+    last = world.holdings("KH-WATER-1", reader="auditor", limit=2,
+                          after=second["blocks"]["next"])["blocks"]
+    assert (last["data"], last["next"]) == ([], None)
+    # A page that is not full is the last: it names no next page.
+    assert world.holdings("KH-WATER-1", reader="auditor")["blocks"]["next"] is None
+    # A block split across the cursor is not listed again: 201-300 was seen, 201-250 moves
+    # out, and the rest of what was seen is not a new block past the cursor.
+    world.submit("kh-water", "credits.transfer", {
+        "account": "KH-WATER-1", "batch": BATCH, "range": {"start": 201, "end": 250},
+        "to_account": "JP-BUYER-1"})
+    page = world.holdings("KH-WATER-1", reader="auditor", limit=500, after=f"{BATCH}-300")
+    assert [b["block"] for b in page["blocks"]["data"]] == [f"{BATCH}-401-500",
+                                                             f"{BATCH}-651-800"]
+    for bad in ("KH004-1", f"{BATCH}-0", "not-a-serial"):
+        expect_error(world.read("/v1/accounts/KH-WATER-1/holdings", party="auditor",
+                                params={"after": bad}), 422, "invalid_serial_id")
