@@ -423,14 +423,15 @@ def holdings(
 def serial_story(session: Session, serial: str) -> SerialStoryPublic:
     """Where one credit is now, and every ledger entry that moved it."""
     batch_id, number = parse_unit_serial(serial)
+    # Blocks of a batch never overlap: the one that starts last at or below the serial is the
+    # only one that can hold it (one index probe, where a filter on its end walked them all).
     row = session.exec(
-        select(BlockRow).where(
-            BlockRow.batch_id == batch_id,
-            col(BlockRow.start) <= number,
-            col(BlockRow.end) >= number,
-        )
+        select(BlockRow)
+        .where(BlockRow.batch_id == batch_id, col(BlockRow.start) <= number)
+        .order_by(col(BlockRow.start).desc())
+        .limit(1)
     ).first()
-    if row is None:
+    if row is None or row.end < number:
         raise NotFoundError(f"serial {serial} was never issued", details={"serial": serial})
     events = session.exec(
         select(BlockEventRow)

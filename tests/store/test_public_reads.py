@@ -84,3 +84,17 @@ def test_a_page_of_retirements_does_not_sort_them_all(
     # not by sorting every retirement (325).
     first_page = _work(registry, lambda s: views.retirements(s, 0, 100))
     assert first_page < 50, first_page
+
+
+def test_a_serials_block_is_found_without_walking_the_blocks_below_it(
+    registry: Registry,
+) -> None:
+    if registry.engine.dialect.name != "sqlite":
+        pytest.skip("the work counted here is SQLite's")
+    _fill(registry)
+    # One index probe: the story of the batch's last serial took 500 steps, half of them
+    # walking every block below it. Its history still reads the batch's events up to the
+    # serial (250 steps here).
+    assert _work(registry, lambda s: views.serial_story(s, f"{BATCH}-2")) < 10
+    last = _work(registry, lambda s: views.serial_story(s, f"{BATCH}-{ROWS}"))
+    assert last < 350, last
