@@ -225,21 +225,28 @@ def _block(row: BlockRow) -> BlockPublic:
     )
 
 
-def party(session: Session, party_id: str) -> PartyPublic:
-    row = get_or_404(session, PartyRow, party_id, "party")
-    keys = session.exec(select(PartyKeyRow).where(PartyKeyRow.party_id == party_id)).all()
-    return PartyPublic(
-        **row.model_dump(),
-        keys=[
-            PartyKeyPublic(
-                key_id=k.key_id,
-                public_key=_b64(k.public_key),
-                added_seq=k.added_seq,
-                revoked_seq=k.revoked_seq,
+def _parties(session: Session, rows: list[PartyRow]) -> list[PartyPublic]:
+    """``rows`` with their keys, read in one query (oldest key first)."""
+    keys: dict[str, list[PartyKeyPublic]] = {row.id: [] for row in rows}
+    if keys:
+        for k in session.exec(
+            select(PartyKeyRow)
+            .where(col(PartyKeyRow.party_id).in_(list(keys)))
+            .order_by(col(PartyKeyRow.added_seq), col(PartyKeyRow.key_id))
+        ):
+            keys[k.party_id].append(
+                PartyKeyPublic(
+                    key_id=k.key_id,
+                    public_key=_b64(k.public_key),
+                    added_seq=k.added_seq,
+                    revoked_seq=k.revoked_seq,
+                )
             )
-            for k in keys
-        ],
-    )
+    return [PartyPublic(**row.model_dump(), keys=keys[row.id]) for row in rows]
+
+
+def party(session: Session, party_id: str) -> PartyPublic:
+    return _parties(session, [get_or_404(session, PartyRow, party_id, "party")])[0]
 
 
 def _b64(data: bytes) -> str:
@@ -248,7 +255,7 @@ def _b64(data: bytes) -> str:
 
 def parties(session: Session, offset: int, limit: int) -> Page[PartyPublic]:
     rows, page = _page(session, PartyRow, col(PartyRow.id), offset, limit)
-    return Page(data=[party(session, r.id) for r in rows], **page)
+    return Page(data=_parties(session, rows), **page)
 
 
 def accounts(session: Session, offset: int, limit: int) -> Page[AccountPublic]:
