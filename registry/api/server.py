@@ -39,11 +39,24 @@ def app_from_env() -> FastAPI:
     return app
 
 
+_STOPPING = "registry_stopping"
+"""Set on uvicorn's ``ServerState`` (one per worker) once its stop has begun."""
+
+
 class NoDelayH11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with Nagle's algorithm off on every accepted connection.
+    """uvicorn's HTTP/1.1 protocol with Nagle's algorithm off on every accepted connection, and
+    no connection kept open by a worker that is stopping.
 
     With ``--workers N`` uvicorn binds the listening socket itself without ``TCP_NODELAY``, and
     a keep-alive client then waits ~40 ms on every response for the delayed ACK.
+
+    A stopping uvicorn worker closes its listening socket and then asks each of its connections
+    to close after the response in progress. A connection it had accepted just before, whose
+    protocol was not yet made, is not among them: it was served keep-alive until the graceful
+    timeout, and its request then in progress was cut off with a 500. Clients of another worker
+    that stops first reconnect at that very moment, so with two workers a stop under load met
+    this often. Such a connection now closes as soon as it is made, before it reads a request:
+    its client sees the connection close and sends again, to the next server.
     """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -51,3 +64,17 @@ class NoDelayH11Protocol(H11Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(transport)
+        if getattr(self.server_state, _STOPPING, False) or _stopped_listening(transport):
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        setattr(self.server_state, _STOPPING, True)
+        super().shutdown()
+
+
+def _stopped_listening(transport: asyncio.BaseTransport) -> bool:
+    """Whether the server that accepted ``transport`` has closed its listening socket: a stop
+    that began while this worker had no connection asked none to close, so the flag above is
+    not set. (asyncio keeps the accepting server on the transport, not in its public API.)"""
+    server = getattr(transport, "_server", None)
+    return server is not None and not server.is_serving()

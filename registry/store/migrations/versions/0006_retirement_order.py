@@ -6,7 +6,7 @@ retirements are the registry's fastest-growing public record.
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-12-10
+Create Date: 2026-12-06
 """
 
 from __future__ import annotations
