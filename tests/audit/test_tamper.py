@@ -8,6 +8,7 @@ All cases edit copies of one SQLite-built bundle: the checks are the same for an
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -455,3 +456,79 @@ def test_a_movement_naming_a_serial_twice_is_found(
     assert message(found, position, "duplicate_serial") == (
         f"credits.transfer names serials 6-6 of {JCM_BATCH} twice"
     )
+
+
+# --- the bundle's index lines: header, entry and checkpoint lines, party keys -----------------
+
+
+def test_a_header_key_id_that_is_not_the_hash_of_its_key_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    (key,) = bundle.header["registry_keys"]
+    real, key["key_id"] = key["key_id"], "0" * 64
+    found = failures(bundle, sqlite_bundle)
+    assert codes(found) == {(None, "bad_bundle")}
+    assert message(found, None, "bad_bundle") == (
+        f"header registry key {'0' * 64} is not the SHA-256 of its public key ({real})"
+    )
+
+
+def test_a_header_that_does_not_list_the_pinned_key_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    bundle.header["registry_keys"] = []
+    found = failures(bundle, sqlite_bundle)
+    key_id = sqlite_bundle.registry.signer.public_key.key_id
+    assert found == [(
+        None, "bad_bundle",
+        f"the pinned registry key {key_id} is not among the header's registry keys",
+    )]
+
+
+def test_an_entry_line_that_names_another_seq_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """Entry 5 in its right place, its line saying seq 6: the line lies about the entry."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    for spaced in (False, True):
+        path = bundle.write(spaced=spaced)
+        lines = path.read_text("utf-8").splitlines(keepends=True)
+        line = json.loads(lines[6])
+        assert line["type"] == "entry" and line["seq"] == 5
+        line["seq"] = 6
+        lines[6] = json.dumps(line, separators=None if spaced else (",", ":")) + "\n"
+        path.write_text("".join(lines), "utf-8")
+        report = verify_bundle(path, registry_key=sqlite_bundle.key, workers=1).report
+        assert [(f.seq, f.code, f.message) for f in report.failures] == [
+            (5, "bad_bundle", "line 7 says seq 6, but it is entry line 5")
+        ]
+
+
+def test_a_checkpoint_line_that_states_another_size_than_its_note_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    size, note = bundle.checkpoints[9]
+    assert size == 10
+    bundle.checkpoints[9] = (9, note)
+    line = 2 + len(bundle.envelopes) + 9
+    found = failures(bundle, sqlite_bundle)
+    assert found == [
+        (9, "bad_bundle", f"checkpoint line {line} says size 9, but its note signs size 10")
+    ]
+
+
+def test_a_party_key_the_bundle_leaves_out_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    line = next(k for k in bundle.party_keys if k["valid_until_seq"] is not None)
+    bundle.party_keys.remove(line)
+    found = failures(bundle, sqlite_bundle)
+    assert found == [(
+        None, "bad_bundle",
+        f"key {line['key_id']} of party kh-water (added at entry {line['valid_from_seq']}) "
+        "is missing from the bundle's party keys",
+    )]
