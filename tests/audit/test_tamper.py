@@ -17,7 +17,7 @@ import pytest
 
 from registry.client import sign_instruction
 from registry.ledger.checkpoint import Checkpoint, NoteVerifier, sign_checkpoint
-from registry.ledger.entry import Entry, parse_time, seal_entry
+from registry.ledger.entry import Entry, format_time, parse_time, seal_entry
 from registry.ledger.keys import SigningKey
 from registry.ledger.verify_bundle import verify_bundle
 from tests.audit.bundles import RawBundle
@@ -532,3 +532,74 @@ def test_a_party_key_the_bundle_leaves_out_is_found(
         f"key {line['key_id']} of party kh-water (added at entry {line['valid_from_seq']}) "
         "is missing from the bundle's party keys",
     )]
+
+
+# --- the chain and the checkpoints --------------------------------------------------------------
+
+
+def test_an_entry_backdated_before_the_one_before_it_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """A registry that re-signs its log with one entry backdated: time runs backwards."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    before = bundle.entry(19).time
+    old = bundle.entry(20)
+    backdated = format_time(parse_time(before) - timedelta(microseconds=1))
+    bundle.envelopes[20] = seal_entry(
+        Entry(**{**old.to_json_value(), "time": backdated}), sqlite_bundle.registry.signer
+    )
+    bundle.reseal(sqlite_bundle.registry.signer, start=20)
+    bundle.resign(sqlite_bundle.registry.signer, ORIGIN)
+    found = failures(bundle, sqlite_bundle)
+    assert found == [(
+        20, "broken_chain",
+        f"entry time {backdated} is earlier than the previous entry's {before}: time runs "
+        "backwards",
+    )]
+
+
+def _signed_checkpoint(exported: Exported, size: int, root: bytes) -> str:
+    return sign_checkpoint(
+        Checkpoint(origin=ORIGIN, size=size, root=root), name=ORIGIN, key=exported.registry.signer
+    )
+
+
+def test_two_signed_checkpoints_of_one_size_are_a_fork(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    assert bundle.checkpoints[9][0] == 10
+    other = _signed_checkpoint(sqlite_bundle, 10, hashlib.sha256(b"another tree").digest())
+    bundle.checkpoints.insert(10, (10, other))
+    found = failures(bundle, sqlite_bundle)
+    assert codes(found) == {(10, "fork_detected"), (10, "bad_checkpoint")}
+    assert message(found, 10, "fork_detected") == (
+        "two checkpoints for size 10 with different roots: a fork"
+    )
+
+
+def test_a_checkpoint_after_a_larger_one_is_found(sqlite_bundle: Exported, tmp_path: Path) -> None:
+    """Its root can no longer be recomputed: it is refused, not skipped unchecked."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    bundle.checkpoints[9], bundle.checkpoints[10] = bundle.checkpoints[10], bundle.checkpoints[9]
+    assert [s for s, _ in bundle.checkpoints[9:11]] == [11, 10]
+    found = failures(bundle, sqlite_bundle)
+    assert found == [(
+        10, "bad_checkpoint",
+        "checkpoint for size 10 comes after the tree reached size 11; checkpoints must be in "
+        "increasing size order",
+    )]
+
+
+def test_a_checkpoint_of_size_zero_with_another_root_than_the_empty_trees_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    root = hashlib.sha256(b"not empty").digest()
+    bundle.checkpoints.insert(0, (0, _signed_checkpoint(sqlite_bundle, 0, root)))
+    found = failures(bundle, sqlite_bundle)
+    assert codes(found) == {(0, "bad_checkpoint")}
+    assert message(found, 0, "bad_checkpoint") == (
+        f"checkpoint for size 0 has root {root.hex()}, the entries give "
+        f"{hashlib.sha256(b'').hexdigest()}"
+    )
