@@ -21,7 +21,7 @@ from registry.ledger.entry import Entry, format_time, parse_time, seal_entry
 from registry.ledger.keys import SigningKey
 from registry.ledger.verify_bundle import verify_bundle
 from tests.audit.bundles import RawBundle
-from tests.audit.conftest import JCM_BATCH, Exported
+from tests.audit.conftest import JCM_BATCH, REDD_BATCH, WATER_NEW_KEY, Exported
 from tests.conftest import ADMIN, ORIGIN
 
 FOREIGN = SigningKey.from_seed(b"F" * 32)
@@ -63,12 +63,15 @@ def forge(
     body: dict[str, Any],
     effects: dict[str, Any],
     expires_in: timedelta = timedelta(hours=1),
+    signed_as: str | None = None,
 ) -> None:
     """Insert at ``position`` an entry the registry signs with its own key, then re-chain the
-    log and re-sign every checkpoint: a registry covering its tracks."""
+    log and re-sign every checkpoint: a registry covering its tracks. ``signed_as`` is the
+    instruction type the holder signed, when it is not the entry's kind."""
     time = bundle.entry(position - 1).time
     signed = sign_instruction(
-        key, actor=actor, type=kind, body=body, now=parse_time(time), valid_for=expires_in
+        key, actor=actor, type=signed_as or kind, body=body, now=parse_time(time),
+        valid_for=expires_in,
     )
     entry = Entry(
         v=1, seq=position, time=time, kind=kind, actor=actor,
@@ -603,3 +606,134 @@ def test_a_checkpoint_of_size_zero_with_another_root_than_the_empty_trees_is_fou
         f"checkpoint for size 0 has root {root.hex()}, the entries give "
         f"{hashlib.sha256(b'').hexdigest()}"
     )
+
+
+# --- authority and rules the replay re-checks ---------------------------------------------------
+
+
+def _water_transfer(start: int, end: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Body and effects of kh-water moving serials ``start``-``end`` to JP-BUYER-1."""
+    body = {"account": "KH-WATER-1", "batch": JCM_BATCH, "range": {"start": start, "end": end},
+            "to_account": "JP-BUYER-1"}
+    effects = {"batch": JCM_BATCH, "from": "KH-WATER-1", "to": "JP-BUYER-1",
+               "quantity": end - start + 1, "blocks": [{"start": start, "end": end}]}
+    return body, effects
+
+
+def test_an_instruction_valid_too_long_or_expired_at_its_entry_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """Seven days ahead is the most an instruction may run; one that expires at the very time
+    of its entry has expired."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    end = len(bundle.envelopes)
+    for n, valid_for in enumerate(
+        [timedelta(days=7), timedelta(days=7, seconds=1), timedelta(0)]
+    ):
+        body, effects = _water_transfer(600 + 10 * n, 609 + 10 * n)
+        forge(bundle, sqlite_bundle, end + n, kind="credits.transfer", actor="kh-water",
+              key=WATER_NEW_KEY, body=body, effects=effects, expires_in=valid_for)
+    found = failures(bundle, sqlite_bundle)
+    assert codes(found) == {(end + 1, "instruction_expired"), (end + 2, "instruction_expired")}
+    assert "is more than 7 days after the entry's time" in message(
+        found, end + 1, "instruction_expired"
+    )
+    assert "before the entry's time" in message(found, end + 2, "instruction_expired")
+
+
+def test_a_movement_the_signer_does_not_hold_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """The administrator signs away kh-water's credits: the registry's own party is no holder."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    end = len(bundle.envelopes)
+    body, effects = _water_transfer(600, 609)
+    forge(bundle, sqlite_bundle, end, kind="credits.transfer", actor=ADMIN, key=ADMIN_KEY,
+          body=body, effects=effects)
+    found = failures(bundle, sqlite_bundle)
+    assert found == [(
+        end, "forbidden",
+        f"credits.transfer: account KH-WATER-1 is held by kh-water, not {ADMIN}, who signed "
+        "the instruction",
+    )]
+
+
+def test_a_transfer_out_of_a_buffer_pool_is_found(sqlite_bundle: Exported, tmp_path: Path) -> None:
+    """Only a cancellation (or a reversal) takes credits out of a buffer pool."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    position = sqlite_bundle.history.seq["redd_issue"] + 1
+    forge(bundle, sqlite_bundle, position, kind="credits.transfer", actor=ADMIN, key=ADMIN_KEY,
+          body={"account": "BUF-KH005-FU1", "batch": REDD_BATCH,
+                "range": {"start": 7201, "end": 7300}, "to_account": "KH-GOV-1"},
+          effects={"batch": REDD_BATCH, "from": "BUF-KH005-FU1", "to": "KH-GOV-1",
+                   "quantity": 100, "blocks": [{"start": 7201, "end": 7300}]})
+    found = failures(bundle, sqlite_bundle)
+    assert message(found, position, "invalid_request") == (
+        "credits.transfer should have been refused: credits in buffer account BUF-KH005-FU1 "
+        "cannot move by credits.transfer"
+    )
+
+
+def test_a_reversal_that_cancels_credits_outside_the_buffer_pool_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """A reversal cancels buffer credits; one that cancels KH-GOV-1's is refused, not applied."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    position = sqlite_bundle.history.seq["redd_issue"] + 1
+    forge(bundle, sqlite_bundle, position, kind="redd.reversal", actor=ADMIN, key=ADMIN_KEY,
+          body={"unit_id": "KH005-FU1", "lost": 100,
+                "document_sha256": hashlib.sha256(b"fire-0").hexdigest(), "reason": "fire"},
+          effects={"unit_id": "KH005-FU1", "lost": 100, "pool_before": 1800, "cancelled": 100,
+                   "shortfall": 0, "blocks": [{"batch": REDD_BATCH, "start": 1, "end": 100}]})
+    found = failures(bundle, sqlite_bundle)
+    assert codes(found) == {(position, "effects_mismatch"), (position, "serials_not_held")}
+    assert message(found, position, "serials_not_held") == (
+        f"redd.reversal moves serials 1-100 of {REDD_BATCH} from BUF-KH005-FU1, but KH-GOV-1 "
+        "holds them: BUF-KH005-FU1's holding would go negative"
+    )
+
+
+def test_a_second_genesis_is_found(sqlite_bundle: Exported, tmp_path: Path) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    end = len(bundle.envelopes)
+    again = Entry(**{**bundle.entry(0).to_json_value(), "seq": end, "prev": "0" * 64,
+                     "time": bundle.entry(end - 1).time})
+    bundle.envelopes.append(seal_entry(again, sqlite_bundle.registry.signer))
+    bundle.reseal(sqlite_bundle.registry.signer, start=end)
+    bundle.resign(sqlite_bundle.registry.signer, ORIGIN)
+    found = failures(bundle, sqlite_bundle)
+    assert found == [(end, "second_genesis", "a second genesis entry; only entry 0 is one")]
+
+
+def test_an_instruction_recorded_as_another_kind_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """kh-water signed a body under the type credits.cancel; the registry records a transfer."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    end = len(bundle.envelopes)
+    body, effects = _water_transfer(600, 609)
+    forge(bundle, sqlite_bundle, end, kind="credits.transfer", actor="kh-water",
+          key=WATER_NEW_KEY, body=body, effects=effects, signed_as="credits.cancel")
+    found = failures(bundle, sqlite_bundle)
+    assert found == [(
+        end, "kind_mismatch",
+        "entry kind is credits.transfer, but the signed instruction is a credits.cancel",
+    )]
+
+
+def test_an_entry_naming_another_actor_than_its_signer_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    seq = sqlite_bundle.history.seq["transfer"]
+    old = bundle.entry(seq)
+    bundle.envelopes[seq] = seal_entry(
+        Entry(**{**old.to_json_value(), "actor": "jp-buyer"}), sqlite_bundle.registry.signer
+    )
+    bundle.reseal(sqlite_bundle.registry.signer, start=seq)
+    bundle.resign(sqlite_bundle.registry.signer, ORIGIN)
+    found = failures(bundle, sqlite_bundle)
+    assert found == [(
+        seq, "actor_mismatch",
+        "entry actor is jp-buyer, but the instruction is signed as kh-water",
+    )]
