@@ -154,7 +154,13 @@ def _lock_not_obtained(error: DBAPIError) -> bool:
 
 @contextmanager
 def _write_session(engine: Engine, reads: Sequence[Read]) -> Iterator[Session]:
-    writer = engine.execution_options(**{_WRITE: True})
+    options: dict[str, Any] = {_WRITE: True}
+    if is_postgres(engine):
+        # Each statement must see what was committed before the lock was granted: under a
+        # snapshot level (a database or role may default to one) the snapshot is taken by the
+        # lock's own statement, before it waits, and the writer would append on a stale head.
+        options["isolation_level"] = "READ COMMITTED"
+    writer = engine.execution_options(**options)
     with Session(writer, expire_on_commit=False) as session, session.begin():
         try:
             if is_postgres(engine):

@@ -404,3 +404,53 @@ def test_a_refusal_after_its_own_writes_in_a_batch_leaves_no_row(
         assert s.get(PartyRow, "ghost-party") is None, "a refused registration left its party"
         assert s.get(PartyKeyRow, fresh.key_id) is None, "a refused registration left a key"
     check_offline(registry, tmp_path)
+
+
+def test_two_servers_serialise_even_where_the_database_defaults_to_serializable(
+    world: World, registry: Registry, tmp_path: Path
+) -> None:
+    """Two servers (each its own engine and writer) on one PostgreSQL database whose
+    transactions default to a snapshot isolation level (``default_transaction_isolation`` set
+    for the role or the database, here in the URL): a write that waited for the ledger's lock
+    must still see what the other server committed while it waited, not a snapshot taken
+    before, or it appends on a stale head and fails (a 500 to its client)."""
+    if registry.engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL setting")
+    from registry.store.db import make_engine
+
+    batch = issue_jcm(world)
+    before = world.tree_size()
+    url = registry.engine.url.render_as_string(hide_password=False)
+    url = url.replace("options=", "options=-cdefault_transaction_isolation%3Dserializable%20", 1)
+    first, second = (
+        Registry(engine=make_engine(url), signer=registry.signer, origin=registry.origin,
+                 clock=registry.clock)
+        for _ in range(2)
+    )
+    try:
+        with first.engine.connect() as c:
+            shown = c.exec_driver_sql("SHOW default_transaction_isolation").scalar()
+            assert shown == "serializable"
+        slow = _work(first, _transfer(world, batch, quantity=1))
+
+        def holds_the_lock(session: Session, tail: LedgerTail) -> Any:
+            answer = slow(session, tail)
+            time.sleep(1.0)  # the other server's write waits for the lock meanwhile
+            return answer
+
+        answers: list[Any] = []
+        holder = threading.Thread(
+            target=lambda: answers.extend(first.writes.run_together([holds_the_lock])))
+        holder.start()
+        time.sleep(0.3)
+        waiting = _work(second, _transfer(world, batch, quantity=2))
+        (waited,) = second.writes.run_together([waiting])
+        holder.join(10)
+        assert isinstance(answers[0], Outcome), answers
+        assert isinstance(waited, Outcome), waited
+        assert waited.body["seq"] == answers[0].body["seq"] + 1 == before + 1
+    finally:
+        first.engine.dispose()
+        second.engine.dispose()
+    assert world.active("JP-BUYER-1") == 3
+    check_offline(registry, tmp_path)
