@@ -187,3 +187,34 @@ def test_a_receipt_written_with_out_is_readable_as_any_file_the_user_writes(
         os.umask(old)
     assert r.returncode == 0, r.stderr
     assert oct((tmp_path / "r.json").stat().st_mode & 0o777) == "0o644"
+
+
+def test_two_inits_at_once_make_one_registry_and_leave_one_set_of_keys(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Two administrators initialising one database at the same moment (from two machines, with
+    a key file each): one registry is made, the other init says it is already initialised and
+    leaves no key behind, however their steps interleave (both bring the schema up to date,
+    both check that there is no ledger yet, then each writes a genesis)."""
+    for attempt in range(3 if db_url.startswith("sqlite") else 1):
+        url = db_url.replace("registry.db", f"registry-{attempt}.db")
+        homes = [tmp_path / f"{attempt}-{side}" for side in "ab"]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        procs = []
+        for home in homes:
+            home.mkdir()
+            procs.append(subprocess.Popen(
+                [REGISTRY, "init", "--insecure-dev-key"], cwd=home,
+                env={**clean, "REGISTRY_DATABASE_URL": url}, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True))
+        results = [(p.wait(timeout=60), p.stderr.read() if p.stderr else "") for p in procs]
+        assert sorted(code for code, _ in results) == [0, 1], results
+        for home, (code, err) in zip(homes, results, strict=True):
+            made = [(home / "var" / n).exists() for n in ("registry-key.pem", "admin-key.pem")]
+            if code == 0:
+                assert made == [True, True]
+            else:
+                assert err.splitlines()[-1].startswith("error[configuration_error]: the "
+                                                       "registry at "), err
+                assert err.rstrip().endswith("is already initialised"), err
+                assert made == [False, False], err

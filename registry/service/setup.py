@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from registry.config import Settings
 from registry.domain.instructions import RegisterParty
@@ -80,15 +81,23 @@ def preflight(settings: Settings, *, insecure_dev_key: bool) -> Engine:
     engine = make_engine(settings.database_url, lock_timeout=settings.lock_timeout)
     migrate(engine)
     with read_session(engine) as session:
-        if ledger_repo.tree_size(session) > 0:
-            raise ConfigurationError(
-                f"the registry at {engine.url.render_as_string()} is already initialised"
-            )
+        _refuse_if_initialised(session, engine)
     if settings.key_file.exists():
         raise ConfigurationError(
             f"a key file already exists at {settings.key_file}; not replacing it"
         )
     return engine
+
+
+class AlreadyInitialised(ConfigurationError):
+    """The database holds a registry's ledger already."""
+
+
+def _refuse_if_initialised(session: Session, engine: Engine) -> None:
+    if ledger_repo.tree_size(session) > 0:
+        raise AlreadyInitialised(
+            f"the registry at {engine.url.render_as_string()} is already initialised"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,10 +154,12 @@ def initialise(
     write_key_file(settings.key_file, key, passphrase=None if insecure_dev_key else passphrase)
     try:
         registry = _genesis(settings, engine, key, admin, clock)
-    except BaseException:
+    except BaseException as e:
         # Genesis was not written: the key signs nothing, and a retry must not find it in the
         # way. If the database cannot say (a commit whose answer was lost), the key stays.
-        if not _initialised(engine):
+        # Another init that wrote its genesis first (after this one's preflight) signed with
+        # its own key: this one's goes.
+        if isinstance(e, AlreadyInitialised) or not _initialised(engine):
             settings.key_file.unlink(missing_ok=True)
         raise
     return registry
@@ -172,6 +183,9 @@ def _genesis(
 ) -> Registry:
     registry = Registry(engine=engine, signer=key, origin=settings.origin, clock=clock)
     with write_transaction(engine) as session:
+        # Checked again under the ledger's lock: another init may have passed its preflight
+        # at the same time, and written its genesis first.
+        _refuse_if_initialised(session, engine)
         public = key.public_key
         ledger_repo.add_registry_key(
             session, key_id=public.key_id, public_key=public.raw, valid_from_seq=0

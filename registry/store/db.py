@@ -130,9 +130,8 @@ def write_transaction(engine: Engine, *, reads: Sequence[Read] = ()) -> Iterator
 
 # One lock per registry: keyed by the schema, so registries sharing a database (as the test
 # suite's schemas do) never wait for each other.
-_LEDGER_LOCK = text_rows(
-    text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema())) AS locked"), ("locked",)
-)
+_LEDGER_LOCK_SQL = text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema())) AS locked")
+_LEDGER_LOCK = text_rows(_LEDGER_LOCK_SQL, ("locked",))
 
 
 _LOCK_NOT_AVAILABLE = "55P03"
@@ -211,7 +210,13 @@ def migrate(engine: Engine) -> None:
     from alembic import command
 
     cfg = alembic_config()
-    with engine.begin() as connection:
+    # One migration at a time, under the ledger's lock: servers or inits starting together on
+    # one database would otherwise each create the same tables, or (SQLite) both read the
+    # schema's version and then fail to write ("database is locked"). The one that waited
+    # finds the schema up to date.
+    with engine.execution_options(**{_WRITE: True}).begin() as connection:
+        if is_postgres(engine):
+            connection.execute(_LEDGER_LOCK_SQL, {"k": LEDGER_LOCK_KEY})
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
 
