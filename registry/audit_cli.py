@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from registry.config import Settings
 
 
-def _settings() -> Settings:
+def load_settings() -> Settings:
+    """The ``REGISTRY_*`` settings; a bad one is a usage error (``error[configuration_error]``,
+    exit 1), for every command alike."""
     from registry.config import Settings
 
     try:
@@ -78,7 +80,7 @@ def export_cmd(
     from registry.store import ledger_repo
     from registry.store.db import make_engine, read_session, require_database
 
-    settings = _settings()
+    settings = load_settings()
     require_database(settings.database_url)
     engine = make_engine(settings.database_url)
     try:

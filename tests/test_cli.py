@@ -38,8 +38,28 @@ def test_init_refuses_an_unprotected_key_and_placeholder_passphrases(tmp_path: P
     assert "error[configuration_error]" in r.stderr and "REGISTRY_KEY_PASSPHRASE" in r.stderr
     assert not (tmp_path / "var" / "registry-key.pem").exists()
     r = run(["init"], tmp_path, REGISTRY_KEY_PASSPHRASE="changeme")
-    assert r.returncode != 0 and "placeholder" in r.stderr
+    assert r.returncode == 1 and "placeholder" in r.stderr
+    assert r.stderr.startswith("error[configuration_error]: bad REGISTRY_* setting")
     assert not (tmp_path / "var" / "registry-key.pem").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["init", "--insecure-dev-key"], {"REGISTRY_ORIGIN": "two words"}),
+        (["serve"], {"REGISTRY_PORT": "eighty"}),
+        (["demo"], {"REGISTRY_LOCK_TIMEOUT": "0"}),
+        (["export", "out.jsonl"], {"REGISTRY_LOCK_TIMEOUT": "-1"}),
+    ],
+)
+def test_a_bad_setting_is_one_error_line_and_exit_1_for_every_command(
+    tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
+    r = run(args, tmp_path, **env)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("error[configuration_error]: bad REGISTRY_* setting: ")
+    assert len(r.stderr.splitlines()) == 1
+    assert not (tmp_path / "var").exists()
 
 
 def test_init_encrypts_keys_and_refuses_to_run_twice(tmp_path: Path) -> None:
