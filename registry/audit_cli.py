@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from pydantic import ValidationError
 
-from registry.errors import ConfigurationError, RegistryError, first_line
+from registry.errors import ConfigurationError, InvalidRequestError, RegistryError, first_line
 from registry.ledger.audit import Failure
 from registry.ledger.bundle import BundleReader
 from registry.ledger.verify_bundle import EXIT_FAILED, verify_bundle
@@ -103,9 +103,10 @@ def verify_cmd(
         typer.Option(
             "--registry-key",
             help="The registry key you trust, obtained independently: its note verifier key "
-            "(<origin>+<keyid>+<base64>, as `registry init` prints) or raw base64 Ed25519 key.",
+            "(<origin>+<keyid>+<base64>, as `registry init` prints) or raw base64 Ed25519 key. "
+            "Required.",
         ),
-    ],
+    ] = "",
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the report as JSON on stdout.")
     ] = False,
@@ -119,7 +120,7 @@ def verify_cmd(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, help="Processes checking signatures (default: every core)."),
+        typer.Option(help="Processes checking signatures, at least 1 (default: every core)."),
     ] = None,
 ) -> None:
     """Verify a bundle offline: signatures, chain, tree, checkpoints, and a full replay.
@@ -127,6 +128,12 @@ def verify_cmd(
     Exits 0 when every check passes, 2 when any fails (each failure is listed with its entry),
     1 on a usage error.
     """
+    # Checked here, not by the option parser, whose errors exit 2: a script must never take a
+    # missing key or a bad worker count for a ledger that failed its checks.
+    if not registry_key:
+        raise InvalidRequestError("--registry-key is required: pin the key you got out of band")
+    if workers is not None and workers < 1:
+        raise InvalidRequestError(f"--workers must be at least 1, got {workers}")
     if not bundle.is_file():
         raise ConfigurationError(f"no bundle at {bundle}")
     total = BundleReader(bundle).header.tree_size

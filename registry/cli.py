@@ -395,9 +395,9 @@ def audit(
         "registry-monitor.json"
     ),
     watch: Annotated[
-        float, typer.Option(min=0, help="Seconds between rounds; 0 checks once and exits.")
+        float, typer.Option(help="Seconds between rounds; 0 checks once and exits.")
     ] = 0,
-    rounds: Annotated[int, typer.Option(min=1, help="With --watch: stop after this many.")] = (
+    rounds: Annotated[int, typer.Option(help="With --watch: stop after this many.")] = (
         1_000_000
     ),
 ) -> None:
@@ -412,8 +412,12 @@ def audit(
     from registry.ledger.checkpoint import NoteVerifier
     from registry.monitor import MonitorAlarm, MonitorState, MonitorUnavailable, check_round
 
+    # Checked here, not by the option parser, whose errors exit 2: an alarm's exit code.
     if not registry_key:
         raise InvalidRequestError("--registry-key is required: pin the key you got out of band")
+    if not watch >= 0 or rounds < 1:  # `not >=` also refuses nan
+        raise InvalidRequestError(f"--watch must be 0 or more and --rounds 1 or more, "
+                                  f"got {watch} and {rounds}")
     verifier = NoteVerifier.parse(registry_key)
     http = RegistryClient.connect(url).http
     for n in range(rounds):

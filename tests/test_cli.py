@@ -62,6 +62,29 @@ def test_a_bad_setting_is_one_error_line_and_exit_1_for_every_command(
     assert not (tmp_path / "var").exists()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["verify", "ledger.jsonl"],
+        ["verify", "ledger.jsonl", "--registry-key", "KEY", "--workers", "0"],
+        ["audit", "--url", "http://127.0.0.1:1"],
+        ["audit", "--url", "http://127.0.0.1:1", "--registry-key", "KEY", "--watch", "-1"],
+        ["audit", "--url", "http://127.0.0.1:1", "--registry-key", "KEY", "--rounds", "0"],
+    ],
+)
+def test_a_usage_error_of_verify_or_audit_exits_1_never_their_failure_code_2(
+    tmp_path: Path, args: list[str]
+) -> None:
+    # 2 is what a script or a cron job acts on: a ledger that failed its checks, an alarm.
+    key = NoteVerifier(name="x.example/ledger", key=SigningKey.generate().public_key)
+    (tmp_path / "ledger.jsonl").write_text("")
+    r = run([key.verifier_string() if a == "KEY" else a for a in args], tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("error[invalid_request]: --")
+    assert len(r.stderr.splitlines()) == 1
+    assert not (tmp_path / "registry-monitor.json").exists()
+
+
 def test_init_encrypts_keys_and_refuses_to_run_twice(tmp_path: Path) -> None:
     secret = "correct horse battery staple"
     r = run(["init"], tmp_path, REGISTRY_KEY_PASSPHRASE=secret)
