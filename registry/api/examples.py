@@ -1,7 +1,7 @@
 """OpenAPI examples of every instruction, with Cambodia–Japan JCM and REDD+ data.
 
 Ids and figures marked (illustrative) are made up; project ids, titles, methodologies and
-third-party entities follow the public JCM records (see README, "Demo data").
+third-party entities follow the public JCM records (see README, "The demo data").
 """
 
 from __future__ import annotations
