@@ -258,3 +258,18 @@ def test_a_rejected_or_withdrawn_report_frees_its_period_and_never_issues(
                  status=409, code="invalid_state")
     assert world.active("KH-WATER-1") == 800 and batch.endswith("-00001")
     check_offline(registry, tmp_path)
+
+
+def test_a_report_ending_on_the_first_day_of_another_is_refused(world: World) -> None:
+    """A later year reported first: an earlier report may run up to the day before it, and not
+    onto its first day, which both would then credit."""
+    submit_report(world, "KH004-MR2", 500, period=("2025-01-01", "2025-12-31"))
+    body = {"report_id": "KH004-MR1", "project_id": "KH004", "period_start": "2024-01-01",
+            "period_end": "2025-01-01", "reductions": 1000, "document_sha256": sha("KH004-MR1")}
+    with world.unchanged():
+        error = world.refuse("kh-water", "report.submit", body, status=409, code="conflict")
+        assert error["details"] == {"report": "KH004-MR2"}
+        assert "2025-01-01..2025-12-31" in error["message"]
+    submit_report(world, "KH004-MR1", 1000, period=("2024-01-01", "2024-12-31"))
+    assert world.http.get("/v1/reports", params={"project_id": "KH004"})["count"] == 2
+
