@@ -273,3 +273,28 @@ def test_a_report_ending_on_the_first_day_of_another_is_refused(world: World) ->
     submit_report(world, "KH004-MR1", 1000, period=("2024-01-01", "2024-12-31"))
     assert world.http.get("/v1/reports", params={"project_id": "KH004"})["count"] == 2
 
+
+def test_issuance_follows_the_verified_figure_not_the_claimed_one(world: World) -> None:
+    """The verifier cut KH004-MR1's 1200 t to 1150 t and KH005-MR1's 10,000 t to 9,000 t:
+    the batches hold what was verified, and the REDD+ deductions are taken from that."""
+    submit_report(world, "KH004-MR1", 1200)
+    verify_report(world, "KH004-MR1", 1150)
+    submit_report(world, "KH005-MR1", 10_000, project="KH005", party="kh-gov", unit=UNIT)
+    verify_report(world, "KH005-MR1", 9000)
+    # 9000 verified: leakage 900, net 8100, buffer 1620, issuable 6480 (from 10,000: 7200).
+    with world.unchanged():
+        error = world.refuse(ADMIN, "credits.issue",
+                             issue_body("KH004-MR1", ("KH-WATER-1", 1200)),
+                             status=422, code="invalid_request")
+        assert error["details"] == {"allocated": 1200, "expected": 1150}
+        error = world.refuse(ADMIN, "credits.issue",
+                             issue_body("KH005-MR1", ("KH-GOV-1", 7200)),
+                             status=422, code="invalid_request")
+        assert error["details"] == {"allocated": 7200, "expected": 6480}
+    jcm = world.submit(ADMIN, "credits.issue", issue_body("KH004-MR1", ("KH-WATER-1", 1150)))
+    assert jcm["result"]["quantity"] == 1150
+    redd = world.submit(ADMIN, "credits.issue", issue_body("KH005-MR1", ("KH-GOV-1", 6480)))
+    assert redd["result"]["redd"] == {"gross": 9000, "leakage": 900, "net": 8100,
+                                      "buffer": 1620, "buffer_account": BUFFER}
+    assert world.active("KH-WATER-1") == 1150 and world.active("KH-GOV-1") == 6480
+    assert world.http.get(f"/v1/forest-units/{UNIT}")["buffer_pool"] == 1620
