@@ -134,3 +134,20 @@ def test_a_buffer_pool_never_grows_past_what_a_reversal_can_state(
     world.submit(ADMIN, "credits.issue", one_more)  # now there is room
     assert world.http.get("/v1/forest-units/KH005-FU2")["buffer_pool"] == top - 9
     check_offline(registry, tmp_path)
+
+
+def test_the_administrator_may_cancel_buffer_credits(
+    world: World, registry: Registry, tmp_path: Path
+) -> None:
+    """Buffer credits leave the pool only by cancellation: a reversal, or the administrator
+    holding the pool cancelling them itself (say, after a loss found in the field)."""
+    issue_redd(world, gross=1000, issuable=720)  # buffer: serials 721-900
+    answer = world.submit(ADMIN, "credits.cancel", {
+        "account": BUFFER, "batch": BATCH_2024, "quantity": 100,
+        "reason": "fire damage confirmed by the field survey (illustrative)"})
+    assert answer["result"] == {"batch": BATCH_2024, "from": BUFFER, "quantity": 100,
+                                "blocks": [{"start": 721, "end": 820}]}
+    assert world.blocks(BUFFER) == [(BATCH_2024, 821, 900, "active")]
+    assert world.http.get(f"/v1/forest-units/{UNIT}")["buffer_pool"] == 80
+    assert world.blocks("CANCELLATION") == [(BATCH_2024, 721, 820, "cancelled")]
+    check_offline(registry, tmp_path)
