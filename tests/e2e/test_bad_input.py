@@ -66,6 +66,22 @@ def test_an_overlap_is_found_from_every_side_and_a_neighbour_in_the_box_is_not_o
     assert world.http.get("/v1/forest-units")["count"] == 3
 
 
+
+def test_a_neighbour_over_the_edge_by_more_than_a_hectare_is_refused(world: World) -> None:
+    """Digitising noise along a shared edge is tolerated up to 1 ha: a neighbour drawn half a
+    metre into KH005-FU1 (about 0.4 ha) is registered, one drawn 30 m in (about 21 ha, well
+    under 1 % of either unit) is double counting and is refused."""
+    with world.unchanged():
+        error = world.refuse(ADMIN, "forest_unit.register",
+                             unit_body("KH005-FU2", box(105.8997, 13.62, 105.95, 13.68)),
+                             status=409, code="boundary_overlap")
+        assert error["details"]["unit_id"] == UNIT
+        assert error["details"]["tolerance_hectares"] == 1.0
+        assert 20 < error["details"]["overlap_hectares"] < 23
+    world.submit(ADMIN, "forest_unit.register",
+                 unit_body("KH005-FU2", box(105.899995, 13.62, 105.95, 13.68)))
+    assert world.http.get("/v1/forest-units")["count"] == 2
+
 def test_bad_boundaries_are_refused(world: World) -> None:
     bad = {
         "not JSON": "{this is not json",
