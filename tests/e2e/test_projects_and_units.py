@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any
 
-from tests.world import ADMIN, BUFFER, SQUARE, UNIT, World, submit_report, verify_report
+from tests.world import ADMIN, BUFFER, SQUARE, UNIT, World, sha, submit_report, verify_report
 
 KH006: dict[str, Any] = {
     "project_id": "KH006",
@@ -137,3 +137,31 @@ def test_forest_unit_area_and_buffer_account(world: World) -> None:
     expected = (spherical_hectares(106.5, 13.0, 106.52, 13.02)
                 + spherical_hectares(106.6, 13.0, 106.62, 13.02))
     assert abs(answer["result"]["area_ha"] - expected) / expected < 0.005
+
+
+def test_a_report_may_cover_its_crediting_period_to_the_day_and_not_a_day_more(
+    world: World,
+) -> None:
+    """KH006 credits 2024-04-01..2025-03-31: a report of exactly that period is accepted, one
+    starting a day before or ending a day after is not. A crediting period may be one day."""
+    world.submit(ADMIN, "project.register", {**KH006, "crediting_period_start": "2024-04-01",
+                                             "crediting_period_end": "2025-03-31"})
+    report = {"report_id": "KH006-MR1", "project_id": "KH006", "period_start": "2024-04-01",
+              "period_end": "2025-03-31", "reductions": 700, "document_sha256": sha("KH006")}
+    with world.unchanged():
+        for start, end in (("2024-03-31", "2025-03-31"), ("2024-04-01", "2025-04-01")):
+            error = world.refuse("jp-buyer", "report.submit",
+                                 {**report, "period_start": start, "period_end": end},
+                                 status=422, code="invalid_request")
+            assert "outside the crediting period 2024-04-01..2025-03-31" in error["message"]
+    answer = world.submit("jp-buyer", "report.submit", report)
+    assert answer["result"] == {"report_id": "KH006-MR1", "status": "submitted"}
+    one_day = world.submit(ADMIN, "project.register", {
+        **KH006, "project_id": "KH007", "crediting_period_start": "2025-03-01",
+        "crediting_period_end": "2025-03-01"})
+    assert one_day["result"] == {"project_id": "KH007", "status": "registered"}
+    world.submit("jp-buyer", "report.submit", {
+        **report, "report_id": "KH007-MR1", "project_id": "KH007",
+        "period_start": "2025-03-01", "period_end": "2025-03-01"})
+    assert world.http.get("/v1/reports/KH007-MR1")["status"] == "submitted"
+
