@@ -165,3 +165,24 @@ def test_a_report_may_cover_its_crediting_period_to_the_day_and_not_a_day_more(
         "period_start": "2025-03-01", "period_end": "2025-03-01"})
     assert world.http.get("/v1/reports/KH007-MR1")["status"] == "submitted"
 
+
+def test_a_closed_project_issues_nothing_more(world: World) -> None:
+    """A report verified before its project closed stays unissued: no credits appear."""
+    submit_report(world, "KH004-MR1", 1000)
+    verify_report(world, "KH004-MR1", 1000)
+    world.submit(ADMIN, "project.status",
+                 {"project_id": "KH004", "status": "closed", "reason": "crediting ended"})
+    issue = {"report_id": "KH004-MR1", "vintage": 2024,
+             "allocations": [{"account": "KH-WATER-1", "quantity": 1000}]}
+    with world.unchanged():
+        error = world.refuse(ADMIN, "credits.issue", issue, status=409, code="invalid_state")
+        assert error["message"] == "project KH004 is closed; it cannot issue"
+        error = world.refuse("kh-water", "report.submit", {
+            "report_id": "KH004-MR2", "project_id": "KH004", "period_start": "2025-01-01",
+            "period_end": "2025-12-31", "reductions": 5, "document_sha256": "c" * 64},
+            status=409, code="invalid_state")
+        assert "closed" in error["message"]
+    assert world.http.get("/v1/reports/KH004-MR1")["status"] == "verified"
+    assert world.http.get("/v1/batches")["count"] == 0
+    assert world.active("KH-WATER-1") == 0
+
