@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any
 
+from registry.ledger.keys import SigningKey
 from tests.world import ADMIN, BUFFER, SQUARE, UNIT, World, sha, submit_report, verify_report
 
 KH006: dict[str, Any] = {
@@ -186,3 +187,37 @@ def test_a_closed_project_issues_nothing_more(world: World) -> None:
     assert world.http.get("/v1/batches")["count"] == 0
     assert world.active("KH-WATER-1") == 0
 
+
+def test_only_the_projects_own_third_party_entity_verifies_and_no_participant_is_one(
+    world: World,
+) -> None:
+    """A second verifier, accredited and registered, still cannot verify or reject the reports
+    of a project that named another; and a project cannot name a participant as its verifier."""
+    key = SigningKey.from_seed(b"V" * 32)
+    world.keys["bv"] = key
+    world.submit(ADMIN, "party.register", {
+        "party_id": "bv", "name": "Bureau Veritas (illustrative)", "role": "third_party_entity",
+        "country": "FR", "public_keys": [key.public_key.to_b64()]})
+    submit_report(world, "KH004-MR1", 1000)
+    verify = {"report_id": "KH004-MR1", "verified_reductions": 1000,
+              "statement_sha256": sha("KH004-MR1/statement")}
+    reject = {"report_id": "KH004-MR1", "statement_sha256": "c" * 64, "reason": "not ours"}
+    with world.unchanged():
+        for kind, body in (("report.verify", verify), ("report.reject", reject)):
+            error = world.refuse("bv", kind, body, status=403, code="forbidden")
+            assert error["details"] == {"party": "bv", "verifier": "lrqa"}
+        for tpe in ("kh-water", "jp-buyer"):
+            error = world.refuse(ADMIN, "project.register",
+                                 {**KH006, "third_party_entity": tpe},
+                                 status=422, code="invalid_request")
+            assert error["details"] == {"party": tpe, "role": "participant"}
+    assert world.http.get("/v1/reports/KH004-MR1")["status"] == "submitted"
+    # Named by a project of its own, the second verifier verifies that project's reports.
+    world.submit(ADMIN, "project.register", {**KH006, "third_party_entity": "bv"})
+    world.submit("jp-buyer", "report.submit", {
+        "report_id": "KH006-MR1", "project_id": "KH006", "period_start": "2024-01-01",
+        "period_end": "2024-12-31", "reductions": 10, "document_sha256": sha("KH006-MR1")})
+    answer = world.submit("bv", "report.verify", {**verify, "report_id": "KH006-MR1",
+                                                  "verified_reductions": 10})
+    assert answer["result"]["status"] == "verified"
+    assert world.http.get("/v1/reports/KH006-MR1")["verifier"] == "bv"
