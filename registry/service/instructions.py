@@ -173,8 +173,9 @@ def signer_read(parsed: Parsed) -> Read:
     return _SIGNER_AND_KEY, {"actor": ins.actor, "key_id": ins.key_id, "nonce": ins.nonce}
 
 
-def authenticate(session: Session, parsed: Parsed, *, seq: int, now: datetime) -> Acting[Body]:
-    """Who signed ``parsed``, with a live key, in time, for the first time; or raise."""
+def check_signer(session: Session, parsed: Parsed) -> Any:
+    """The signer's row if ``parsed`` is signed by its actor with a live key of the actor's;
+    or raise. Says nothing about expiry or the nonce."""
     ins = parsed.signed.instruction
     query, params = signer_read(parsed)
     found = query.first(session, params)
@@ -198,6 +199,14 @@ def authenticate(session: Session, parsed: Parsed, *, seq: int, now: datetime) -
             f"the signature of party {party.id} does not verify over this instruction",
             details={"actor": party.id, "key_id": ins.key_id},
         ) from e
+    return found
+
+
+def authenticate(session: Session, parsed: Parsed, *, seq: int, now: datetime) -> Acting[Body]:
+    """Who signed ``parsed``, with a live key, in time, for the first time; or raise."""
+    ins = parsed.signed.instruction
+    found = check_signer(session, parsed)
+    party = Signer(id=found.id, role=found.role)
     expires = parse_time_lenient(ins.expires)
     if expires <= now:
         raise InstructionExpiredError(

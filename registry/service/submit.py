@@ -28,6 +28,7 @@ from registry.service.instructions import (
     Acting,
     Parsed,
     authenticate,
+    check_signer,
     parse_request,
     signer_read,
 )
@@ -176,6 +177,12 @@ def prepare(
         prior = _prior_answer(session, scoped_key)
         if prior is not None:
             if prior.request_hash != fingerprint:
+                # Only the party the key belongs to learns that it used it, and for which
+                # entry: anyone else naming it as the actor is refused as unauthenticated.
+                if parsed is None:
+                    assert refusal is not None
+                    raise refusal
+                check_signer(session, parsed)
                 raise IdempotencyConflictError(
                     f"Idempotency-Key {idempotency_key!r} was used for a different request",
                     details={"idempotency_key": idempotency_key, "seq": prior.seq},

@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 
-from tests.world import World, expect_error, issue_jcm
+from registry.client import sign_instruction
+from tests.world import World, expect_error, flip_first_byte, issue_jcm
 
 BATCH = "KH-JCM-KH004-2024-00001"
 
@@ -58,6 +59,33 @@ def test_same_key_for_another_request_is_a_conflict(world: World) -> None:
                                              "to_account": "KH-WATER-1"})
     assert buyer.post_signed(theirs, idempotency_key="K-1").status_code == 200
     assert world.active("JP-BUYER-1") == 9
+
+
+def test_nobody_but_the_signer_learns_that_its_key_was_used(world: World) -> None:
+    issue_jcm(world)
+    water = world.as_("kh-water")
+    first = water.post_signed(water.sign("credits.transfer", move(10)), idempotency_key="K-1")
+    assert first.status_code == 200
+    http = world.http.http
+    with world.unchanged():
+        # Another party names the water utility as the actor, under its key "K-1": it is
+        # refused as unauthenticated, not told that "K-1" was used, nor for which entry.
+        forged = sign_instruction(world.keys["jp-buyer"], actor="kh-water",
+                                  type="credits.transfer", body=move(20))
+        error = expect_error(http.post("/v1/transfers", json=forged,
+                                       headers={"Idempotency-Key": "K-1"}),
+                             401, "unauthenticated")
+        assert "seq" not in error["details"]
+        tampered = water.sign("credits.transfer", move(20))
+        tampered["signature"] = flip_first_byte(tampered["signature"])
+        expect_error(water.post_signed(tampered, idempotency_key="K-1"), 401, "bad_signature")
+        # Nor by a request that does not even parse.
+        expect_error(http.post("/v1/transfers", json={"instruction": {"actor": "kh-water"}},
+                               headers={"Idempotency-Key": "K-1"}), 422, "invalid_request")
+        # The party itself still hears of the conflict.
+        expect_error(water.post_signed(water.sign("credits.transfer", move(20)),
+                                       idempotency_key="K-1"), 409, "idempotency_key_reused")
+    assert world.active("JP-BUYER-1") == 10
 
 
 def test_concurrent_retries_append_exactly_once(world: World) -> None:
