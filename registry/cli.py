@@ -422,7 +422,7 @@ def audit(
     http = RegistryClient.connect(url).http
     for n in range(rounds):
         try:
-            new_state, done = check_round(http, verifier, MonitorState.load(state))
+            new_state, done = check_round(http, verifier, MonitorState.load(state, verifier))
         except MonitorAlarm as e:
             typer.secho(f"ALARM: {e.message}", fg="red", bold=True, err=True)
             raise typer.Exit(2) from e

@@ -83,7 +83,9 @@ class MonitorState:
     checkpoint: str = ""
 
     @classmethod
-    def load(cls, path: Path) -> MonitorState | None:
+    def load(cls, path: Path, verifier: NoteVerifier | None = None) -> MonitorState | None:
+        """The state kept in ``path`` (``None`` if there is none), checked; with ``verifier``,
+        also that its checkpoint is the pinned key's, for its size and root."""
         if not path.exists():
             return None
         try:
@@ -96,7 +98,25 @@ class MonitorState:
         except (ValueError, TypeError, RegistryError) as e:
             why = e.message if isinstance(e, RegistryError) else e
             raise RegistryError(f"the monitor's state file {path} is damaged: {why}") from e
+        if verifier is not None:
+            state._check_signed(path, verifier)
         return state
+
+    def _check_signed(self, path: Path, verifier: NoteVerifier) -> None:
+        """A state file kept for another registry, or under another key, is the monitor's own
+        error: comparing this registry with it would cry fork or rollback at an honest one."""
+        try:
+            cp = open_checkpoint(self.checkpoint, origin=verifier.name, verifiers=[verifier])
+        except RegistryError as e:
+            raise RegistryError(
+                f"the monitor's state file {path} was not kept for this registry: its checkpoint "
+                f"is not signed by the pinned key {verifier.describe()} ({e.message})"
+            ) from e
+        if cp.size != self.size or _b64(cp.root) != self.root:
+            raise RegistryError(
+                f"the monitor's state file {path} is damaged: its checkpoint is of size "
+                f"{cp.size}, root {_b64(cp.root)}, its state of size {self.size}, root {self.root}"
+            )
 
     def _check(self) -> None:
         """The fields hang together: a damaged file is the monitor's error, not the registry's."""

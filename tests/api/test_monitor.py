@@ -15,10 +15,12 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from registry.config import Settings
 from registry.service.context import Registry
+from registry.service.setup import FirstAdministrator, initialise
 from registry.store.db import write_transaction
 from tests.factories import append_notes, drop_append_only_triggers
-from tests.helpers import LiveServer, loopback_http
+from tests.helpers import LiveServer, loopback_http, start_server
 
 REGISTRY = str(Path(sys.executable).with_name("registry"))
 
@@ -206,3 +208,31 @@ def test_a_state_file_whose_last_leaf_is_damaged_is_not_an_alarm(
     r = audit(server, registry, state)
     assert "ALARM" not in r.stderr, r.stderr
     assert r.returncode == 1 and r.stderr.startswith("error["), r.stderr
+
+
+def test_a_state_file_kept_for_another_registry_is_the_monitors_error_not_a_rollback(
+    registry: Registry, server: LiveServer, tmp_path: Path
+) -> None:
+    """A state file mixed up with another registry's (same origin, its own key, a longer
+    history) is whole and self-consistent; compared with it, the honest registry would be
+    blamed for a rollback or a fork. Its checkpoint is not signed by the pinned key: exit 1."""
+    other = initialise(
+        Settings(
+            database_url=f"sqlite:///{tmp_path / 'other.db'}",
+            origin=registry.origin,
+            key_file=tmp_path / "other" / "registry-key.pem",
+        ),
+        admin=FirstAdministrator(party_id="other-admin", public_key=registry.signer.public_key),
+        insecure_dev_key=True,
+    )
+    append_notes(other, 6)
+    append_notes(registry, 2)
+    state = tmp_path / "monitor.json"
+    with start_server(other) as live:
+        assert audit(live, other, state).returncode == 0
+    before = state.read_text()
+    r = audit(server, registry, state)
+    assert "ALARM" not in r.stderr, r.stderr
+    assert r.returncode == 1 and r.stderr.startswith("error["), r.stderr
+    assert "not signed by the pinned key" in r.stderr and state.read_text() == before
+    other.engine.dispose()
