@@ -400,6 +400,10 @@ def audit(
     rounds: Annotated[int, typer.Option(help="With --watch: stop after this many.")] = (
         1_000_000
     ),
+    timeout: Annotated[
+        float, typer.Option(help="Seconds one answer may take, all of it, before the round "
+                            "is given up as not checked.")
+    ] = 300,
 ) -> None:
     """Monitor a running registry: alarm (exit 2) on any rollback, fork or rewrite.
 
@@ -418,11 +422,15 @@ def audit(
     if not watch >= 0 or rounds < 1:  # `not >=` also refuses nan
         raise InvalidRequestError(f"--watch must be 0 or more and --rounds 1 or more, "
                                   f"got {watch} and {rounds}")
+    if not 0 < timeout < float("inf"):
+        raise InvalidRequestError(f"--timeout must be a number of seconds above 0, got {timeout}")
     verifier = NoteVerifier.parse(registry_key)
-    http = RegistryClient.connect(url).http
+    http = RegistryClient.connect(url, timeout=min(30, timeout)).http
     for n in range(rounds):
         try:
-            new_state, done = check_round(http, verifier, MonitorState.load(state, verifier))
+            new_state, done = check_round(
+                http, verifier, MonitorState.load(state, verifier), seconds=timeout
+            )
         except MonitorAlarm as e:
             typer.secho(f"ALARM: {e.message}", fg="red", bold=True, err=True)
             raise typer.Exit(2) from e

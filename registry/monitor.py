@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,20 +47,67 @@ class MonitorUnavailable(RegistryError):
     code = "registry_unavailable"
 
 
-def _get(http: httpx.Client, path: str, params: dict[str, int] | None = None) -> httpx.Response:
-    """``GET path``; a transport failure or a server error is :class:`MonitorUnavailable`."""
+ANSWER_SECONDS = 300.0
+"""How long one answer may take, all of it (``--timeout``): the client's own timeout bounds
+each read, and a registry that trickles a byte now and then would hold a round for ever."""
+MAX_ANSWER_BYTES = 64 << 20
+"""The most one answer may hold: far above a checkpoint, a proof, or one entry (a request's
+body is at most 16 MiB); a longer page of entries is asked for again in smaller pages."""
+
+
+class AnswerTooLarge(MonitorUnavailable):
+    """The registry's answer holds more than :data:`MAX_ANSWER_BYTES`."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A whole answer, read within the time and size allowed."""
+
+    status_code: int
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def _get(
+    http: httpx.Client,
+    path: str,
+    params: dict[str, int] | None = None,
+    *,
+    seconds: float = ANSWER_SECONDS,
+) -> Answer:
+    """``GET path``; a transport failure, a server error, or an answer that takes longer than
+    ``seconds`` or holds more than :data:`MAX_ANSWER_BYTES` is :class:`MonitorUnavailable`."""
+    deadline = time.monotonic() + seconds
     try:
-        response = http.get(path, params=params)
+        with http.stream("GET", path, params=params) as response:
+            status = response.status_code
+            if status >= 500 or status in (408, 429):
+                # A server error, a timeout or a rate limit (as a proxy in front may answer)
+                # says nothing about the log: the round is not checked.
+                raise MonitorUnavailable(f"the registry answered {status} to {path}")
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise AnswerTooLarge(
+                        f"the registry's answer to {path} holds more than {MAX_ANSWER_BYTES} bytes"
+                    )
+                if time.monotonic() > deadline:
+                    raise MonitorUnavailable(
+                        f"the registry took more than {seconds:g} s to answer {path}"
+                    )
     except httpx.HTTPError as e:
         raise MonitorUnavailable(f"cannot reach the registry ({path}): {e}") from e
-    if response.status_code >= 500 or response.status_code in (408, 429):
-        # A server error, a timeout or a rate limit (as a proxy in front may answer) says
-        # nothing about the log: the round is not checked.
-        raise MonitorUnavailable(f"the registry answered {response.status_code} to {path}")
-    return response
+    return Answer(status, bytes(body))
 
 
-def _json(response: httpx.Response, what: str) -> Any:
+def _json(response: Answer, what: str) -> Any:
     """The JSON of a ``200`` answer; anything else from a registry that is up is an alarm."""
     if response.status_code != 200:
         raise MonitorAlarm(f"the registry refuses {what}: {response.status_code}")
@@ -159,10 +207,15 @@ def _b64(data: bytes) -> str:
 
 
 def check_round(
-    http: httpx.Client, verifier: NoteVerifier, state: MonitorState | None
+    http: httpx.Client,
+    verifier: NoteVerifier,
+    state: MonitorState | None,
+    *,
+    seconds: float = ANSWER_SECONDS,
 ) -> tuple[MonitorState, Round]:
-    """One round of checks; returns the state to keep, or raises :class:`MonitorAlarm`."""
-    response = _get(http, "/v1/checkpoint")
+    """One round of checks; returns the state to keep, or raises :class:`MonitorAlarm`.
+    Each answer may take ``seconds``, all of it."""
+    response = _get(http, "/v1/checkpoint", seconds=seconds)
     if response.status_code != 200:
         raise MonitorUnavailable(f"the registry answered {response.status_code} to /v1/checkpoint")
     note = response.text
@@ -178,7 +231,9 @@ def check_round(
         raise MonitorAlarm(f"FORK: two different roots signed for size {cp.size}")
     if old.size and cp.size > old.size:
         what = f"a consistency proof from {old.size} to {cp.size}"
-        answer = _get(http, "/v1/proofs/consistency", {"first": old.size, "second": cp.size})
+        answer = _get(
+            http, "/v1/proofs/consistency", {"first": old.size, "second": cp.size}, seconds=seconds
+        )
         try:
             proof = _json(answer, what)
             hashes = [b64decode_strict(h, what="proof hash") for h in proof["proof"]]
@@ -191,9 +246,18 @@ def check_round(
     keys = {verifier.key.key_id: verifier.key}
     tree = CompactRange.from_frontier(old.size, [base64.b64decode(h) for h in old.frontier])
     prev = old.last_leaf
+    limit = PAGE
     while tree.size < cp.size:
-        params = {"start": tree.size, "limit": min(PAGE, cp.size - tree.size)}
-        page = _json(_get(http, "/v1/entries", params), f"entries from {tree.size}")
+        params = {"start": tree.size, "limit": min(limit, cp.size - tree.size)}
+        try:
+            answer = _get(http, "/v1/entries", params, seconds=seconds)
+        except AnswerTooLarge:
+            if params["limit"] == 1:
+                raise
+            limit = params["limit"] // 2  # large entries: smaller pages
+            continue
+        limit = min(PAGE, limit * 2)
+        page = _json(answer, f"entries from {tree.size}")
         items = page.get("data") if isinstance(page, dict) else None
         if not items or not isinstance(items, list):
             raise MonitorAlarm(f"the registry signed {cp.size} entries but serves {tree.size}")

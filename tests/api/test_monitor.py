@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -236,3 +237,83 @@ def test_a_state_file_kept_for_another_registry_is_the_monitors_error_not_a_roll
     assert r.returncode == 1 and r.stderr.startswith("error["), r.stderr
     assert "not signed by the pinned key" in r.stderr and state.read_text() == before
     other.engine.dispose()
+
+
+def _serving(answer: Any) -> type[BaseHTTPRequestHandler]:
+    """A handler that leaves every GET to ``answer(handler)``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            with suppress(OSError):  # the monitor hung up
+                answer(self)
+
+    return Handler
+
+
+def test_a_registry_that_trickles_its_answer_cannot_hold_the_monitor_for_ever(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A byte every second keeps each read inside the client's timeout: only a limit on the
+    whole answer ends the round (not checked, exit 1), and --watch then goes on."""
+
+    def trickle(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        for _ in range(100_000):
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+            time.sleep(0.5)
+
+    state = tmp_path / "monitor.json"
+    with loopback_http(_serving(trickle)) as url:
+        started = time.monotonic()
+        r = audit(url, registry, state, "--timeout", "2", "--watch", "0.01", "--rounds", "2")
+        assert time.monotonic() - started < 20
+    assert r.returncode == 1 and "ALARM" not in r.stderr, r.stderr
+    assert r.stderr.count("took more than 2 s to answer /v1/checkpoint") == 2, r.stderr
+    assert not state.exists()
+
+
+def test_a_huge_answer_is_not_read_whole(registry: Registry, tmp_path: Path) -> None:
+    """An answer far larger than any the registry gives is not kept in memory to the end."""
+
+    def flood(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(100 << 20))
+        handler.end_headers()
+        for _ in range(100):
+            handler.wfile.write(b"x" * (1 << 20))
+
+    with loopback_http(_serving(flood)) as url:
+        r = audit(url, registry, tmp_path / "monitor.json")
+    assert r.returncode == 1 and "ALARM" not in r.stderr, r.stderr
+    assert "answer to /v1/checkpoint holds more than 67108864 bytes" in r.stderr, r.stderr
+
+
+def test_pages_of_entries_too_large_to_hold_are_asked_for_again_smaller(
+    registry: Registry, server: LiveServer, tmp_path: Path
+) -> None:
+    """Large entries (a forest unit's boundary may be megabytes) make a long page too large:
+    the monitor asks for shorter pages, and checks every entry all the same."""
+
+    def padded(handler: BaseHTTPRequestHandler) -> None:
+        answer = httpx.get(server.url + handler.path)
+        body = answer.content
+        if handler.path.startswith("/v1/entries") and "limit=1&" not in handler.path + "&":
+            body = body[:-1] + b" " * (70 << 20) + b"}"  # still the same JSON
+        handler.send_response(answer.status_code)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    append_notes(registry, 4)
+    with loopback_http(_serving(padded)) as url:
+        r = audit(url, registry, tmp_path / "monitor.json")
+    assert r.returncode == 0, r.stderr
+    assert "ok: 5 entries, 5 new since 0" in r.stdout
