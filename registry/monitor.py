@@ -228,7 +228,10 @@ def check_round(
     if cp.size < old.size:
         raise MonitorAlarm(f"ROLLBACK: the tree shrank from {old.size} to {cp.size} entries")
     if cp.size == old.size and old.size and cp.root != old_root:
-        raise MonitorAlarm(f"FORK: two different roots signed for size {cp.size}")
+        raise MonitorAlarm(
+            f"FORK: two different roots signed for size {cp.size}: {old_root.hex()} before, "
+            f"{cp.root.hex()} now"
+        )
     if old.size and cp.size > old.size:
         what = f"a consistency proof from {old.size} to {cp.size}"
         answer = _get(
@@ -268,7 +271,10 @@ def check_round(
             except (RegistryError, KeyError, TypeError) as e:
                 raise MonitorAlarm(f"entry {tree.size}: {_why(e)}") from e
             if entry.seq != tree.size or entry.prev != prev:
-                raise MonitorAlarm(f"entry {tree.size}: broken chain (seq {entry.seq})")
+                raise MonitorAlarm(
+                    f"entry {tree.size}: broken chain: served as seq {entry.seq} after leaf "
+                    f"{entry.prev}, where seq {tree.size} after leaf {prev} belongs"
+                )
             leaf = leaf_hash(envelope)
             prev = leaf.hex()
             tree.append(leaf)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from registry.config import Settings
+from registry.ledger.checkpoint import Checkpoint, sign_checkpoint
 from registry.service.context import Registry
 from registry.service.setup import FirstAdministrator, initialise
 from registry.store.db import write_transaction
@@ -317,3 +319,46 @@ def test_pages_of_entries_too_large_to_hold_are_asked_for_again_smaller(
         r = audit(url, registry, tmp_path / "monitor.json")
     assert r.returncode == 0, r.stderr
     assert "ok: 5 entries, 5 new since 0" in r.stdout
+
+
+@pytest.mark.parametrize("forgery", ["fork", "chain"])
+def test_an_alarm_says_what_the_registry_served(
+    registry: Registry, server: LiveServer, tmp_path: Path, forgery: str
+) -> None:
+    """The registry's own key signs a second root for a size the monitor saw (a fork), or
+    the registry serves an entry twice: the alarm names the two roots, or the entry served
+    and the one that belongs, so the auditor can say what was seen."""
+    state = tmp_path / "monitor.json"
+    append_notes(registry, 3)
+    assert audit(server, registry, state).returncode == 0
+    seen = json.loads(state.read_text())
+    append_notes(registry, 3)
+    forged_root = bytes(range(32))
+    verifier = registry.note_verifier
+
+    def forge(handler: BaseHTTPRequestHandler) -> None:
+        body = httpx.get(server.url + handler.path).content
+        if forgery == "fork" and handler.path == "/v1/checkpoint":
+            cp = Checkpoint(origin=verifier.name, size=seen["size"], root=forged_root)
+            body = sign_checkpoint(cp, name=verifier.name, key=registry.signer).encode()
+        elif forgery == "chain" and handler.path.startswith("/v1/entries"):
+            page = json.loads(body)
+            page["data"].insert(1, page["data"][0])  # entry 4 twice
+            body = json.dumps(page).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    with loopback_http(_serving(forge)) as url:
+        r = audit(url, registry, state)
+    assert r.returncode == 2, r.stderr
+    if forgery == "fork":
+        old_root = base64.b64decode(seen["root"]).hex()
+        assert f"FORK: two different roots signed for size 4: {old_root} before, " in r.stderr
+        assert f"{forged_root.hex()} now" in r.stderr
+    else:
+        fifth = httpx.get(server.url + "/v1/entries/4").json()
+        leaf = base64.b64decode(fifth["leaf_hash"]).hex()
+        assert f"entry 5: broken chain: served as seq 4 after leaf {seen['last_leaf']}" in r.stderr
+        assert f"where seq 5 after leaf {leaf} belongs" in r.stderr
