@@ -200,6 +200,8 @@ def atomic_output(path: Path) -> Iterator[IO[bytes]]:
     So a failed or interrupted write (an export, the monitor's state) never leaves a half file
     under the real name, and a crash right after never loses the new one.
     """
+    if path.is_dir():  # said now, not by the rename once all is written (a long export)
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode: int | None = path.stat().st_mode & 0o7777  # a file replaced keeps its mode

@@ -182,3 +182,21 @@ def test_the_commands_exit_0_2_and_1(
     bad_key = runner.invoke(_cli(), ["verify", str(path), "--registry-key", "not-a-key"])
     assert isinstance(bad_key.exception, RegistryError)
     assert "--registry-key must be" in bad_key.exception.message
+
+
+def test_an_export_to_a_directory_is_refused_before_reading_the_ledger(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not after copying a million entries, and naming the path given, not a temporary file."""
+    from registry.service import export
+
+    def never(*_args: object) -> None:
+        raise AssertionError("the entries were read for an output that cannot be written")
+
+    monkeypatch.setattr(export, "_entries", never)
+    target = tmp_path / "exports" / "out"
+    target.mkdir(parents=True)
+    with pytest.raises(IsADirectoryError) as refused:
+        export_bundle(registry, target)
+    assert refused.value.filename == str(target) and ".part" not in str(refused.value)
+    assert list(target.parent.iterdir()) == [target] and list(target.iterdir()) == []
