@@ -25,8 +25,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import numpy as np
 from pyproj import Geod
-from shapely import segmentize
+from shapely import STRtree, linestrings, segmentize
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.polygon import orient
 from shapely.validation import explain_validity
@@ -347,6 +348,33 @@ def _tolerance(value: object) -> float:
     return float(value)
 
 
+#: Most crossings between two boundaries' edges per edge: neighbours digitised apart along a
+#: shared edge cross a few times per edge; boundaries crossing each other far more often (two
+#: combs across each other) would make an intersection of millions of pieces to measure.
+MAX_CROSSINGS_PER_EDGE: Final = 8
+
+
+def _edges(geometry: Any) -> Any:
+    """Every edge of ``geometry``'s rings, as an array of two-position LineStrings."""
+    rings = [r for p in _polygons(geometry) for r in (p.exterior, *p.interiors)]
+    coords = [np.asarray(r.coords)[:, :2] for r in rings]
+    return np.concatenate([linestrings(np.stack([c[:-1], c[1:]], axis=1)) for c in coords])
+
+
+def _entangled(a: Boundary, b: Boundary) -> bool:
+    """Whether the edges of ``a`` and ``b`` cross more than :data:`MAX_CROSSINGS_PER_EDGE` times
+    per edge: counted in chunks, so that counting stops (and memory stays small) once they do."""
+    edges_a, edges_b = _edges(a.geometry), _edges(b.geometry)
+    limit = MAX_CROSSINGS_PER_EDGE * (len(edges_a) + len(edges_b))
+    tree = STRtree(edges_a)
+    count = 0
+    for start in range(0, len(edges_b), 256):
+        count += tree.query(edges_b[start : start + 256], predicate="intersects").shape[1]
+        if count > limit:
+            return True
+    return False
+
+
 def overlap_hectares(a: Boundary, b: Boundary) -> float:
     """Geodesic area, in hectares, that both boundaries cover (0.0 if they only touch)."""
     if not a.geometry.intersects(b.geometry):
@@ -369,9 +397,18 @@ def find_overlap(
     Boundaries that only touch, or overlap by a sliver (digitising noise along a shared edge:
     no more than ``tolerance_ha``, nor than :data:`SLIVER_SHARE` of the smaller unit), pass.
     When re-checking an existing unit's own boundary, leave that unit out of ``existing``.
+    Raises OverlapError, without measuring, for a unit whose edges cross ``new``'s more than
+    :data:`MAX_CROSSINGS_PER_EDGE` times per edge (an overlap of too many pieces to measure).
     """
     found = _first_overlap(new, existing, _tolerance(tolerance_ha))
     return None if found is None else found[:2]
+
+
+def _boxes_meet(a: Boundary, b: Boundary) -> bool:
+    """Whether the bounding boxes of ``a`` and ``b`` meet (only then can their edges cross)."""
+    aw, as_, ae, an = a.geometry.bounds
+    bw, bs, be, bn = b.geometry.bounds
+    return bool(aw <= be and bw <= ae and as_ <= bn and bs <= an)
 
 
 def _first_overlap(
@@ -379,6 +416,13 @@ def _first_overlap(
 ) -> tuple[str, float, float] | None:
     """:func:`find_overlap`, with the sliver that was tolerated against that unit."""
     for unit_id, other in existing:
+        if _boxes_meet(new, other) and _entangled(new, other):
+            raise OverlapError(
+                f"boundary crosses the boundary of forest unit {unit_id} more than "
+                f"{MAX_CROSSINGS_PER_EDGE} times per edge: the two overlap in too many pieces "
+                "to be neighbours along a shared edge",
+                details={"unit_id": unit_id},
+            )
         hectares = overlap_hectares(new, other)
         smaller = min(new.area_m2, other.area_m2) / SQUARE_METRES_PER_HECTARE
         allowed = min(tolerance, SLIVER_SHARE * smaller)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -81,6 +82,34 @@ def test_a_neighbour_over_the_edge_by_more_than_a_hectare_is_refused(world: Worl
     world.submit(ADMIN, "forest_unit.register",
                  unit_body("KH005-FU2", box(105.899995, 13.62, 105.95, 13.68)))
     assert world.http.get("/v1/forest-units")["count"] == 2
+
+def comb(teeth: int, *, across: bool = False) -> str:
+    """A comb over 106.0..106.5 x 12.0..12.5: a spine along the bottom and ``teeth`` teeth
+    up from it; ``across`` turns it a quarter, spine on the left and teeth to the east."""
+    w = 0.5 / (2 * teeth)
+    ring = [(0.0, 0.0), (0.5, 0.0), (0.5, 0.01)]
+    for i in reversed(range(teeth)):
+        a = 2 * i * w
+        ring += [(a + w, 0.01), (a + w, 0.5), (a, 0.5), (a, 0.01)][1 if i == teeth - 1 else 0:]
+    ring.append((0.0, 0.0))
+    return polygon(*((106.0 + y, 12.0 + x) if across else (106.0 + x, 12.0 + y)
+                     for x, y in ring))
+
+
+def test_a_boundary_tangled_across_a_neighbour_is_refused_at_once(world: World) -> None:
+    """Two combs of 500 teeth laid across each other (2,000 positions each) overlap in a
+    quarter of a million pieces: the registry refuses the second in well under a second,
+    instead of measuring every piece under the ledger's lock for a minute and gigabytes."""
+    world.submit(ADMIN, "forest_unit.register", unit_body("KH005-FU2", comb(500)))
+    with world.unchanged():
+        started = time.monotonic()
+        error = world.refuse(ADMIN, "forest_unit.register",
+                             unit_body("KH005-FU3", comb(500, across=True)),
+                             status=409, code="boundary_overlap")
+        assert time.monotonic() - started < 5
+        assert error["details"]["unit_id"] == "KH005-FU2"
+        assert "KH005-FU2" in error["message"]
+
 
 def test_bad_boundaries_are_refused(world: World) -> None:
     bad = {
