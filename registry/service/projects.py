@@ -10,7 +10,7 @@ from sqlmodel import Session, col, select
 from registry.domain.forest import check_no_overlap, parse_boundary_text
 from registry.domain.instructions import RegisterForestUnit, RegisterProject, SetProjectStatus
 from registry.domain.rules import CLOSED_REPORT_STATUSES, check_unit_can_join
-from registry.errors import ConflictError, InvalidRequestError
+from registry.errors import ConflictError, InvalidGeometryError, InvalidRequestError
 from registry.service.instructions import Acting
 from registry.service.parties import create_account
 from registry.store.credits_repo import get_or_404
@@ -108,6 +108,12 @@ def register_forest_unit(session: Session, acting: Acting[RegisterForestUnit]) -
         project_wide_reports=project_wide_reports,
     )
     boundary = parse_boundary_text(b.boundary)
+    if boundary.area_hectares < 1:
+        raise InvalidGeometryError(
+            f"boundary covers {boundary.area_m2:.4g} m2, which is 0 ha in whole hectares: a "
+            "forest unit must cover at least half a hectare",
+            details={"area_m2": round(boundary.area_m2, 4)},
+        )
     # Only a unit whose bounding box meets the new one's can overlap it: the others' boundaries
     # (each up to 100,000 positions) are not read, parsed and measured under the ledger's lock.
     west, south, east, north = boundary.geometry.bounds

@@ -111,6 +111,22 @@ def test_a_boundary_tangled_across_a_neighbour_is_refused_at_once(world: World) 
         assert "KH005-FU2" in error["message"]
 
 
+def test_a_boundary_of_no_whole_hectare_is_refused(world: World) -> None:
+    """A forest unit records its area in whole hectares: one of a few square metres (or a
+    tenth of a millimetre) would be registered as a forest of 0 ha, so it is refused; one of
+    about a hectare is registered as 1 ha."""
+    with world.unchanged():
+        for side in (1e-9, 0.0002):  # 0.1 mm, and about 22 m
+            error = world.refuse(ADMIN, "forest_unit.register",
+                                 unit_body("KH005-FU2", box(107.0, 12.0, 107.0 + side,
+                                                            12.0 + side)),
+                                 status=422, code="invalid_geometry")
+            assert "0 ha" in error["message"]
+    answer = world.submit(ADMIN, "forest_unit.register",
+                          unit_body("KH005-FU2", box(107.0, 12.0, 107.0009, 12.0009)))
+    assert answer["result"]["area_ha"] == 1
+
+
 def test_bad_boundaries_are_refused(world: World) -> None:
     bad = {
         "not JSON": "{this is not json",
