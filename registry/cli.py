@@ -1,7 +1,8 @@
 """The ``registry`` command: a thin edge over the service layer.
 
 Errors become exit codes here and nowhere else: a :class:`RegistryError` prints
-``error[<code>]: <message>`` on stderr and exits 1.
+``error[<code>]: <message>`` on stderr and exits 1, and so does what the option parser refuses
+(``error[invalid_request]``), so that 2 only ever means a failed check or an alarm.
 """
 
 from __future__ import annotations
@@ -457,9 +458,33 @@ class RemoteError(RegistryError):
         self.remote_code = code
 
 
+# The option parser's own errors (click's, which typer carries a copy of): found through the
+# one typer exports, whose bases they are.
+_CLICK_ERRORS = {kind.__name__: kind for kind in typer.BadParameter.__mro__}
+_UsageError: type[Exception] = _CLICK_ERRORS["UsageError"]
+_ClickException: type[Exception] = _CLICK_ERRORS["ClickException"]
+
+
 def main() -> None:
     try:
-        app()
+        code = app(standalone_mode=False)
+    except _UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `registry` alone: its help
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(2)
+        # An unknown option, a missing argument, a value out of range: one line, exit 1, as
+        # every other usage error (2 means a failed check or an alarm to verify and audit).
+        ctx = getattr(e, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = e.format_message()  # type: ignore[attr-defined]
+        typer.secho(f"error[invalid_request]: {message}{where}", fg="red", err=True)
+        sys.exit(1)
+    except _ClickException as e:
+        e.show()  # type: ignore[attr-defined]
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
     except (OSError, UnicodeDecodeError) as e:  # a file that is not there, or not text
         typer.secho(f"error[io_error]: {e}", fg="red", err=True)
         sys.exit(1)
@@ -475,6 +500,8 @@ def main() -> None:
             raise
         typer.secho(message, fg="red", err=True)
         sys.exit(1)
+    # Without the parser's own handling, a command's exit code (typer.Exit) is returned.
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _one_line(error: Exception) -> str | None:

@@ -85,6 +85,33 @@ def test_a_usage_error_of_verify_or_audit_exits_1_never_their_failure_code_2(
     assert not (tmp_path / "registry-monitor.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["verify", "ledger.jsonl", "--registry-kye", "x"], "No such option: --registry-kye"),
+        (["verify"], "Missing argument 'bundle'"),
+        (["audit", "--whatch", "5"], "No such option: --whatch"),
+        (["sign", "--valid-for", "99999999"], "Invalid value for '--valid-for'"),
+    ],
+)
+def test_what_the_option_parser_refuses_is_one_line_and_exit_1_too(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    # A typo in an option is a usage error like any other: never the 2 of a failed check or an
+    # alarm, which a script acts on.
+    (tmp_path / "ledger.jsonl").write_text("")
+    r = run(args, tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith(f"error[invalid_request]: {said}"), r.stderr
+    assert r.stderr.rstrip().endswith(f"(see registry {args[0]} --help)")
+    assert len(r.stderr.splitlines()) == 1
+
+
+def test_registry_alone_shows_its_commands(tmp_path: Path) -> None:
+    r = run([], tmp_path)
+    assert r.returncode == 2 and "verify" in r.stdout + r.stderr
+
+
 def test_init_encrypts_keys_and_refuses_to_run_twice(tmp_path: Path) -> None:
     secret = "correct horse battery staple"
     r = run(["init"], tmp_path, REGISTRY_KEY_PASSPHRASE=secret)
