@@ -49,8 +49,19 @@ def make_engine(url: str, *, lock_timeout: float = 30.0, **kwargs: Any) -> Engin
         return engine
     if parsed.get_backend_name() == "postgresql":
         # Writes are serialised anyway; a small pool keeps several processes well inside
-        # PostgreSQL's default 100 connections.
-        engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8, **kwargs)
+        # PostgreSQL's default 100 connections. Read committed whatever the database's or
+        # role's default: a write must see what was committed before the ledger's lock was
+        # granted, and under a snapshot level the snapshot is taken by the lock's own statement,
+        # before it waits (the writer would append on a stale head). Reads ask for a snapshot
+        # of their own (read_session).
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=8,
+            max_overflow=8,
+            isolation_level="READ COMMITTED",
+            **kwargs,
+        )
         _configure_postgres(engine, lock_timeout_ms=max(1, round(lock_timeout * 1000)))
         return engine
     raise ValueError(
@@ -130,8 +141,9 @@ def write_transaction(engine: Engine, *, reads: Sequence[Read] = ()) -> Iterator
 
 # One lock per registry: keyed by the schema, so registries sharing a database (as the test
 # suite's schemas do) never wait for each other.
-_LEDGER_LOCK_SQL = text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema())) AS locked")
-_LEDGER_LOCK = text_rows(_LEDGER_LOCK_SQL, ("locked",))
+_LEDGER_LOCK = text_rows(
+    text("SELECT pg_advisory_xact_lock(:k, hashtext(current_schema())) AS locked"), ("locked",)
+)
 
 
 _LOCK_NOT_AVAILABLE = "55P03"
@@ -153,13 +165,7 @@ def _lock_not_obtained(error: DBAPIError) -> bool:
 
 @contextmanager
 def _write_session(engine: Engine, reads: Sequence[Read]) -> Iterator[Session]:
-    options: dict[str, Any] = {_WRITE: True}
-    if is_postgres(engine):
-        # Each statement must see what was committed before the lock was granted: under a
-        # snapshot level (a database or role may default to one) the snapshot is taken by the
-        # lock's own statement, before it waits, and the writer would append on a stale head.
-        options["isolation_level"] = "READ COMMITTED"
-    writer = engine.execution_options(**options)
+    writer = engine.execution_options(**{_WRITE: True})
     with Session(writer, expire_on_commit=False) as session, session.begin():
         try:
             if is_postgres(engine):
@@ -214,10 +220,8 @@ def migrate(engine: Engine) -> None:
     # one database would otherwise each create the same tables, or (SQLite) both read the
     # schema's version and then fail to write ("database is locked"). The one that waited
     # finds the schema up to date.
-    with engine.execution_options(**{_WRITE: True}).begin() as connection:
-        if is_postgres(engine):
-            connection.execute(_LEDGER_LOCK_SQL, {"k": LEDGER_LOCK_KEY})
-        cfg.attributes["connection"] = connection
+    with write_transaction(engine) as session:
+        cfg.attributes["connection"] = session.connection()
         command.upgrade(cfg, "head")
 
 
