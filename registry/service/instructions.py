@@ -181,23 +181,23 @@ def check_signer(session: Session, parsed: Parsed) -> Any:
     found = query.first(session, params)
     if found is None:
         raise AuthenticationError(f"unknown party {ins.actor!r}", details={"actor": ins.actor})
-    party = Signer(id=found.id, role=found.role)
+    party = found.id
     if found.public_key is None:
         raise AuthenticationError(
-            f"key {ins.key_id} is not a key of party {party.id}",
-            details={"actor": party.id, "key_id": ins.key_id},
+            f"key {ins.key_id} is not a key of party {party}",
+            details={"actor": party, "key_id": ins.key_id},
         )
     if found.revoked_seq is not None:
         raise KeyRevokedError(
-            f"key {ins.key_id} of party {party.id} was revoked at entry {found.revoked_seq}",
+            f"key {ins.key_id} of party {party} was revoked at entry {found.revoked_seq}",
             details={"key_id": ins.key_id, "revoked_seq": found.revoked_seq},
         )
     try:
         loaded_public_key(found.public_key).verify(parsed.signature, parsed.message)
     except BadSignatureError as e:
         raise BadSignatureError(
-            f"the signature of party {party.id} does not verify over this instruction",
-            details={"actor": party.id, "key_id": ins.key_id},
+            f"the signature of party {party} does not verify over this instruction",
+            details={"actor": party, "key_id": ins.key_id},
         ) from e
     return found
 

@@ -175,22 +175,19 @@ def prepare(
     def carry_out(session: Session, tail: LedgerTail) -> Outcome:
         read_ahead(session, reads)
         prior = _prior_answer(session, scoped_key)
-        if prior is not None:
-            if prior.request_hash != fingerprint:
-                # Only the party the key belongs to learns that it used it, and for which
-                # entry: anyone else naming it as the actor is refused as unauthenticated.
-                if parsed is None:
-                    assert refusal is not None
-                    raise refusal
-                check_signer(session, parsed)
-                raise IdempotencyConflictError(
-                    f"Idempotency-Key {idempotency_key!r} was used for a different request",
-                    details={"idempotency_key": idempotency_key, "seq": prior.seq},
-                )
+        if prior is not None and prior.request_hash == fingerprint:
             return Outcome(prior.status_code, json.loads(prior.response), replayed=True)
         if parsed is None:
             assert refusal is not None
             raise refusal
+        if prior is not None:
+            # Only the party the key belongs to learns that it used it, and for which entry:
+            # anyone else naming it as the actor is refused as unauthenticated.
+            check_signer(session, parsed)
+            raise IdempotencyConflictError(
+                f"Idempotency-Key {idempotency_key!r} was used for a different request",
+                details={"idempotency_key": idempotency_key, "seq": prior.seq},
+            )
         seq = tail.size
         # With the clock stepped back, the entry is dated as the last one: the instruction
         # is checked at that time, the one the auditor checks it at (an instruction expiring
