@@ -361,18 +361,25 @@ def _edges(geometry: Any) -> Any:
     return np.concatenate([linestrings(np.stack([c[:-1], c[1:]], axis=1)) for c in coords])
 
 
-def _entangled(a: Boundary, b: Boundary) -> bool:
-    """Whether the edges of ``a`` and ``b`` cross more than :data:`MAX_CROSSINGS_PER_EDGE` times
-    per edge: counted in chunks, so that counting stops (and memory stays small) once they do."""
-    edges_a, edges_b = _edges(a.geometry), _edges(b.geometry)
-    limit = MAX_CROSSINGS_PER_EDGE * (len(edges_a) + len(edges_b))
-    tree = STRtree(edges_a)
-    count = 0
-    for start in range(0, len(edges_b), 256):
-        count += tree.query(edges_b[start : start + 256], predicate="intersects").shape[1]
-        if count > limit:
-            return True
-    return False
+class _EdgeIndex:
+    """A boundary's edges, indexed once for every neighbour it is checked against."""
+
+    def __init__(self, boundary: Boundary) -> None:
+        self.edges = _edges(boundary.geometry)
+        self.tree = STRtree(self.edges)
+
+    def entangled_with(self, other: Boundary) -> bool:
+        """Whether these edges and ``other``'s cross more than :data:`MAX_CROSSINGS_PER_EDGE`
+        times per edge: counted in chunks, so that counting stops (and memory stays small)
+        once they do."""
+        theirs = _edges(other.geometry)
+        limit = MAX_CROSSINGS_PER_EDGE * (len(self.edges) + len(theirs))
+        count = 0
+        for start in range(0, len(theirs), 256):
+            count += self.tree.query(theirs[start : start + 256], predicate="intersects").shape[1]
+            if count > limit:
+                return True
+        return False
 
 
 def overlap_hectares(a: Boundary, b: Boundary) -> float:
@@ -415,8 +422,9 @@ def _first_overlap(
     new: Boundary, existing: Iterable[tuple[str, Boundary]], tolerance: float
 ) -> tuple[str, float, float] | None:
     """:func:`find_overlap`, with the sliver that was tolerated against that unit."""
+    index: _EdgeIndex | None = None  # made for the first neighbour whose box meets new's
     for unit_id, other in existing:
-        if _boxes_meet(new, other) and _entangled(new, other):
+        if _boxes_meet(new, other) and (index := index or _EdgeIndex(new)).entangled_with(other):
             raise OverlapError(
                 f"boundary crosses the boundary of forest unit {unit_id} more than "
                 f"{MAX_CROSSINGS_PER_EDGE} times per edge: the two overlap in too many pieces "
