@@ -14,7 +14,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import tuple_
 from sqlmodel import Session, SQLModel, col, func, select
 
-from registry.domain.serials import SerialRange, format_block, parse_unit_serial
+from registry.domain.serials import (
+    SerialRange,
+    format_block,
+    format_unit_serial,
+    parse_unit_serial,
+)
 from registry.errors import NotFoundError, PermissionDeniedError
 from registry.ledger.keys import b64encode
 from registry.store import ledger_repo
@@ -199,13 +204,22 @@ class ReversalPublic(BaseModel):
 
 
 def _page(
-    session: Session, model: type[SQLModel], order: Any, offset: int, limit: int, *where: Any
+    session: Session,
+    model: type[SQLModel],
+    order: Any,
+    offset: int,
+    limit: int,
+    *where: Any,
+    past: Any = None,
 ) -> tuple[list[Any], dict[str, int]]:
-    """One page of ``model``'s rows, and what the :class:`Page` says about it."""
+    """One page of ``model``'s rows, and what the :class:`Page` says about it; ``past`` (a
+    cursor's condition) narrows the rows but not the count."""
     query = select(model)
     count_query = select(func.count()).select_from(model)
     for w in where:
         query, count_query = query.where(w), count_query.where(w)
+    if past is not None:
+        query = query.where(past)
     orders = order if isinstance(order, tuple) else (order,)
     rows = list(session.exec(query.order_by(*orders).offset(offset).limit(limit)).all())
     count = int(session.exec(count_query).one())
@@ -401,28 +415,22 @@ def holdings(
             f"holdings of {account_id} are private to {acct.holder}",
             details={"account": account_id, "reader": reader.id},
         )
-    query = select(BlockRow).where(BlockRow.account_id == account_id)
+    order = (col(BlockRow.batch_id), col(BlockRow.start))
+    past = None
     if after is not None:
         batch_id, number = parse_unit_serial(after)
-        past = tuple_(col(BlockRow.batch_id), col(BlockRow.start)) > tuple_(batch_id, number)
-        query = query.where(past)
-    rows = session.exec(
-        query.order_by(col(BlockRow.batch_id), col(BlockRow.start)).offset(offset).limit(limit)
-    ).all()
-    count = session.exec(
-        select(func.count()).select_from(BlockRow).where(BlockRow.account_id == account_id)
-    ).one()
+        past = tuple_(*order) > tuple_(batch_id, number)
+    rows, page = _page(
+        session, BlockRow, order, offset, limit, BlockRow.account_id == account_id, past=past
+    )
     last = rows[-1] if len(rows) == limit else None
     return HoldingsPublic(
         account=AccountPublic(**acct.model_dump()),
         total_active=active_quantity(session, account_id),
         blocks=BlockPage(
             data=[_block(r) for r in rows],
-            count=count,
-            offset=offset,
-            limit=limit,
-            tree_size=ledger_repo.tree_size(session),
-            next=None if last is None else f"{last.batch_id}-{last.end}",
+            **page,
+            next=None if last is None else format_unit_serial(last.batch_id, last.end),
         ),
     )
 
