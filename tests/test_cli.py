@@ -19,12 +19,16 @@ from tests.world import World, issue_jcm
 REGISTRY = str(Path(sys.executable).with_name("registry"))
 
 
+def registry_env(**env: str) -> dict[str, str]:
+    """This environment without its ``REGISTRY_*`` settings, and with ``env``."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}, **env}
+
+
 def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
     return subprocess.run(
         [REGISTRY, *args],
         cwd=cwd,
-        env={**clean, **env},
+        env=registry_env(**env),
         capture_output=True,
         text=True,
         timeout=60,
@@ -269,13 +273,12 @@ def test_two_inits_at_once_make_one_registry_and_leave_one_set_of_keys(
     for attempt in range(3 if db_url.startswith("sqlite") else 1):
         url = db_url.replace("registry.db", f"registry-{attempt}.db")
         homes = [tmp_path / f"{attempt}-{side}" for side in "ab"]
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         procs = []
         for home in homes:
             home.mkdir()
             procs.append(subprocess.Popen(
                 [REGISTRY, "init", "--insecure-dev-key"], cwd=home,
-                env={**clean, "REGISTRY_DATABASE_URL": url}, stdout=subprocess.PIPE,
+                env=registry_env(REGISTRY_DATABASE_URL=url), stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True))
         results = [(p.wait(timeout=60), p.stderr.read() if p.stderr else "") for p in procs]
         assert sorted(code for code, _ in results) == [0, 1], results
