@@ -18,6 +18,7 @@ import typer
 
 from registry.api.paths import INSTRUCTION_PATHS
 from registry.audit_cli import export_cmd, load_settings, verify_cmd
+from registry.config import Settings
 from registry.errors import ConfigurationError, InvalidRequestError, RegistryError, first_line
 from registry.ledger.keys import PublicKey, SigningKey
 
@@ -202,6 +203,14 @@ def sign(
     valid_for: Annotated[
         int, typer.Option(min=1, max=7 * 86400, help="Seconds until the instruction expires.")
     ] = 3600,
+    registry: Annotated[
+        str,
+        typer.Option(
+            envvar="REGISTRY_ORIGIN",
+            help="The origin of the registry the instruction is for (the first line of its "
+            "checkpoints; GET /v1/keys shows it). Every other registry refuses the instruction.",
+        ),
+    ] = Settings.model_fields["origin"].default,
 ) -> None:
     """Sign an instruction with your key; prints the signed JSON to submit."""
     from registry.client import sign_instruction
@@ -210,6 +219,7 @@ def sign(
         raise InvalidRequestError(f"unknown instruction type {kind!r}")
     signed = sign_instruction(
         _read_party_key(key),
+        registry=registry,
         actor=actor,
         type=kind,
         body=_read_json(body),

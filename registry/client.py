@@ -37,6 +37,7 @@ def new_nonce() -> str:
 def sign_instruction(
     key: SigningKey,
     *,
+    registry: str,
     actor: str,
     type: str,
     body: dict[str, Any],
@@ -44,9 +45,12 @@ def sign_instruction(
     now: datetime | None = None,
     valid_for: timedelta = timedelta(hours=1),
 ) -> dict[str, Any]:
-    """``{"instruction", "signature"}``: Ed25519 over the instruction's canonical bytes."""
+    """``{"instruction", "signature"}``: Ed25519 over the instruction's canonical bytes.
+
+    ``registry`` is the origin of the registry it is for; every other registry refuses it."""
     instruction = {
         "type": type,
+        "registry": registry,
         "actor": actor,
         "key_id": key.public_key.key_id,
         "nonce": nonce or new_nonce(),
@@ -59,9 +63,13 @@ def sign_instruction(
     }
 
 
-def read_auth_headers(key: SigningKey, *, actor: str, method: str, path: str) -> dict[str, str]:
+def read_auth_headers(
+    key: SigningKey, *, registry: str, actor: str, method: str, path: str
+) -> dict[str, str]:
     date = rfc3339(datetime.now(UTC))
-    message = read_auth_message(method=method, path=path, actor=actor, date=date)
+    message = read_auth_message(
+        registry=registry, method=method, path=path, actor=actor, date=date
+    )
     return {
         AUTH_ACTOR: actor,
         AUTH_KEY_ID: key.public_key.key_id,
@@ -108,11 +116,15 @@ def _not_the_registry(response: httpx.Response) -> ClientError:
 
 @dataclass
 class RegistryClient:
-    """Talks to one registry as one party (``actor`` with its ``key``)."""
+    """Talks to one registry as one party (``actor`` with its ``key``).
+
+    ``registry`` is the registry's origin, which every instruction and signed read names; when
+    not given, it is asked of the registry (``GET /v1/keys``) once."""
 
     http: httpx.Client
     actor: str | None = None
     key: SigningKey | None = None
+    registry: str | None = None
 
     @classmethod
     def connect(
@@ -122,16 +134,30 @@ class RegistryClient:
         actor: str | None = None,
         key: SigningKey | None = None,
         timeout: float = 30,
+        registry: str | None = None,
     ) -> RegistryClient:
-        return cls(httpx.Client(base_url=url, timeout=timeout), actor=actor, key=key)
+        client = httpx.Client(base_url=url, timeout=timeout)
+        return cls(client, actor=actor, key=key, registry=registry)
 
     def as_party(self, actor: str, key: SigningKey) -> RegistryClient:
-        return RegistryClient(self.http, actor=actor, key=key)
+        return RegistryClient(self.http, actor=actor, key=key, registry=self.registry)
+
+    def origin(self) -> str:
+        """The registry's origin: as given, or as the registry says (asked once)."""
+        if self.registry is None:
+            answer = answer_of(self.http.get("/v1/keys"))
+            origin = answer.get("origin") if isinstance(answer, dict) else None
+            if not isinstance(origin, str):
+                raise ClientError(200, "http_error", "the registry's /v1/keys names no origin")
+            self.registry = origin
+        return self.registry
 
     def sign(self, type: str, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
         if self.actor is None or self.key is None:
             raise ValueError("this client has no party key to sign with")
-        return sign_instruction(self.key, actor=self.actor, type=type, body=body, **kw)
+        return sign_instruction(
+            self.key, registry=self.origin(), actor=self.actor, type=type, body=body, **kw
+        )
 
     def post_signed(
         self, signed: dict[str, Any], *, idempotency_key: str | None = None
@@ -155,6 +181,8 @@ class RegistryClient:
                 raise ValueError("a signed read needs a party key")
             request = self.http.build_request("GET", path, params=params)
             target = request.url.raw_path.decode()
-            headers = read_auth_headers(self.key, actor=self.actor, method="GET", path=target)
+            headers = read_auth_headers(
+                self.key, registry=self.origin(), actor=self.actor, method="GET", path=target
+            )
         response = self.http.get(path, params=params, headers=headers)
         return answer_of(response)

@@ -49,8 +49,9 @@ class Settings(BaseSettings):
     @field_validator("origin")
     @classmethod
     def _origin_is_one_line(cls, value: str) -> str:
-        if not value or any(c.isspace() for c in value) or "+" in value:
+        if not value or len(value) > 255 or any(c.isspace() for c in value) or "+" in value:
             raise ValueError(
-                f"origin must be a non-empty name without spaces or '+', got {value!r}"
+                f"origin must be a name of 1 to 255 characters without spaces or '+', "
+                f"got {value!r}"
             )
         return value

@@ -83,7 +83,12 @@ class DemoRun:
 
     def do(self, party: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         signed = sign_instruction(
-            self.keys[party], actor=party, type=kind, body=body, now=self.registry.clock()
+            self.keys[party],
+            registry=self.registry.origin,
+            actor=party,
+            type=kind,
+            body=body,
+            now=self.registry.clock(),
         )
         self.counter += 1
         outcome = submit(

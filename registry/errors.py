@@ -218,6 +218,12 @@ class InstructionExpiredError(AuthenticationError):
     code = "instruction_expired"
 
 
+class WrongRegistryError(InvalidRequestError):
+    """The instruction names another registry: it was signed for that one, not this one."""
+
+    code = "wrong_registry"
+
+
 class KeyRevokedError(AuthenticationError):
     code = "key_revoked"
 

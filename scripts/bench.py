@@ -134,8 +134,8 @@ class Seeded:
     day: int = 0
 
     def signed(self, actor: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        return sign_instruction(self.keys[actor], actor=actor, type=kind, body=body,
-                                valid_for=VALID_FOR)
+        return sign_instruction(self.keys[actor], registry=self.registry.origin, actor=actor,
+                                type=kind, body=body, valid_for=VALID_FOR)
 
     def do(self, actor: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         outcome = submit(self.registry, self.signed(actor, kind, body), expected_type=kind,
@@ -568,7 +568,8 @@ def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, An
     figures: dict[str, Any] = {}
     floor_key = SigningKey.generate()
     floor_signed = [
-        json.dumps(sign_instruction(floor_key, actor=HOLDER, type="credits.transfer", body={
+        json.dumps(sign_instruction(floor_key, registry=ORIGIN, actor=HOLDER,
+                                    type="credits.transfer", body={
             "account": SOURCE, "batch": "KH-JCM-KH901-2020-00001", "quantity": 1,
             "to_account": DESTINATION}, valid_for=VALID_FOR)).encode()
         for _ in range(64)
@@ -932,7 +933,8 @@ def append_synthetic_transfers(seeded: Seeded, batch: str, n: int, *, chunk: int
             holder = seeded.keys[actor]
             when = start + timedelta(milliseconds=i)
             instruction = {
-                "type": "credits.transfer", "actor": actor, "key_id": holder.public_key.key_id,
+                "type": "credits.transfer", "registry": registry.origin, "actor": actor,
+                "key_id": holder.public_key.key_id,
                 "nonce": f"synthetic-{i:09d}", "expires": rfc3339(when + timedelta(hours=1)),
                 "body": {"account": source, "batch": batch, "quantity": 1,
                          "to_account": destination},

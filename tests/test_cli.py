@@ -13,6 +13,7 @@ import pytest
 
 from registry.ledger.checkpoint import NoteVerifier
 from registry.ledger.keys import SigningKey
+from tests.conftest import ORIGIN
 from tests.helpers import LiveServer
 from tests.world import World, issue_jcm
 
@@ -170,11 +171,18 @@ def test_a_developer_signs_submits_and_reads_holdings(
             {"account": "KH-WATER-1", "batch": batch, "quantity": 25, "to_account": "JP-BUYER-1"}
         )
     )
-    signed = run(
-        ["sign", "credits.transfer", str(body), "--actor", "kh-water", "--key", str(key_file)],
-        tmp_path,
-        **env,
-    )
+    sign = ["sign", "credits.transfer", str(body), "--actor", "kh-water", "--key", str(key_file)]
+    # Signed for the registry of the default origin: this one, of another origin, refuses it.
+    elsewhere = run(sign, tmp_path, **env)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    (tmp_path / "elsewhere.json").write_text(elsewhere.stdout)
+    refused = run(["submit", "elsewhere.json"], tmp_path, **env)
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        "error[wrong_registry]: the instruction is for registry "
+        f"'kh.carbon-registry.example/ledger'; this is registry {ORIGIN!r}"
+    ]
+    signed = run([*sign, "--registry", ORIGIN], tmp_path, **env)
     assert signed.returncode == 0, signed.stderr
     (tmp_path / "signed.json").write_text(signed.stdout)
     first = run(["submit", "signed.json", "--idempotency-key", "cli-1"], tmp_path, **env)

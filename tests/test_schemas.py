@@ -57,6 +57,7 @@ def test_signed_instructions_validate_against_their_schema(kind: str) -> None:
 
     signed = sign_instruction(
         SigningKey.from_seed(b"k" * 32),
+        registry="kh.carbon-registry.example/ledger",
         actor="kh-registry-admin",
         type=kind,
         body=EXAMPLE_BODIES[kind],

@@ -82,6 +82,11 @@ class World:
     http: RegistryClient
     keys: dict[str, SigningKey] = field(default_factory=dict)
 
+    @property
+    def origin(self) -> str:
+        """The registry's origin, which every instruction and signed read names."""
+        return self.http.origin()
+
     def as_(self, party: str) -> RegistryClient:
         return self.http.as_party(party, self.keys[party])
 
@@ -121,7 +126,8 @@ class World:
             return self.http.http.get(path, params=params)
         client = self.http.http
         request = client.build_request("GET", path, params=params)
-        headers = read_auth_headers(self.keys[party], actor=party, method="GET",
+        headers = read_auth_headers(self.keys[party], registry=self.origin, actor=party,
+                                    method="GET",
                                     path=request.url.raw_path.decode())
         return client.get(path, params=params, headers=headers)
 

@@ -253,7 +253,9 @@ def get_holdings(
             f"{AUTH_DATE}, {AUTH_SIGNATURE}); `registry holdings` does this for you"
         )
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    message = read_auth_message(method="GET", path=path, actor=actor, date=date)
+    message = read_auth_message(
+        registry=registry.origin, method="GET", path=path, actor=actor, date=date
+    )
     reader = authenticate_read(
         session,
         actor=actor,

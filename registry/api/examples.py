@@ -122,6 +122,7 @@ def example_signed(kind: str) -> dict[str, Example]:
             value={
                 "instruction": {
                     "type": kind,
+                    "registry": "kh.carbon-registry.example/ledger",
                     "actor": "kh-registry-admin",
                     "key_id": "9f" * 32,
                     "nonce": "q5dVh2m3bY8xWmR1tZ0sLk",

@@ -152,4 +152,4 @@ def list_keys(session: ReadSessionDep, registry: RegistryDep) -> RegistryKeysPub
                 valid_until_seq=row.valid_until_seq,
             )
         )
-    return RegistryKeysPublic(data=data, count=len(data))
+    return RegistryKeysPublic(origin=registry.origin, data=data, count=len(data))

@@ -68,6 +68,10 @@ class RegistryKeyPublic(BaseModel):
 
 
 class RegistryKeysPublic(BaseModel):
+    origin: str = Field(
+        description="the registry's origin: the first line of its checkpoints, and the "
+        "`registry` every instruction and signed read for it names"
+    )
     data: list[RegistryKeyPublic]
     count: int
 

@@ -5,9 +5,11 @@ Ed25519 by the acting party's key over the RFC 8785 canonical bytes of the ``ins
 exactly as sent. The registry carries the signed instruction inside the ledger entry, so an
 auditor can prove that the party, not only the registry, asked for the change.
 
-An instruction is ``{"type", "actor", "key_id", "nonce", "expires", "body"}``: ``type`` names the
-use case (``credits.transfer``), ``actor`` the party, ``key_id`` the party key that signs, ``nonce``
-is unique per party for ever, and ``expires`` (RFC 3339 UTC) bounds how long it can be submitted.
+An instruction is ``{"type", "registry", "actor", "key_id", "nonce", "expires", "body"}``: ``type``
+names the use case (``credits.transfer``), ``registry`` the registry it is for (its checkpoint
+origin, so that what a party signed for one registry is refused by every other, even where the
+party uses the same key), ``actor`` the party, ``key_id`` the party key that signs, ``nonce`` is
+unique per party for ever, and ``expires`` (RFC 3339 UTC) bounds how long it can be submitted.
 Body models hold only JSON strings, integers, lists and objects, so that validating an instruction
 never changes the bytes that were signed. Nothing here knows the web or the database.
 """
@@ -37,6 +39,15 @@ Text = Annotated[StrictStr, Field(min_length=1, max_length=500)]
 Tonnes = Annotated[StrictInt, Field(gt=0, le=2**53 - 1, description="whole tCO2e, > 0")]
 BasisPoints = Annotated[StrictInt, Field(ge=0, le=10000, description="1/100 of a percent")]
 Country = Annotated[StrictStr, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")]
+RegistryName = Annotated[
+    StrictStr,
+    Field(
+        pattern=r"^[^\s+]{1,255}$",
+        description="the origin of the registry the instruction is for: the first line of its "
+        "checkpoints, also served as `origin` by GET /v1/keys",
+        examples=["kh.carbon-registry.example/ledger"],
+    ),
+]
 
 
 def _is_date(value: str) -> str:
@@ -296,6 +307,9 @@ class Instruction(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     type: Annotated[StrictStr, Field(examples=["credits.transfer"])]
+    registry: RegistryName | None = None
+    """Required of every new instruction; absent only from the instructions of ledgers written
+    before instructions named their registry (their genesis says which)."""
     actor: Id
     key_id: Sha256Hex
     nonce: Annotated[StrictStr, Field(pattern=_NONCE.pattern)]
@@ -317,6 +331,7 @@ class InstructionHead(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    registry: RegistryName
     actor: Id
     key_id: Sha256Hex
     nonce: Annotated[StrictStr, Field(pattern=_NONCE.pattern)]
@@ -346,8 +361,11 @@ def signed_model(kind: str) -> type[BaseModel]:
     )
 
 
-def read_auth_message(*, method: str, path: str, actor: str, date: str) -> bytes:
-    """What a signed read signs: the request line (path with query), the reader and the time."""
+def read_auth_message(*, registry: str, method: str, path: str, actor: str, date: str) -> bytes:
+    """What a signed read signs: the registry (its origin), the request line (path with query),
+    the reader and the time."""
     from registry.ledger.canonical import canonical_bytes
 
-    return canonical_bytes({"method": method.upper(), "path": path, "actor": actor, "date": date})
+    return canonical_bytes(
+        {"registry": registry, "method": method.upper(), "path": path, "actor": actor, "date": date}
+    )

@@ -4,12 +4,14 @@ This module owns the auditor's state machine. :class:`Replay` takes opened entri
 for each one, checks what DESIGN.md's "Invariants the auditor proves by replay" require, with
 the same domain code the service runs (``registry.domain``), never a second implementation:
 
-* **authority**: the instruction inside the entry is of the entry's kind and by the entry's
-  actor, signed (Ed25519 over ``canonical_bytes(instruction)``) with a key that the ledger says
-  belonged to that actor at that seq (added before it, not revoked before it; keys come from
-  genesis and ``party.register``/``party.key_add``/``party.key_revoke``), unexpired at the
-  entry's time and not too far ahead, its nonce never used before by that party, and the actor
-  holds the role the use case needs;
+* **authority**: the instruction inside the entry is of the entry's kind, for this registry
+  (it names the genesis's origin; a ledger whose genesis predates that rule may hold
+  instructions that name none), by the entry's actor, signed (Ed25519 over
+  ``canonical_bytes(instruction)``) with a key that the ledger says belonged to that actor at
+  that seq (added before it, not revoked before it; keys come from genesis and
+  ``party.register``/``party.key_add``/``party.key_revoke``), unexpired at the entry's time and
+  not too far ahead, its nonce never used before by that party, and the actor holds the role
+  the use case needs;
 * **rules**: the entry's effects are re-derived from the replayed state and the instruction body
   (``serials.take_lowest``/``take_range``/``allocate``, ``redd.compute_issuance``/
   ``compute_reversal``, the boundary overlap check) and any difference from the recorded effects
@@ -41,7 +43,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from registry.domain import instructions as ins
 from registry.domain.redd import compute_issuance, compute_reversal
@@ -307,6 +317,7 @@ class ReplayedState:
     def __init__(self) -> None:
         self.origin: str | None = None
         self.registry_key: PublicKey | None = None
+        self.instructions_name_registry = False
         self.parties: dict[str, PartyState] = {}
         self.keys: dict[str, KeyState] = {}
         self.nonces: dict[str, dict[str, int]] = {}
@@ -444,6 +455,7 @@ class _Genesis(_Strict):
     registry_key: _GenesisKey
     administrator: _GenesisAdmin
     accounts: list[_GenesisAccount]
+    instructions_name_registry: StrictBool = False
 
 
 class _Span(_Strict):
@@ -778,6 +790,7 @@ class Replay:
                 f"genesis names origin {g.origin!r}, the bundle is for {self.pinned_origin!r}",
             )
         state.origin, state.registry_key = g.origin, key
+        state.instructions_name_registry = g.instructions_name_registry
         a = g.administrator
         if admin_key.key_id != a.key_id:
             self.fail(
@@ -843,6 +856,21 @@ class Replay:
                 seq, "malformed", f"{kind}: the instruction body is not valid: {_first_error(e)}"
             )
             return None
+        named = instruction.registry
+        if named is not None and named != state.origin:
+            self.fail(
+                seq,
+                "wrong_registry",
+                f"{kind}: the instruction is for registry {named!r}, this ledger is "
+                f"{state.origin!r}",
+            )
+        elif named is None and state.instructions_name_registry:
+            self.fail(
+                seq,
+                "wrong_registry",
+                f"{kind}: the instruction names no registry; every instruction of this ledger "
+                f"must name {state.origin!r} (its genesis says so)",
+            )
         actor = instruction.actor
         if entry.actor != actor:
             self.fail(

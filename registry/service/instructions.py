@@ -24,6 +24,7 @@ from registry.errors import (
     KeyRevokedError,
     PermissionDeniedError,
     ReplayError,
+    WrongRegistryError,
 )
 from registry.ledger.canonical import canonical_bytes
 from registry.ledger.keys import PublicKey, b64decode_strict, loaded_public_key
@@ -156,8 +157,23 @@ class Parsed:
     raw: dict[str, Any]
 
 
-def parse_request(raw: dict[str, Any], *, expected_type: str) -> Parsed:
+def parse_request(raw: dict[str, Any], *, expected_type: str, registry: str) -> Parsed:
+    """``raw`` checked for shape, and for being meant for this registry (origin ``registry``)."""
     signed, body = parse_signed(raw, expected_type=expected_type)
+    named = signed.instruction.registry
+    if named is None:
+        raise InvalidRequestError(
+            f"$.instruction.registry: Field required (the origin of the registry the instruction "
+            f"is for: {registry!r} here)",
+            details={"this_registry": registry},
+        )
+    if named != registry:
+        # Instructions are public once recorded: one signed for another registry, where the
+        # party may use the same key, must not act here.
+        raise WrongRegistryError(
+            f"the instruction is for registry {named!r}; this is registry {registry!r}",
+            details={"registry": named, "this_registry": registry},
+        )
     return Parsed(
         signed=signed,
         body=body,
@@ -283,5 +299,8 @@ def authenticate_read(
             b64decode_strict(signature, what="signature"), message
         )
     except BadSignatureError as e:
-        raise BadSignatureError(f"the read signature of party {actor} does not verify") from e
+        raise BadSignatureError(
+            f"the read signature of party {actor} does not verify over this request (its "
+            "registry, method, path with query, actor and date)"
+        ) from e
     return party

@@ -230,6 +230,9 @@ def _genesis(
                     {"account_id": a, "kind": k, "holder": admin.party_id, "name": n}
                     for a, k, n in SYSTEM_ACCOUNTS
                 ],
+                # Every instruction in this ledger names its registry: the auditor refuses
+                # one that doesn't (older ledgers, without this, had none that did).
+                "instructions_name_registry": True,
             },
         )
     return registry

@@ -159,7 +159,9 @@ def prepare(
         raise InvalidRequestError("the request body must be a JSON object")
     fingerprint = request_hash(expected_type, raw)
     try:
-        parsed: Parsed | None = parse_request(raw, expected_type=expected_type)
+        parsed: Parsed | None = parse_request(
+            raw, expected_type=expected_type, registry=registry.origin
+        )
         refusal: RegistryError | None = None
     except RegistryError as e:
         # A retry of an accepted request must get its answer even if it would not parse now;

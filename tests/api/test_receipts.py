@@ -157,10 +157,11 @@ def test_a_receipt_shows_only_what_the_holder_signed(registry: Registry, world: 
     instruction = entry_of(base64.b64decode(receipt["retirement"]["envelope"])).payload
     buyer = world.keys["jp-buyer"]
     batch = instruction["instruction"]["body"]["batch"]
-    transfer = sign_instruction(buyer, actor="jp-buyer", type="credits.transfer", body={
+    transfer = sign_instruction(buyer, registry=world.origin, actor="jp-buyer",
+                                type="credits.transfer", body={
         "account": "JP-BUYER-1", "batch": batch, "quantity": 40, "to_account": "KH-WATER-1"})
     expired = sign_instruction(
-        buyer, actor="jp-buyer", type="credits.retire",
+        buyer, registry=world.origin, actor="jp-buyer", type="credits.retire",
         body=instruction["instruction"]["body"],
         now=parse_time(honest.entry.time) - timedelta(hours=2), valid_for=timedelta(hours=1),
     )

@@ -37,7 +37,7 @@ class Driver:
 
     def __call__(self, party: str, kind: str, body: dict[str, Any]) -> dict[str, Any] | None:
         signed = sign_instruction(
-            self.keys[party], actor=party, type=kind, body=body,
+            self.keys[party], registry=self.registry.origin, actor=party, type=kind, body=body,
             now=self.registry.clock() - timedelta(seconds=1),
         )
         self.count += 1

@@ -29,7 +29,8 @@ def test_instruction_signatures_are_checked_as_the_service_checks_them() -> None
     from registry.client import sign_instruction
 
     key = SigningKey.from_seed(b"k" * 32)
-    signed = sign_instruction(key, actor="p", type="credits.cancel", body={"reason": "x"})
+    signed = sign_instruction(key, registry="r.example/log", actor="p", type="credits.cancel",
+                              body={"reason": "x"})
     instructions.verify_instruction_signature(
         signed["instruction"], signed["signature"], key.public_key
     )

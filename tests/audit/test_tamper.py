@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from registry.client import sign_instruction
+from registry.ledger.canonical import canonical_bytes
 from registry.ledger.checkpoint import Checkpoint, NoteVerifier, sign_checkpoint
 from registry.ledger.entry import Entry, format_time, parse_time, seal_entry
-from registry.ledger.keys import SigningKey
+from registry.ledger.keys import SigningKey, b64encode
 from registry.ledger.verify_bundle import verify_bundle
 from tests.audit.bundles import RawBundle
 from tests.audit.conftest import JCM_BATCH, REDD_BATCH, WATER_NEW_KEY, Exported
@@ -64,15 +65,20 @@ def forge(
     effects: dict[str, Any],
     expires_in: timedelta = timedelta(hours=1),
     signed_as: str | None = None,
+    signed_for: str | None = ORIGIN,
 ) -> None:
     """Insert at ``position`` an entry the registry signs with its own key, then re-chain the
     log and re-sign every checkpoint: a registry covering its tracks. ``signed_as`` is the
-    instruction type the holder signed, when it is not the entry's kind."""
+    instruction type the holder signed, when it is not the entry's kind; ``signed_for`` the
+    registry it names (None: none)."""
     time = bundle.entry(position - 1).time
     signed = sign_instruction(
-        key, actor=actor, type=signed_as or kind, body=body, now=parse_time(time),
+        key, registry=signed_for or ORIGIN, actor=actor, type=signed_as or kind, body=body,
+        now=parse_time(time),
         valid_for=expires_in,
     )
+    if signed_for is None:
+        signed = _signed_without_registry(signed["instruction"], key)
     entry = Entry(
         v=1, seq=position, time=time, kind=kind, actor=actor,
         payload={**signed, "effects": effects}, prev="0" * 64,
@@ -80,6 +86,12 @@ def forge(
     bundle.insert(position, seal_entry(entry, exported.registry.signer))
     bundle.reseal(exported.registry.signer, start=position)
     bundle.resign(exported.registry.signer, ORIGIN)
+
+
+def _signed_without_registry(instruction: dict[str, Any], key: SigningKey) -> dict[str, Any]:
+    """``instruction`` as written before instructions named their registry, signed by ``key``."""
+    legacy = {name: value for name, value in instruction.items() if name != "registry"}
+    return {"instruction": legacy, "signature": b64encode(key.sign(canonical_bytes(legacy)))}
 
 
 def test_the_untouched_bundle_passes(sqlite_bundle: Exported, tmp_path: Path) -> None:
@@ -342,7 +354,8 @@ def test_issuing_without_verification_twice_and_beyond_redd_net(
     old = bundle.entry(redd)
     payload = old.payload
     signed = sign_instruction(
-        ADMIN_KEY, actor=ADMIN, type="credits.issue", now=parse_time(old.time),
+        ADMIN_KEY, registry=ORIGIN, actor=ADMIN, type="credits.issue",
+        now=parse_time(old.time),
         body={"report_id": "KH005-MR1", "vintage": 2024,
               "allocations": [{"account": "KH-GOV-1", "quantity": 7300}]},
     )
@@ -737,3 +750,67 @@ def test_an_entry_naming_another_actor_than_its_signer_is_found(
         seq, "actor_mismatch",
         "entry actor is jp-buyer, but the instruction is signed as kh-water",
     )]
+
+
+def test_an_instruction_signed_for_another_registry_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """kh-water signed a transfer for another registry, where it uses the same key; this
+    registry records it as its own. Everything else about it holds."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    end = len(bundle.envelopes)
+    body, effects = _water_transfer(600, 609)
+    forge(bundle, sqlite_bundle, end, kind="credits.transfer", actor="kh-water",
+          key=WATER_NEW_KEY, body=body, effects=effects,
+          signed_for="jp.carbon-registry.example/ledger")
+    assert failures(bundle, sqlite_bundle) == [(
+        end, "wrong_registry",
+        "credits.transfer: the instruction is for registry 'jp.carbon-registry.example/ledger', "
+        f"this ledger is {ORIGIN!r}",
+    )]
+
+
+def test_an_instruction_naming_no_registry_is_found_where_genesis_requires_one(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    end = len(bundle.envelopes)
+    body, effects = _water_transfer(600, 609)
+    forge(bundle, sqlite_bundle, end, kind="credits.transfer", actor="kh-water",
+          key=WATER_NEW_KEY, body=body, effects=effects, signed_for=None)
+    assert failures(bundle, sqlite_bundle) == [(
+        end, "wrong_registry",
+        "credits.transfer: the instruction names no registry; every instruction of this "
+        f"ledger must name {ORIGIN!r} (its genesis says so)",
+    )]
+
+
+def test_a_ledger_from_before_instructions_named_their_registry_still_verifies(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """A ledger written before the rule: its genesis does not ask for it, and no instruction
+    names a registry. It verifies; one instruction naming another registry is still found."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    world = sqlite_bundle.history.world
+    keys = {k.public_key.key_id: k for k in (*world.keys.values(), OLD_WATER_KEY)}
+    signer = sqlite_bundle.registry.signer
+    for seq in range(len(bundle.envelopes)):
+        old = bundle.entry(seq)
+        payload = old.payload
+        if seq == 0:
+            del payload["instructions_name_registry"]
+        else:
+            instruction = payload["instruction"]
+            payload.update(_signed_without_registry(instruction, keys[instruction["key_id"]]))
+        bundle.envelopes[seq] = seal_entry(
+            Entry(**{**old.to_json_value(), "payload": payload}), signer
+        )
+    bundle.reseal(signer)
+    bundle.resign(signer, ORIGIN)
+    path = bundle.write()
+    assert verify_bundle(path, registry_key=sqlite_bundle.key, workers=1).report.ok
+    end = len(bundle.envelopes)
+    body, effects = _water_transfer(600, 609)
+    forge(bundle, sqlite_bundle, end, kind="credits.transfer", actor="kh-water",
+          key=WATER_NEW_KEY, body=body, effects=effects, signed_for="jp.example/ledger")
+    assert [code for _, code, _ in failures(bundle, sqlite_bundle)] == ["wrong_registry"]

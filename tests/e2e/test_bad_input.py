@@ -233,18 +233,19 @@ def test_signatures_expiry_and_nonces(world: World) -> None:
             signed["signature"] = signature
             expect_error(water.post_signed(signed), status, code)
         # Signed by the buyer's key in the water utility's name: not a key of the actor.
-        forged = sign_instruction(world.keys["jp-buyer"], actor="kh-water",
+        forged = sign_instruction(world.keys["jp-buyer"], registry=world.origin, actor="kh-water",
                                   type="credits.transfer", body=transfer())
         error = expect_error(water.post_signed(forged), 401, "unauthenticated")
         assert "kh-water" in error["message"]
         # The buyer's key, naming the water utility's key id.
-        forged = sign_instruction(world.keys["jp-buyer"], actor="kh-water",
+        forged = sign_instruction(world.keys["jp-buyer"], registry=world.origin, actor="kh-water",
                                   type="credits.transfer", body=transfer())
         forged["instruction"]["key_id"] = world.keys["kh-water"].public_key.key_id
         expect_error(water.post_signed(forged), 401, "bad_signature")
         # A party the registry has never heard of, with a key it has never seen.
         stranger = SigningKey.from_seed(b"s" * 32)
-        unknown = sign_instruction(stranger, actor="kh-stranger", type="credits.transfer",
+        unknown = sign_instruction(stranger, registry=world.origin, actor="kh-stranger",
+                                   type="credits.transfer",
                                    body=transfer())
         error = expect_error(water.post_signed(unknown), 401, "unauthenticated")
         assert "kh-stranger" in error["message"]

@@ -70,7 +70,7 @@ def test_nobody_but_the_signer_learns_that_its_key_was_used(world: World) -> Non
     with world.unchanged():
         # Another party names the water utility as the actor, under its key "K-1": it is
         # refused as unauthenticated, not told that "K-1" was used, nor for which entry.
-        forged = sign_instruction(world.keys["jp-buyer"], actor="kh-water",
+        forged = sign_instruction(world.keys["jp-buyer"], registry=world.origin, actor="kh-water",
                                   type="credits.transfer", body=move(20))
         error = expect_error(http.post("/v1/transfers", json=forged,
                                        headers={"Idempotency-Key": "K-1"}),

@@ -153,8 +153,8 @@ def test_movement_refusals(world: World) -> None:
 def test_concurrent_transfers_never_overspend(world: World) -> None:
     """Eight holders' instructions race for 800 credits in 150s: five win, three are refused."""
     issue_jcm(world)
-    signed = [sign_instruction(world.keys["kh-water"], actor="kh-water", type="credits.transfer",
-                               body=transfer(150)) for _ in range(8)]
+    signed = [sign_instruction(world.keys["kh-water"], registry=world.origin, actor="kh-water",
+                               type="credits.transfer", body=transfer(150)) for _ in range(8)]
 
     def post(body: dict[str, Any]) -> httpx.Response:
         with httpx.Client(base_url=str(world.http.http.base_url), timeout=30) as client:

@@ -27,7 +27,8 @@ def test_holdings_are_private_to_holder_administrators_and_auditors(world: World
     assert "sign" in error["message"]
     # A signed read is bound to its path and its signer.
     client = world.http.http
-    headers = read_auth_headers(world.keys["kh-water"], actor="kh-water", method="GET",
+    headers = read_auth_headers(world.keys["kh-water"], registry=world.origin, actor="kh-water",
+                                method="GET",
                                 path="/v1/accounts/KH-WATER-1/holdings")
     expect_error(client.get("/v1/accounts/KH-WATER-1/holdings", params={"limit": 1},
                             headers=headers), 401, "bad_signature")

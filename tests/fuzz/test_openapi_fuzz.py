@@ -154,7 +154,7 @@ def _fuzz(operation: Any, budget: int) -> None:
     run()
 
 
-def _signed_by_admin(case: Any, kind: str, key: SigningKey) -> bool:
+def _signed_by_admin(case: Any, kind: str, key: SigningKey, origin: str) -> bool:
     """Replace the case's made-up signature with a real one by the administrator."""
     body = case.body
     if not (isinstance(body, dict) and isinstance(body.get("instruction"), dict)):
@@ -163,7 +163,7 @@ def _signed_by_admin(case: Any, kind: str, key: SigningKey) -> bool:
     if not isinstance(inner, dict):
         return False
     try:
-        case.body = sign_instruction(key, actor=ADMIN, type=kind, body=inner)
+        case.body = sign_instruction(key, registry=origin, actor=ADMIN, type=kind, body=inner)
     except CanonicalEncodingError:
         return False  # a value no client could sign; the plain fuzz covers it
     case.headers = {**(case.headers or {}), "Idempotency-Key": new_nonce()}
@@ -172,19 +172,21 @@ def _signed_by_admin(case: Any, kind: str, key: SigningKey) -> bool:
 
 def test_signed_instructions_reach_the_use_cases(
     api_schema: Any, ids: dict[str, str], admin_key: SigningKey, budget: int,
-    subtests: pytest.Subtests,
+    registry: Registry, subtests: pytest.Subtests,
 ) -> None:
     """Schema-valid bodies signed with a real key: each use case answers 200 or a 4xx."""
     for kind, path in INSTRUCTION_PATHS.items():
         with subtests.test(msg=kind):
-            _fuzz_signed(api_schema[path]["POST"], kind, admin_key, budget)
+            _fuzz_signed(api_schema[path]["POST"], kind, admin_key, budget, registry.origin)
 
 
-def _fuzz_signed(operation: Any, kind: str, key: SigningKey, budget: int) -> None:
+def _fuzz_signed(
+    operation: Any, kind: str, key: SigningKey, budget: int, origin: str
+) -> None:
     @_fuzz_settings(budget)
     @given(case=operation.as_strategy(GenerationMode.POSITIVE))
     def run(case: Any) -> None:
-        signed = _signed_by_admin(case, kind, key)
+        signed = _signed_by_admin(case, kind, key, origin)
         response = case.call()
         _validate(case, response)
         # The registry verifies exactly what its own client signs, whatever the body.
@@ -325,7 +327,8 @@ def test_reads_of_records_that_exist(api_schema: Any, world: World, ids: dict[st
         _validate(case, response)
     for account, reader in (("KH-WATER-1", "kh-water"), ("CANCELLATION", ADMIN)):
         target = f"/v1/accounts/{account}/holdings"
-        headers = read_auth_headers(world.keys[reader], actor=reader, method="GET", path=target)
+        headers = read_auth_headers(world.keys[reader], registry=world.origin, actor=reader,
+                                    method="GET", path=target)
         case = api_schema["/v1/accounts/{account_id}/holdings"]["GET"].Case(
             path_parameters={"account_id": account}, headers=headers
         )

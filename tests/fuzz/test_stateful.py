@@ -266,7 +266,8 @@ class CreditLedgerMachine(RuleBasedStateMachine):
             return ledger_repo.tree_size(session)
 
     def _sign(self, actor: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        return sign_instruction(self.keys[actor], actor=actor, type=kind, body=body)
+        return sign_instruction(self.keys[actor], registry=ORIGIN, actor=actor, type=kind,
+                                body=body)
 
     def accept(self, actor: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         """Submit; it must be accepted and append exactly one entry. Returns the effects."""

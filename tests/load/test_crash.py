@@ -87,7 +87,8 @@ class Mover:
         else:
             body["to_account"] = self.rng.choice([a for a in HOLDERS.values() if a != account])
             kind = "credits.transfer"
-        return sign_instruction(self.key, actor=self.party, type=kind, body=body)
+        return sign_instruction(self.key, registry=self.server.settings.origin, actor=self.party,
+                                type=kind, body=body)
 
     def run(self) -> None:
         try:

@@ -38,6 +38,7 @@ from registry.ledger import merkle
 from registry.ledger.entry import Entry, format_time, seal_entry
 from registry.ledger.keys import SigningKey, b64encode
 from registry.service.context import Registry
+from tests.conftest import ORIGIN
 from tests.load import (
     Ack,
     Stored,
@@ -114,7 +115,8 @@ class Racer:
 
     def sign(self) -> dict[str, Any]:
         kind, body = movement(self.rng, self.party, self.batches)
-        return sign_instruction(self.key, actor=self.party, type=kind, body=body)
+        return sign_instruction(self.key, registry=ORIGIN, actor=self.party, type=kind,
+                                body=body)
 
     def post(self, signed: dict[str, Any], key: str) -> httpx.Response | None:
         """Post, retrying the same key on a transport error; records what came back."""
@@ -223,7 +225,8 @@ def run_races(world: World, urls: list[str], ops: int) -> Outcomes:
             shared[pair] = []
             for _ in range(ops):
                 kind, body = movement(rng, party, batches)
-                signed = sign_instruction(world.keys[party], actor=party, type=kind, body=body)
+                signed = sign_instruction(world.keys[party], registry=world.origin, actor=party,
+                                          type=kind, body=body)
                 shared[pair].append((new_nonce(), signed))
             barriers[pair] = threading.Barrier(2, timeout=120)
         racers.append(Racer(i, urls[i % len(urls)], world.keys, batches, outcomes, ops,
@@ -289,7 +292,8 @@ def test_reads_under_load_are_snapshots(settings: Settings, registry: Registry,
         try:
             batch = issue_jcm(world, "KH004-MR1", BATCH_SIZE)
             key = world.keys["kh-water"]
-            signed = [sign_instruction(key, actor="kh-water", type="credits.transfer", body={
+            signed = [sign_instruction(key, registry=world.origin, actor="kh-water",
+                                       type="credits.transfer", body={
                 "account": "KH-WATER-1", "batch": batch, "quantity": 1,
                 "to_account": "JP-BUYER-1"}) for _ in range(240)]
 

@@ -113,8 +113,8 @@ def _transfers(server: ServerProcess, world: World, batch: str, n: int) -> list[
 
     def one(i: int) -> int:
         with httpx.Client(base_url=server.url, timeout=60) as http:
-            signed = sign_instruction(world.keys["kh-water"], actor="kh-water",
-                                      type="credits.transfer", body=body)
+            signed = sign_instruction(world.keys["kh-water"], registry=world.origin,
+                                      actor="kh-water", type="credits.transfer", body=body)
             response = http.post("/v1/transfers", json=signed,
                                  headers={"Idempotency-Key": f"t-{batch}-{i}-{time.time_ns()}"})
             return response.status_code
@@ -174,8 +174,9 @@ def test_while_no_writer_process_can_start_writes_are_refused_then_carried_out(
         batch = issue_jcm(world, "KH004-MR1", 1000)
         body = {"account": "KH-WATER-1", "batch": batch, "quantity": 5,
                 "to_account": "JP-BUYER-1"}
-        signed = [sign_instruction(world.keys["kh-water"], actor="kh-water",
-                                   type="credits.transfer", body=body) for _ in range(4)]
+        signed = [sign_instruction(world.keys["kh-water"], registry=world.origin,
+                                   actor="kh-water", type="credits.transfer", body=body)
+                  for _ in range(4)]
 
         def post(i: int) -> httpx.Response:
             with httpx.Client(base_url=server.url, timeout=60) as http:
@@ -238,7 +239,8 @@ def test_a_burst_of_requests_is_answered_and_the_server_stays_up(
         requests = []
         for i in range(BURST):
             data = json.dumps(sign_instruction(
-                world.keys["kh-water"], actor="kh-water", type="credits.transfer", body=body,
+                world.keys["kh-water"], registry=world.origin, actor="kh-water",
+                type="credits.transfer", body=body,
             )).encode()
             requests.append(
                 f"POST /v1/transfers HTTP/1.1\r\nHost: registry\r\n"
