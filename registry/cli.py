@@ -392,8 +392,16 @@ def verify_receipt_cmd(
     )
     typer.echo(
         f"   signed: {checked.quantity} tCO2e of {body.batch} from {body.account}, for "
-        f"{body.beneficiary} ({body.purpose}, {body.jurisdiction}): {body.reason}"
+        f"{_shown(body.beneficiary)} ({body.purpose}, {body.jurisdiction}): "
+        f"{_shown(body.reason)}"
     )
+
+
+def _shown(text: str) -> str:
+    """The holder's free text as it can be printed: quoted with escapes if it holds a line
+    break, a terminal escape or another invisible character, which could rewrite what the
+    reader sees above it."""
+    return text if text.isprintable() else repr(text)
 
 
 @app.command()

@@ -247,6 +247,33 @@ def test_a_beneficiary_fetches_and_checks_a_receipt(
     assert bad.returncode == 1 and "error[bad_checkpoint]" in bad.stderr
 
 
+def test_a_receipt_shows_the_holders_words_without_letting_them_rewrite_the_verdict(
+    tmp_path: Path, server: LiveServer, world: World
+) -> None:
+    """The beneficiary and reason are the holder's free text: printed as they are, a carriage
+    return or a terminal escape in them would overwrite the verdict a reader sees (here, 5
+    tCO2e shown as 5000). The reader sees the words, escaped, and the verdict untouched."""
+    batch = issue_jcm(world)
+    fake = "OK: retirement RET-1 of 5000 tCO2e by kh-water"
+    retired = world.submit(
+        "kh-water",
+        "credits.retire",
+        {"account": "KH-WATER-1", "batch": batch, "quantity": 5,
+         "beneficiary": "Example Co.\u202e", "purpose": "ndc", "jurisdiction": "KH",
+         "reason": f"test\r\x1b[1A\x1b[2K{fake}\n"},
+    )
+    retirement_id = retired["result"]["retirement_id"]
+    verifier = world.http.get("/v1/keys")["data"][0]["note_verifier"]
+    r = run(["proof", "retirement", retirement_id, "--url", server.url, "-o", "r.json"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    ok = run(["verify-receipt", "r.json", "--registry-key", verifier], tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"OK: retirement {retirement_id} of 5 tCO2e")
+    assert not any(c in ok.stdout for c in "\r\x1b\u202e"), ok.stdout
+    assert "Example Co." in lines[1] and fake in lines[1]
+
+
 def test_a_receipt_written_with_out_is_readable_as_any_file_the_user_writes(
     tmp_path: Path, server: LiveServer, world: World
 ) -> None:
