@@ -14,7 +14,6 @@ those need the ledger itself, which ``registry verify`` replays whole.
 
 from __future__ import annotations
 
-import base64
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +102,7 @@ def _registered_key(entry: Entry, party: str, key_id: str) -> PublicKey:
         candidates.append((body["party_id"], body["public_key"]))
     for owner, text in candidates:
         if owner == party and isinstance(text, str):
-            key = PublicKey(raw=base64.b64decode(text))
+            key = PublicKey.from_b64(text)
             if key.key_id == key_id:
                 return key
     raise MalformedError(f"entry {entry.seq} ({entry.kind}) registers no key {key_id} for {party}")

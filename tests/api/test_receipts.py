@@ -109,11 +109,9 @@ def test_unknown_retirement_has_no_receipt(world: World) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
-def _forged(registry: Registry, receipt: dict[str, Any], **change: Any) -> RetirementReceipt:
-    """``receipt`` as a dishonest registry could rebuild it: its retirement entry changed (and
-    sealed with the registry's own key), in a tree and checkpoint the registry signs anew."""
-    key_envelope = base64.b64decode(receipt["holder_key"]["envelope"])
-    old = entry_of(base64.b64decode(receipt["retirement"]["envelope"]))
+def _resealed(registry: Registry, envelope: str, change: dict[str, Any]) -> bytes:
+    """The entry in ``envelope`` with ``change`` made, sealed with the registry's own key."""
+    old = entry_of(base64.b64decode(envelope))
     payload = json.loads(json.dumps(old.payload))
     for path, value in change.items():
         *parents, last = path.split("__")
@@ -125,7 +123,23 @@ def _forged(registry: Registry, receipt: dict[str, Any], **change: Any) -> Retir
     if "actor" in change:
         fields["actor"] = change["actor"]
         del payload["actor"]
-    forged = seal_entry(Entry(**fields), registry.signer)
+    return seal_entry(Entry(**fields), registry.signer)
+
+
+def _forged(
+    registry: Registry,
+    receipt: dict[str, Any],
+    key_change: dict[str, Any] | None = None,
+    **change: Any,
+) -> RetirementReceipt:
+    """``receipt`` as a dishonest registry could rebuild it: its retirement entry (and with
+    ``key_change`` its key registration entry) changed and sealed with the registry's own key,
+    in a tree and checkpoint the registry signs anew."""
+    key_envelope = base64.b64decode(receipt["holder_key"]["envelope"])
+    if key_change:
+        key_envelope = _resealed(registry, receipt["holder_key"]["envelope"], key_change)
+    old = entry_of(base64.b64decode(receipt["retirement"]["envelope"]))
+    forged = _resealed(registry, receipt["retirement"]["envelope"], change)
     key_seq, seq = receipt["holder_key"]["seq"], old.seq
     tree = MemoryTree()
     for position in range(seq + 1):
@@ -235,6 +249,27 @@ def test_a_sealed_entry_of_the_wrong_shape_is_a_one_line_refusal(
 
     receipt = world.http.get(f"/v1/retirements/{_retire(world)}/receipt")
     forged = _forged(registry, receipt, **change)
+    with pytest.raises(RegistryError):
+        verify_receipt(forged, verifier=registry.note_verifier)
+    (tmp_path / "receipt.json").write_text(forged.model_dump_json())
+    r = run(["verify-receipt", "receipt.json", "--registry-key",
+             registry.note_verifier.verifier_string()], tmp_path)
+    assert_one_line_error(r)
+
+
+def test_a_sealed_key_registration_of_the_wrong_shape_is_a_one_line_refusal(
+    registry: Registry, world: World, tmp_path: Any
+) -> None:
+    """A key registration entry whose key for the holder is not base64 (sealed by a dishonest
+    registry) is refused like any forgery, not a binascii traceback."""
+    from tests.test_cli import run
+    from tests.test_cli_errors import assert_one_line_error
+
+    receipt = world.http.get(f"/v1/retirements/{_retire(world)}/receipt")
+    registered = entry_of(base64.b64decode(receipt["holder_key"]["envelope"]))
+    keys = registered.payload["instruction"]["body"]["public_keys"]
+    forged = _forged(registry, receipt, key_change={
+        "instruction__body__public_keys": ["not a key!", *keys]})
     with pytest.raises(RegistryError):
         verify_receipt(forged, verifier=registry.note_verifier)
     (tmp_path / "receipt.json").write_text(forged.model_dump_json())
