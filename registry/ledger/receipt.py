@@ -5,9 +5,10 @@ checkpoint the registry signed for that size; and, to show the holder (not only 
 asked for it, the entry that registered the holder's key, with its own inclusion proof. Checking
 it needs only the registry's checkpoint verifier key, obtained out of band.
 
-What it shows is what the holder signed: a retirement instruction by the entry's actor, unexpired
-at the entry's time, whose account, batch and quantity (or serial range) the recorded effects
-carry out. What it cannot show alone is the history of the holder's key between its
+What it shows is what the holder signed: a retirement instruction for this registry (the
+checkpoint's origin; an instruction of a ledger older than that rule names none) by the entry's
+actor, unexpired at the entry's time, whose account, batch and quantity (or serial range) the
+recorded effects carry out. What it cannot show alone is the history of the holder's key between its
 registration and the retirement (a revocation in between), nor who authorised the registration:
 those need the ledger itself, which ``registry verify`` replays whole.
 """
@@ -138,7 +139,7 @@ def _verify_receipt(receipt: RetirementReceipt, *, verifier: NoteVerifier) -> Ch
         b64decode_strict(entry.payload["signature"], what="holder signature"),
         canonical_bytes(instruction),
     )
-    body = _signed_retirement(entry, instruction)
+    body = _signed_retirement(entry, instruction, cp.origin)
     quantity = _carried_out(entry, body, effects)
     return CheckedReceipt(
         retirement_id=receipt.retirement_id,
@@ -151,12 +152,18 @@ def _verify_receipt(receipt: RetirementReceipt, *, verifier: NoteVerifier) -> Ch
     )
 
 
-def _signed_retirement(entry: Entry, instruction: dict[str, Any]) -> Retire:
-    """The retirement the holder signed, asked for by the entry's actor before it expired."""
+def _signed_retirement(entry: Entry, instruction: dict[str, Any], origin: str) -> Retire:
+    """The retirement the holder signed for registry ``origin``, asked for by the entry's actor
+    before it expired."""
     if instruction.get("type") != Retire.TYPE:
         raise MalformedError(
             f"entry {entry.seq}: the holder signed a {instruction.get('type')!r} instruction, "
             "not a retirement"
+        )
+    named = instruction.get("registry")
+    if named is not None and named != origin:
+        raise MalformedError(
+            f"entry {entry.seq}: the holder signed it for registry {named!r}, not {origin!r}"
         )
     if instruction.get("actor") != entry.actor:
         raise MalformedError(

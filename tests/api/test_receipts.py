@@ -179,6 +179,11 @@ def test_a_receipt_shows_only_what_the_holder_signed(registry: Registry, world: 
         body=instruction["instruction"]["body"],
         now=parse_time(honest.entry.time) - timedelta(hours=2), valid_for=timedelta(hours=1),
     )
+    elsewhere = sign_instruction(
+        buyer, registry="jp.carbon-registry.example/ledger", actor="jp-buyer",
+        type="credits.retire", body=instruction["instruction"]["body"],
+        now=parse_time(honest.entry.time),
+    )
     forgeries: dict[str, dict[str, Any]] = {
         "more retired than signed": {"effects__quantity": 4000,
                                      "effects__blocks": [{"start": 1, "end": 4000}]},
@@ -189,6 +194,8 @@ def test_a_receipt_shows_only_what_the_holder_signed(registry: Registry, world: 
                               "signature": transfer["signature"]},
         "expired before its entry": {"instruction": expired["instruction"],
                                      "signature": expired["signature"]},
+        "signed for another registry": {"instruction": elsewhere["instruction"],
+                                        "signature": elsewhere["signature"]},
     }
     for what, change in forgeries.items():
         with pytest.raises(RegistryError, match=f"entry {honest.entry.seq}"):
