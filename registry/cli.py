@@ -18,7 +18,7 @@ import typer
 
 from registry.api.paths import INSTRUCTION_PATHS
 from registry.audit_cli import export_cmd, load_settings, verify_cmd
-from registry.config import Settings
+from registry.config import Settings, is_origin
 from registry.errors import ConfigurationError, InvalidRequestError, RegistryError, first_line
 from registry.ledger.keys import PublicKey, SigningKey
 
@@ -217,6 +217,12 @@ def sign(
 
     if kind not in INSTRUCTION_PATHS:
         raise InvalidRequestError(f"unknown instruction type {kind!r}")
+    if not is_origin(registry):
+        # No registry has such an origin: every one would refuse the instruction.
+        raise InvalidRequestError(
+            "--registry must be the origin of a registry: 1 to 255 characters without spaces "
+            f"or '+', got {registry!r}"
+        )
     signed = sign_instruction(
         _read_party_key(key),
         registry=registry,

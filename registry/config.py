@@ -15,6 +15,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "passphrase"})
 
 
+def is_origin(value: str) -> bool:
+    """Whether a registry can have ``value`` as its origin: 1 to 255 characters, none of them
+    a space or ``+`` (the checkpoint verifier key is ``<origin>+<key id>+<key>``)."""
+    return 0 < len(value) <= 255 and not any(c.isspace() or c == "+" for c in value)
+
+
 class Settings(BaseSettings):
     """Where the registry keeps its ledger and key, and the name it signs checkpoints with."""
 
@@ -49,7 +55,7 @@ class Settings(BaseSettings):
     @field_validator("origin")
     @classmethod
     def _origin_is_one_line(cls, value: str) -> str:
-        if not value or len(value) > 255 or any(c.isspace() for c in value) or "+" in value:
+        if not is_origin(value):
             raise ValueError(
                 f"origin must be a name of 1 to 255 characters without spaces or '+', "
                 f"got {value!r}"

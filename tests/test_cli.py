@@ -204,6 +204,27 @@ def test_a_developer_signs_submits_and_reads_holdings(
     assert denied.returncode == 1 and "error[forbidden]" in denied.stderr
 
 
+@pytest.mark.parametrize("origin", ["", "kh registry", "kh+registry", "kh\tledger", "k" * 256])
+def test_sign_refuses_a_registry_no_registry_can_be_in_one_line(
+    tmp_path: Path, origin: str
+) -> None:
+    # Every registry would refuse what it signed (its origin could not be that): said now, not
+    # as a signed instruction that fails wherever it is submitted.
+    key_file = tmp_path / "party.pem"
+    key_file.write_bytes(SigningKey.generate().to_pem_unencrypted_unsafe())
+    (tmp_path / "body.json").write_text(json.dumps({"party_id": "kh-water", "key_id": "ab" * 32}))
+    sign = ["sign", "party.key_revoke", "body.json", "--actor", "kh-water", "--key", "party.pem"]
+    tries = [run([*sign, "--registry", origin], tmp_path)]
+    if origin:  # an empty REGISTRY_ORIGIN is as good as unset
+        tries.append(run(sign, tmp_path, REGISTRY_ORIGIN=origin))
+    for r in tries:
+        assert r.returncode == 1, r.stdout
+        assert r.stdout == ""
+        assert r.stderr.startswith("error[invalid_request]: --registry must be the origin of a "
+                                   "registry: 1 to 255 characters without spaces or '+', got ")
+        assert len(r.stderr.splitlines()) == 1
+
+
 @pytest.mark.parametrize("bad", ["{not json", '{"instruction": 1}'])
 def test_submit_refuses_what_is_not_a_signed_instruction(tmp_path: Path, bad: str) -> None:
     (tmp_path / "bad.json").write_text(bad)
