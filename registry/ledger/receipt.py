@@ -6,7 +6,8 @@ asked for it, the entry that registered the holder's key, with its own inclusion
 it needs only the registry's checkpoint verifier key, obtained out of band.
 
 What it shows is what the holder signed: a retirement instruction for this registry (the
-checkpoint's origin; an instruction of a ledger older than that rule names none) by the entry's
+checkpoint's origin; only an instruction of a ledger older than that rule names none, and not
+one that follows a key registration naming the registry) by the entry's
 actor, unexpired at the entry's time, whose account, batch and quantity (or serial range) the
 recorded effects carry out. What it cannot show alone is the history of the holder's key between its
 registration and the retirement (a revocation in between), nor who authorised the registration:
@@ -139,7 +140,7 @@ def _verify_receipt(receipt: RetirementReceipt, *, verifier: NoteVerifier) -> Ch
         b64decode_strict(entry.payload["signature"], what="holder signature"),
         canonical_bytes(instruction),
     )
-    body = _signed_retirement(entry, instruction, cp.origin)
+    body = _signed_retirement(entry, instruction, cp.origin, _names_registry(key_entry))
     quantity = _carried_out(entry, body, effects)
     return CheckedReceipt(
         retirement_id=receipt.retirement_id,
@@ -152,9 +153,21 @@ def _verify_receipt(receipt: RetirementReceipt, *, verifier: NoteVerifier) -> Ch
     )
 
 
-def _signed_retirement(entry: Entry, instruction: dict[str, Any], origin: str) -> Retire:
+def _names_registry(key_entry: Entry) -> bool:
+    """Whether the ledger of ``key_entry`` already had every instruction name its registry when
+    it registered the holder's key (so the later retirement must name it too)."""
+    if key_entry.kind == "registry.genesis":
+        return key_entry.payload.get("instructions_name_registry") is True
+    return key_entry.payload["instruction"].get("registry") is not None
+
+
+def _signed_retirement(
+    entry: Entry, instruction: dict[str, Any], origin: str, names_registry: bool
+) -> Retire:
     """The retirement the holder signed for registry ``origin``, asked for by the entry's actor
-    before it expired."""
+    before it expired. ``names_registry``: the ledger's instructions name their registry by
+    then, so one naming none was signed for another registry (an older one, where the holder
+    used the same key)."""
     if instruction.get("type") != Retire.TYPE:
         raise MalformedError(
             f"entry {entry.seq}: the holder signed a {instruction.get('type')!r} instruction, "
@@ -164,6 +177,11 @@ def _signed_retirement(entry: Entry, instruction: dict[str, Any], origin: str) -
     if named is not None and named != origin:
         raise MalformedError(
             f"entry {entry.seq}: the holder signed it for registry {named!r}, not {origin!r}"
+        )
+    if named is None and names_registry:
+        raise MalformedError(
+            f"entry {entry.seq}: the holder signed it for no registry, in a ledger whose "
+            f"instructions name {origin!r} since before the holder's key was registered"
         )
     if instruction.get("actor") != entry.actor:
         raise MalformedError(

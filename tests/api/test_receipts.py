@@ -11,9 +11,10 @@ import pytest
 
 from registry.client import sign_instruction
 from registry.errors import RegistryError
+from registry.ledger.canonical import canonical_bytes
 from registry.ledger.checkpoint import Checkpoint, NoteVerifier, sign_checkpoint
 from registry.ledger.entry import Entry, parse_time, seal_entry
-from registry.ledger.keys import SigningKey
+from registry.ledger.keys import SigningKey, b64encode
 from registry.ledger.merkle import MemoryTree, inclusion_proof, leaf_hash
 from registry.ledger.receipt import RetirementReceipt, verify_receipt
 from registry.service.context import Registry
@@ -184,6 +185,11 @@ def test_a_receipt_shows_only_what_the_holder_signed(registry: Registry, world: 
         type="credits.retire", body=instruction["instruction"]["body"],
         now=parse_time(honest.entry.time),
     )
+    # As the holder signs where instructions name no registry (a registry older than the rule,
+    # with the same key); this ledger's key registration names its registry, so its retirements do.
+    unbound = {**elsewhere["instruction"]}
+    del unbound["registry"]
+    unbound_signature = b64encode(buyer.sign(canonical_bytes(unbound)))
     forgeries: dict[str, dict[str, Any]] = {
         "more retired than signed": {"effects__quantity": 4000,
                                      "effects__blocks": [{"start": 1, "end": 4000}]},
@@ -196,6 +202,7 @@ def test_a_receipt_shows_only_what_the_holder_signed(registry: Registry, world: 
                                      "signature": expired["signature"]},
         "signed for another registry": {"instruction": elsewhere["instruction"],
                                         "signature": elsewhere["signature"]},
+        "signed for no registry": {"instruction": unbound, "signature": unbound_signature},
     }
     for what, change in forgeries.items():
         with pytest.raises(RegistryError, match=f"entry {honest.entry.seq}"):
