@@ -6,12 +6,12 @@ the same domain code the service runs (``registry.domain``), never a second impl
 
 * **authority**: the instruction inside the entry is of the entry's kind, for this registry
   (it names the genesis's origin; a ledger whose genesis predates that rule may hold
-  instructions that name none), by the entry's actor, signed (Ed25519 over
-  ``canonical_bytes(instruction)``) with a key that the ledger says belonged to that actor at
-  that seq (added before it, not revoked before it; keys come from genesis and
-  ``party.register``/``party.key_add``/``party.key_revoke``), unexpired at the entry's time and
-  not too far ahead, its nonce never used before by that party, and the actor holds the role
-  the use case needs;
+  instructions that name none, up to the first that names it), by the entry's actor, signed
+  (Ed25519 over ``canonical_bytes(instruction)``) with a key that the ledger says belonged to
+  that actor at that seq (added before it, not revoked before it; keys come from genesis and
+  ``party.register``/``party.key_add``/``party.key_revoke``), unexpired at the entry's time
+  and not too far ahead, its nonce never used before by that party, and the actor holds the
+  role the use case needs;
 * **rules**: the entry's effects are re-derived from the replayed state and the instruction body
   (``serials.take_lowest``/``take_range``/``allocate``, ``redd.compute_issuance``/
   ``compute_reversal``, the boundary overlap check) and any difference from the recorded effects
@@ -318,6 +318,9 @@ class ReplayedState:
         self.origin: str | None = None
         self.registry_key: PublicKey | None = None
         self.instructions_name_registry = False
+        #: The first entry whose instruction named this registry, in a ledger whose genesis
+        #: predates the rule: from there on the registry refused instructions naming none.
+        self.registry_named_since: int | None = None
         self.parties: dict[str, PartyState] = {}
         self.keys: dict[str, KeyState] = {}
         self.nonces: dict[str, dict[str, int]] = {}
@@ -871,6 +874,15 @@ class Replay:
                 f"{kind}: the instruction names no registry; every instruction of this ledger "
                 f"must name {state.origin!r} (its genesis says so)",
             )
+        elif named is None and state.registry_named_since is not None:
+            self.fail(
+                seq,
+                "wrong_registry",
+                f"{kind}: the instruction names no registry; the instructions of this ledger "
+                f"name {state.origin!r} since entry {state.registry_named_since}",
+            )
+        elif named is not None and state.registry_named_since is None:
+            state.registry_named_since = seq
         actor = instruction.actor
         if entry.actor != actor:
             self.fail(

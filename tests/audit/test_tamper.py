@@ -814,3 +814,40 @@ def test_a_ledger_from_before_instructions_named_their_registry_still_verifies(
     forge(bundle, sqlite_bundle, end, kind="credits.transfer", actor="kh-water",
           key=WATER_NEW_KEY, body=body, effects=effects, signed_for="jp.example/ledger")
     assert [code for _, code, _ in failures(bundle, sqlite_bundle)] == ["wrong_registry"]
+
+
+def test_an_instruction_naming_no_registry_is_found_once_the_ledger_named_it(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """A ledger begun before the rule, whose registry then took it up: it verifies, its
+    instructions naming no registry up to a point and this one after it. One naming none
+    after that point is what the party signed for another registry of the old kind, with the
+    same key: the registry of today refuses it, so it cannot be this registry's."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    world = sqlite_bundle.history.world
+    keys = {k.public_key.key_id: k for k in (*world.keys.values(), OLD_WATER_KEY)}
+    signer = sqlite_bundle.registry.signer
+    upgraded = len(bundle.envelopes) // 2
+    for seq in range(upgraded):
+        old = bundle.entry(seq)
+        payload = old.payload
+        if seq == 0:
+            del payload["instructions_name_registry"]
+        else:
+            instruction = payload["instruction"]
+            payload.update(_signed_without_registry(instruction, keys[instruction["key_id"]]))
+        bundle.envelopes[seq] = seal_entry(
+            Entry(**{**old.to_json_value(), "payload": payload}), signer
+        )
+    bundle.reseal(signer)
+    bundle.resign(signer, ORIGIN)
+    assert verify_bundle(bundle.write(), registry_key=sqlite_bundle.key, workers=1).report.ok
+    end = len(bundle.envelopes)
+    body, effects = _water_transfer(600, 609)
+    forge(bundle, sqlite_bundle, end, kind="credits.transfer", actor="kh-water",
+          key=WATER_NEW_KEY, body=body, effects=effects, signed_for=None)
+    assert failures(bundle, sqlite_bundle) == [(
+        end, "wrong_registry",
+        "credits.transfer: the instruction names no registry; the instructions of this ledger "
+        f"name {ORIGIN!r} since entry {upgraded}",
+    )]
