@@ -149,6 +149,34 @@ _LEDGER_LOCK = text_rows(
 _LOCK_NOT_AVAILABLE = "55P03"
 """PostgreSQL's SQLSTATE for a lock not obtained within ``lock_timeout``."""
 
+# The holder of the ledger's lock, if it has sat idle in its transaction for longer than a
+# write waits for the lock: a server stopped in the middle of a write (SIGSTOP, a paused VM,
+# a cut network), whose connection lives on and would hold every other server's writes for
+# as long. Ended, it rolls back, and the lock is free. (PostgreSQL's own
+# idle_in_transaction_session_timeout is not armed after a pipeline, which is how writes read.)
+# A two-key advisory lock is (classid, objid, objsubid 2); objid is the second key as an oid.
+_END_STUCK_HOLDER = text(
+    "SELECT pg_terminate_backend(a.pid) AS ended FROM pg_locks AS l "
+    "JOIN pg_stat_activity AS a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND l.classid::bigint = :k "
+    "AND l.objid::bigint = (hashtext(current_schema())::bigint & 4294967295) "
+    "AND a.state IN ('idle in transaction', 'idle in transaction (aborted)') "
+    "AND a.state_change < now() - current_setting('lock_timeout')::interval"
+)
+
+
+def _end_stuck_holder(engine: Engine) -> bool:
+    """End the ledger lock's holder if it is stuck (see ``_END_STUCK_HOLDER``); whether it was."""
+    try:
+        with engine.connect() as connection:
+            ended = connection.execute(_END_STUCK_HOLDER, {"k": LEDGER_LOCK_KEY}).scalars().all()
+            connection.commit()
+    except DBAPIError:
+        return False  # not allowed to (another role's backend), or the database is away
+    return any(ended)
+
 _BUSY = (
     "the ledger's lock stayed taken by another transaction (another server or a tool "
     "sharing the database?); nothing was done, and a retry with the same Idempotency-Key "
@@ -178,6 +206,13 @@ def _write_session(engine: Engine, reads: Sequence[Read]) -> Iterator[Session]:
         except DBAPIError as e:
             if not _lock_not_obtained(e):
                 raise
+            if is_postgres(engine) and _end_stuck_holder(engine):
+                raise RegistryBusyError(
+                    "the ledger's lock was held by a transaction left idle for longer than a "
+                    "write waits (a server stopped in the middle of a write?); that "
+                    "transaction was ended and nothing of it kept. Nothing was done here, and "
+                    "a retry with the same Idempotency-Key is safe"
+                ) from e
             raise RegistryBusyError(_BUSY) from e
         yield session
         if write_behind.pending(session):

@@ -12,6 +12,8 @@ import select
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -35,6 +37,7 @@ from registry.service.writer_process import (
     _Peers,
 )
 from registry.store.db import LEDGER_LOCK_KEY, make_engine
+from tests.conftest import ORIGIN
 from tests.load import ServerProcess
 from tests.load.test_writer_process import _gone, _spawned
 from tests.service.test_writer_pipe import _connect, _writer_side
@@ -144,7 +147,7 @@ def _oversized_signature_request(i: int) -> bytes:
     used to quote the whole signature, four bytes for each one received: 64 MiB of answer."""
     signed = {
         "instruction": {
-            "type": "credits.transfer", "actor": "kh-water",
+            "type": "credits.transfer", "registry": ORIGIN, "actor": "kh-water",
             "key_id": hashlib.sha256(b"k").hexdigest(), "nonce": f"n{i:030d}",
             "expires": "2030-01-01T00:00:00Z",
             "body": {"account": "KH-WATER-1", "batch": "B", "quantity": 1,
@@ -183,7 +186,8 @@ def test_three_requests_with_a_huge_bad_signature_do_not_stop_every_write(
             for sock in readable:
                 firsts[sockets.index(sock)] = sock.recv(1 << 16).split(b"\r\n", 1)[0]
         # Then an ordinary (small) instruction from anyone: refused, but answered.
-        small = {"instruction": {"type": "credits.transfer", "actor": "nobody",
+        small = {"instruction": {"type": "credits.transfer", "registry": ORIGIN,
+                                 "actor": "nobody",
                                  "key_id": "0" * 64, "nonce": "n" * 20,
                                  "expires": "2030-01-01T00:00:00Z",
                                  "body": {"account": "A", "batch": "B", "quantity": 1,
@@ -224,7 +228,7 @@ def test_the_writer_socket_falls_back_when_xdg_runtime_dir_cannot_be_used(
 
 
 def _small_refused_instruction() -> dict[str, object]:
-    return {"instruction": {"type": "credits.transfer", "actor": "nobody",
+    return {"instruction": {"type": "credits.transfer", "registry": ORIGIN, "actor": "nobody",
                             "key_id": "0" * 64, "nonce": "n" * 20,
                             "expires": "2030-01-01T00:00:00Z",
                             "body": {"account": "A", "batch": "B", "quantity": 1,
@@ -330,6 +334,54 @@ def test_a_write_waiting_for_the_ledger_lock_is_answered_in_bounded_time(
         assert retry.status_code == 401, retry.text
     finally:
         server.stop()
+
+
+_FROZEN_WRITER = """
+import sys, time
+from registry.store.db import make_engine, write_transaction
+engine = make_engine(sys.argv[1], lock_timeout=float(sys.argv[2]))
+with write_transaction(engine):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_server_frozen_inside_a_write_releases_the_ledger_lock_after_lock_timeout(
+    settings: Settings, registry: Registry, tmp_path: Path
+) -> None:
+    """A server stopped in the middle of a write (SIGSTOP, a VM paused, its network cut off)
+    kept the ledger's lock for as long as its connection lived: on PostgreSQL every other
+    server's writes were 503 until someone killed it. Now the first write that waits
+    ``lock_timeout`` for a holder idle in its transaction for longer ends that transaction
+    (503, a retry is safe), and the writes after it go on."""
+    if settings.database_url.startswith("sqlite"):
+        pytest.skip("SQLite's lock is the stopped process's own: it goes with that process")
+    server = ServerProcess(settings, tmp_path / "server.log",
+                           env={"REGISTRY_LOCK_TIMEOUT": "2"})
+    server.start()
+    frozen = subprocess.Popen(
+        [sys.executable, "-c", _FROZEN_WRITER, settings.database_url, "2"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert frozen.stdout is not None and frozen.stdout.readline() == "locked\n"
+        os.kill(frozen.pid, signal.SIGSTOP)
+        statuses: list[int] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            response = httpx.post(f"{server.url}/v1/transfers",
+                                  json=_small_refused_instruction(), timeout=30,
+                                  headers={"Idempotency-Key": "after-the-freeze"})
+            statuses.append(response.status_code)
+            if response.status_code != 503:
+                break
+        # Refused (the party is unknown), but by a write that got the ledger's lock.
+        assert statuses == [503, 401], (statuses, response.text)
+        assert frozen.poll() is None  # the stopped server is still there, its write undone
+    finally:
+        server.stop()
+        frozen.kill()
+        frozen.wait()
 
 
 # --- a client that never finishes its request -------------------------------------------------
