@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from registry.config import Settings
 from registry.ledger.checkpoint import NoteVerifier
 from registry.ledger.keys import SigningKey
+from registry.service.context import Registry
 from tests.conftest import ORIGIN
 from tests.helpers import LiveServer
 from tests.world import World, issue_jcm
@@ -156,6 +158,31 @@ def test_serve_without_a_registry_says_why_in_one_line_and_leaves_nothing(tmp_pa
             "run `registry init` first"
         ]
         assert os.listdir(runtime) == []  # no writer socket left behind
+
+
+def test_serve_refuses_a_ledger_under_another_origin_or_key(
+    tmp_path: Path, settings: Settings, registry: Registry
+) -> None:
+    """A changed REGISTRY_ORIGIN or a key file of another registry: the server would sign what
+    no auditor of this ledger accepts, and refuse every instruction signed for it."""
+    other_key = tmp_path / "other-key.pem"
+    other_key.write_bytes(SigningKey.generate().to_pem_unencrypted_unsafe())
+    ours = {"REGISTRY_DATABASE_URL": settings.database_url,
+            "REGISTRY_KEY_FILE": str(settings.key_file), "REGISTRY_ORIGIN": ORIGIN}
+    key_id = registry.signer.public_key.key_id
+    for change, message in (
+        ({"REGISTRY_ORIGIN": "kh.carbon-registry.example/ledger"},
+         f"this ledger's origin is {ORIGIN!r}, not 'kh.carbon-registry.example/ledger': set "
+         f"REGISTRY_ORIGIN={ORIGIN}"),
+        ({"REGISTRY_KEY_FILE": str(other_key)},
+         f"the key at {other_key} is not this ledger's registry key ({key_id}): check "
+         "REGISTRY_KEY_FILE"),
+    ):
+        with tempfile.TemporaryDirectory(prefix="run-") as runtime:
+            r = run(["serve", "--port", "1"], tmp_path, XDG_RUNTIME_DIR=runtime,
+                    **{**ours, **change})
+        assert r.returncode == 1
+        assert r.stderr.splitlines() == [f"error[configuration_error]: {message}"]
 
 
 def test_a_developer_signs_submits_and_reads_holdings(

@@ -18,7 +18,6 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from registry.errors import ConfigurationError, RegistryError
 from registry.ledger.bundle import (
     BundleHeader,
     BundlePartyKey,
@@ -27,10 +26,10 @@ from registry.ledger.bundle import (
     atomic_output,
 )
 from registry.ledger.checkpoint import NoteVerifier
-from registry.ledger.dsse import Envelope
-from registry.ledger.entry import Entry, envelope_time, format_time
+from registry.ledger.entry import envelope_time, format_time
 from registry.ledger.keys import PublicKey, b64encode
 from registry.service.context import Registry, utc_now
+from registry.service.setup import genesis_origin
 from registry.store import ledger_repo
 from registry.store.db import read_session
 from registry.store.tables import LedgerEntry, PartyKeyRow
@@ -45,21 +44,6 @@ class ExportResult:
     checkpoints: int
     party_keys: int
     bytes: int
-
-
-def _origin_from_genesis(session: Session) -> str:
-    """The origin genesis names; the exporter reads it without verifying (it is the operator)."""
-    row = ledger_repo.entry_at(session, 0)
-    if row is None:
-        raise ConfigurationError("the ledger is empty: initialise the registry first")
-    try:
-        entry = Entry.from_bytes(Envelope.from_bytes(row.envelope).payload)
-        origin = entry.payload["origin"]
-    except (RegistryError, KeyError) as e:
-        raise ConfigurationError("cannot read the origin from the genesis entry") from e
-    if not isinstance(origin, str):
-        raise ConfigurationError("the genesis entry names no origin")
-    return origin
 
 
 def _entries(session: Session, size: int) -> Iterator[tuple[int, bytes]]:
@@ -157,7 +141,7 @@ def export_bundle(
     with read_session(engine) as session:
         end = ledger_repo.head(session)
         size = end.size
-        origin = source.origin if isinstance(source, Registry) else _origin_from_genesis(session)
+        origin = source.origin if isinstance(source, Registry) else genesis_origin(session)
         exported_at = format_time(now())
         if end.last_envelope is not None:
             # Never before the last entry, even with this machine's clock behind the

@@ -19,7 +19,9 @@ from sqlmodel import Session
 
 from registry.config import Settings
 from registry.domain.instructions import RegisterParty
-from registry.errors import ConfigurationError
+from registry.errors import ConfigurationError, RegistryError
+from registry.ledger.dsse import Envelope
+from registry.ledger.entry import Entry
 from registry.ledger.keys import PublicKey, SigningKey
 from registry.service.context import Registry, utc_now
 from registry.service.ledger import append_entry, b64
@@ -65,9 +67,49 @@ def open_registry(
     engine = make_engine(settings.database_url, lock_timeout=settings.lock_timeout)
     if migrate_schema:
         migrate(engine)
-    return Registry(
+    registry = Registry(
         engine=engine, signer=load_signing_key(settings), origin=settings.origin, clock=clock
     )
+    with read_session(engine) as session:
+        _refuse_another_ledgers_name_or_key(session, settings, registry)
+    return registry
+
+
+def _refuse_another_ledgers_name_or_key(
+    session: Session, settings: Settings, registry: Registry
+) -> None:
+    """Refuse to serve a ledger under another origin or key than its own (a changed setting, a
+    key file of another registry): its checkpoints and entries would then be signed as no
+    auditor of this ledger accepts, and every instruction signed for it refused."""
+    if ledger_repo.tree_size(session) == 0:
+        return
+    origin = genesis_origin(session)
+    if origin != settings.origin:
+        raise ConfigurationError(
+            f"this ledger's origin is {origin!r}, not {settings.origin!r}: set "
+            f"REGISTRY_ORIGIN={origin}"
+        )
+    current = [k.key_id for k in ledger_repo.registry_keys(session) if k.valid_until_seq is None]
+    if registry.signer.public_key.key_id not in current:
+        raise ConfigurationError(
+            f"the key at {settings.key_file} is not this ledger's registry key "
+            f"({', '.join(current) or 'none'}): check REGISTRY_KEY_FILE"
+        )
+
+
+def genesis_origin(session: Session) -> str:
+    """The origin genesis names (read without verifying: the reader is the operator)."""
+    row = ledger_repo.entry_at(session, 0)
+    if row is None:
+        raise ConfigurationError("the ledger is empty: initialise the registry first")
+    try:
+        entry = Entry.from_bytes(Envelope.from_bytes(row.envelope).payload)
+        origin = entry.payload["origin"]
+    except (RegistryError, KeyError) as e:
+        raise ConfigurationError("cannot read the origin from the genesis entry") from e
+    if not isinstance(origin, str):
+        raise ConfigurationError("the genesis entry names no origin")
+    return origin
 
 
 def preflight(settings: Settings, *, insecure_dev_key: bool) -> Engine:
