@@ -437,9 +437,14 @@ def audit(
     """
     import time
 
-    from registry.client import RegistryClient
     from registry.ledger.checkpoint import NoteVerifier
-    from registry.monitor import MonitorAlarm, MonitorState, MonitorUnavailable, check_round
+    from registry.monitor import (
+        MonitorAlarm,
+        MonitorState,
+        MonitorUnavailable,
+        check_round,
+        monitor_client,
+    )
 
     # Checked here, not by the option parser, whose errors exit 2: an alarm's exit code.
     if not registry_key:
@@ -450,7 +455,7 @@ def audit(
     if not 0 < timeout < float("inf"):
         raise InvalidRequestError(f"--timeout must be a number of seconds above 0, got {timeout}")
     verifier = NoteVerifier.parse(registry_key)
-    http = RegistryClient.connect(url, timeout=min(30, timeout)).http
+    http = monitor_client(url, timeout=min(30, timeout))
     for n in range(rounds):
         try:
             new_state, done = check_round(

@@ -16,8 +16,11 @@ signatures, supply, double spending) is for ``registry verify``, which replays a
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
+import socket
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,6 +77,17 @@ class Answer:
         return json.loads(self.content)
 
 
+def monitor_client(url: str, *, timeout: float) -> httpx.Client:
+    """The monitor's HTTP client: a connection per request, so that :func:`_get` holds the
+    socket of each answer it waits for (no redirect is followed: the registry is pinned)."""
+    return httpx.Client(
+        base_url=url,
+        timeout=timeout,
+        limits=httpx.Limits(max_keepalive_connections=0),
+        follow_redirects=False,
+    )
+
+
 def _get(
     http: httpx.Client,
     path: str,
@@ -82,10 +96,31 @@ def _get(
     seconds: float = ANSWER_SECONDS,
 ) -> Answer:
     """``GET path``; a transport failure, a server error, or an answer that takes longer than
-    ``seconds`` or holds more than :data:`MAX_ANSWER_BYTES` is :class:`MonitorUnavailable`."""
+    ``seconds`` or holds more than :data:`MAX_ANSWER_BYTES` is :class:`MonitorUnavailable`.
+
+    The time is the whole answer's, its status line and headers included: a registry that
+    trickles them a byte at a time, each within the client's timeout, has its connection cut
+    at the deadline (``http`` from :func:`monitor_client`: the connection is the request's)."""
     deadline = time.monotonic() + seconds
+    sockets: list[Any] = []
+    late = threading.Event()
+
+    def trace(event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete":
+            sockets.append(info["return_value"].get_extra_info("socket"))
+
+    def hang_up() -> None:
+        late.set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):  # closed already
+                sock.shutdown(socket.SHUT_RDWR)
+
+    too_late = MonitorUnavailable(f"the registry took more than {seconds:g} s to answer {path}")
+    timer = threading.Timer(seconds, hang_up)
+    timer.daemon = True
+    timer.start()
     try:
-        with http.stream("GET", path, params=params) as response:
+        with http.stream("GET", path, params=params, extensions={"trace": trace}) as response:
             status = response.status_code
             if status >= 500 or status in (408, 429):
                 # A server error, a timeout or a rate limit (as a proxy in front may answer)
@@ -99,11 +134,13 @@ def _get(
                         f"the registry's answer to {path} holds more than {MAX_ANSWER_BYTES} bytes"
                     )
                 if time.monotonic() > deadline:
-                    raise MonitorUnavailable(
-                        f"the registry took more than {seconds:g} s to answer {path}"
-                    )
+                    raise too_late
     except httpx.HTTPError as e:
+        if late.is_set():
+            raise too_late from e
         raise MonitorUnavailable(f"cannot reach the registry ({path}): {e}") from e
+    finally:
+        timer.cancel()
     return Answer(status, bytes(body))
 
 
