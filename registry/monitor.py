@@ -126,6 +126,14 @@ def _get(
                 # A server error, a timeout or a rate limit (as a proxy in front may answer)
                 # says nothing about the log: the round is not checked.
                 raise MonitorUnavailable(f"the registry answered {status} to {path}")
+            if response.headers.get("content-type", "").startswith("text/html"):
+                # The registry answers JSON or plain text, never a web page: this is something
+                # in between (a captive portal, a proxy's error page), which says nothing
+                # about the log. A registry serving pages instead is as good as unreachable.
+                raise MonitorUnavailable(
+                    f"a web page answered {path}, not the registry (a captive portal or a "
+                    f"proxy in between?)"
+                )
             body = bytearray()
             for chunk in response.iter_bytes():
                 body += chunk

@@ -305,6 +305,24 @@ def test_a_registry_that_trickles_its_headers_cannot_hold_the_monitor_for_ever(
     assert not state.exists()
 
 
+def test_a_web_page_in_between_is_no_alarm(registry: Registry, tmp_path: Path) -> None:
+    """A captive portal or a proxy answering 200 with its own page: the registry was not
+    reached, which is a round not checked, never an alarm against it."""
+
+    def portal(handler: BaseHTTPRequestHandler) -> None:
+        page = b"<html><body>Sign in to the hotel Wi-Fi</body></html>"
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/html; charset=utf-8")
+        handler.send_header("Content-Length", str(len(page)))
+        handler.end_headers()
+        handler.wfile.write(page)
+
+    with loopback_http(_serving(portal)) as url:
+        r = audit(url, registry, tmp_path / "monitor.json")
+    assert r.returncode == 1 and "ALARM" not in r.stderr, r.stderr
+    assert "a web page answered /v1/checkpoint, not the registry" in r.stderr, r.stderr
+
+
 def test_a_huge_answer_is_not_read_whole(registry: Registry, tmp_path: Path) -> None:
     """An answer far larger than any the registry gives is not kept in memory to the end."""
 
