@@ -43,8 +43,9 @@ class Settings(BaseSettings):
     lock_timeout: float = Field(default=30.0, gt=0)
     """Seconds a write waits for the ledger's lock (SQLite's write lock, PostgreSQL's advisory
     lock: another server or tool sharing the database holds it) before it is answered 503
-    ``registry_busy``: a retry is safe. On PostgreSQL a holder idle in its transaction for longer
-    (a server stopped in the middle of a write) is then ended: keep it above the longest write."""
+    ``registry_busy``: a retry is safe. On PostgreSQL a holder idle in its transaction for twice
+    as long (a server stopped in the middle of a write) is then ended: keep it above half the
+    longest write."""
 
     @field_validator("key_passphrase")
     @classmethod

@@ -351,9 +351,9 @@ def test_a_server_frozen_inside_a_write_releases_the_ledger_lock_after_lock_time
 ) -> None:
     """A server stopped in the middle of a write (SIGSTOP, a VM paused, its network cut off)
     kept the ledger's lock for as long as its connection lived: on PostgreSQL every other
-    server's writes were 503 until someone killed it. Now the first write that waits
-    ``lock_timeout`` for a holder idle in its transaction for longer ends that transaction
-    (503, a retry is safe), and the writes after it go on."""
+    server's writes were 503 until someone killed it. Now a write that waits ``lock_timeout``
+    for a holder idle in its transaction for twice as long ends that transaction (503, a retry
+    is safe), and the writes after it go on."""
     if settings.database_url.startswith("sqlite"):
         pytest.skip("SQLite's lock is the stopped process's own: it goes with that process")
     server = ServerProcess(settings, tmp_path / "server.log",
@@ -376,7 +376,8 @@ def test_a_server_frozen_inside_a_write_releases_the_ledger_lock_after_lock_time
             if response.status_code != 503:
                 break
         # Refused (the party is unknown), but by a write that got the ledger's lock.
-        assert statuses == [503, 401], (statuses, response.text)
+        # Two waits of 2 s (one on a slow machine) make the holder idle for 4 s.
+        assert statuses in ([503, 503, 401], [503, 401]), (statuses, response.text)
         assert frozen.poll() is None  # the stopped server is still there, its write undone
     finally:
         server.stop()
