@@ -258,17 +258,8 @@ def test_a_sealed_entry_of_the_wrong_shape_is_a_one_line_refusal(
     """A dishonest registry seals whatever it likes: a retirement entry whose effects or
     instruction are not objects is refused like any forgery (RegistryError; the CLI's one
     line), not an AttributeError/TypeError traceback."""
-    from tests.test_cli import run
-    from tests.test_cli_errors import assert_one_line_error
-
     receipt = world.http.get(f"/v1/retirements/{_retire(world)}/receipt")
-    forged = _forged(registry, receipt, **change)
-    with pytest.raises(RegistryError):
-        verify_receipt(forged, verifier=registry.note_verifier)
-    (tmp_path / "receipt.json").write_text(forged.model_dump_json())
-    r = run(["verify-receipt", "receipt.json", "--registry-key",
-             registry.note_verifier.verifier_string()], tmp_path)
-    assert_one_line_error(r)
+    _refused_in_one_line(_forged(registry, receipt, **change), registry, tmp_path)
 
 
 def test_a_sealed_key_registration_of_the_wrong_shape_is_a_one_line_refusal(
@@ -276,14 +267,19 @@ def test_a_sealed_key_registration_of_the_wrong_shape_is_a_one_line_refusal(
 ) -> None:
     """A key registration entry whose key for the holder is not base64 (sealed by a dishonest
     registry) is refused like any forgery, not a binascii traceback."""
-    from tests.test_cli import run
-    from tests.test_cli_errors import assert_one_line_error
-
     receipt = world.http.get(f"/v1/retirements/{_retire(world)}/receipt")
     registered = entry_of(base64.b64decode(receipt["holder_key"]["envelope"]))
     keys = registered.payload["instruction"]["body"]["public_keys"]
     forged = _forged(registry, receipt, key_change={
         "instruction__body__public_keys": ["not a key!", *keys]})
+    _refused_in_one_line(forged, registry, tmp_path)
+
+
+def _refused_in_one_line(forged: RetirementReceipt, registry: Registry, tmp_path: Any) -> None:
+    """``forged`` is refused: a RegistryError, and `registry verify-receipt`'s one line."""
+    from tests.test_cli import run
+    from tests.test_cli_errors import assert_one_line_error
+
     with pytest.raises(RegistryError):
         verify_receipt(forged, verifier=registry.note_verifier)
     (tmp_path / "receipt.json").write_text(forged.model_dump_json())

@@ -94,6 +94,28 @@ def _signed_without_registry(instruction: dict[str, Any], key: SigningKey) -> di
     return {"instruction": legacy, "signature": b64encode(key.sign(canonical_bytes(legacy)))}
 
 
+def _from_before_the_rule(bundle: RawBundle, exported: Exported, upgraded: int) -> None:
+    """``bundle`` as a ledger begun before instructions named their registry: its genesis does
+    not ask for it, and its instructions before ``upgraded`` name none (each signed again by
+    its party's key); then it is sealed and checkpointed again by the registry."""
+    world = exported.history.world
+    keys = {k.public_key.key_id: k for k in (*world.keys.values(), OLD_WATER_KEY)}
+    signer = exported.registry.signer
+    for seq in range(upgraded):
+        old = bundle.entry(seq)
+        payload = old.payload
+        if seq == 0:
+            del payload["instructions_name_registry"]
+        else:
+            instruction = payload["instruction"]
+            payload.update(_signed_without_registry(instruction, keys[instruction["key_id"]]))
+        bundle.envelopes[seq] = seal_entry(
+            Entry(**{**old.to_json_value(), "payload": payload}), signer
+        )
+    bundle.reseal(signer)
+    bundle.resign(signer, ORIGIN)
+
+
 def test_the_untouched_bundle_passes(sqlite_bundle: Exported, tmp_path: Path) -> None:
     bundle = sqlite_bundle.copy(tmp_path)
     report = verify_bundle(bundle.write(), registry_key=sqlite_bundle.key, workers=1).report
@@ -791,24 +813,8 @@ def test_a_ledger_from_before_instructions_named_their_registry_still_verifies(
     """A ledger written before the rule: its genesis does not ask for it, and no instruction
     names a registry. It verifies; one instruction naming another registry is still found."""
     bundle = sqlite_bundle.copy(tmp_path)
-    world = sqlite_bundle.history.world
-    keys = {k.public_key.key_id: k for k in (*world.keys.values(), OLD_WATER_KEY)}
-    signer = sqlite_bundle.registry.signer
-    for seq in range(len(bundle.envelopes)):
-        old = bundle.entry(seq)
-        payload = old.payload
-        if seq == 0:
-            del payload["instructions_name_registry"]
-        else:
-            instruction = payload["instruction"]
-            payload.update(_signed_without_registry(instruction, keys[instruction["key_id"]]))
-        bundle.envelopes[seq] = seal_entry(
-            Entry(**{**old.to_json_value(), "payload": payload}), signer
-        )
-    bundle.reseal(signer)
-    bundle.resign(signer, ORIGIN)
-    path = bundle.write()
-    assert verify_bundle(path, registry_key=sqlite_bundle.key, workers=1).report.ok
+    _from_before_the_rule(bundle, sqlite_bundle, len(bundle.envelopes))
+    assert verify_bundle(bundle.write(), registry_key=sqlite_bundle.key, workers=1).report.ok
     end = len(bundle.envelopes)
     body, effects = _water_transfer(600, 609)
     forge(bundle, sqlite_bundle, end, kind="credits.transfer", actor="kh-water",
@@ -824,23 +830,8 @@ def test_an_instruction_naming_no_registry_is_found_once_the_ledger_named_it(
     after that point is what the party signed for another registry of the old kind, with the
     same key: the registry of today refuses it, so it cannot be this registry's."""
     bundle = sqlite_bundle.copy(tmp_path)
-    world = sqlite_bundle.history.world
-    keys = {k.public_key.key_id: k for k in (*world.keys.values(), OLD_WATER_KEY)}
-    signer = sqlite_bundle.registry.signer
     upgraded = len(bundle.envelopes) // 2
-    for seq in range(upgraded):
-        old = bundle.entry(seq)
-        payload = old.payload
-        if seq == 0:
-            del payload["instructions_name_registry"]
-        else:
-            instruction = payload["instruction"]
-            payload.update(_signed_without_registry(instruction, keys[instruction["key_id"]]))
-        bundle.envelopes[seq] = seal_entry(
-            Entry(**{**old.to_json_value(), "payload": payload}), signer
-        )
-    bundle.reseal(signer)
-    bundle.resign(signer, ORIGIN)
+    _from_before_the_rule(bundle, sqlite_bundle, upgraded)
     assert verify_bundle(bundle.write(), registry_key=sqlite_bundle.key, workers=1).report.ok
     end = len(bundle.envelopes)
     body, effects = _water_transfer(600, 609)
