@@ -774,17 +774,24 @@ def test_an_entry_naming_another_actor_than_its_signer_is_found(
     )]
 
 
+def _water_transfer_signed_for(
+    bundle: RawBundle, exported: Exported, registry: str | None
+) -> int:
+    """Append a transfer kh-water signed (serials 600-609) naming ``registry``; its seq."""
+    end = len(bundle.envelopes)
+    body, effects = _water_transfer(600, 609)
+    forge(bundle, exported, end, kind="credits.transfer", actor="kh-water",
+          key=WATER_NEW_KEY, body=body, effects=effects, signed_for=registry)
+    return end
+
+
 def test_an_instruction_signed_for_another_registry_is_found(
     sqlite_bundle: Exported, tmp_path: Path
 ) -> None:
     """kh-water signed a transfer for another registry, where it uses the same key; this
     registry records it as its own. Everything else about it holds."""
     bundle = sqlite_bundle.copy(tmp_path)
-    end = len(bundle.envelopes)
-    body, effects = _water_transfer(600, 609)
-    forge(bundle, sqlite_bundle, end, kind="credits.transfer", actor="kh-water",
-          key=WATER_NEW_KEY, body=body, effects=effects,
-          signed_for="jp.carbon-registry.example/ledger")
+    end = _water_transfer_signed_for(bundle, sqlite_bundle, "jp.carbon-registry.example/ledger")
     assert failures(bundle, sqlite_bundle) == [(
         end, "wrong_registry",
         "credits.transfer: the instruction is for registry 'jp.carbon-registry.example/ledger', "
@@ -796,10 +803,7 @@ def test_an_instruction_naming_no_registry_is_found_where_genesis_requires_one(
     sqlite_bundle: Exported, tmp_path: Path
 ) -> None:
     bundle = sqlite_bundle.copy(tmp_path)
-    end = len(bundle.envelopes)
-    body, effects = _water_transfer(600, 609)
-    forge(bundle, sqlite_bundle, end, kind="credits.transfer", actor="kh-water",
-          key=WATER_NEW_KEY, body=body, effects=effects, signed_for=None)
+    end = _water_transfer_signed_for(bundle, sqlite_bundle, None)
     assert failures(bundle, sqlite_bundle) == [(
         end, "wrong_registry",
         "credits.transfer: the instruction names no registry; every instruction of this "
@@ -815,10 +819,7 @@ def test_a_ledger_from_before_instructions_named_their_registry_still_verifies(
     bundle = sqlite_bundle.copy(tmp_path)
     _from_before_the_rule(bundle, sqlite_bundle, len(bundle.envelopes))
     assert verify_bundle(bundle.write(), registry_key=sqlite_bundle.key, workers=1).report.ok
-    end = len(bundle.envelopes)
-    body, effects = _water_transfer(600, 609)
-    forge(bundle, sqlite_bundle, end, kind="credits.transfer", actor="kh-water",
-          key=WATER_NEW_KEY, body=body, effects=effects, signed_for="jp.example/ledger")
+    _water_transfer_signed_for(bundle, sqlite_bundle, "jp.example/ledger")
     assert [code for _, code, _ in failures(bundle, sqlite_bundle)] == ["wrong_registry"]
 
 
@@ -833,10 +834,7 @@ def test_an_instruction_naming_no_registry_is_found_once_the_ledger_named_it(
     upgraded = len(bundle.envelopes) // 2
     _from_before_the_rule(bundle, sqlite_bundle, upgraded)
     assert verify_bundle(bundle.write(), registry_key=sqlite_bundle.key, workers=1).report.ok
-    end = len(bundle.envelopes)
-    body, effects = _water_transfer(600, 609)
-    forge(bundle, sqlite_bundle, end, kind="credits.transfer", actor="kh-water",
-          key=WATER_NEW_KEY, body=body, effects=effects, signed_for=None)
+    end = _water_transfer_signed_for(bundle, sqlite_bundle, None)
     assert failures(bundle, sqlite_bundle) == [(
         end, "wrong_registry",
         "credits.transfer: the instruction names no registry; the instructions of this ledger "
