@@ -185,6 +185,31 @@ def test_serve_refuses_a_ledger_under_another_origin_or_key(
         assert r.stderr.splitlines() == [f"error[configuration_error]: {message}"]
 
 
+def test_serve_and_init_refuse_a_database_a_newer_version_upgraded(
+    tmp_path: Path, settings: Settings, registry: Registry
+) -> None:
+    """The software rolled back under a database a newer version migrated: a schema it does not
+    know is refused in one line, and the database is left as it is."""
+    from sqlalchemy import text
+
+    with registry.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    ours = {"REGISTRY_DATABASE_URL": settings.database_url,
+            "REGISTRY_KEY_FILE": str(settings.key_file), "REGISTRY_ORIGIN": ORIGIN}
+    for args in (["serve", "--port", "1"], ["init", "--insecure-dev-key"]):
+        with tempfile.TemporaryDirectory(prefix="run-") as runtime:
+            r = run(args, tmp_path, XDG_RUNTIME_DIR=runtime, **ours)
+        assert r.returncode == 1, r.stderr
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1, r.stderr
+        assert lines[0].startswith("error[configuration_error]: the database's schema is at "
+                                   "revision 0099, which this version of the registry does not "
+                                   "know"), r.stderr
+    with registry.engine.begin() as connection:
+        version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    assert version == "0099"
+
+
 def test_a_developer_signs_submits_and_reads_holdings(
     tmp_path: Path, server: LiveServer, world: World
 ) -> None:

@@ -258,8 +258,27 @@ def migrate(engine: Engine) -> None:
     # schema's version and then fail to write ("database is locked"). The one that waited
     # finds the schema up to date.
     with write_transaction(engine) as session:
-        cfg.attributes["connection"] = session.connection()
+        connection = session.connection()
+        _refuse_a_newer_schema(cfg, connection)
+        cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+
+
+def _refuse_a_newer_schema(cfg: Config, connection: Any) -> None:
+    """Refuse a database whose schema a newer version of the registry migrated (the software
+    was rolled back under it): this code does not know its tables, and must not run on them."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(cfg)
+    known = {s.revision for s in script.walk_revisions()}
+    for revision in MigrationContext.configure(connection).get_current_heads():
+        if revision not in known:
+            raise ConfigurationError(
+                f"the database's schema is at revision {revision}, which this version of the "
+                f"registry does not know (it knows up to {script.get_current_head()}): a newer "
+                "version upgraded it; run that version, or a newer one"
+            )
 
 
 def schema_url(base_url: str, schema: str) -> str:
