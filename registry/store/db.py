@@ -257,11 +257,18 @@ def migrate(engine: Engine) -> None:
     # one database would otherwise each create the same tables, or (SQLite) both read the
     # schema's version and then fail to write ("database is locked"). The one that waited
     # finds the schema up to date.
-    with write_transaction(engine) as session:
-        connection = session.connection()
-        _refuse_a_newer_schema(cfg, connection)
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
+    try:
+        with write_transaction(engine) as session:
+            connection = session.connection()
+            _refuse_a_newer_schema(cfg, connection)
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+    except RegistryBusyError as e:
+        raise RegistryBusyError(
+            "the ledger's lock stayed taken while the schema was to be checked (another server "
+            "starting and migrating a large registry, or a tool holding it?); nothing was "
+            "changed: start again once it is free"
+        ) from e
 
 
 def _refuse_a_newer_schema(cfg: Config, connection: Any) -> None:

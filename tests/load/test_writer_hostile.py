@@ -385,6 +385,27 @@ def test_a_server_frozen_inside_a_write_releases_the_ledger_lock_after_lock_time
         frozen.wait()
 
 
+def test_a_server_starting_while_the_ledger_lock_is_held_says_so_in_one_line(
+    settings: Settings, registry: Registry, tmp_path: Path
+) -> None:
+    """Starting, a server checks the schema under the ledger's lock; held elsewhere longer than
+    lock_timeout, it stops with one line that fits a start (it used to say that a retry with
+    the same Idempotency-Key is safe, a request's advice)."""
+    from tests.test_cli import run
+
+    with _ledger_lock_held(settings.database_url), \
+            tempfile.TemporaryDirectory(prefix="run-") as runtime:
+        r = run(["serve", "--port", "1"], tmp_path, XDG_RUNTIME_DIR=runtime,
+                REGISTRY_DATABASE_URL=settings.database_url, REGISTRY_ORIGIN=settings.origin,
+                REGISTRY_KEY_FILE=str(settings.key_file), REGISTRY_LOCK_TIMEOUT="1")
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        "error[registry_busy]: the ledger's lock stayed taken while the schema was to be "
+        "checked (another server starting and migrating a large registry, or a tool holding "
+        "it?); nothing was changed: start again once it is free"
+    ]
+
+
 # --- a client that never finishes its request -------------------------------------------------
 
 
