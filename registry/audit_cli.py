@@ -78,12 +78,18 @@ def export_cmd(
     """Export the whole ledger (entries, checkpoints, keys) as a bundle for offline audit."""
     from registry.service.export import export_bundle
     from registry.store import ledger_repo
-    from registry.store.db import make_engine, read_session, require_database
+    from registry.store.db import (
+        make_engine,
+        read_session,
+        require_database,
+        require_known_schema,
+    )
 
     settings = load_settings()
     require_database(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
+        require_known_schema(engine, upgraded=False)
         with read_session(engine) as session:
             total = ledger_repo.tree_size(session)
         with _progress(total, "exporting") as progress:

@@ -210,6 +210,37 @@ def test_serve_and_init_refuse_a_database_a_newer_version_upgraded(
     assert version == "0099"
 
 
+@pytest.mark.parametrize(("version", "said"), [
+    ("0099", "the database's schema is at revision 0099, which this version of the registry "
+             "does not know"),
+    ("0005", "the database's schema is at revision 0005, older than this version's"),
+])
+def test_export_and_verify_against_refuse_a_schema_of_another_version(
+    tmp_path: Path, settings: Settings, registry: Registry, version: str, said: str
+) -> None:
+    """The commands that only read a database say, in one line, that its schema is of another
+    version, instead of an SQL error about a table's shape: newer for both; not yet upgraded
+    for `verify --against`, which reads every state table (an export reads only the ledger's
+    tables, which no revision has changed)."""
+    from sqlalchemy import text
+
+    bundle = tmp_path / "bundle.jsonl"
+    ours = {"REGISTRY_DATABASE_URL": settings.database_url,
+            "REGISTRY_KEY_FILE": str(settings.key_file), "REGISTRY_ORIGIN": ORIGIN}
+    assert run(["export", str(bundle)], tmp_path, **ours).returncode == 0
+    with registry.engine.begin() as connection:
+        connection.execute(text(f"UPDATE alembic_version SET version_num = '{version}'"))
+    exported = run(["export", str(tmp_path / "again.jsonl")], tmp_path, **ours)
+    against = run(["verify", str(bundle), "--registry-key",
+                   registry.note_verifier.verifier_string(), "--against",
+                   settings.database_url], tmp_path)
+    refused = (exported, against) if version == "0099" else (against,)
+    for r in refused:
+        assert r.returncode == 1, r.stderr
+        assert len(r.stderr.splitlines()) == 1 and said in r.stderr, r.stderr
+    assert (tmp_path / "again.jsonl").exists() == (version != "0099")
+
+
 def test_a_developer_signs_submits_and_reads_holdings(
     tmp_path: Path, server: LiveServer, world: World
 ) -> None:

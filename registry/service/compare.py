@@ -26,7 +26,12 @@ from sqlmodel import Session, SQLModel, col, select
 
 from registry.ledger.replay import ReplayedState
 from registry.store import ledger_repo
-from registry.store.db import make_engine, read_session, require_database
+from registry.store.db import (
+    make_engine,
+    read_session,
+    require_database,
+    require_known_schema,
+)
 from registry.store.tables import (
     AccountRow,
     BatchRow,
@@ -371,6 +376,7 @@ def compare_with_database(
     require_database(url)
     engine: Engine = make_engine(url)
     try:
+        require_known_schema(engine, upgraded=True)
         with read_session(engine) as session:
             return compare_ledger(session, size, root) or compare_state(session, state)
     finally:

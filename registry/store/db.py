@@ -288,6 +288,26 @@ def _refuse_a_newer_schema(cfg: Config, connection: Any) -> None:
             )
 
 
+def require_known_schema(engine: Engine, *, upgraded: bool) -> None:
+    """For the commands that only read a registry: a schema newer than this version knows is
+    refused in one clear line, not an SQL error from a table of another shape; and with
+    ``upgraded`` (``verify --against``, which reads every state table) one still to be upgraded
+    too. (``export`` reads only the ledger's tables, the same since the first revisions.)"""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = alembic_config()
+    with engine.connect() as connection:
+        _refuse_a_newer_schema(cfg, connection)
+        heads = MigrationContext.configure(connection).get_current_heads()
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    if upgraded and heads != (head,):
+        raise ConfigurationError(
+            f"the database's schema is at revision {', '.join(heads) or 'none'}, older than "
+            f"this version's {head}: start `registry serve` on it once, which upgrades it"
+        )
+
+
 def schema_url(base_url: str, schema: str) -> str:
     """``base_url`` with PostgreSQL's ``search_path`` set to ``schema``."""
     sep = "&" if "?" in base_url else "?"
