@@ -60,6 +60,7 @@ def init(
     ] = Path("var/admin-key.pem"),
 ) -> None:
     """Create the database, the registry's Ed25519 key, the first administrator and genesis."""
+    from registry.service.compare import describe_url
     from registry.service.setup import (
         FirstAdministrator,
         check_administrator,
@@ -102,7 +103,7 @@ def init(
             admin_key_out.unlink(missing_ok=True)
         raise
     typer.echo(f"initialised registry {settings.origin}")
-    typer.echo(f"database: {settings.database_url}")
+    typer.echo(f"database: {describe_url(settings.database_url)}")  # its password masked
     typer.echo(f"registry key: {registry.signer.public_key.key_id}")
     typer.echo(f"checkpoint verifier key: {registry.note_verifier.verifier_string()}")
 

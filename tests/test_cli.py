@@ -430,3 +430,24 @@ def test_two_inits_at_once_make_one_registry_and_leave_one_set_of_keys(
                                                        "registry at "), err
                 assert err.rstrip().endswith("is already initialised"), err
                 assert made == [False, False], err
+
+
+def test_init_prints_the_database_without_its_password(tmp_path: Path) -> None:
+    """What init prints ends up in terminals' scrollback and deployment logs: the database it
+    names is shown as SQLAlchemy shows URLs, with the password masked."""
+    from tests.conftest import POSTGRES_URL
+
+    if not POSTGRES_URL:
+        pytest.skip("needs a PostgreSQL URL: set REGISTRY_TEST_POSTGRES_URL")
+    from sqlalchemy import make_url
+
+    from registry.store.db import scratch_schema
+
+    with scratch_schema(POSTGRES_URL, prefix="t") as url:
+        # Whatever the server's authentication, the URL carries a password, as a real one does.
+        with_password = make_url(url).set(password="hunter2-not-for-logs")
+        r = run(["init", "--insecure-dev-key"], tmp_path,
+                REGISTRY_DATABASE_URL=with_password.render_as_string(hide_password=False))
+        assert r.returncode == 0, r.stderr
+        assert "hunter2-not-for-logs" not in r.stdout + r.stderr
+        assert f"database: {with_password.render_as_string()}" in r.stdout.splitlines()
