@@ -363,3 +363,32 @@ def test_verify_against_a_database_that_is_not_there(tmp_path: Path) -> None:
              "--against", "sqlite:///typo/registry.db"], tmp_path)
     assert_one_line_error(r)
     assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://registry:hunter2-not-for-logs/registry",  # the host left out
+        "postgres://registry:hunter2-not-for-logs@db.example/registry",  # another spelling
+    ],
+)
+@pytest.mark.parametrize("command", ["init", "serve", "export", "verify"])
+def test_a_database_url_mistyped_is_one_line_that_never_shows_its_password(
+    tmp_path: Path, url: str, command: str
+) -> None:
+    if command == "verify":
+        r = run(["init", "--insecure-dev-key"], tmp_path)
+        assert r.returncode == 0, r.stderr
+        key_line = next(line for line in r.stdout.splitlines()
+                        if line.startswith("checkpoint verifier key: "))
+        assert run(["export", "ledger.jsonl"], tmp_path).returncode == 0
+        r = run(["verify", "ledger.jsonl", "--workers", "1", "--registry-key",
+                 key_line.split(": ", 1)[1], "--against", url], tmp_path)
+    else:
+        args = {"init": ["init", "--insecure-dev-key"], "serve": ["serve", "--port", "1"],
+                "export": ["export", "out.jsonl"]}[command]
+        with tempfile.TemporaryDirectory(prefix="run-") as runtime:
+            r = run(args, tmp_path, XDG_RUNTIME_DIR=runtime, REGISTRY_DATABASE_URL=url)
+    assert "hunter2-not-for-logs" not in r.stdout + r.stderr
+    assert_one_line_error(r)
+    assert r.stderr.startswith("error[configuration_error]: "), r.stderr

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlmodel import Session
 
 from registry.errors import ConfigurationError, RegistryBusyError
@@ -34,11 +34,25 @@ LEDGER_LOCK_KEY = 0x4B48_4C47  # "KHLG": the advisory lock that serialises appen
 _WRITE = "registry_write"
 
 
+def parse_database_url(url: str) -> URL:
+    """``url`` parsed, or a ``ConfigurationError`` that quotes none of it: in a URL missing its
+    host (``postgresql+psycopg://user:password/db``) the password stands where the port goes,
+    and the parser's own error would print it."""
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError) as e:
+        raise ConfigurationError(
+            "the database URL cannot be parsed: expected "
+            "dialect+driver://user:password@host:port/database (what it holds is not "
+            "repeated here, as it may hold a password)"
+        ) from e
+
+
 def make_engine(url: str, *, lock_timeout: float = 30.0, **kwargs: Any) -> Engine:
     """An engine for ``url`` with the settings durability and serialisation need; no write
     waits more than ``lock_timeout`` seconds for the ledger's lock (SQLite's write lock, or
     PostgreSQL's advisory lock and any row lock)."""
-    parsed = make_url(url)
+    parsed = parse_database_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -64,15 +78,16 @@ def make_engine(url: str, *, lock_timeout: float = 30.0, **kwargs: Any) -> Engin
         )
         _configure_postgres(engine, lock_timeout_ms=max(1, round(lock_timeout * 1000)))
         return engine
-    raise ValueError(
-        f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
+    raise ConfigurationError(
+        f"unsupported database {parsed.get_backend_name()!r}: use sqlite:///path or "
+        "postgresql+psycopg://..."
     )
 
 
 def require_database(url: str) -> None:
     """Refuse a SQLite file that is not there: :func:`make_engine` would create it (and its
     directory), which a command that only reads a registry must never do."""
-    parsed = make_url(url)
+    parsed = parse_database_url(url)
     file = parsed.database if parsed.get_backend_name() == "sqlite" else None
     if file not in (None, "", ":memory:") and not Path(file).is_file():
         raise ConfigurationError(f"no registry database at {file}")
