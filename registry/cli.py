@@ -163,6 +163,7 @@ def keygen(
     ] = False,
 ) -> None:
     """Create an Ed25519 key pair for a party; prints the public key to register."""
+    from registry.config import PLACEHOLDER_SECRETS
     from registry.service.setup import write_key_file
 
     passphrase = os.environ.get("REGISTRY_PARTY_KEY_PASSPHRASE")
@@ -170,8 +171,15 @@ def keygen(
         raise RegistryError(
             "set REGISTRY_PARTY_KEY_PASSPHRASE to encrypt the key, or pass --unencrypted"
         )
+    # As for the registry key: a key guarded by `changeme` looks protected, and is not.
+    if not unencrypted and (passphrase or "").strip().lower() in PLACEHOLDER_SECRETS:
+        raise ConfigurationError(
+            "REGISTRY_PARTY_KEY_PASSPHRASE is empty or a placeholder; choose a real "
+            "passphrase (or pass --unencrypted)"
+        )
     key = SigningKey.generate()
-    write_key_file(out, key, passphrase=None if unencrypted else (passphrase or "").encode())
+    write_key_file(out, key, passphrase=None if unencrypted or passphrase is None
+                   else passphrase.encode())
     typer.echo(key.public_key.to_b64())
 
 

@@ -451,3 +451,23 @@ def test_init_prints_the_database_without_its_password(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         assert "hunter2-not-for-logs" not in r.stdout + r.stderr
         assert f"database: {with_password.render_as_string()}" in r.stdout.splitlines()
+
+
+def test_keygen_encrypts_a_party_key_and_refuses_placeholder_passphrases(tmp_path: Path) -> None:
+    """A party key guarded by ``changeme`` looks protected and is not: refused, as it is for
+    the registry key, in one line that says what to do, and no key file is left."""
+    for placeholder in ("", "changeme", " Password "):
+        r = run(["keygen", "me.pem"], tmp_path, REGISTRY_PARTY_KEY_PASSPHRASE=placeholder)
+        assert r.returncode == 1, r.stdout
+        assert r.stderr.splitlines() == [
+            "error[configuration_error]: REGISTRY_PARTY_KEY_PASSPHRASE is empty or a "
+            "placeholder; choose a real passphrase (or pass --unencrypted)"
+        ], r.stderr
+        assert not (tmp_path / "me.pem").exists()
+    secret = "correct horse battery staple"
+    r = run(["keygen", "me.pem"], tmp_path, REGISTRY_PARTY_KEY_PASSPHRASE=secret)
+    assert r.returncode == 0, r.stderr
+    pem = (tmp_path / "me.pem").read_bytes()
+    assert b"ENCRYPTED PRIVATE KEY" in pem
+    assert oct((tmp_path / "me.pem").stat().st_mode & 0o777) == "0o600"
+    assert SigningKey.from_pem(pem, secret.encode()).public_key.to_b64() == r.stdout.strip()
