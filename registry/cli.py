@@ -128,6 +128,14 @@ def serve(
         from registry.service.setup import open_registry
 
         open_registry(settings).engine.dispose()
+        if settings.key_passphrase is None:  # the key loaded without one: it is in the clear
+            typer.secho(
+                f"warning: the registry key at {settings.key_file} is not encrypted: anyone "
+                "who can read the file can sign as the registry (a local, throw-away registry "
+                "only)",
+                fg="yellow",
+                err=True,
+            )
         writer.open()
         if workers == 1:  # this process serves: it imports the API while the writer opens
             import registry.api.server  # noqa: F401

@@ -471,3 +471,18 @@ def test_keygen_encrypts_a_party_key_and_refuses_placeholder_passphrases(tmp_pat
     assert b"ENCRYPTED PRIVATE KEY" in pem
     assert oct((tmp_path / "me.pem").stat().st_mode & 0o777) == "0o600"
     assert SigningKey.from_pem(pem, secret.encode()).public_key.to_b64() == r.stdout.strip()
+
+
+def test_serve_warns_when_the_registry_key_is_not_encrypted(tmp_path: Path) -> None:
+    import socket
+
+    assert run(["init", "--insecure-dev-key"], tmp_path).returncode == 0
+    with socket.socket() as taken, tempfile.TemporaryDirectory(prefix="run-") as runtime:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        # The port is taken: the server checks its registry, then stops.
+        r = run(["serve", "--port", str(taken.getsockname()[1])], tmp_path,
+                XDG_RUNTIME_DIR=runtime)
+    assert r.returncode != 0
+    assert (f"warning: the registry key at {Path('var/registry-key.pem')} is not encrypted"
+            in r.stderr), r.stderr
