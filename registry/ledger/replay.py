@@ -72,6 +72,7 @@ from registry.domain.serials import (
 )
 from registry.errors import (
     ConflictError,
+    InvalidGeometryError,
     InvalidRequestError,
     MalformedError,
     NotFoundError,
@@ -1155,6 +1156,11 @@ class Replay:
         recorded = acting.effects.get("area_ha") if isinstance(acting.effects, dict) else None
         if recorded != area and recorded == edge_by_edge_hectares(boundary):
             area = recorded  # a unit registered before edges were cut: its measure of then
+        if area < 1:
+            raise InvalidGeometryError(
+                f"boundary covers {boundary.area_m2:.4g} m2, which is 0 ha in whole hectares: a "
+                "forest unit must cover at least half a hectare"
+            )
         check_no_overlap(
             boundary,
             [(u.id, u.boundary) for u in state.units.values()],

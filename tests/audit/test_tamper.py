@@ -840,3 +840,22 @@ def test_an_instruction_naming_no_registry_is_found_once_the_ledger_named_it(
         "credits.transfer: the instruction names no registry; the instructions of this ledger "
         f"name {ORIGIN!r} since entry {upgraded}",
     )]
+
+
+def test_a_forest_unit_of_no_whole_hectare_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """The registry refuses a forest unit of less than half a hectare (0 ha in whole hectares);
+    an entry registering one anyway is found, as the registry would have refused it."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    end = len(bundle.envelopes)
+    tiny = {"type": "Polygon", "coordinates": [
+        [[107.0, 12.0], [107.0002, 12.0], [107.0002, 12.0002], [107.0, 12.0002], [107.0, 12.0]]]}
+    forge(bundle, sqlite_bundle, end, kind="forest_unit.register", actor=ADMIN, key=ADMIN_KEY,
+          body={"unit_id": "KH005-FU9", "project_id": "KH005", "name": "a few trees",
+                "boundary": json.dumps(tiny), "jurisdiction": "Stung Treng",
+                "reference_level": 1000, "leakage_rate_bp": 0, "buffer_rate_bp": 0},
+          effects={"unit_id": "KH005-FU9", "area_ha": 0, "buffer_account": "BUF-KH005-FU9"})
+    found = failures(bundle, sqlite_bundle)
+    assert codes(found) == {(end, "invalid_geometry")}
+    assert "0 ha in whole hectares" in message(found, end, "invalid_geometry")
