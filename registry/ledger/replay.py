@@ -1134,6 +1134,8 @@ class Replay:
         if b.unit_id in state.units:
             raise ConflictError(f"forest unit {b.unit_id} already exists")
         project: ProjectState = _get(state.projects, b.project_id, "project")
+        if project.status == "closed":
+            raise StateError(f"project {project.id} is closed; it cannot gain a forest unit")
         check_unit_can_join(
             project_id=project.id,
             programme=project.programme,

@@ -10,7 +10,12 @@ from sqlmodel import Session, col, select
 from registry.domain.forest import check_no_overlap, parse_boundary_text
 from registry.domain.instructions import RegisterForestUnit, RegisterProject, SetProjectStatus
 from registry.domain.rules import CLOSED_REPORT_STATUSES, check_unit_can_join
-from registry.errors import ConflictError, InvalidGeometryError, InvalidRequestError
+from registry.errors import (
+    ConflictError,
+    InvalidGeometryError,
+    InvalidRequestError,
+    StateError,
+)
 from registry.service.instructions import Acting
 from registry.service.parties import create_account
 from registry.store.credits_repo import get_or_404
@@ -90,6 +95,8 @@ def register_forest_unit(session: Session, acting: Acting[RegisterForestUnit]) -
     if session.get(ForestUnitRow, b.unit_id) is not None:
         raise ConflictError(f"forest unit {b.unit_id} already exists", details={"unit": b.unit_id})
     project = get_or_404(session, ProjectRow, b.project_id, "project")
+    if project.status == "closed":
+        raise StateError(f"project {project.id} is closed; it cannot gain a forest unit")
 
     def project_wide_reports() -> list[str]:
         return list(

@@ -859,3 +859,27 @@ def test_a_forest_unit_of_no_whole_hectare_is_found(
     found = failures(bundle, sqlite_bundle)
     assert codes(found) == {(end, "invalid_geometry")}
     assert "0 ha in whole hectares" in message(found, end, "invalid_geometry")
+
+
+def test_a_forest_unit_registered_into_a_closed_project_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    end = len(bundle.envelopes)
+    forge(bundle, sqlite_bundle, end, kind="project.status", actor=ADMIN, key=ADMIN_KEY,
+          body={"project_id": "KH005", "status": "closed", "reason": "crediting ended"},
+          effects={"project_id": "KH005", "from": "suspended", "to": "closed"})
+    far = {"type": "Polygon", "coordinates": [
+        [[107.0, 12.0], [107.01, 12.0], [107.01, 12.01], [107.0, 12.01], [107.0, 12.0]]]}
+    forge(bundle, sqlite_bundle, end + 1, kind="forest_unit.register", actor=ADMIN,
+          key=ADMIN_KEY,
+          body={"unit_id": "KH005-FU9", "project_id": "KH005", "name": "after closure",
+                "boundary": json.dumps(far), "jurisdiction": "Stung Treng",
+                "reference_level": 1000, "leakage_rate_bp": 0, "buffer_rate_bp": 0},
+          effects={"unit_id": "KH005-FU9", "area_ha": 120, "buffer_account": "BUF-KH005-FU9"})
+    found = failures(bundle, sqlite_bundle)
+    assert (end + 1, "invalid_state") in codes(found)
+    assert message(found, end + 1, "invalid_state") == (
+        "forest_unit.register should have been refused: project KH005 is closed; it cannot "
+        "gain a forest unit"
+    )

@@ -188,6 +188,21 @@ def test_a_closed_project_issues_nothing_more(world: World) -> None:
     assert world.active("KH-WATER-1") == 0
 
 
+def test_a_closed_redd_project_gains_no_forest_unit(world: World) -> None:
+    """A closed project never reports again: a forest unit registered into it would claim its
+    forest (no other unit may overlap it) for a project that can never credit it."""
+    world.submit(ADMIN, "project.status",
+                 {"project_id": "KH005", "status": "closed", "reason": "crediting ended"})
+    unit = {"unit_id": "KH005-FU2", "project_id": "KH005", "name": "Prey Lang block 2",
+            "boundary": square(105.9, 13.6, 0.05), "jurisdiction": "Stung Treng",
+            "reference_level": 1000, "leakage_rate_bp": 0, "buffer_rate_bp": 1500}
+    with world.unchanged():
+        error = world.refuse(ADMIN, "forest_unit.register", unit, status=409,
+                             code="invalid_state")
+        assert error["message"] == "project KH005 is closed; it cannot gain a forest unit"
+    assert world.http.get("/v1/forest-units")["count"] == 1
+
+
 def test_only_the_projects_own_third_party_entity_verifies_and_no_participant_is_one(
     world: World,
 ) -> None:
