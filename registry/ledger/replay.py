@@ -534,6 +534,14 @@ class _Acting:
     def seq(self) -> int:
         return self.entry.seq
 
+    @property
+    def names_registry(self) -> bool:
+        """Whether the instruction names its registry: signed for a version of the registry
+        that requires it, and so keeps the rules that came with that version (a ledger's older
+        entries keep the rules of their time)."""
+        instruction = self.entry.payload.get("instruction")
+        return isinstance(instruction, dict) and instruction.get("registry") is not None
+
 
 @dataclass(slots=True)
 class _Derived:
@@ -1134,7 +1142,7 @@ class Replay:
         if b.unit_id in state.units:
             raise ConflictError(f"forest unit {b.unit_id} already exists")
         project: ProjectState = _get(state.projects, b.project_id, "project")
-        if project.status == "closed":
+        if project.status == "closed" and acting.names_registry:
             raise StateError(f"project {project.id} is closed; it cannot gain a forest unit")
         check_unit_can_join(
             project_id=project.id,
@@ -1158,7 +1166,7 @@ class Replay:
         recorded = acting.effects.get("area_ha") if isinstance(acting.effects, dict) else None
         if recorded != area and recorded == edge_by_edge_hectares(boundary):
             area = recorded  # a unit registered before edges were cut: its measure of then
-        if area < 1:
+        if area < 1 and acting.names_registry:
             raise InvalidGeometryError(
                 f"boundary covers {boundary.area_m2:.4g} m2, which is 0 ha in whole hectares: a "
                 "forest unit must cover at least half a hectare"

@@ -842,6 +842,32 @@ def test_an_instruction_naming_no_registry_is_found_once_the_ledger_named_it(
     )]
 
 
+def _square(side: float) -> str:
+    """A square boundary of ``side`` degrees at 107 E, 12 N, far from every other unit."""
+    corners = [[107.0, 12.0], [107.0 + side, 12.0], [107.0 + side, 12.0 + side],
+               [107.0, 12.0 + side], [107.0, 12.0]]
+    return json.dumps({"type": "Polygon", "coordinates": [corners]})
+
+
+def _forge_unit(bundle: RawBundle, exported: Exported, position: int, *, side: float,
+                area_ha: int, signed_for: str | None = ORIGIN) -> None:
+    forge(bundle, exported, position, kind="forest_unit.register", actor=ADMIN, key=ADMIN_KEY,
+          body={"unit_id": "KH005-FU9", "project_id": "KH005", "name": "a further unit",
+                "boundary": _square(side), "jurisdiction": "Stung Treng",
+                "reference_level": 1000, "leakage_rate_bp": 0, "buffer_rate_bp": 0},
+          effects={"unit_id": "KH005-FU9", "area_ha": area_ha, "buffer_account": "BUF-KH005-FU9"},
+          signed_for=signed_for)
+
+
+def _forge_closure(
+    bundle: RawBundle, exported: Exported, position: int, signed_for: str | None = ORIGIN
+) -> None:
+    forge(bundle, exported, position, kind="project.status", actor=ADMIN, key=ADMIN_KEY,
+          body={"project_id": "KH005", "status": "closed", "reason": "crediting ended"},
+          effects={"project_id": "KH005", "from": "suspended", "to": "closed"},
+          signed_for=signed_for)
+
+
 def test_a_forest_unit_of_no_whole_hectare_is_found(
     sqlite_bundle: Exported, tmp_path: Path
 ) -> None:
@@ -849,13 +875,7 @@ def test_a_forest_unit_of_no_whole_hectare_is_found(
     an entry registering one anyway is found, as the registry would have refused it."""
     bundle = sqlite_bundle.copy(tmp_path)
     end = len(bundle.envelopes)
-    tiny = {"type": "Polygon", "coordinates": [
-        [[107.0, 12.0], [107.0002, 12.0], [107.0002, 12.0002], [107.0, 12.0002], [107.0, 12.0]]]}
-    forge(bundle, sqlite_bundle, end, kind="forest_unit.register", actor=ADMIN, key=ADMIN_KEY,
-          body={"unit_id": "KH005-FU9", "project_id": "KH005", "name": "a few trees",
-                "boundary": json.dumps(tiny), "jurisdiction": "Stung Treng",
-                "reference_level": 1000, "leakage_rate_bp": 0, "buffer_rate_bp": 0},
-          effects={"unit_id": "KH005-FU9", "area_ha": 0, "buffer_account": "BUF-KH005-FU9"})
+    _forge_unit(bundle, sqlite_bundle, end, side=0.0002, area_ha=0)
     found = failures(bundle, sqlite_bundle)
     assert codes(found) == {(end, "invalid_geometry")}
     assert "0 ha in whole hectares" in message(found, end, "invalid_geometry")
@@ -866,20 +886,24 @@ def test_a_forest_unit_registered_into_a_closed_project_is_found(
 ) -> None:
     bundle = sqlite_bundle.copy(tmp_path)
     end = len(bundle.envelopes)
-    forge(bundle, sqlite_bundle, end, kind="project.status", actor=ADMIN, key=ADMIN_KEY,
-          body={"project_id": "KH005", "status": "closed", "reason": "crediting ended"},
-          effects={"project_id": "KH005", "from": "suspended", "to": "closed"})
-    far = {"type": "Polygon", "coordinates": [
-        [[107.0, 12.0], [107.01, 12.0], [107.01, 12.01], [107.0, 12.01], [107.0, 12.0]]]}
-    forge(bundle, sqlite_bundle, end + 1, kind="forest_unit.register", actor=ADMIN,
-          key=ADMIN_KEY,
-          body={"unit_id": "KH005-FU9", "project_id": "KH005", "name": "after closure",
-                "boundary": json.dumps(far), "jurisdiction": "Stung Treng",
-                "reference_level": 1000, "leakage_rate_bp": 0, "buffer_rate_bp": 0},
-          effects={"unit_id": "KH005-FU9", "area_ha": 120, "buffer_account": "BUF-KH005-FU9"})
+    _forge_closure(bundle, sqlite_bundle, end)
+    _forge_unit(bundle, sqlite_bundle, end + 1, side=0.01, area_ha=120)
     found = failures(bundle, sqlite_bundle)
     assert (end + 1, "invalid_state") in codes(found)
     assert message(found, end + 1, "invalid_state") == (
         "forest_unit.register should have been refused: project KH005 is closed; it cannot "
         "gain a forest unit"
     )
+
+
+def test_a_ledger_from_before_those_rules_keeps_the_units_they_refuse(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """Both rules came with instructions naming their registry: a ledger written before them,
+    whose registry then accepted a 0 ha unit in a closed project, still verifies."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    _from_before_the_rule(bundle, sqlite_bundle, len(bundle.envelopes))
+    end = len(bundle.envelopes)
+    _forge_closure(bundle, sqlite_bundle, end, signed_for=None)
+    _forge_unit(bundle, sqlite_bundle, end + 1, side=0.0002, area_ha=0, signed_for=None)
+    assert verify_bundle(bundle.write(), registry_key=sqlite_bundle.key, workers=1).report.ok
