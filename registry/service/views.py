@@ -8,6 +8,7 @@ Every list is paginated (``offset``, ``limit``) and says how many items there ar
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
@@ -129,6 +130,10 @@ class BatchPublic(BaseModel):
     id: str
     project_id: str
     report_id: str
+    forest_unit_id: str | None = Field(
+        description="the REDD+ forest unit whose report issued it (its buffer share is in the "
+        "unit's pool); none for a JCM batch"
+    )
     programme: str
     vintage: int
     quantity: int
@@ -326,7 +331,7 @@ def reports(
     return Page(data=[ReportPublic(**r.model_dump()) for r in rows], **page)
 
 
-def _batch(session: Session, row: BatchRow) -> BatchPublic:
+def _batch(session: Session, row: BatchRow, forest_unit_id: str | None) -> BatchPublic:
     sums = dict(
         session.exec(
             select(BlockRow.status, func.sum(col(BlockRow.end) - col(BlockRow.start) + 1))
@@ -338,6 +343,7 @@ def _batch(session: Session, row: BatchRow) -> BatchPublic:
         id=row.id,
         project_id=row.project_id,
         report_id=row.report_id,
+        forest_unit_id=forest_unit_id,
         programme=row.programme,
         vintage=row.vintage,
         quantity=row.quantity,
@@ -348,13 +354,24 @@ def _batch(session: Session, row: BatchRow) -> BatchPublic:
     )
 
 
+def _forest_units_of(session: Session, rows: Sequence[BatchRow]) -> dict[str, str | None]:
+    """The forest unit of each batch's report, in one statement for a page of batches."""
+    reports = [row.report_id for row in rows]
+    found = session.exec(
+        select(ReportRow.id, ReportRow.forest_unit_id).where(col(ReportRow.id).in_(reports))
+    ).all()
+    return dict(found)
+
+
 def batch(session: Session, batch_id: str) -> BatchPublic:
-    return _batch(session, get_or_404(session, BatchRow, batch_id, "batch"))
+    row = get_or_404(session, BatchRow, batch_id, "batch")
+    return _batch(session, row, _forest_units_of(session, [row]).get(row.report_id))
 
 
 def batches(session: Session, offset: int, limit: int) -> Page[BatchPublic]:
     rows, page = _page(session, BatchRow, col(BatchRow.issued_seq), offset, limit)
-    return Page(data=[_batch(session, r) for r in rows], **page)
+    units = _forest_units_of(session, rows)
+    return Page(data=[_batch(session, r, units.get(r.report_id)) for r in rows], **page)
 
 
 def _retirement(row: RetirementRow) -> RetirementPublic:

@@ -147,7 +147,8 @@ def test_jcm_issuance_exact_allocation(world: World) -> None:
     assert world.blocks("KH-GOV-1") == [(batch, 801, 900, "active")]
     assert world.blocks("JP-GOV-1") == [(batch, 901, 1000, "active")]
     assert world.http.get(f"/v1/batches/{batch}") == {
-        "id": batch, "project_id": "KH004", "report_id": "KH004-MR1", "programme": "JCM",
+        "id": batch, "project_id": "KH004", "report_id": "KH004-MR1", "forest_unit_id": None,
+        "programme": "JCM",
         "vintage": 2024, "quantity": 1000, "active": 1000, "retired": 0, "cancelled": 0,
         "issued_seq": answer["seq"]}
     assert world.http.get("/v1/reports/KH004-MR1")["status"] == "issued"
@@ -192,7 +193,10 @@ def test_redd_issuance_deducts_leakage_and_fills_the_buffer(world: World) -> Non
     }
     assert world.blocks(BUFFER) == [(batch, 8890, 11_112, "active")]
     assert world.http.get(f"/v1/forest-units/{UNIT}")["buffer_pool"] == buffer
-    assert world.http.get(f"/v1/batches/{batch}")["quantity"] == net
+    # A reader of the batch finds the forest it came from, and the pool its buffer share is in.
+    public = world.http.get(f"/v1/batches/{batch}")
+    assert public["quantity"] == net and public["forest_unit_id"] == UNIT
+    assert world.http.get("/v1/batches")["data"][0]["forest_unit_id"] == UNIT
     assert world.active("KH-GOV-1") == 8000 and world.active("JP-GOV-1") == 889
 
 
