@@ -529,18 +529,14 @@ class _Acting:
     party: PartyState | None
     body: Any
     effects: Any
+    names_registry: bool
+    """Whether the instruction names its registry: signed for a version of the registry that
+    requires it, and so held to the rules that came with that version (a ledger's older entries
+    keep the rules of their time)."""
 
     @property
     def seq(self) -> int:
         return self.entry.seq
-
-    @property
-    def names_registry(self) -> bool:
-        """Whether the instruction names its registry: signed for a version of the registry
-        that requires it, and so keeps the rules that came with that version (a ledger's older
-        entries keep the rules of their time)."""
-        instruction = self.entry.payload.get("instruction")
-        return isinstance(instruction, dict) and instruction.get("registry") is not None
 
 
 @dataclass(slots=True)
@@ -869,28 +865,29 @@ class Replay:
             )
             return None
         named = instruction.registry
-        if named is not None and named != state.origin:
+        if named is None:
+            if state.instructions_name_registry:
+                self.fail(
+                    seq,
+                    "wrong_registry",
+                    f"{kind}: the instruction names no registry; every instruction of this "
+                    f"ledger must name {state.origin!r} (its genesis says so)",
+                )
+            elif state.registry_named_since is not None:
+                self.fail(
+                    seq,
+                    "wrong_registry",
+                    f"{kind}: the instruction names no registry; the instructions of this "
+                    f"ledger name {state.origin!r} since entry {state.registry_named_since}",
+                )
+        elif named != state.origin:
             self.fail(
                 seq,
                 "wrong_registry",
                 f"{kind}: the instruction is for registry {named!r}, this ledger is "
                 f"{state.origin!r}",
             )
-        elif named is None and state.instructions_name_registry:
-            self.fail(
-                seq,
-                "wrong_registry",
-                f"{kind}: the instruction names no registry; every instruction of this ledger "
-                f"must name {state.origin!r} (its genesis says so)",
-            )
-        elif named is None and state.registry_named_since is not None:
-            self.fail(
-                seq,
-                "wrong_registry",
-                f"{kind}: the instruction names no registry; the instructions of this ledger "
-                f"name {state.origin!r} since entry {state.registry_named_since}",
-            )
-        elif named is not None and state.registry_named_since is None:
+        elif state.registry_named_since is None:
             state.registry_named_since = seq
         actor = instruction.actor
         if entry.actor != actor:
@@ -968,6 +965,7 @@ class Replay:
             party=party,
             body=body,
             effects=payload["effects"],
+            names_registry=instruction.registry is not None,
         )
 
     def _require_role(self, acting: _Acting, *roles: str) -> None:
