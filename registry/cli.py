@@ -171,7 +171,7 @@ def keygen(
     ] = False,
 ) -> None:
     """Create an Ed25519 key pair for a party; prints the public key to register."""
-    from registry.config import PLACEHOLDER_SECRETS
+    from registry.config import is_placeholder
     from registry.service.setup import write_key_file
 
     passphrase = os.environ.get("REGISTRY_PARTY_KEY_PASSPHRASE")
@@ -180,7 +180,7 @@ def keygen(
             "set REGISTRY_PARTY_KEY_PASSPHRASE to encrypt the key, or pass --unencrypted"
         )
     # As for the registry key: a key guarded by `changeme` looks protected, and is not.
-    if not unencrypted and (passphrase or "").strip().lower() in PLACEHOLDER_SECRETS:
+    if not unencrypted and is_placeholder(passphrase or ""):
         raise ConfigurationError(
             "REGISTRY_PARTY_KEY_PASSPHRASE is empty or a placeholder; choose a real "
             "passphrase (or pass --unencrypted)"

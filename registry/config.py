@@ -15,6 +15,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "passphrase"})
 
 
+def is_placeholder(secret: str) -> bool:
+    """Whether ``secret`` only looks like one: empty, or a placeholder such as ``changeme``."""
+    return secret.strip().lower() in PLACEHOLDER_SECRETS
+
+
 def is_origin(value: str) -> bool:
     """Whether a registry can have ``value`` as its origin: 1 to 255 characters, none of them
     a space or ``+`` (the checkpoint verifier key is ``<origin>+<key id>+<key>``)."""
@@ -50,7 +55,7 @@ class Settings(BaseSettings):
     @field_validator("key_passphrase")
     @classmethod
     def _refuse_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+        if value is not None and is_placeholder(value.get_secret_value()):
             raise ValueError("REGISTRY_KEY_PASSPHRASE is a placeholder; choose a real passphrase")
         return value
 
