@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from registry.domain.forest import check_no_overlap, parse_boundary_text
+from registry.domain.forest import check_no_overlap, parse_boundary_text, stored_boundary
 from registry.domain.instructions import RegisterForestUnit, RegisterProject, SetProjectStatus
 from registry.domain.rules import CLOSED_REPORT_STATUSES, check_unit_can_join
 from registry.errors import (
@@ -131,7 +131,7 @@ def register_forest_unit(session: Session, acting: Acting[RegisterForestUnit]) -
         col(ForestUnitRow.north) >= south,
     )
     existing = [
-        (row.id, parse_boundary_text(row.boundary))
+        (row.id, stored_boundary(row.boundary))
         for row in session.exec(nearby.order_by(col(ForestUnitRow.registered_seq))).all()
     ]
     check_no_overlap(boundary, existing, tolerance_ha=OVERLAP_TOLERANCE_HA)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -17,6 +18,7 @@ from registry.domain.forest import (
     overlap_hectares,
     parse_boundary,
     parse_boundary_text,
+    stored_boundary,
 )
 from registry.errors import (
     ConflictError,
@@ -133,6 +135,27 @@ def test_to_geojson_round_trips() -> None:
     assert again == b
     assert again.to_geojson() == b.to_geojson()
     assert again.area_m2 == b.area_m2
+
+
+def test_a_stored_boundary_reads_back_as_the_shape_and_area_the_registry_checked() -> None:
+    # A new unit's neighbours are read back from the registry's own tables with the faster
+    # reader: it must give the overlap check the very shape and area the careful parser gives,
+    # or the registry and the auditor's replay (which parses) could disagree at the margin.
+    hole = square(east_m=250, north_m=250, width_m=500, height_m=500)
+    ragged = [
+        offset(LON0, LAT0, east_m=5000 + 997.3 * math.cos(a / 7), north_m=1003.1 * math.sin(a / 7))
+        for a in range(44)
+    ]
+    for geojson in (
+        polygon(list(reversed(square())), hole),
+        {"type": "MultiPolygon", "coordinates": [[square()], [[*ragged, ragged[0]]]]},
+    ):
+        checked = parse_boundary(geojson)
+        text = json.dumps(checked.to_geojson(), separators=(",", ":"))
+        stored = stored_boundary(text)
+        assert stored.geometry.equals_exact(checked.geometry, tolerance=0)
+        assert stored.area_m2 == parse_boundary_text(text).area_m2 == checked.area_m2
+        assert stored.to_geojson() == checked.to_geojson()
 
 
 # --- refusals ---------------------------------------------------------------------------------
