@@ -9,12 +9,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.api import credit_routes, ledger_routes
+from registry.api.paths import INSTRUCTION_PATHS
 from registry.errors import RegistryError
 from registry.service.context import Registry
+from registry.service.submit import stored_answer
 from registry.service.writer_process import WriterProcess
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,28 @@ class _BodyLimit:
         return "payload_too_large", f"the request body is larger than {self.limit} bytes"
 
 
+_KINDS_BY_PATH = {path: kind for kind, path in INSTRUCTION_PATHS.items()}
+
+
+async def _answer_to_a_retry(request: Request, body: object) -> JSONResponse | None:
+    """The stored answer to a retry that the body check refuses but the registry once accepted.
+
+    A request accepted under an earlier version of the API (an instruction naming no registry,
+    from before instructions named one) and retried after an upgrade must get its answer, as
+    every retry does: a client told 422 would sign the move afresh and make it twice.
+    """
+    route = request.scope.get("route")
+    kind = _KINDS_BY_PATH.get(getattr(route, "path", "")) if request.method == "POST" else None
+    key = request.headers.get("Idempotency-Key")
+    if kind is None or key is None:
+        return None
+    outcome = await run_in_threadpool(stored_answer, request.app.state.registry, kind, body, key)
+    if outcome is None:
+        return None
+    return JSONResponse(outcome.body, status_code=outcome.status_code,
+                        headers={"Idempotent-Replayed": "true"})
+
+
 def create_app(registry: Registry, *, writer: WriterProcess | None = None) -> FastAPI:
     """The API of ``registry``. With ``writer``, instructions are carried out in that writer
     process (``registry serve``); without, by the registry's writer thread (tests, embedding).
@@ -105,7 +130,10 @@ def create_app(registry: Registry, *, writer: WriterProcess | None = None) -> Fa
         return _error(exc.http_status, exc.code, exc.message, exc.details)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        retried = await _answer_to_a_retry(request, exc.body)
+        if retried is not None:
+            return retried
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in exc.errors()

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+from sqlalchemy import update
+from sqlmodel import Session, col
 
 from registry.client import sign_instruction
+from registry.service.context import Registry
+from registry.service.submit import request_hash
+from registry.store.tables import IdempotencyRow
 from tests.world import World, expect_error, flip_first_byte, issue_jcm
 
 BATCH = "KH-JCM-KH004-2024-00001"
@@ -36,6 +42,37 @@ def test_retry_returns_the_original_answer_and_appends_once(world: World) -> Non
         assert retry.json() == first.json()
     assert world.tree_size() == before + 1
     assert world.active("KH-WATER-1") == 0 and world.active("JP-BUYER-1") == 800
+
+
+def test_a_request_accepted_before_an_upgrade_and_retried_after_it_gets_its_answer(
+    world: World, registry: Registry
+) -> None:
+    # Instructions did not always name their registry. A client whose transfer was accepted by
+    # that version, and who retries it after the upgrade, must be told it went through: told
+    # 422, it would sign the move afresh and make it twice.
+    issue_jcm(world)
+    client = world.as_("kh-water")
+    signed = client.sign("credits.transfer", move(10))
+    first = client.post_signed(signed, idempotency_key="before-upgrade")
+    assert first.status_code == 200
+    older = copy.deepcopy(signed)
+    del older["instruction"]["registry"]
+    # What that version stored for it: the answer, under the older request's fingerprint.
+    with Session(registry.engine) as session, session.begin():
+        session.execute(
+            update(IdempotencyRow)
+            .where(col(IdempotencyRow.seq) == first.json()["seq"])
+            .values(request_hash=request_hash("credits.transfer", older))
+        )
+    with world.unchanged():
+        retry = world.post_raw("/v1/transfers", older, idempotency_key="before-upgrade")
+        assert retry.status_code == 200, retry.text
+        assert retry.headers["Idempotent-Replayed"] == "true"
+        assert retry.json() == first.json()
+        # Sent afresh, under another key, it is what it is now: refused, and nothing moves.
+        expect_error(world.post_raw("/v1/transfers", older, idempotency_key="after-upgrade"),
+                     422, "invalid_request")
+    assert world.active("JP-BUYER-1") == 10
 
 
 def test_same_key_for_another_request_is_a_conflict(world: World) -> None:
