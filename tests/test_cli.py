@@ -473,6 +473,30 @@ def test_keygen_encrypts_a_party_key_and_refuses_placeholder_passphrases(tmp_pat
     assert SigningKey.from_pem(pem, secret.encode()).public_key.to_b64() == r.stdout.strip()
 
 
+def test_a_key_the_disk_cannot_hold_is_not_left_half_written(tmp_path: Path) -> None:
+    """A full disk (here: a file size limit) fails the write; no half key is left under the
+    name, where it would stop the next try ("already exists") and could never be loaded."""
+    import resource
+    import signal
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+    r = subprocess.run([REGISTRY, "keygen", "me.pem", "--unencrypted"], cwd=tmp_path,
+                       env=registry_env(), capture_output=True, text=True, timeout=60,
+                       check=False, preexec_fn=small_files)
+    assert r.returncode == 1
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("error[io_error]"), r.stderr
+    assert list(tmp_path.iterdir()) == []
+    r = run(["keygen", "me.pem", "--unencrypted"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    key = SigningKey.from_pem((tmp_path / "me.pem").read_bytes(), None)
+    assert key.public_key.to_b64() == r.stdout.strip()
+    assert oct((tmp_path / "me.pem").stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in tmp_path.iterdir()] == ["me.pem"]
+
+
 def test_serve_warns_when_the_registry_key_is_not_encrypted(tmp_path: Path) -> None:
     import socket
 

@@ -193,12 +193,15 @@ class BundleWriter:
 
 
 @contextmanager
-def atomic_output(path: Path) -> Iterator[IO[bytes]]:
+def atomic_output(path: Path, *, private: bool = False) -> Iterator[IO[bytes]]:
     """A temporary file beside ``path`` to write: once the block ends well, it is fsynced and
     renamed over ``path`` (its directory fsynced too); if it fails, it is removed.
 
     So a failed or interrupted write (an export, the monitor's state) never leaves a half file
     under the real name, and a crash right after never loses the new one.
+
+    ``private`` (a key): the file is readable by its owner only from the moment it exists, and
+    it never replaces anything at ``path``, a symlink included (:class:`FileExistsError`).
     """
     if path.is_dir():  # said now, not by the rename once all is written (a long export)
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write", str(path))
@@ -209,15 +212,19 @@ def atomic_output(path: Path) -> Iterator[IO[bytes]]:
         mode = None
     # Not mkstemp, whose files are 0600: a new file gets the mode open() would give it.
     tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.part"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
     try:
         with os.fdopen(fd, "wb") as out:
-            if mode is not None:
+            if mode is not None and not private:
                 os.fchmod(out.fileno(), mode)
             yield out
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, path)
+        if private:
+            os.link(tmp, path)  # unlike a rename, refuses to replace what is there
+            Path(tmp).unlink()
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -7,7 +7,6 @@ encrypted with ``REGISTRY_KEY_PASSPHRASE``; writing it in the clear needs the ex
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +19,7 @@ from sqlmodel import Session
 from registry.config import Settings
 from registry.domain.instructions import RegisterParty
 from registry.errors import ConfigurationError, RegistryError
+from registry.ledger.bundle import atomic_output
 from registry.ledger.dsse import Envelope
 from registry.ledger.entry import Entry
 from registry.ledger.keys import PublicKey, SigningKey
@@ -41,15 +41,20 @@ def passphrase_of(settings: Settings) -> bytes | None:
 
 
 def write_key_file(path: Path, key: SigningKey, *, passphrase: bytes | None) -> None:
-    """Write ``key`` as PEM, readable only by its owner; ``None`` writes it unencrypted."""
+    """Write ``key`` as PEM, readable only by its owner; ``None`` writes it unencrypted.
+
+    The key is whole and on disk before this returns, or not there at all: a full disk leaves
+    no half key in the way of the next try, and a power cut after the genesis entry that the
+    key signs cannot leave an empty file in its place.
+    """
     pem = key.to_pem_unencrypted_unsafe() if passphrase is None else key.to_pem(passphrase)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.exists():
+        raise ConfigurationError(f"{path} already exists; not replacing a key")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with atomic_output(path, private=True) as out:
+            out.write(pem)
     except FileExistsError as e:
         raise ConfigurationError(f"{path} already exists; not replacing a key") from e
-    with os.fdopen(fd, "wb") as out:
-        out.write(pem)
 
 
 def load_signing_key(settings: Settings) -> SigningKey:
