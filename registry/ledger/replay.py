@@ -1086,6 +1086,13 @@ class Replay:
         self._require_role(acting, "administrator")
         b: ins.RegisterProject = acting.body
         state = self.state
+        if b.programme is None and acting.names_registry:
+            # Programmes were required before instructions named their registry: a registration
+            # naming both the registry and no programme was refused when it was written.
+            raise InvalidRequestError(
+                "programme is required: JCM (reports cover the whole project) or REDD+ (reports "
+                "by forest unit)"
+            )
         if b.project_id in state.projects:
             raise ConflictError(f"project {b.project_id} already exists")
         if b.crediting_period_end < b.crediting_period_start:
@@ -1099,8 +1106,8 @@ class Replay:
             self._party_with_role(p, "participant", "government")
         self._party_with_role(b.third_party_entity, "third_party_entity")
 
-        # A registration naming no programme is refused by the registry today; in a ledger it
-        # is one from before projects named it, and its project keeps the rule of then.
+        # A registration naming no programme (and no registry) is one from before projects named
+        # it, and its project keeps the rule of then.
 
         def apply() -> None:
             state.projects[b.project_id] = ProjectState(

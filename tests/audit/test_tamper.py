@@ -907,3 +907,39 @@ def test_a_ledger_from_before_those_rules_keeps_the_units_they_refuse(
     _forge_closure(bundle, sqlite_bundle, end, signed_for=None)
     _forge_unit(bundle, sqlite_bundle, end + 1, side=0.0002, area_ha=0, signed_for=None)
     assert verify_bundle(bundle.write(), registry_key=sqlite_bundle.key, workers=1).report.ok
+
+
+def _forge_project_without_programme(
+    bundle: RawBundle, exported: Exported, position: int, signed_for: str | None = ORIGIN
+) -> None:
+    forge(bundle, exported, position, kind="project.register", actor=ADMIN, key=ADMIN_KEY,
+          body={"project_id": "KH009", "title": "A project naming no programme",
+                "partner_country": "KH", "methodology": "KH_AM001", "sector": "Energy",
+                "participants": ["kh-water"], "third_party_entity": "lrqa",
+                "crediting_period_start": "2023-01-01", "crediting_period_end": "2030-12-31"},
+          effects={"project_id": "KH009", "status": "registered"}, signed_for=signed_for)
+
+
+def test_a_project_registered_without_a_programme_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """The registry refuses a new project naming no programme (it would turn REDD+ at its first
+    forest unit, its JCM reports counted again); an entry registering one anyway is found."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    end = len(bundle.envelopes)
+    _forge_project_without_programme(bundle, sqlite_bundle, end)
+    found = failures(bundle, sqlite_bundle)
+    assert codes(found) == {(end, "invalid_request")}
+    assert message(found, end, "invalid_request").startswith(
+        "project.register should have been refused: programme is required"
+    )
+
+
+def test_a_ledger_from_before_programmes_keeps_its_projects_without_one(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    bundle = sqlite_bundle.copy(tmp_path)
+    _from_before_the_rule(bundle, sqlite_bundle, len(bundle.envelopes))
+    _forge_project_without_programme(bundle, sqlite_bundle, len(bundle.envelopes),
+                                     signed_for=None)
+    assert verify_bundle(bundle.write(), registry_key=sqlite_bundle.key, workers=1).report.ok
