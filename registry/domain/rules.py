@@ -133,6 +133,20 @@ def check_no_period_overlap(
             )
 
 
+def check_allocation_holder(
+    *, project_id: str, participants: Sequence[str], account_id: str, holder: str, role: str
+) -> None:
+    """Issued credits go where the Joint Committee allocates them: to the project's participants
+    and to governments (the partner country's, Japan's); never to a party outside the project,
+    the registry's own administrators included. ``holder`` (a ``role``) holds ``account_id``."""
+    if role != "government" and holder not in participants:
+        raise InvalidRequestError(
+            f"account {account_id} is held by {holder}, who is neither a participant of project "
+            f"{project_id} nor a government: credits are allocated to the project's side",
+            details={"account": account_id, "holder": holder},
+        )
+
+
 @dataclass(frozen=True)
 class BufferTerms:
     """What a REDD+ forest unit's issuance deducts and where its buffer share goes."""

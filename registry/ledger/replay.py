@@ -58,6 +58,7 @@ from registry.domain.redd import compute_issuance, compute_reversal
 from registry.domain.rules import (
     CLOSED_REPORT_STATUSES,
     BufferTerms,
+    check_allocation_holder,
     check_no_period_overlap,
     check_report_area,
     check_report_period,
@@ -1362,8 +1363,17 @@ class Replay:
             raise StateError(f"project {project.id} is {project.status}; it cannot issue")
         shares = [(a.account, a.quantity) for a in b.allocations]
         for account_id, _ in shares:
-            if _get(state.accounts, account_id, "account").kind != "holding":
+            allocated_to: AccountState = _get(state.accounts, account_id, "account")
+            if allocated_to.kind != "holding":
                 raise InvalidRequestError(f"account {account_id} is not a holding account")
+            holder: PartyState = _get(state.parties, allocated_to.holder, "party")
+            check_allocation_holder(
+                project_id=project.id,
+                participants=project.participants,
+                account_id=account_id,
+                holder=holder.id,
+                role=holder.role,
+            )
         terms = None
         if report.forest_unit_id is not None:
             unit: UnitState = _get(state.units, report.forest_unit_id, "forest unit")

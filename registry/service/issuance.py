@@ -8,12 +8,13 @@ remains. However many tonnes, a batch is one block per allocation.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlmodel import Session, func, select
 
 from registry.domain.instructions import Issue
-from registry.domain.rules import BufferTerms, plan_issuance
+from registry.domain.rules import BufferTerms, check_allocation_holder, plan_issuance
 from registry.errors import ConflictError, InvalidRequestError, StateError
 from registry.service.instructions import Acting
 from registry.store.credits_repo import (
@@ -23,7 +24,7 @@ from registry.store.credits_repo import (
     get_or_404,
     record_event,
 )
-from registry.store.tables import BatchRow, ForestUnitRow, ProjectRow, ReportRow
+from registry.store.tables import BatchRow, ForestUnitRow, PartyRow, ProjectRow, ReportRow
 
 Effects = dict[str, Any]
 
@@ -40,9 +41,19 @@ def issue(session: Session, acting: Acting[Issue]) -> Effects:
     if project.status != "registered":
         raise StateError(f"project {project.id} is {project.status}; it cannot issue")
     shares = [(a.account, a.quantity) for a in b.allocations]
+    participants = json.loads(project.participants)
     for account_id, _ in shares:
-        if account(session, account_id).kind != "holding":
+        allocated_to = account(session, account_id)
+        if allocated_to.kind != "holding":
             raise InvalidRequestError(f"account {account_id} is not a holding account")
+        holder = get_or_404(session, PartyRow, allocated_to.holder, "party")
+        check_allocation_holder(
+            project_id=project.id,
+            participants=participants,
+            account_id=account_id,
+            holder=holder.id,
+            role=holder.role,
+        )
     terms = None
     if report.forest_unit_id is not None:
         unit = get_or_404(session, ForestUnitRow, report.forest_unit_id, "forest unit")

@@ -164,6 +164,26 @@ def test_jcm_issuance_exact_allocation(world: World) -> None:
     assert world.active("KH-WATER-1") == 800 + 40 + 40
 
 
+def test_credits_are_allocated_only_to_the_project_side(world: World) -> None:
+    """The Joint Committee allocates a project's credits to its participants and to
+    governments: an account of a party outside the project (a buyer, or the registry's own
+    administrator) gets none at issuance."""
+    submit_report(world, "KH004-MR1", 1000)
+    verify_report(world, "KH004-MR1", 1000)
+    world.submit(ADMIN, "account.open",
+                 {"account_id": "KH-ADMIN-1", "holder": ADMIN, "name": "the administrator's own"})
+    with world.unchanged():
+        for outsider, holder in (("JP-BUYER-1", "jp-buyer"), ("KH-ADMIN-1", ADMIN)):
+            error = world.refuse(ADMIN, "credits.issue",
+                                 issue_body("KH004-MR1", ("KH-WATER-1", 900), (outsider, 100)),
+                                 status=422, code="invalid_request")
+            assert error["details"] == {"account": outsider, "holder": holder}
+            assert "neither a participant of project KH004 nor a government" in error["message"]
+    world.submit(ADMIN, "credits.issue", issue_body(
+        "KH004-MR1", ("KH-WATER-1", 800), ("KH-GOV-1", 100), ("JP-GOV-1", 100)))
+    assert world.active("JP-BUYER-1") == 0
+
+
 def test_redd_issuance_deducts_leakage_and_fills_the_buffer(world: World) -> None:
     gross = 12_347
     leakage = ceil_bp(gross, 1000)
