@@ -89,7 +89,7 @@ class RegisterParty(Body):
 
 
 class AddPartyKey(Body):
-    """Add a key to a party (rotation): by an administrator or by the party itself."""
+    """Add a key to a party (rotation): by the party itself, signing with a key it has."""
 
     TYPE = "party.key_add"
     party_id: Id

@@ -92,6 +92,9 @@ def test_key_rotation(world: World) -> None:
         world.refuse(intruder, "party.key_add",
                      {"party_id": "kh-water", "public_key": third.public_key.to_b64()},
                      status=403, code="forbidden")
+    # And the published API says so: it promises an administrator nothing it then refuses.
+    add_key = world.http.get("/openapi.json")["paths"]["/v1/party-keys"]["post"]
+    assert "administrator" not in add_key["description"], add_key["description"]
     world.submit("kh-water", "party.key_add",
                  {"party_id": "kh-water", "public_key": third.public_key.to_b64()})
     world.keys["kh-water"] = third
