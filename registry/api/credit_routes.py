@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from registry.api.deps import ReadSessionDep, RegistryDep
+from registry.api.deps import KnownQuery, ReadSessionDep, RegistryDep
 from registry.api.examples import example_signed
 from registry.api.models import ErrorResponse, SubmissionPublic
 from registry.api.paths import (
@@ -33,7 +33,13 @@ from registry.service.submit import submit_async
 from registry.service.writer_process import WriterProcess
 
 # Every route's 422 is our ErrorResponse (the one handler), not FastAPI's HTTPValidationError.
-router = APIRouter(prefix="", tags=["credits"], responses={422: {"model": ErrorResponse}})
+# No route takes a query parameter it does not declare (a misspelt filter is refused).
+router = APIRouter(
+    prefix="",
+    tags=["credits"],
+    responses={422: {"model": ErrorResponse}},
+    dependencies=KnownQuery,
+)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import PlainTextResponse
 
-from registry.api.deps import ReadSessionDep, RegistryDep
+from registry.api.deps import KnownQuery, ReadSessionDep, RegistryDep
 from registry.api.models import (
     ConsistencyProofPublic,
     EntriesPublic,
@@ -27,7 +27,12 @@ from registry.service.ledger import b64
 from registry.store import ledger_repo
 from registry.store.tables import LedgerEntry
 
-router = APIRouter(prefix="/v1", tags=["ledger"], responses={422: {"model": ErrorResponse}})
+router = APIRouter(
+    prefix="/v1",
+    tags=["ledger"],
+    responses={422: {"model": ErrorResponse}},
+    dependencies=KnownQuery,
+)
 
 MAX_PAGE = 1000
 

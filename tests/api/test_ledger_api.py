@@ -70,6 +70,8 @@ def test_bad_requests_get_machine_readable_errors(server: LiveServer) -> None:
         ("/v1/proofs/consistency", {"first": 2, "second": 1}, 422, "invalid_request"),
         ("/v1/proofs/consistency", {"first": "x", "second": 1}, 422, "invalid_request"),
         ("/v1/entries", {"limit": 5000}, 422, "invalid_request"),
+        ("/v1/entries", {"from": 3}, 422, "invalid_request"),  # the parameter is `start`
+        ("/v1/checkpoint", {"size": 3}, 422, "invalid_request"),
         ("/v1/entries/77", {}, 404, "not_found"),
         ("/v1/checkpoints/77", {}, 404, "not_found"),
         ("/v1/nowhere", {}, 404, "not_found"),

@@ -169,3 +169,22 @@ def test_paging_through_holdings_while_the_holder_moves_credits_misses_no_block(
     for bad in ("KH004-1", f"{BATCH}-0", "not-a-serial"):
         expect_error(world.read("/v1/accounts/KH-WATER-1/holdings", party="auditor",
                                 params={"after": bad}), 422, "invalid_serial_id")
+
+
+def test_a_filter_a_list_does_not_take_is_refused_not_ignored(world: World) -> None:
+    # A buyer asking for one project's batches, or one beneficiary's retirements, must not be
+    # handed every batch or retirement as if it were the filtered list.
+    issue_jcm(world)
+    for path, params in (("/v1/batches", {"project_id": "KH999"}),
+                         ("/v1/retirements", {"beneficiary": "Nobody Co."}),
+                         ("/v1/reports", {"project": "KH999"}),
+                         ("/v1/parties", {"offset": 0, "role": "auditor"}),
+                         (f"/v1/batches/{BATCH}", {"fields": "id"})):
+        error = expect_error(world.read(path, params=params), 422, "invalid_request")
+        assert repr(next(k for k in params if k != "offset")) in error["message"], error
+    error = expect_error(world.read(HOLDINGS, party="kh-water", params={"status": "retired"}),
+                         422, "invalid_request")
+    assert error["details"]["unknown"] == ["status"]
+    assert "after" in error["details"]["known"]
+    # The filters a list does take still work.
+    assert world.http.get("/v1/reports", params={"project_id": "KH999"})["count"] == 0
