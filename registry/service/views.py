@@ -232,6 +232,13 @@ def _page(
     return rows, {"count": count, "offset": offset, "limit": limit, "tree_size": size}
 
 
+def _made(seq: Any, row_id: Any) -> tuple[Any, Any]:
+    """The order of a list of records: as the ledger made them (by the id within one entry).
+    A record made while a client pages through the list comes last, so an offset never skips
+    or repeats one (in the order of their ids, a new one would shift every later one)."""
+    return col(seq), col(row_id)
+
+
 def _block(row: BlockRow) -> BlockPublic:
     return BlockPublic(
         block=format_block(row.batch_id, SerialRange(row.start, row.end)),
@@ -273,12 +280,14 @@ def _b64(data: bytes) -> str:
 
 
 def parties(session: Session, offset: int, limit: int) -> Page[PartyPublic]:
-    rows, page = _page(session, PartyRow, col(PartyRow.id), offset, limit)
+    rows, page = _page(session, PartyRow, _made(PartyRow.created_seq, PartyRow.id), offset, limit)
     return Page(data=_parties(session, rows), **page)
 
 
 def accounts(session: Session, offset: int, limit: int) -> Page[AccountPublic]:
-    rows, page = _page(session, AccountRow, col(AccountRow.id), offset, limit)
+    rows, page = _page(
+        session, AccountRow, _made(AccountRow.created_seq, AccountRow.id), offset, limit
+    )
     return Page(
         data=[AccountPublic(**r.model_dump()) for r in rows],
         **page,
@@ -300,7 +309,9 @@ def project(session: Session, project_id: str) -> ProjectPublic:
 
 
 def projects(session: Session, offset: int, limit: int) -> Page[ProjectPublic]:
-    rows, page = _page(session, ProjectRow, col(ProjectRow.id), offset, limit)
+    rows, page = _page(
+        session, ProjectRow, _made(ProjectRow.registered_seq, ProjectRow.id), offset, limit
+    )
     return Page(data=[_project(r) for r in rows], **page)
 
 
@@ -315,7 +326,9 @@ def forest_unit(session: Session, unit_id: str) -> ForestUnitPublic:
 
 
 def forest_units(session: Session, offset: int, limit: int) -> Page[ForestUnitPublic]:
-    rows, page = _page(session, ForestUnitRow, col(ForestUnitRow.id), offset, limit)
+    rows, page = _page(
+        session, ForestUnitRow, _made(ForestUnitRow.registered_seq, ForestUnitRow.id), offset, limit
+    )
     return Page(data=[_unit(session, r) for r in rows], **page)
 
 

@@ -188,3 +188,26 @@ def test_a_filter_a_list_does_not_take_is_refused_not_ignored(world: World) -> N
     assert "after" in error["details"]["known"]
     # The filters a list does take still work.
     assert world.http.get("/v1/reports", params={"project_id": "KH999"})["count"] == 0
+
+
+def test_paging_through_accounts_while_one_is_opened_repeats_and_misses_none(
+    world: World,
+) -> None:
+    # Records are listed in the order the ledger made them, so a record made while a client
+    # pages through the list comes last: it never shifts one already seen onto the next page.
+    issue_jcm(world)
+    first = world.http.get("/v1/accounts", params={"limit": 3})
+    world.submit(ADMIN, "account.open",
+                 {"account_id": "AA-1", "holder": "jp-buyer", "name": "first by name"})
+    seen = [a["id"] for a in first["data"]]
+    offset = 3
+    while True:
+        page = world.http.get("/v1/accounts", params={"offset": offset, "limit": 3})["data"]
+        if not page:
+            break
+        seen += [a["id"] for a in page]
+        offset += 3
+    assert sorted(seen) == sorted({*(a["id"] for a in world.http.get("/v1/accounts",
+                                                                       params={"limit": 500})
+                                     ["data"])})
+    assert seen[-1] == "AA-1"
