@@ -147,7 +147,10 @@ def create_app(registry: Registry, *, writer: WriterProcess | None = None) -> Fa
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )
-        return _error(exc.status_code, code, str(exc.detail))
+        response = _error(exc.status_code, code, str(exc.detail))
+        # A 405 says which methods the path does take (``Allow``, RFC 9110 §15.5.6).
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -81,3 +81,9 @@ def test_bad_requests_get_machine_readable_errors(server: LiveServer) -> None:
         assert r.status_code == status, (path, params, r.text)
         body = r.json()["error"]
         assert body["code"] == code and body["message"], (path, body)
+
+
+def test_a_method_a_path_does_not_take_is_a_405_naming_those_it_does(server: LiveServer) -> None:
+    r = server.client.delete("/v1/entries/0")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    assert r.headers["allow"] == "GET"
