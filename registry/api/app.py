@@ -120,7 +120,7 @@ def create_app(registry: Registry, *, writer: WriterProcess | None = None) -> Fa
     # is matched through a layer of FastAPI's per request and route (a 404 walked the then 42 routes
     # in 138 us, against 96 us flat), and a transfer is the route the registry serves most.
     # (So app.dependency_overrides does not reach these routes; nothing here uses it.)
-    for router in (credit_routes.router, ledger_routes.router):
+    for router in (credit_routes.router, credit_routes.reads, ledger_routes.router):
         app.router.routes.extend(router.routes)
 
     @app.exception_handler(RegistryError)

@@ -1366,14 +1366,15 @@ class Replay:
             allocated_to: AccountState = _get(state.accounts, account_id, "account")
             if allocated_to.kind != "holding":
                 raise InvalidRequestError(f"account {account_id} is not a holding account")
-            holder: PartyState = _get(state.parties, allocated_to.holder, "party")
-            check_allocation_holder(
-                project_id=project.id,
-                participants=project.participants,
-                account_id=account_id,
-                holder=holder.id,
-                role=holder.role,
-            )
+            if acting.names_registry:  # the rule came after instructions named a registry
+                holder: PartyState = _get(state.parties, allocated_to.holder, "party")
+                check_allocation_holder(
+                    project_id=project.id,
+                    participants=project.participants,
+                    account_id=account_id,
+                    holder=holder.id,
+                    role=holder.role,
+                )
         terms = None
         if report.forest_unit_id is not None:
             unit: UnitState = _get(state.units, report.forest_unit_id, "forest unit")

@@ -432,33 +432,51 @@ def test_an_issuance_from_an_unverified_report(sqlite_bundle: Exported, tmp_path
     )
 
 
+def _forge_issuance_to_a_buyer(bundle: RawBundle, exported: Exported, end: int, *,
+                               signed_for: str | None = ORIGIN) -> None:
+    """At ``end``, a report of KH004 submitted and verified, then issued to a buyer's account."""
+    keys = exported.history.world.keys
+    digest = hashlib.sha256(b"MR2").hexdigest()
+    forge(bundle, exported, end, kind="report.submit", actor="kh-water",
+          key=keys["kh-water"], signed_for=signed_for,
+          body={"report_id": "KH004-MR2", "project_id": "KH004", "period_start": "2025-01-01",
+                "period_end": "2025-06-30", "reductions": 100, "document_sha256": digest},
+          effects={"report_id": "KH004-MR2", "status": "submitted"})
+    forge(bundle, exported, end + 1, kind="report.verify", actor="lrqa", key=keys["lrqa"],
+          signed_for=signed_for,
+          body={"report_id": "KH004-MR2", "verified_reductions": 100,
+                "statement_sha256": digest},
+          effects={"report_id": "KH004-MR2", "status": "verified", "verified_reductions": 100})
+    forge(bundle, exported, end + 2, kind="credits.issue", actor=ADMIN, key=ADMIN_KEY,
+          signed_for=signed_for,
+          body={"report_id": "KH004-MR2", "vintage": 2025,
+                "allocations": [{"account": "JP-BUYER-1", "quantity": 100}]},
+          effects={"batch": "KH-JCM-KH004-2025-00001", "quantity": 100,
+                   "blocks": [{"account": "JP-BUYER-1", "start": 1, "end": 100}]})
+
+
 def test_an_issuance_to_a_party_outside_the_project(
     sqlite_bundle: Exported, tmp_path: Path
 ) -> None:
     bundle = sqlite_bundle.copy(tmp_path)
     end = len(bundle.envelopes)
-    keys = sqlite_bundle.history.world.keys
-    digest = hashlib.sha256(b"MR2").hexdigest()
-    forge(bundle, sqlite_bundle, end, kind="report.submit", actor="kh-water",
-          key=keys["kh-water"],
-          body={"report_id": "KH004-MR2", "project_id": "KH004", "period_start": "2025-01-01",
-                "period_end": "2025-06-30", "reductions": 100, "document_sha256": digest},
-          effects={"report_id": "KH004-MR2", "status": "submitted"})
-    forge(bundle, sqlite_bundle, end + 1, kind="report.verify", actor="lrqa", key=keys["lrqa"],
-          body={"report_id": "KH004-MR2", "verified_reductions": 100,
-                "statement_sha256": digest},
-          effects={"report_id": "KH004-MR2", "status": "verified", "verified_reductions": 100})
-    forge(bundle, sqlite_bundle, end + 2, kind="credits.issue", actor=ADMIN, key=ADMIN_KEY,
-          body={"report_id": "KH004-MR2", "vintage": 2025,
-                "allocations": [{"account": "JP-BUYER-1", "quantity": 100}]},
-          effects={"batch": "KH-JCM-KH004-2025-00001", "quantity": 100,
-                   "blocks": [{"account": "JP-BUYER-1", "start": 1, "end": 100}]})
+    _forge_issuance_to_a_buyer(bundle, sqlite_bundle, end)
     found = failures(bundle, sqlite_bundle)
     assert codes(found) == {(end + 2, "invalid_request")}
     assert message(found, end + 2, "invalid_request").startswith(
         "credits.issue should have been refused: account JP-BUYER-1 is held by jp-buyer, who is "
         "neither a participant of project KH004 nor a government"
     )
+
+
+def test_a_ledger_from_before_the_allocation_rule_keeps_its_issuances(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    # The rule is new: a ledger begun before it keeps the issuances it made then.
+    bundle = sqlite_bundle.copy(tmp_path)
+    _from_before_the_rule(bundle, sqlite_bundle, len(bundle.envelopes))
+    _forge_issuance_to_a_buyer(bundle, sqlite_bundle, len(bundle.envelopes), signed_for=None)
+    assert verify_bundle(bundle.write(), registry_key=sqlite_bundle.key, workers=1).report.ok
 
 
 @pytest.mark.parametrize("field", ["valid_until_seq", "party_id"])
