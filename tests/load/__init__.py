@@ -370,6 +370,26 @@ def _normalise(segments: Sequence[Segment]) -> list[Segment]:
     return merged
 
 
+def check_as_asked(s: Stored) -> None:
+    """A movement moved exactly what its signed instruction asked: that batch, from and to
+    those accounts, that quantity or that range; never less (a partial fill), never more."""
+    asked = s.entry.payload["instruction"]["body"]
+    effects = s.entry.payload["effects"]
+    assert (effects["batch"], effects["from"], effects.get("to")) == (
+        asked["batch"], asked["account"], asked.get("to_account")), (
+        f"entry {s.seq} moved {effects} for the instruction {asked}")
+    moved = sum(b["end"] - b["start"] + 1 for b in effects["blocks"])
+    if asked.get("range") is not None:
+        wanted = asked["range"]
+        serials = sorted((b["start"], b["end"]) for b in effects["blocks"])
+        assert serials and serials[0][0] == wanted["start"] and serials[-1][1] == wanted["end"] \
+            and moved == wanted["end"] - wanted["start"] + 1, (
+            f"entry {s.seq} moved {serials}, its instruction asked for {wanted}")
+    else:
+        assert moved == effects["quantity"] == asked["quantity"], (
+            f"entry {s.seq} moved {moved} credits, its instruction asked for {asked['quantity']}")
+
+
 def replay_credits(ledger: Sequence[Stored]) -> dict[str, list[Segment]]:
     """Each batch's serials as the ledger's effects place them, refusing any impossible move."""
     batches: dict[str, list[Segment]] = {}
@@ -388,6 +408,7 @@ def replay_credits(ledger: Sequence[Stored]) -> dict[str, list[Segment]]:
             continue
         source = effects["from"]
         destination = effects.get("to", MOVEMENT_DESTINATION.get(s.entry.kind))
+        check_as_asked(s)
         status = MOVEMENT_STATUS[s.entry.kind]
         segments = batches[batch]
         for moved in effects["blocks"]:

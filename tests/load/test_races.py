@@ -328,18 +328,22 @@ def test_reads_under_load_are_snapshots(settings: Settings, registry: Registry,
 # --- the checks themselves catch what they are for --------------------------------------------
 
 
-def _stored(seq: int, kind: str, actor: str, nonce: str, effects: dict[str, Any]) -> Stored:
+def _stored(seq: int, kind: str, actor: str, nonce: str, effects: dict[str, Any],
+            asked: dict[str, Any] | None = None) -> Stored:
+    instruction = {"actor": actor, "nonce": nonce, "body": asked or {}}
     entry = Entry(v=1, seq=seq, time=format_time(datetime.now(UTC)), kind=kind, actor=actor,
-                  payload={"instruction": {"actor": actor, "nonce": nonce}, "effects": effects},
+                  payload={"instruction": instruction, "effects": effects},
                   prev=None if seq == 0 else "ab" * 32)
     envelope = seal_entry(entry, SigningKey.from_seed(b"R" * 32))
     return Stored(seq, merkle.leaf_hash(envelope), envelope, entry)
 
 
-def _move(seq: int, nonce: str, start: int, end: int) -> Stored:
+def _move(seq: int, nonce: str, start: int, end: int, asked: int | None = None) -> Stored:
     return _stored(seq, "credits.transfer", "a", nonce, {
         "batch": "B", "from": "A", "to": "C", "quantity": end - start + 1,
-        "blocks": [{"start": start, "end": end}]})
+        "blocks": [{"start": start, "end": end}]}, {
+        "account": "A", "batch": "B", "to_account": "C",
+        "quantity": end - start + 1 if asked is None else asked})
 
 
 def test_checks_catch_double_spends_and_false_acknowledgements() -> None:
@@ -351,6 +355,8 @@ def test_checks_catch_double_spends_and_false_acknowledgements() -> None:
         "B": [(1, 2, "A", "active"), (3, 5, "C", "active"), (6, 10, "A", "active")]}
     with pytest.raises(AssertionError, match="double spend"):
         replay_credits([*ledger, _move(3, "n3", 5, 6)])
+    with pytest.raises(AssertionError, match="asked for 4"):  # a partial fill
+        replay_credits([*ledger, _move(3, "n3", 6, 8, asked=4)])
     with pytest.raises(AssertionError, match="twice"):
         check_acknowledged([*ledger, _move(3, "n2", 6, 6)], [])
     good = Ack(key="k", actor="a", nonce="n2", kind="credits.transfer", replayed=False, body={
