@@ -10,6 +10,7 @@ PostgreSQL.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
@@ -135,6 +136,11 @@ def test_exports_while_a_thread_keeps_appending_all_verify(
     sizes: list[int] = []
     try:
         for i in range(4):
+            # Each export after the first starts once the thread has appended since the one
+            # before (on a busy machine the thread may otherwise not have run at all).
+            deadline = time.monotonic() + 30
+            while sizes and _size(registry) == sizes[-1] and time.monotonic() < deadline:
+                time.sleep(0.01)
             path = tmp_path / f"bundle-{i}.jsonl"
             sizes.append(export_bundle(registry, path).tree_size)
             _verify(registry, path, sizes[-1])

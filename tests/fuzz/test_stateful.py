@@ -94,6 +94,9 @@ PARTIES = {  # party: (role, seed byte)
 }
 #: Holding accounts and their holders.
 HOLDINGS = {"KH-WATER-1": "kh-water", "JP-BUYER-1": "jp-buyer", "KH-GOV-1": "kh-gov"}
+#: Each project's participants: the JCM project's credits can go to all three holders, the
+#: REDD+ project's not to the buyer, which gets them only by transfer.
+PARTICIPANTS = {"KH004": ["kh-water", "jp-buyer"], "KH005": ["kh-gov"]}
 UNIT = "KH005-FU1"
 BUFFER = f"BUF-{UNIT}"
 RETIREMENT, CANCELLATION = "RETIREMENT", "CANCELLATION"
@@ -167,10 +170,13 @@ def ceil_bp(amount: int, bp: int) -> int:
     return -(-amount * bp // 10_000)
 
 
-def allocations(data: st.DataObject, total: int) -> list[tuple[str, int]]:
-    """``total`` split among 1-3 distinct holding accounts, each share > 0."""
+def allocations(data: st.DataObject, total: int, project: str) -> list[tuple[str, int]]:
+    """``total`` split among 1-3 distinct holding accounts of ``project``'s side (its
+    participants' and the government's: issuance goes nowhere else), each share > 0."""
+    side = sorted(a for a, holder in HOLDINGS.items()
+                  if holder in PARTICIPANTS[project] or PARTIES[holder][0] == "government")
     accounts = data.draw(
-        st.lists(st.sampled_from(sorted(HOLDINGS)), min_size=1, max_size=min(3, total),
+        st.lists(st.sampled_from(side), min_size=1, max_size=min(3, total, len(side)),
                  unique=True),
         label="accounts",
     )
@@ -230,14 +236,14 @@ class CreditLedgerMachine(RuleBasedStateMachine):
         for account, holder in HOLDINGS.items():
             self.accept(ADMIN, "account.open",
                         {"account_id": account, "holder": holder, "name": f"{holder} holding"})
-        for project, participants, methodology, programme in (
-            ("KH004", ["kh-water"], "KH_AM001", "JCM"), ("KH005", ["kh-gov"], "KH_AM004", "REDD+"),
+        for project, methodology, programme in (
+            ("KH004", "KH_AM001", "JCM"), ("KH005", "KH_AM004", "REDD+"),
         ):
             self.accept(ADMIN, "project.register", {
                 "project_id": project, "title": f"{project} (illustrative)",
                 "partner_country": "KH", "methodology": methodology, "sector": "Energy",
                 "programme": programme,
-                "participants": participants, "third_party_entity": TPE,
+                "participants": PARTICIPANTS[project], "third_party_entity": TPE,
                 "crediting_period_start": "2018-01-01", "crediting_period_end": "2037-12-31",
             })
         self.accept(ADMIN, "forest_unit.register", {
@@ -369,7 +375,7 @@ class CreditLedgerMachine(RuleBasedStateMachine):
     @rule(data=st.data(), quantity=st.integers(1, 300), claimed_extra=st.integers(0, 20))
     def issue_jcm(self, data: st.DataObject, quantity: int, claimed_extra: int) -> None:
         report_id = self._report("KH004", "kh-water", quantity + claimed_extra, quantity)
-        self._issue(report_id, allocations(data, quantity), [], "JCM", "KH004")
+        self._issue(report_id, allocations(data, quantity, "KH004"), [], "JCM", "KH004")
 
     @rule(data=st.data(), gross=st.integers(5, 300))
     def issue_redd(self, data: st.DataObject, gross: int) -> None:
@@ -379,7 +385,7 @@ class CreditLedgerMachine(RuleBasedStateMachine):
         issuable = net - buffer
         report_id = self._report("KH005", "kh-gov", gross, gross, unit=UNIT)
         extra = [(BUFFER, buffer)] if buffer else []
-        self._issue(report_id, allocations(data, issuable), extra, "REDD", "KH005")
+        self._issue(report_id, allocations(data, issuable, "KH005"), extra, "REDD", "KH005")
 
     @initialize(data=st.data(), quantity=st.integers(1, 300), gross=st.integers(5, 300))
     def first_issuances(self, data: st.DataObject, quantity: int, gross: int) -> None:
