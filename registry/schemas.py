@@ -7,12 +7,19 @@ the files were not regenerated, so the published formats never drift from the co
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model
+from pydantic.json_schema import SkipJsonSchema
 
 from registry.api import models as api_models
-from registry.domain.instructions import BODIES, signed_model
+from registry.domain.instructions import (
+    BODIES,
+    InstructionHead,
+    RegistryName,
+    Sha256Hex,
+    signed_model,
+)
 from registry.ledger.dsse import PAYLOAD_TYPE
 from registry.ledger.entry import Entry
 from registry.ledger.receipt import RetirementReceipt
@@ -34,6 +41,223 @@ class EnvelopeDoc(BaseModel):
     payload: str = Field(description="standard base64 of the entry's canonical JSON bytes")
     payloadType: str = Field(json_schema_extra={"const": PAYLOAD_TYPE})
     signatures: list[EnvelopeSignatureDoc] = Field(min_length=1)
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+Count = Annotated[StrictInt, Field(ge=0)]
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    """For a field that is absent rather than null: its schema shows no ``default: null``."""
+    schema.pop("default", None)
+
+
+class GenesisRegistryKey(_Doc):
+    key_id: Sha256Hex
+    algorithm: Literal["ed25519"]
+    public_key: StrictStr = Field(description="raw 32-byte Ed25519 public key, standard base64")
+    note_verifier: StrictStr = Field(description="C2SP signed-note verifier key for checkpoints")
+
+
+class GenesisAdministrator(_Doc):
+    party_id: StrictStr
+    name: StrictStr
+    role: Literal["administrator"]
+    country: StrictStr | None
+    key_id: Sha256Hex
+    public_key: StrictStr = Field(description="raw 32-byte Ed25519 public key, standard base64")
+
+
+class GenesisAccount(_Doc):
+    account_id: StrictStr
+    kind: StrictStr
+    holder: StrictStr
+    name: StrictStr
+
+
+class GenesisPayload(_Doc):
+    """The payload of entry 0 (kind ``registry.genesis``): the registry's origin and key, its
+    first administrator and the system accounts."""
+
+    model_config = ConfigDict(title="RegistryGenesisPayload")
+    origin: StrictStr
+    registry_key: GenesisRegistryKey
+    administrator: GenesisAdministrator
+    accounts: list[GenesisAccount]
+    instructions_name_registry: StrictBool | SkipJsonSchema[None] = Field(
+        default=None,
+        json_schema_extra=_no_default,
+        description="true: every instruction in this ledger names its registry; absent from "
+        "ledgers begun before instructions did",
+    )
+
+
+class PartyEffects(_Doc):
+    party_id: StrictStr
+    key_ids: list[Sha256Hex]
+
+
+class PartyKeyEffects(_Doc):
+    party_id: StrictStr
+    key_id: Sha256Hex
+
+
+class AccountEffects(_Doc):
+    account_id: StrictStr
+
+
+class ProjectEffects(_Doc):
+    project_id: StrictStr
+    status: Literal["registered"]
+
+
+class ProjectStatusEffects(_Doc):
+    project_id: StrictStr
+    from_: StrictStr = Field(alias="from")
+    to: StrictStr
+
+
+class ForestUnitEffects(_Doc):
+    unit_id: StrictStr
+    area_ha: Count
+    buffer_account: StrictStr
+
+
+def _report_effects(status: str) -> type[BaseModel]:
+    status_type: Any = Literal[status]
+    return create_model(
+        f"Report{status.title()}Effects", __base__=_Doc,
+        report_id=(StrictStr, ...), status=(status_type, ...),
+    )
+
+
+class ReportVerifyEffects(_Doc):
+    report_id: StrictStr
+    status: Literal["verified"]
+    verified_reductions: Count
+
+
+class Span(_Doc):
+    start: Count
+    end: Count
+
+
+class AccountSpan(Span):
+    account: StrictStr
+
+
+class BatchSpan(Span):
+    batch: StrictStr
+
+
+class ReddFigures(_Doc):
+    gross: Count
+    leakage: Count
+    net: Count
+    buffer: Count
+    buffer_account: StrictStr
+
+
+class IssueEffects(_Doc):
+    batch: StrictStr
+    quantity: Count
+    blocks: list[AccountSpan]
+    redd: ReddFigures | SkipJsonSchema[None] = Field(
+        default=None,
+        json_schema_extra=_no_default,
+        description="REDD+ issuances only: leakage and buffer deducted",
+    )
+
+
+class TransferEffects(_Doc):
+    batch: StrictStr
+    from_: StrictStr = Field(alias="from")
+    to: StrictStr
+    quantity: Count
+    blocks: list[Span]
+
+
+class RetireEffects(_Doc):
+    retirement_id: StrictStr
+    batch: StrictStr
+    from_: StrictStr = Field(alias="from")
+    quantity: Count
+    blocks: list[Span]
+
+
+class CancelEffects(_Doc):
+    batch: StrictStr
+    from_: StrictStr = Field(alias="from")
+    quantity: Count
+    blocks: list[Span]
+
+
+class ReversalEffects(_Doc):
+    unit_id: StrictStr
+    lost: Count
+    pool_before: Count
+    cancelled: Count
+    shortfall: Count
+    blocks: list[BatchSpan]
+
+
+EFFECTS: dict[str, type[BaseModel]] = {
+    "party.register": PartyEffects,
+    "party.key_add": PartyKeyEffects,
+    "party.key_revoke": PartyKeyEffects,
+    "account.open": AccountEffects,
+    "project.register": ProjectEffects,
+    "project.status": ProjectStatusEffects,
+    "forest_unit.register": ForestUnitEffects,
+    "report.submit": _report_effects("submitted"),
+    "report.verify": ReportVerifyEffects,
+    "report.reject": _report_effects("rejected"),
+    "report.withdraw": _report_effects("withdrawn"),
+    "credits.issue": IssueEffects,
+    "credits.transfer": TransferEffects,
+    "credits.retire": RetireEffects,
+    "credits.cancel": CancelEffects,
+    "redd.reversal": ReversalEffects,
+}
+"""Instruction kind -> what its ledger entry records as ``effects``."""
+
+
+class LedgerInstructionHead(InstructionHead):
+    registry: RegistryName | SkipJsonSchema[None] = Field(  # type: ignore[assignment]
+        default=None,
+        json_schema_extra=_no_default,
+        description="the registry (origin) the instruction is for; absent only from ledgers "
+        "whose genesis does not set instructions_name_registry",
+    )
+
+
+def entry_payload_model(kind: str) -> type[BaseModel]:
+    """The payload of a ``kind`` ledger entry: the signed instruction and its effects."""
+    body = BODIES[kind]
+    kind_type: Any = Literal[kind]
+    signature_type: Any = Annotated[StrictStr, Field(description="base64 Ed25519 signature")]
+    instruction = create_model(
+        f"{body.__name__}LedgerInstruction",
+        __base__=LedgerInstructionHead,
+        type=(kind_type, ...),
+        body=(body, ...),
+    )
+    return create_model(
+        f"{body.__name__}EntryPayload",
+        __config__=ConfigDict(extra="forbid", strict=True),
+        __doc__=f"The payload of a {kind} ledger entry: the signed instruction, the signature "
+        "over its canonical bytes, and the effects the registry recorded.",
+        instruction=(instruction, ...),
+        signature=(signature_type, ...),
+        effects=(EFFECTS[kind], ...),
+    )
+
+
+def _stem(kind: str) -> str:
+    return kind.replace(".", "-").replace("_", "-")
 
 
 def _extra_models() -> dict[str, type[BaseModel]]:
@@ -59,7 +283,9 @@ def all_schemas() -> dict[str, dict[str, Any]]:
         "retirement-receipt": RetirementReceipt,
     }
     for kind in BODIES:
-        models[f"instruction-{kind.replace('.', '-').replace('_', '-')}"] = signed_model(kind)
+        models[f"instruction-{_stem(kind)}"] = signed_model(kind)
+        models[f"payload-{_stem(kind)}"] = entry_payload_model(kind)
+    models["payload-registry-genesis"] = GenesisPayload
     models.update(_extra_models())
     out: dict[str, dict[str, Any]] = {}
     for stem, model in sorted(models.items()):
