@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 
 from registry.api.examples import EXAMPLE_BODIES
+from registry.errors import MalformedError
 from registry.schemas import all_schemas, render
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
@@ -67,3 +68,32 @@ def test_signed_instructions_validate_against_their_schema(kind: str) -> None:
     wrong = {**signed, "instruction": {**signed["instruction"], "type": "credits.mint"}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(wrong, json.loads((SCHEMAS / f"{stem}.json").read_text()))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"time": "2026-01-01T00:00:00Z"},
+        {"time": "2026-01-01T00:00:00.000000+00:00"},
+        {"kind": "Credits.Transfer"},
+        {"actor": ""},
+        {"actor": " registry"},
+        {"seq": 1, "prev": "AB" * 32},
+        {"seq": 1, "prev": "ab"},
+    ],
+)
+def test_the_entry_schema_refuses_what_the_ledger_refuses(change: dict[str, object]) -> None:
+    from registry.ledger.canonical import canonical_bytes
+    from registry.ledger.entry import Entry
+
+    good = {
+        "v": 1, "seq": 1, "time": "2026-01-01T00:00:00.000000Z", "kind": "credits.transfer",
+        "actor": "kh-gov", "payload": {}, "prev": "ab" * 32,
+    }
+    schema = json.loads((SCHEMAS / "entry.json").read_text())
+    jsonschema.validate(good, schema)
+    bad = {**good, **change}
+    with pytest.raises(MalformedError):
+        Entry.from_bytes(canonical_bytes(bad))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)

@@ -94,11 +94,21 @@ class Entry(BaseModel):
 
     v: Literal[1]
     seq: int = Field(ge=0, le=MAX_SAFE_INTEGER)
-    time: str
-    kind: str
-    actor: str
+    time: str = Field(
+        json_schema_extra={"pattern": f"^{_TIME_SHAPE.pattern}$"},
+        description="RFC 3339 UTC, always microseconds and Z",
+    )
+    kind: str = Field(json_schema_extra={"pattern": f"^{_KIND.pattern}$"})
+    actor: str = Field(
+        json_schema_extra={"minLength": 1, "pattern": r"^\S([\s\S]*\S)?$"},
+        description="a party id, or registry for the genesis entry; no edge spaces",
+    )
     payload: dict[str, Any]
-    prev: str | None
+    prev: str | None = Field(
+        json_schema_extra={"anyOf": [{"pattern": f"^{_LEAF_HEX.pattern}$", "type": "string"},
+                                     {"type": "null"}]},
+        description="lowercase hex leaf hash of the entry before; null only for entry 0",
+    )
 
     @field_validator("v", mode="before")
     @classmethod
