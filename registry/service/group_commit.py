@@ -223,6 +223,11 @@ class GroupCommit:
             if len(batch) == 1:
                 batch[0].finish(None, e)
                 return
+            # Not a refusal, nor a busy ledger: a database failure, or a bug that one use case
+            # alone may not show (a read of another's rows gone stale). Each is carried out
+            # alone, and the failure is logged, not hidden by the retry.
+            _log.error("a group commit of %d failed as a whole; carrying out each alone",
+                       len(batch), exc_info=e)
             for job in batch:
                 self._carry_out([job])
             return
