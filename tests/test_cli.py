@@ -160,6 +160,32 @@ def test_serve_without_a_registry_says_why_in_one_line_and_leaves_nothing(tmp_pa
         assert os.listdir(runtime) == []  # no writer socket left behind
 
 
+def test_serve_and_demo_refuse_a_database_never_initialised(tmp_path: Path) -> None:
+    """A key but no registry at REGISTRY_DATABASE_URL (a mistyped path, or `init` run with
+    another URL): refused in one line, and no database is made there."""
+    assert run(["init", "--insecure-dev-key"], tmp_path).returncode == 0
+    elsewhere = tmp_path / "elsewhere"
+    url = f"sqlite:///{elsewhere / 'registry.db'}"
+    for args in (["serve", "--port", "1"], ["demo"]):
+        with tempfile.TemporaryDirectory(prefix="run-") as runtime:
+            r = run(args, tmp_path, XDG_RUNTIME_DIR=runtime, REGISTRY_DATABASE_URL=url)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.splitlines() == [
+            f"error[configuration_error]: no registry database at {elsewhere / 'registry.db'}: "
+            "run `registry init` first"
+        ], r.stderr
+        assert not elsewhere.exists()
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with tempfile.TemporaryDirectory(prefix="run-") as runtime:
+        r = run(["serve", "--port", "1"], tmp_path, XDG_RUNTIME_DIR=runtime,
+                REGISTRY_DATABASE_URL=f"sqlite:///{empty}")
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines() == [
+        "error[configuration_error]: the registry's ledger is empty: run `registry init` first"
+    ], r.stderr
+
+
 def test_serve_refuses_a_ledger_under_another_origin_or_key(
     tmp_path: Path, settings: Settings, registry: Registry
 ) -> None:

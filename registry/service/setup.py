@@ -28,7 +28,13 @@ from registry.service.ledger import append_entry, b64
 from registry.service.movements import CANCELLATION_ACCOUNT, RETIREMENT_ACCOUNT
 from registry.service.parties import add_key, create_account
 from registry.store import ledger_repo
-from registry.store.db import make_engine, migrate, read_session, write_transaction
+from registry.store.db import (
+    make_engine,
+    migrate,
+    read_session,
+    require_database,
+    write_transaction,
+)
 from registry.store.tables import PartyRow
 
 GENESIS_KIND = "registry.genesis"
@@ -68,14 +74,20 @@ def load_signing_key(settings: Settings) -> SigningKey:
 def open_registry(
     settings: Settings, *, clock: Callable[[], datetime] = utc_now, migrate_schema: bool = True
 ) -> Registry:
-    """Open the registry ``settings`` describe, bringing its schema up to date."""
+    """Open the registry ``settings`` describe, bringing its schema up to date; one that was
+    never initialised is refused, and no database is made for it."""
+    signer = load_signing_key(settings)
+    try:
+        require_database(settings.database_url)
+    except ConfigurationError as e:
+        raise ConfigurationError(f"{e.message}: run `registry init` first") from None
     engine = make_engine(settings.database_url, lock_timeout=settings.lock_timeout)
     if migrate_schema:
         migrate(engine)
-    registry = Registry(
-        engine=engine, signer=load_signing_key(settings), origin=settings.origin, clock=clock
-    )
+    registry = Registry(engine=engine, signer=signer, origin=settings.origin, clock=clock)
     with read_session(engine) as session:
+        if ledger_repo.tree_size(session) == 0:
+            raise ConfigurationError("the registry's ledger is empty: run `registry init` first")
         _refuse_another_ledgers_name_or_key(session, settings, registry)
     return registry
 
