@@ -136,6 +136,7 @@ def serve(
                 fg="yellow",
                 err=True,
             )
+        _refuse_a_port_in_use(host or settings.host, port or settings.port)
         writer.open()
         if workers == 1:  # this process serves: it imports the API while the writer opens
             import registry.api.server  # noqa: F401
@@ -161,6 +162,21 @@ def serve(
         )
     finally:
         writer.stop()
+
+
+def _refuse_a_port_in_use(host: str, port: int) -> None:
+    """Say in one line that the server cannot listen there (uvicorn would log and exit 3)."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as e:
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
 @app.command()

@@ -523,6 +523,23 @@ def test_a_key_the_disk_cannot_hold_is_not_left_half_written(tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir()] == ["me.pem"]
 
 
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    assert run(["init", "--insecure-dev-key"], tmp_path).returncode == 0
+    with socket.socket() as taken, tempfile.TemporaryDirectory(prefix="run-") as runtime:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = run(["serve", "--port", str(port)], tmp_path, XDG_RUNTIME_DIR=runtime)
+        assert os.listdir(runtime) == []  # the writer went with it
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        f"error[configuration_error]: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ), r.stderr
+    assert "Traceback" not in r.stderr and "INFO" not in r.stderr
+
+
 def test_serve_warns_when_the_registry_key_is_not_encrypted(tmp_path: Path) -> None:
     import socket
 
