@@ -107,7 +107,10 @@ def _scoped_key(raw: dict[str, Any], idempotency_key: str) -> str:
     instruction = raw.get("instruction")
     actor = instruction.get("actor") if isinstance(instruction, dict) else None
     scope = actor if isinstance(actor, str) else ""
-    return hashlib.sha256(f"{scope}\n{idempotency_key}".encode()).hexdigest()
+    # A lone surrogate (JSON can spell one) is refused later, not a 500 here; every
+    # well-formed actor's bytes, and so every stored key, are unchanged.
+    text = f"{scope}\n{idempotency_key}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)

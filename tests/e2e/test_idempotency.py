@@ -75,6 +75,18 @@ def test_a_request_accepted_before_an_upgrade_and_retried_after_it_gets_its_answ
     assert world.active("JP-BUYER-1") == 10
 
 
+def test_a_refused_body_whose_actor_is_no_text_is_a_422_not_a_500(world: World) -> None:
+    # JSON can spell a lone surrogate. Looking up a stored answer for a body the API refuses
+    # must not fail on it: a 500 would tell the client to retry, forever.
+    body = b'{"instruction": {"actor": "\\ud800", "type": "credits.transfer"}}'
+    with world.unchanged():
+        response = world.http.http.post(
+            "/v1/transfers", content=body,
+            headers={"Idempotency-Key": "K-1", "Content-Type": "application/json"},
+        )
+        expect_error(response, 422, "invalid_request")
+
+
 def test_same_key_for_another_request_is_a_conflict(world: World) -> None:
     issue_jcm(world)
     client = world.as_("kh-water")
