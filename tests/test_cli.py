@@ -540,6 +540,33 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr and "INFO" not in r.stderr
 
 
+def test_a_key_is_written_on_a_file_system_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some file systems (FAT, some network and FUSE mounts) refuse a hard link: the key is
+    written there all the same, still never over a file already at its name."""
+    import errno
+
+    from registry.errors import ConfigurationError
+    from registry.service.setup import write_key_file
+
+    def no_link(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    key = SigningKey.generate()
+    public = key.public_key.to_b64()
+    path = tmp_path / "keys" / "me.pem"
+    write_key_file(path, key, passphrase=None)
+    assert SigningKey.from_pem(path.read_bytes(), None).public_key.to_b64() == public
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in path.parent.iterdir()] == ["me.pem"]
+    with pytest.raises(ConfigurationError):
+        write_key_file(path, SigningKey.generate(), passphrase=None)
+    assert SigningKey.from_pem(path.read_bytes(), None).public_key.to_b64() == public
+    assert [p.name for p in path.parent.iterdir()] == ["me.pem"]
+
+
 def test_serve_warns_when_the_registry_key_is_not_encrypted(tmp_path: Path) -> None:
     import socket
 

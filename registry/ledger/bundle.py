@@ -192,6 +192,27 @@ class BundleWriter:
             )
 
 
+#: What a file system without hard links (FAT, some network and FUSE mounts) answers a link.
+_NO_HARD_LINKS = frozenset(
+    {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
+)
+
+
+def _copy_new(source: Path, path: Path) -> None:
+    """Copy ``source`` to a file created at ``path`` (never one already there, a symlink
+    included), readable by its owner only and fsynced; if the copy fails, it is removed."""
+    data = source.read_bytes()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
 @contextmanager
 def atomic_output(path: Path, *, private: bool = False) -> Iterator[IO[bytes]]:
     """A temporary file beside ``path`` to write: once the block ends well, it is fsynced and
@@ -221,7 +242,14 @@ def atomic_output(path: Path, *, private: bool = False) -> Iterator[IO[bytes]]:
             out.flush()
             os.fsync(out.fileno())
         if private:
-            os.link(tmp, path)  # unlike a rename, refuses to replace what is there
+            try:
+                os.link(tmp, path)  # unlike a rename, refuses to replace what is there
+            except FileExistsError:
+                raise
+            except OSError as e:
+                if e.errno not in _NO_HARD_LINKS:
+                    raise
+                _copy_new(tmp, path)
             Path(tmp).unlink()
         else:
             os.replace(tmp, path)
