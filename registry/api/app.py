@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.api import credit_routes, ledger_routes
@@ -92,6 +93,16 @@ async def _answer_to_a_retry(request: Request, body: object) -> JSONResponse | N
                         headers={"Idempotent-Replayed": "true"})
 
 
+def _allowed(request: Request) -> str:
+    """Every method of every route on the path of ``request`` (a 405's ``Allow``)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route_methods
+    return ", ".join(sorted(methods))
+
+
 def create_app(registry: Registry, *, writer: WriterProcess | None = None) -> FastAPI:
     """The API of ``registry``. With ``writer``, instructions are carried out in that writer
     process (``registry serve``); without, by the registry's writer thread (tests, embedding).
@@ -143,13 +154,17 @@ def create_app(registry: Registry, *, writer: WriterProcess | None = None) -> Fa
         return _error(422, "invalid_request", f"{where}: {first['msg']}", {"errors": errors})
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )
         response = _error(exc.status_code, code, str(exc.detail))
         # A 405 says which methods the path does take (``Allow``, RFC 9110 §15.5.6).
         response.headers.update(exc.headers or {})
+        if exc.status_code == 405 and "allow" in response.headers:
+            # Starlette names those of the first route on the path only; a list and its
+            # instruction (GET and POST /v1/parties) are two routes.
+            response.headers["allow"] = _allowed(request)
         return response
 
     @app.exception_handler(Exception)

@@ -87,3 +87,11 @@ def test_a_method_a_path_does_not_take_is_a_405_naming_those_it_does(server: Liv
     r = server.client.delete("/v1/entries/0")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
     assert r.headers["allow"] == "GET"
+
+
+def test_a_405_names_every_method_of_a_path_that_takes_several(server: LiveServer) -> None:
+    # A list is read with GET and an instruction posted to the same path: both are named.
+    for path in ("/v1/parties", "/v1/accounts", "/v1/retirements"):
+        r = server.client.delete(path)
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+        assert sorted(m.strip() for m in r.headers["allow"].split(",")) == ["GET", "POST"], path
