@@ -338,3 +338,36 @@ def test_rows_inserted_together_are_refused_as_each_would_be(registry: Registry)
         with pytest.raises(DBAPIError), write_transaction(registry.engine) as session:
             insert_rows(_ANSWERS, tuple(rows[0])).execute_many(session, rows)
         assert _count(registry, "idempotency") == 0
+
+
+@pytest.mark.parametrize(
+    "read", ["parties", "accounts", "projects", "forest_units", "reports", "batches",
+             "retirements", "reversals"],
+)
+def test_a_public_list_page_is_read_in_index_order_not_by_sorting_the_table(
+    registry: Registry, read: str
+) -> None:
+    # Every page of a public list is ordered as the ledger made its records; without an index
+    # on that order, each page sorted the whole table, a cost growing with the registry.
+    if registry.engine.dialect.name != "sqlite":
+        pytest.skip("the query plan checked here is SQLite's")
+    from sqlalchemy import event
+
+    from registry.service import views
+
+    pages: list[tuple[str, Any]] = []
+
+    def keep(_conn: Any, _cursor: Any, sql: str, params: Any, *_: Any) -> None:
+        if "ORDER BY" in sql:
+            pages.append((sql, params))
+
+    with read_session(registry.engine) as s:
+        event.listen(registry.engine, "before_cursor_execute", keep)
+        try:
+            getattr(views, read)(s, 0, 100)
+        finally:
+            event.remove(registry.engine, "before_cursor_execute", keep)
+        sql, params = pages[0]  # the page itself (later ones read what its rows name)
+        plan = " ".join(str(row[-1]) for row in
+                        s.connection().exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
+    assert "TEMP B-TREE" not in plan, plan
