@@ -140,7 +140,9 @@ def get_project(session: ReadSessionDep, project_id: RecordId) -> Any:
     return views.project(session, project_id)
 
 
-@reads.get("/v1/forest-units", response_model=views.Page[views.ForestUnitPublic], tags=["reads"])
+@reads.get(
+    "/v1/forest-units", response_model=views.Page[views.ForestUnitListed], tags=["reads"]
+)
 def list_forest_units(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100) -> Any:
     return views.forest_units(session, offset, limit)
 

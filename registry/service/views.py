@@ -24,7 +24,7 @@ from registry.domain.serials import (
 from registry.errors import NotFoundError, PermissionDeniedError
 from registry.ledger.keys import b64encode
 from registry.store import ledger_repo
-from registry.store.credits_repo import active_quantity, get_or_404
+from registry.store.credits_repo import active_quantities, active_quantity, get_or_404
 from registry.store.tables import (
     AccountRow,
     BatchRow,
@@ -94,11 +94,16 @@ class ProjectPublic(BaseModel):
     registered_seq: int
 
 
-class ForestUnitPublic(BaseModel):
+class ForestUnitListed(BaseModel):
+    """A forest unit as a list shows it: everything but its boundary, which can run to
+    100,000 positions (megabytes) a unit; the unit's own read has it."""
+
     id: str
     project_id: str
     name: str
-    boundary: dict[str, Any]
+    bounds: list[float] = Field(
+        description="the boundary's box in degrees: [west, south, east, north]"
+    )
     area_ha: int
     jurisdiction: str
     reference_level: int
@@ -108,6 +113,10 @@ class ForestUnitPublic(BaseModel):
     buffer_pool: int
     shortfall: int
     registered_seq: int
+
+
+class ForestUnitPublic(ForestUnitListed):
+    boundary: dict[str, Any]
 
 
 class ReportPublic(BaseModel):
@@ -315,21 +324,35 @@ def projects(session: Session, offset: int, limit: int) -> Page[ProjectPublic]:
     return Page(data=[_project(r) for r in rows], **page)
 
 
-def _unit(session: Session, row: ForestUnitRow) -> ForestUnitPublic:
-    data = row.model_dump()
-    data["boundary"] = json.loads(row.boundary)
-    return ForestUnitPublic(**data, buffer_pool=active_quantity(session, row.buffer_account))
+#: A forest unit's columns but its boundary, for lists.
+_LISTED = [c for c in ForestUnitRow.__table__.columns if c.name != "boundary"]  # type: ignore[attr-defined]
+
+
+def _listed(row: Any, pool: int) -> dict[str, Any]:
+    data = {c.name: getattr(row, c.name) for c in _LISTED}
+    data["bounds"] = [data.pop("west"), data.pop("south"), data.pop("east"), data.pop("north")]
+    return {**data, "buffer_pool": pool}
 
 
 def forest_unit(session: Session, unit_id: str) -> ForestUnitPublic:
-    return _unit(session, get_or_404(session, ForestUnitRow, unit_id, "forest unit"))
+    row = get_or_404(session, ForestUnitRow, unit_id, "forest unit")
+    return ForestUnitPublic(**_listed(row, active_quantity(session, row.buffer_account)),
+                            boundary=json.loads(row.boundary))
 
 
-def forest_units(session: Session, offset: int, limit: int) -> Page[ForestUnitPublic]:
-    rows, page = _page(
-        session, ForestUnitRow, _made(ForestUnitRow.registered_seq, ForestUnitRow.id), offset, limit
+def forest_units(session: Session, offset: int, limit: int) -> Page[ForestUnitListed]:
+    """A page of forest units, without their boundaries (neither read nor sent), each with its
+    buffer pool, the page's pools summed in one statement."""
+    order = _made(ForestUnitRow.registered_seq, ForestUnitRow.id)
+    rows = session.execute(
+        select(*_LISTED).order_by(*order).offset(offset).limit(limit)
+    ).all()
+    count = int(session.exec(select(func.count()).select_from(ForestUnitRow)).one())
+    pools = active_quantities(session, [row.buffer_account for row in rows])
+    return Page(
+        data=[ForestUnitListed(**_listed(row, pools.get(row.buffer_account, 0))) for row in rows],
+        count=count, offset=offset, limit=limit, tree_size=ledger_repo.tree_size(session),
     )
-    return Page(data=[_unit(session, r) for r in rows], **page)
 
 
 def report(session: Session, report_id: str) -> ReportPublic:

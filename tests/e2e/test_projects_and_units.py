@@ -6,6 +6,8 @@ import json
 import math
 from typing import Any
 
+import pytest
+
 from registry.ledger.keys import SigningKey
 from tests.world import ADMIN, BUFFER, SQUARE, UNIT, World, sha, submit_report, verify_report
 
@@ -236,3 +238,30 @@ def test_only_the_projects_own_third_party_entity_verifies_and_no_participant_is
                                                   "verified_reductions": 10})
     assert answer["result"]["status"] == "verified"
     assert world.http.get("/v1/reports/KH006-MR1")["verifier"] == "bv"
+
+
+def test_the_list_of_forest_units_names_each_units_box_not_its_whole_boundary(
+    world: World,
+) -> None:
+    # A boundary may run to 100,000 positions: a page of such units would be hundreds of
+    # megabytes. The list gives each unit's box; the unit's own read gives its boundary.
+    n = 20_000
+    ring = [[round(106.2 + 0.05 * math.cos(2 * math.pi * i / n), 9),
+             round(13.2 + 0.05 * math.sin(2 * math.pi * i / n), 9)] for i in range(n)]
+    world.submit(ADMIN, "forest_unit.register", {
+        "unit_id": "KH005-FU9", "project_id": "KH005", "name": "A finely drawn block",
+        "boundary": json.dumps({"type": "Polygon", "coordinates": [[*ring, ring[0]]]}),
+        "jurisdiction": "Kampong Thom", "reference_level": 1000, "leakage_rate_bp": 0,
+        "buffer_rate_bp": 1500,
+    })
+    listed = world.http.http.get("/v1/forest-units")
+    assert listed.status_code == 200 and len(listed.content) < 5_000, len(listed.content)
+    units = {u["id"]: u for u in listed.json()["data"]}
+    assert set(units) == {UNIT, "KH005-FU9"}
+    own = world.http.get("/v1/forest-units/KH005-FU9")
+    assert len(own["boundary"]["coordinates"][0]) == n + 1
+    assert "boundary" not in units["KH005-FU9"]
+    assert units["KH005-FU9"] == {k: v for k, v in own.items() if k != "boundary"}
+    west, south, east, north = units["KH005-FU9"]["bounds"]
+    assert (west, south, east, north) == pytest.approx((106.15, 13.15, 106.25, 13.25), abs=1e-6)
+    assert units[UNIT]["bounds"] == [105.8, 13.6, 105.9, 13.7]

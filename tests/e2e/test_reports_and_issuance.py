@@ -213,6 +213,8 @@ def test_redd_issuance_deducts_leakage_and_fills_the_buffer(world: World) -> Non
     }
     assert world.blocks(BUFFER) == [(batch, 8890, 11_112, "active")]
     assert world.http.get(f"/v1/forest-units/{UNIT}")["buffer_pool"] == buffer
+    listed = {u["id"]: u for u in world.http.get("/v1/forest-units")["data"]}
+    assert listed[UNIT]["buffer_pool"] == buffer
     # A reader of the batch finds the forest it came from, and the pool its buffer share is in.
     public = world.http.get(f"/v1/batches/{batch}")
     assert public["quantity"] == net and public["forest_unit_id"] == UNIT
