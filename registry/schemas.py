@@ -93,6 +93,12 @@ class GenesisPayload(_Doc):
         description="true: every instruction in this ledger names its registry; absent from "
         "ledgers begun before instructions did",
     )
+    issuance_to_project_side: StrictBool | SkipJsonSchema[None] = Field(
+        default=None,
+        json_schema_extra=_no_default,
+        description="true: every issuance in this ledger allocates only to accounts of the "
+        "project's participants and of governments; absent from ledgers begun before that rule",
+    )
 
 
 class PartyEffects(_Doc):

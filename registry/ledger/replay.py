@@ -320,6 +320,8 @@ class ReplayedState:
         self.origin: str | None = None
         self.registry_key: PublicKey | None = None
         self.instructions_name_registry = False
+        #: Whether issuance allocates only to the project's side (the genesis says).
+        self.issuance_to_project_side = False
         #: The first entry whose instruction named this registry, in a ledger whose genesis
         #: predates the rule: from there on the registry refused instructions naming none.
         self.registry_named_since: int | None = None
@@ -461,6 +463,7 @@ class _Genesis(_Strict):
     administrator: _GenesisAdmin
     accounts: list[_GenesisAccount]
     instructions_name_registry: StrictBool = False
+    issuance_to_project_side: StrictBool = False
 
 
 class _Span(_Strict):
@@ -800,6 +803,7 @@ class Replay:
             )
         state.origin, state.registry_key = g.origin, key
         state.instructions_name_registry = g.instructions_name_registry
+        state.issuance_to_project_side = g.issuance_to_project_side
         a = g.administrator
         if admin_key.key_id != a.key_id:
             self.fail(
@@ -1366,7 +1370,7 @@ class Replay:
             allocated_to: AccountState = _get(state.accounts, account_id, "account")
             if allocated_to.kind != "holding":
                 raise InvalidRequestError(f"account {account_id} is not a holding account")
-            if acting.names_registry:  # the rule came after instructions named a registry
+            if state.issuance_to_project_side:  # a ledger begun under the rule
                 holder: PartyState = _get(state.parties, allocated_to.holder, "party")
                 check_allocation_holder(
                     project_id=project.id,

@@ -292,6 +292,9 @@ def _genesis(
                 # Every instruction in this ledger names its registry: the auditor refuses
                 # one that doesn't (older ledgers, without this, had none that did).
                 "instructions_name_registry": True,
+                # Issuance goes to the project's participants and governments only: the auditor
+                # holds this ledger's issuances to that (older ledgers keep those they made).
+                "issuance_to_project_side": True,
             },
         )
     return registry

@@ -105,7 +105,7 @@ def _from_before_the_rule(bundle: RawBundle, exported: Exported, upgraded: int) 
         old = bundle.entry(seq)
         payload = old.payload
         if seq == 0:
-            del payload["instructions_name_registry"]
+            del payload["instructions_name_registry"], payload["issuance_to_project_side"]
         else:
             instruction = payload["instruction"]
             payload.update(_signed_without_registry(instruction, keys[instruction["key_id"]]))
@@ -472,10 +472,24 @@ def test_an_issuance_to_a_party_outside_the_project(
 def test_a_ledger_from_before_the_allocation_rule_keeps_its_issuances(
     sqlite_bundle: Exported, tmp_path: Path
 ) -> None:
-    # The rule is new: a ledger begun before it keeps the issuances it made then.
+    # The rule is new: a ledger begun before it keeps the issuances it made then, whether it
+    # was begun before instructions named their registry or after.
     bundle = sqlite_bundle.copy(tmp_path)
     _from_before_the_rule(bundle, sqlite_bundle, len(bundle.envelopes))
     _forge_issuance_to_a_buyer(bundle, sqlite_bundle, len(bundle.envelopes), signed_for=None)
+    assert verify_bundle(bundle.write(), registry_key=sqlite_bundle.key, workers=1).report.ok
+
+    bundle = sqlite_bundle.copy(tmp_path)
+    genesis = bundle.entry(0)
+    payload = genesis.payload
+    del payload["issuance_to_project_side"]
+    signer = sqlite_bundle.registry.signer
+    bundle.envelopes[0] = seal_entry(
+        Entry(**{**genesis.to_json_value(), "payload": payload}), signer
+    )
+    bundle.reseal(signer)
+    bundle.resign(signer, ORIGIN)
+    _forge_issuance_to_a_buyer(bundle, sqlite_bundle, len(bundle.envelopes))
     assert verify_bundle(bundle.write(), registry_key=sqlite_bundle.key, workers=1).report.ok
 
 
