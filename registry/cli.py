@@ -136,7 +136,7 @@ def serve(
                 fg="yellow",
                 err=True,
             )
-        _refuse_a_port_in_use(host or settings.host, port or settings.port)
+        _refuse_a_port_in_use(host or settings.host, port or settings.port, workers=workers)
         writer.open()
         if workers == 1:  # this process serves: it imports the API while the writer opens
             import registry.api.server  # noqa: F401
@@ -164,19 +164,37 @@ def serve(
         writer.stop()
 
 
-def _refuse_a_port_in_use(host: str, port: int) -> None:
-    """Say in one line that the server cannot listen there (uvicorn would log and exit 3)."""
+def _refuse_a_port_in_use(host: str, port: int, *, workers: int) -> None:
+    """Say in one line that the server cannot listen there (uvicorn would log and exit 3).
+
+    Bound as uvicorn will: with one worker, every address of ``host`` at once, an IPv6 one
+    apart from IPv4 (asyncio's ``create_server``); with several, ``host`` in one socket, of
+    IPv6 when it has a colon, dual-stack (uvicorn's ``bind_socket``)."""
     import socket
 
+    probes: list[socket.socket] = []
+    addresses: list[tuple[int, int, int, Any]]
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as probe:
+        if workers == 1:
+            infos = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            addresses = list(dict.fromkeys((f, k, p, a) for f, k, p, _, a in infos))
+        else:
+            one = socket.AF_INET6 if ":" in host else socket.AF_INET
+            addresses = [(one, socket.SOCK_STREAM, socket.IPPROTO_TCP, (host, port))]
+        for family, kind, proto, address in addresses:
+            probe = socket.socket(family, kind, proto)
+            probes.append(probe)
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            if workers == 1 and family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             probe.bind(address)
     except OSError as e:
         raise ConfigurationError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 @app.command()

@@ -540,6 +540,34 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr and "INFO" not in r.stderr
 
 
+def test_serve_probes_the_port_as_uvicorn_will_bind_it() -> None:
+    """One worker binds each address on its own, IPv6 apart from IPv4 (asyncio): an IPv4
+    server on the port does not stand in the way of ``--host ::``. Several workers share one
+    dual-stack socket, which it does."""
+    import socket
+
+    from registry.cli import _refuse_a_port_in_use
+    from registry.errors import ConfigurationError
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET6) as v6:
+                v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                v6.bind(("::", port))
+        except OSError:
+            pytest.skip("no IPv6 socket here")
+        _refuse_a_port_in_use("::", port, workers=1)
+        with pytest.raises(ConfigurationError, match="Address already in use"):
+            _refuse_a_port_in_use("::", port, workers=2)
+        with pytest.raises(ConfigurationError, match="Address already in use"):
+            _refuse_a_port_in_use("0.0.0.0", port, workers=1)
+
+
 def test_a_key_is_written_on_a_file_system_without_hard_links(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
