@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -184,6 +186,8 @@ def test_serve_and_demo_refuse_a_database_never_initialised(tmp_path: Path) -> N
     assert r.stderr.splitlines() == [
         "error[configuration_error]: the registry's ledger is empty: run `registry init` first"
     ], r.stderr
+    with closing(sqlite3.connect(empty)) as db:  # nor is a schema written into it
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == []
 
 
 def test_serve_refuses_a_ledger_under_another_origin_or_key(

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pydantic import ValidationError
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
 from sqlmodel import Session
 
 from registry.config import Settings
@@ -35,7 +35,7 @@ from registry.store.db import (
     require_database,
     write_transaction,
 )
-from registry.store.tables import PartyRow
+from registry.store.tables import LedgerEntry, PartyRow
 
 GENESIS_KIND = "registry.genesis"
 
@@ -82,14 +82,26 @@ def open_registry(
     except ConfigurationError as e:
         raise ConfigurationError(f"{e.message}: run `registry init` first") from None
     engine = make_engine(settings.database_url, lock_timeout=settings.lock_timeout)
+    # Asked before any migration, which would write a schema into a database never
+    # initialised (an empty file, another PostgreSQL database).
+    if not _initialised_ledger(engine):
+        engine.dispose()
+        raise ConfigurationError("the registry's ledger is empty: run `registry init` first")
     if migrate_schema:
         migrate(engine)
     registry = Registry(engine=engine, signer=signer, origin=settings.origin, clock=clock)
     with read_session(engine) as session:
-        if ledger_repo.tree_size(session) == 0:
-            raise ConfigurationError("the registry's ledger is empty: run `registry init` first")
         _refuse_another_ledgers_name_or_key(session, settings, registry)
     return registry
+
+
+def _initialised_ledger(engine: Engine) -> bool:
+    """Whether ``engine``'s database holds a ledger of at least its genesis (every schema
+    since the first migration has the ledger's table)."""
+    if not inspect(engine).has_table(LedgerEntry.__tablename__):
+        return False
+    with read_session(engine) as session:
+        return ledger_repo.tree_size(session) > 0
 
 
 def _refuse_another_ledgers_name_or_key(
