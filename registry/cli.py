@@ -282,6 +282,11 @@ def sign(
         body=_read_json(body),
         valid_for=timedelta(seconds=valid_for),
     )
+    # Checked as the registry checks it, so a body it would refuse is not signed: said here,
+    # where it can be mended, not by a 422 after the fact.
+    from registry.service.instructions import parse_signed
+
+    parse_signed(signed, expected_type=kind)
     typer.echo(json.dumps(signed, indent=2))
 
 

@@ -93,6 +93,24 @@ def test_sign_with_an_out_of_range_validity(tmp_path: Path, key_file: Path) -> N
     assert r.returncode != 0
 
 
+@pytest.mark.parametrize(("body", "where"), [
+    ({"account": "A", "batch": "B", "quantity": 0, "to_account": "C"}, "quantity"),
+    ({"account": "A", "batch": "B", "quantity": "5", "to_account": "C"}, "quantity"),
+    ({"account": "A", "batch": "B", "quantity": 1, "to_acount": "C"}, "to_account"),
+    ([1, 2], "$.instruction.body"),
+])
+def test_sign_refuses_a_body_the_registry_would_refuse(
+    tmp_path: Path, key_file: Path, body: object, where: str
+) -> None:
+    # Said where it can be mended, and nothing signed: not a 422 from the registry afterwards.
+    (tmp_path / "body.json").write_text(json.dumps(body))
+    r = run(["sign", "credits.transfer", "body.json", "--actor", "me", "--key", str(key_file)],
+            tmp_path)
+    assert_one_line_error(r)
+    assert r.stderr.startswith("error[invalid_request]: $.instruction.body") and where in r.stderr
+    assert r.stdout == ""
+
+
 def test_verify_receipt_of_a_file_that_is_not_there(tmp_path: Path) -> None:
     key = NoteVerifier(name="x.example/ledger", key=SigningKey.generate().public_key)
     r = run(["verify-receipt", "receipt.json", "--registry-key", key.verifier_string()], tmp_path)
