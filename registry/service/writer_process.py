@@ -52,6 +52,7 @@ import selectors
 import shutil
 import signal
 import socket
+import stat
 import struct
 import tempfile
 import threading
@@ -484,7 +485,19 @@ class WriterHost:
         if os.path.exists(self.address):
             return
         _log.error("the writer's socket %s was removed; making it again", self.address)
-        os.makedirs(self._dir, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(self._dir), mode=0o700, exist_ok=True)
+        try:
+            os.mkdir(self._dir, mode=0o700)
+        except FileExistsError:
+            # Made again by someone: only a directory of this user's that no one else may
+            # enter is used; in another's, they could put their own socket at the address,
+            # and the API processes would hand them the instructions (writes then fail).
+            found = os.lstat(self._dir)
+            if (not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid()
+                    or found.st_mode & 0o077):
+                _log.error("not listening in %s: it is not a directory of this user's that "
+                           "only this user may enter", self._dir)
+                return
         old, self._listener = self._listener, self._listen()
         old.close()
 

@@ -227,6 +227,32 @@ def test_the_writer_socket_falls_back_when_xdg_runtime_dir_cannot_be_used(
         host.stop()
 
 
+def test_the_writer_socket_is_not_made_again_in_a_directory_others_may_enter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The socket's directory removed while the server runs (a clean-up of the temporary
+    directory) and made again by someone else before the server does, open to others: the
+    server does not listen there, where the other could put their own socket at the address
+    and take the instructions the API processes hand on."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "not-there"))
+    host = WriterHost()
+    try:
+        directory = os.path.dirname(host.address)
+        shutil.rmtree(directory)
+        os.mkdir(directory)
+        os.chmod(directory, 0o777)  # as another user would leave it for their own socket
+        host._listen_again_if_gone()
+        assert os.listdir(directory) == []
+        assert any("not listening in" in r.getMessage() for r in caplog.records)
+        # Its own directory, removed, is made again, and the socket in it.
+        shutil.rmtree(directory)
+        host._listen_again_if_gone()
+        assert os.path.exists(host.address)
+        assert os.stat(directory).st_mode & 0o777 == 0o700
+    finally:
+        host.stop()
+
+
 def _small_refused_instruction() -> dict[str, object]:
     return {"instruction": {"type": "credits.transfer", "registry": ORIGIN, "actor": "nobody",
                             "key_id": "0" * 64, "nonce": "n" * 20,
