@@ -35,6 +35,10 @@ router = APIRouter(
 )
 
 MAX_PAGE = 1000
+#: The most bytes of envelopes one page of entries holds (past its first entry): an entry that
+#: registers a forest unit carries its boundary, megabytes, and a page of a thousand of them
+#: would be gigabytes in the server's memory.
+MAX_PAGE_BYTES = 4 << 20
 
 #: Sequence numbers and tree sizes are ledger integers (at most 2**53 - 1); a larger one would
 #: overflow the database's 64-bit column, so it is refused as a 422 like any other bad value.
@@ -86,8 +90,14 @@ def list_entries(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> EntriesPublic:
     size = ledger_repo.tree_size(session)
-    rows = ledger_repo.entries_between(session, start, min(start + limit, size))
-    return EntriesPublic(data=[_entry_public(r) for r in rows], count=len(rows), tree_size=size)
+    rows = ledger_repo.entries_page(session, start, min(start + limit, size), MAX_PAGE_BYTES)
+    after = start + len(rows)
+    return EntriesPublic(
+        data=[_entry_public(r) for r in rows],
+        count=len(rows),
+        tree_size=size,
+        next=after if after < size else None,
+    )
 
 
 @router.get(

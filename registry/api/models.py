@@ -36,6 +36,12 @@ class EntriesPublic(BaseModel):
     data: list[EntryPublic]
     count: int = Field(ge=0, description="number of entries in `data`")
     tree_size: int = Field(ge=0, description="entries in the ledger when this page was read")
+    next: int | None = Field(
+        ge=0,
+        description="the seq the next page starts at, or null when this page reaches the end of "
+        "the ledger. A page holds fewer than `limit` entries when their envelopes would pass "
+        "4 MiB, but always at least one",
+    )
 
 
 class InclusionProofPublic(BaseModel):

@@ -175,6 +175,24 @@ def entries_between(session: Session, start: int, end: int) -> Sequence[LedgerEn
     ).all()
 
 
+def entries_page(session: Session, start: int, end: int, max_bytes: int) -> Sequence[LedgerEntry]:
+    """Entries with ``start <= seq < end`` in order, as many as ``max_bytes`` of envelopes hold,
+    and the first one whatever its size (so that a reader paging through them moves on). The
+    sizes are read first, so no envelope past the page is loaded."""
+    sizes = session.exec(
+        select(col(LedgerEntry.seq), func.length(col(LedgerEntry.envelope)))
+        .where(col(LedgerEntry.seq) >= start, col(LedgerEntry.seq) < end)
+        .order_by(col(LedgerEntry.seq))
+    ).all()
+    stop, total = start, 0
+    for seq, size in sizes:
+        total += int(size)
+        if stop > start and total > max_bytes:
+            break
+        stop = seq + 1
+    return entries_between(session, start, stop)
+
+
 def entry_at(session: Session, seq: int) -> LedgerEntry | None:
     return session.get(LedgerEntry, seq)
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
+from registry.api import ledger_routes
 from registry.ledger import merkle
 from registry.ledger.checkpoint import NoteVerifier, open_checkpoint
 from registry.ledger.entry import open_entry
@@ -95,3 +98,27 @@ def test_a_405_names_every_method_of_a_path_that_takes_several(server: LiveServe
         r = server.client.delete(path)
         assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
         assert sorted(m.strip() for m in r.headers["allow"].split(",")) == ["GET", "POST"], path
+
+
+def test_a_page_of_entries_keeps_to_its_bytes_and_says_where_the_next_starts(
+    registry: Registry, server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries that register forest units carry megabytes of boundary each: a page stops at
+    ``MAX_PAGE_BYTES`` of envelopes, however many were asked for, but always holds one."""
+    append_notes(registry, 9)
+    http = server.client
+    sizes = [len(_b(e["envelope"])) for e in http.get("/v1/entries").json()["data"]]
+    monkeypatch.setattr(ledger_routes, "MAX_PAGE_BYTES", sizes[1] + sizes[2])
+
+    page = http.get("/v1/entries", params={"start": 1, "limit": 1000}).json()
+    assert [e["seq"] for e in page["data"]] == [1, 2]
+    assert page["count"] == 2 and page["next"] == 3 and page["tree_size"] == 10
+
+    monkeypatch.setattr(ledger_routes, "MAX_PAGE_BYTES", 1)  # every entry is larger
+    seen, start = [], 0
+    while start is not None:
+        page = http.get("/v1/entries", params={"start": start, "limit": 1000}).json()
+        assert page["count"] == 1
+        seen += [e["seq"] for e in page["data"]]
+        start = page["next"]
+    assert seen == list(range(10))
