@@ -191,10 +191,18 @@ def get_batch(session: ReadSessionDep, batch_id: RecordId) -> Any:
     response_model=views.SerialStoryPublic,
     tags=["reads"],
     responses=ERRORS,
-    summary="Where one credit is now and every entry that moved it",
+    summary="Where one credit is now and the entries that moved it, a page at a time",
 )
-def get_serial(session: ReadSessionDep, serial: str) -> Any:
-    return views.serial_story(session, serial)
+def get_serial(
+    session: ReadSessionDep,
+    serial: str,
+    limit: Limit = 100,
+    after: Annotated[
+        int | None,
+        Query(ge=0, le=MAX_SAFE_INTEGER, description="a seq, the previous page's `next`"),
+    ] = None,
+) -> Any:
+    return views.serial_story(session, serial, after=after, limit=limit)
 
 
 @reads.get("/v1/retirements", response_model=views.Page[views.RetirementPublic], tags=["reads"])

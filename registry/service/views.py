@@ -204,7 +204,13 @@ class SerialStoryPublic(BaseModel):
     batch: str
     number: int
     now: BlockPublic
-    history: list[EventPublic]
+    history: list[EventPublic] = Field(
+        description="the entries that moved the serial, oldest first, at most `limit` of them"
+    )
+    next: int | None = Field(
+        description="when `history` is full, the seq of its last entry: pass it as `after` for "
+        "the entries that moved the serial since"
+    )
 
 
 class ReversalPublic(BaseModel):
@@ -488,8 +494,12 @@ def holdings(
     )
 
 
-def serial_story(session: Session, serial: str) -> SerialStoryPublic:
-    """Where one credit is now, and every ledger entry that moved it."""
+def serial_story(
+    session: Session, serial: str, *, after: int | None = None, limit: int = 100
+) -> SerialStoryPublic:
+    """Where one credit is now, and the ledger entries that moved it: ``limit`` of them, past
+    seq ``after``. One entry moves a serial at most once (it lies in one block at a time), so
+    a seq is a cursor that neither skips nor repeats a movement."""
     batch_id, number = parse_unit_serial(serial)
     # Blocks of a batch never overlap: the one that starts last at or below the serial is the
     # only one that can hold it (one index probe, where a filter on its end walked them all).
@@ -507,8 +517,10 @@ def serial_story(session: Session, serial: str) -> SerialStoryPublic:
             BlockEventRow.batch_id == batch_id,
             col(BlockEventRow.start) <= number,
             col(BlockEventRow.end) >= number,
+            col(BlockEventRow.seq) > (-1 if after is None else after),
         )
         .order_by(col(BlockEventRow.seq))
+        .limit(limit)
     ).all()
     return SerialStoryPublic(
         serial=serial,
@@ -526,4 +538,5 @@ def serial_story(session: Session, serial: str) -> SerialStoryPublic:
             )
             for e in events
         ],
+        next=events[-1].seq if len(events) == limit else None,
     )

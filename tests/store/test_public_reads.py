@@ -129,3 +129,26 @@ def test_a_page_of_parties_is_read_in_a_few_statements_not_two_per_party(
     assert len(statements) <= 5, statements
     p001 = next(p for p in page.data if p.id == "p001")
     assert [k.key_id for k in p001.keys] == ["k001-1", "k001-0"]
+
+
+def test_a_serials_history_is_read_a_page_at_a_time(registry: Registry) -> None:
+    # A serial moved back and forth 250 times: its story listed all 250 entries in one
+    # answer (a serial moved 10^6 times, 10^6 of them).
+    _fill(registry)
+    moves = range(10_000, 10_250)
+    with registry.engine.begin() as c:
+        c.execute(text(
+            'INSERT INTO block_event (seq, kind, batch_id, start, "end", from_account, '
+            "to_account, status) VALUES (:q, 'credits.transfer', :b, 7, 7, 'A', 'B', 'active')"),
+            [{"q": q, "b": BATCH} for q in moves])
+    seen: list[int] = []
+    after = None
+    with read_session(registry.engine) as session:
+        while True:
+            story = views.serial_story(session, f"{BATCH}-7", after=after, limit=100)
+            assert len(story.history) <= 100
+            seen += [e.seq for e in story.history]
+            if story.next is None:
+                break
+            after = story.next
+    assert seen == [3 + 7, *moves]
