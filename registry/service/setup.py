@@ -109,9 +109,8 @@ def _refuse_another_ledgers_name_or_key(
 ) -> None:
     """Refuse to serve a ledger under another origin or key than its own (a changed setting, a
     key file of another registry): its checkpoints and entries would then be signed as no
-    auditor of this ledger accepts, and every instruction signed for it refused."""
-    if ledger_repo.tree_size(session) == 0:
-        return
+    auditor of this ledger accepts, and every instruction signed for it refused. (An empty
+    ledger was refused before.)"""
     origin = genesis_origin(session)
     if origin != settings.origin:
         raise ConfigurationError(
