@@ -231,10 +231,12 @@ def _page(
     limit: int,
     *where: Any,
     past: Any = None,
+    columns: Sequence[Any] = (),
 ) -> tuple[list[Any], dict[str, int]]:
-    """One page of ``model``'s rows, and what the :class:`Page` says about it; ``past`` (a
-    cursor's condition) narrows the rows but not the count."""
-    query = select(model)
+    """One page of ``model``'s rows (only ``columns`` of them, when given), and what the
+    :class:`Page` says about it; ``past`` (a cursor's condition) narrows the rows but not the
+    count."""
+    query: Any = select(*columns) if columns else select(model)
     count_query = select(func.count()).select_from(model)
     for w in where:
         query, count_query = query.where(w), count_query.where(w)
@@ -349,15 +351,14 @@ def forest_unit(session: Session, unit_id: str) -> ForestUnitPublic:
 def forest_units(session: Session, offset: int, limit: int) -> Page[ForestUnitListed]:
     """A page of forest units, without their boundaries (neither read nor sent), each with its
     buffer pool, the page's pools summed in one statement."""
-    order = _made(ForestUnitRow.registered_seq, ForestUnitRow.id)
-    rows = session.execute(
-        select(*_LISTED).order_by(*order).offset(offset).limit(limit)
-    ).all()
-    count = int(session.exec(select(func.count()).select_from(ForestUnitRow)).one())
+    rows, page = _page(
+        session, ForestUnitRow, _made(ForestUnitRow.registered_seq, ForestUnitRow.id), offset,
+        limit, columns=_LISTED,
+    )
     pools = active_quantities(session, [row.buffer_account for row in rows])
     return Page(
         data=[ForestUnitListed(**_listed(row, pools.get(row.buffer_account, 0))) for row in rows],
-        count=count, offset=offset, limit=limit, tree_size=ledger_repo.tree_size(session),
+        **page,
     )
 
 
