@@ -18,6 +18,7 @@ from registry.domain.instructions import (
     InstructionHead,
     RegistryName,
     Sha256Hex,
+    signed_instruction_model,
     signed_model,
 )
 from registry.ledger.dsse import PAYLOAD_TYPE
@@ -242,22 +243,13 @@ class LedgerInstructionHead(InstructionHead):
 
 def entry_payload_model(kind: str) -> type[BaseModel]:
     """The payload of a ``kind`` ledger entry: the signed instruction and its effects."""
-    body = BODIES[kind]
-    kind_type: Any = Literal[kind]
-    signature_type: Any = Annotated[StrictStr, Field(description="base64 Ed25519 signature")]
-    instruction = create_model(
-        f"{body.__name__}LedgerInstruction",
-        __base__=LedgerInstructionHead,
-        type=(kind_type, ...),
-        body=(body, ...),
-    )
-    return create_model(
-        f"{body.__name__}EntryPayload",
-        __config__=ConfigDict(extra="forbid", strict=True),
-        __doc__=f"The payload of a {kind} ledger entry: the signed instruction, the signature "
+    name = BODIES[kind].__name__
+    return signed_instruction_model(
+        kind,
+        head=LedgerInstructionHead,
+        names=(f"{name}LedgerInstruction", f"{name}EntryPayload"),
+        doc=f"The payload of a {kind} ledger entry: the signed instruction, the signature "
         "over its canonical bytes, and the effects the registry recorded.",
-        instruction=(instruction, ...),
-        signature=(signature_type, ...),
         effects=(EFFECTS[kind], ...),
     )
 

@@ -340,24 +340,47 @@ class InstructionHead(BaseModel):
 
 def signed_model(kind: str) -> type[BaseModel]:
     """The typed model of a signed ``kind`` instruction: its JSON Schema and OpenAPI body."""
+    body = BODIES[kind]
+    return signed_instruction_model(
+        kind,
+        head=InstructionHead,
+        names=(f"{body.__name__}Instruction", f"Signed{body.__name__}"),
+        instruction_doc=f"A {kind} instruction. {body.__doc__ or ''}".strip(),
+        doc=f"A signed {kind} instruction: Ed25519 over the canonical instruction bytes.",
+    )
+
+
+def signed_instruction_model(
+    kind: str,
+    *,
+    head: type[BaseModel],
+    names: tuple[str, str],
+    doc: str,
+    instruction_doc: str | None = None,
+    **more: Any,
+) -> type[BaseModel]:
+    """``{"instruction": <head, type, body>, "signature", **more}`` for a ``kind`` instruction,
+    its two models named ``names``: the signed request (:func:`signed_model`), or as a ledger
+    entry carries it with its effects (``registry.schemas``)."""
     from pydantic import create_model
 
     body = BODIES[kind]
     kind_type: Any = Literal[kind]
     signature_type: Any = Annotated[StrictStr, Field(description="base64 Ed25519 signature")]
     instruction = create_model(
-        f"{body.__name__}Instruction",
-        __base__=InstructionHead,
-        __doc__=f"A {kind} instruction. {body.__doc__ or ''}".strip(),
+        names[0],
+        __base__=head,
+        __doc__=instruction_doc,
         type=(kind_type, ...),
         body=(body, ...),
     )
     return create_model(
-        f"Signed{body.__name__}",
+        names[1],
         __config__=ConfigDict(extra="forbid", strict=True),
-        __doc__=f"A signed {kind} instruction: Ed25519 over the canonical instruction bytes.",
+        __doc__=doc,
         instruction=(instruction, ...),
         signature=(signature_type, ...),
+        **more,
     )
 
 
