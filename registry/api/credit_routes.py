@@ -100,7 +100,13 @@ _ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
 RecordId = Annotated[str, Path(pattern=_ID_PATTERN)]
 
 
-@reads.get("/v1/parties", response_model=views.Page[views.PartyPublic], tags=["reads"])
+@reads.get(
+    "/v1/parties",
+    response_model=views.Page[views.PartyPublic],
+    tags=["reads"],
+    description="Parties, each with the keys it may sign with now (revoked keys are listed by "
+    "the party's own read, `/v1/parties/{party_id}`).",
+)
 def list_parties(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100) -> Any:
     return views.parties(session, offset, limit)
 
@@ -205,7 +211,7 @@ def get_serial(
     return views.serial_story(session, serial, after=after, limit=limit)
 
 
-@reads.get("/v1/retirements", response_model=views.Page[views.RetirementPublic], tags=["reads"])
+@reads.get("/v1/retirements", response_model=views.Page[views.RetirementListed], tags=["reads"])
 def list_retirements(session: ReadSessionDep, offset: Offset = 0, limit: Limit = 100) -> Any:
     return views.retirements(session, offset, limit)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -75,6 +75,11 @@ Role = Literal["administrator", "participant", "government", "third_party_entity
 ROLES: tuple[str, ...] = Role.__args__  # type: ignore[attr-defined]
 
 
+MAX_ACTIVE_KEYS: Final = 8
+"""Keys a party may hold at once: enough to rotate and to sign from several offices; a bound
+on what every read of the party lists."""
+
+
 class RegisterParty(Body):
     """An administrator registers a company, government, third-party entity or auditor."""
 
@@ -84,7 +89,7 @@ class RegisterParty(Body):
     role: Role
     country: Country | None = None
     public_keys: list[Annotated[StrictStr, Field(min_length=40, max_length=60)]] = Field(
-        min_length=1, max_length=8, description="raw Ed25519 public keys, base64"
+        min_length=1, max_length=MAX_ACTIVE_KEYS, description="raw Ed25519 public keys, base64"
     )
 
 

@@ -6,7 +6,13 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from registry.domain.instructions import AddPartyKey, OpenAccount, RegisterParty, RevokePartyKey
+from registry.domain.instructions import (
+    MAX_ACTIVE_KEYS,
+    AddPartyKey,
+    OpenAccount,
+    RegisterParty,
+    RevokePartyKey,
+)
 from registry.errors import (
     ConflictError,
     InvalidRequestError,
@@ -72,6 +78,17 @@ def _self_or_admin(acting: Acting[Any], party_id: str) -> None:
         )
 
 
+def _active_keys(session: Session, party_id: str) -> list[str]:
+    return list(
+        session.exec(
+            select(PartyKeyRow.key_id).where(
+                PartyKeyRow.party_id == party_id,
+                PartyKeyRow.revoked_seq == None,  # noqa: E711
+            )
+        ).all()
+    )
+
+
 def add_party_key(session: Session, acting: Acting[AddPartyKey]) -> Effects:
     """A party adds a key to itself, signing with a key it already has.
 
@@ -87,6 +104,13 @@ def add_party_key(session: Session, acting: Acting[AddPartyKey]) -> Effects:
             details={"party": body.party_id, "actor": acting.party.id},
         )
     get_or_404(session, PartyRow, body.party_id, "party")
+    active = _active_keys(session, body.party_id)
+    if len(active) >= MAX_ACTIVE_KEYS:
+        raise StateError(
+            f"party {body.party_id} already has {len(active)} active keys, the most a party may "
+            "hold: revoke one before adding another",
+            details={"party": body.party_id, "active_keys": len(active)},
+        )
     key_id = add_key(
         session, party_id=body.party_id, key=public_key_from_b64(body.public_key), seq=acting.seq
     )
@@ -101,13 +125,7 @@ def revoke_party_key(session: Session, acting: Acting[RevokePartyKey]) -> Effect
         raise InvalidRequestError(f"key {body.key_id} is not a key of party {body.party_id}")
     if row.revoked_seq is not None:
         raise StateError(f"key {body.key_id} is already revoked")
-    active = session.exec(
-        select(PartyKeyRow).where(
-            PartyKeyRow.party_id == body.party_id,
-            PartyKeyRow.revoked_seq == None,  # noqa: E711
-        )
-    ).all()
-    if len(active) <= 1:
+    if len(_active_keys(session, body.party_id)) <= 1:
         raise StateError(
             f"refusing to revoke the last active key of party {body.party_id}: add a new key first"
         )

@@ -84,6 +84,10 @@ def set_project_status(session: Session, acting: Acting[SetProjectStatus]) -> Ef
     project = get_or_404(session, ProjectRow, acting.body.project_id, "project")
     if project.status == "closed":
         raise ConflictError(f"project {project.id} is closed; its status cannot change")
+    if project.status == acting.body.status:
+        # The ledger would gain an entry that changes nothing, and a reader of the project's
+        # history a change that never was.
+        raise StateError(f"project {project.id} is already {project.status}")
     previous, project.status = project.status, acting.body.status
     session.add(project)
     return {"project_id": project.id, "from": previous, "to": project.status}

@@ -8,7 +8,7 @@ Every list is paginated (``offset``, ``limit``) and says how many items there ar
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
@@ -176,18 +176,26 @@ class HoldingsPublic(BaseModel):
     blocks: BlockPage
 
 
-class RetirementPublic(BaseModel):
+class RetirementListed(BaseModel):
+    """A retirement as a list shows it: everything but its blocks, which number as many as the
+    fragments the holder's credits were in (a retirement of 10^5 fragments lists 3.5 MB of
+    them); the retirement's own read has them."""
+
     id: str
     seq: int
     account: str
     batch: str
-    blocks: list[str]
+    block_count: int = Field(description="how many serial blocks the retirement took")
     quantity: int
     beneficiary: str
     purpose: str
     jurisdiction: str
     reason: str
     time: str
+
+
+class RetirementPublic(RetirementListed):
+    blocks: list[str] = Field(description="the serial blocks retired, in serial order")
 
 
 class EventPublic(BaseModel):
@@ -268,14 +276,18 @@ def _block(row: BlockRow) -> BlockPublic:
     )
 
 
-def _parties(session: Session, rows: list[PartyRow]) -> list[PartyPublic]:
-    """``rows`` with their keys, read in one query (oldest key first)."""
+def _parties(
+    session: Session, rows: list[PartyRow], *, active_only: bool = False
+) -> list[PartyPublic]:
+    """``rows`` with their keys (only those not revoked, when ``active_only``: at most
+    :data:`MAX_ACTIVE_KEYS` each), read in one query (oldest key first)."""
     keys: dict[str, list[PartyKeyPublic]] = {row.id: [] for row in rows}
     if keys:
+        query = select(PartyKeyRow).where(col(PartyKeyRow.party_id).in_(list(keys)))
+        if active_only:
+            query = query.where(PartyKeyRow.revoked_seq == None)  # noqa: E711
         for k in session.exec(
-            select(PartyKeyRow)
-            .where(col(PartyKeyRow.party_id).in_(list(keys)))
-            .order_by(col(PartyKeyRow.added_seq), col(PartyKeyRow.key_id))
+            query.order_by(col(PartyKeyRow.added_seq), col(PartyKeyRow.key_id))
         ):
             keys[k.party_id].append(
                 PartyKeyPublic(
@@ -297,8 +309,10 @@ def _b64(data: bytes) -> str:
 
 
 def parties(session: Session, offset: int, limit: int) -> Page[PartyPublic]:
+    """A page of parties, each with the keys it may sign with now. A party may have revoked
+    any number of keys over the years; its own read lists them, so a page stays bounded."""
     rows, page = _page(session, PartyRow, _made(PartyRow.created_seq, PartyRow.id), offset, limit)
-    return Page(data=_parties(session, rows), **page)
+    return Page(data=_parties(session, rows, active_only=True), **page)
 
 
 def accounts(session: Session, offset: int, limit: int) -> Page[AccountPublic]:
@@ -417,33 +431,40 @@ def batches(session: Session, offset: int, limit: int) -> Page[BatchPublic]:
     return Page(data=[_batch(session, r, units.get(r.report_id)) for r in rows], **page)
 
 
-def _retirement(row: RetirementRow) -> RetirementPublic:
-    blocks = []
-    for part in row.blocks.split(","):
-        start, end = (int(x) for x in part.split("-"))
-        blocks.append(format_block(row.batch_id, SerialRange(start, end)))
-    return RetirementPublic(
-        id=row.id,
-        seq=row.seq,
-        account=row.account_id,
-        batch=row.batch_id,
-        blocks=blocks,
-        quantity=row.quantity,
-        beneficiary=row.beneficiary,
-        purpose=row.purpose,
-        jurisdiction=row.jurisdiction,
-        reason=row.reason,
-        time=row.time,
-    )
+#: A retirement's columns but its blocks, and how many blocks it took (counted by the database,
+#: so a list reads no block).
+_RETIREMENT_LISTED = [
+    *(c for c in RetirementRow.__table__.columns if c.name != "blocks"),  # type: ignore[attr-defined]
+    (
+        func.length(col(RetirementRow.blocks))
+        - func.length(func.replace(col(RetirementRow.blocks), ",", ""))
+        + 1
+    ).label("block_count"),
+]
+
+
+def _retirement_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    data = dict(values)
+    data["account"], data["batch"] = data.pop("account_id"), data.pop("batch_id")
+    return data
 
 
 def retirement(session: Session, retirement_id: str) -> RetirementPublic:
-    return _retirement(get_or_404(session, RetirementRow, retirement_id, "retirement"))
+    row = get_or_404(session, RetirementRow, retirement_id, "retirement")
+    data = _retirement_fields(row.model_dump())
+    blocks = []
+    for part in data.pop("blocks").split(","):  # "start-end,start-end,..."
+        start, end = (int(x) for x in part.split("-"))
+        blocks.append(format_block(row.batch_id, SerialRange(start, end)))
+    return RetirementPublic(**data, block_count=len(blocks), blocks=blocks)
 
 
-def retirements(session: Session, offset: int, limit: int) -> Page[RetirementPublic]:
-    rows, page = _page(session, RetirementRow, col(RetirementRow.seq), offset, limit)
-    return Page(data=[_retirement(r) for r in rows], **page)
+def retirements(session: Session, offset: int, limit: int) -> Page[RetirementListed]:
+    """A page of retirements, without their blocks (neither read nor sent)."""
+    rows, page = _page(
+        session, RetirementRow, col(RetirementRow.seq), offset, limit, columns=_RETIREMENT_LISTED
+    )
+    return Page(data=[RetirementListed(**_retirement_fields(r._mapping)) for r in rows], **page)
 
 
 def reversals(session: Session, offset: int, limit: int) -> Page[ReversalPublic]:

@@ -222,7 +222,7 @@ class RetirementRow(SQLModel, table=True):
     seq: int = Field(sa_column=Column(BigInteger, nullable=False))
     account_id: str = Field(sa_column=Column(String(32), nullable=False))
     batch_id: str = Field(sa_column=Column(String(64), nullable=False))
-    blocks: str = Field(sa_column=Column(Text, nullable=False))  # JSON [[start, end], ...]
+    blocks: str = Field(sa_column=Column(Text, nullable=False))  # "start-end,start-end,..."
     quantity: int = Field(sa_column=Column(BigInteger, nullable=False))
     beneficiary: str = Field(sa_column=Column(String(500), nullable=False))
     purpose: str = Field(sa_column=Column(String(16), nullable=False))

@@ -51,6 +51,22 @@ def test_transfer_by_range_and_by_quantity_lowest_first(world: World) -> None:
     assert world.http.get(f"/v1/batches/{BATCH}")["active"] == 1000
 
 
+def test_a_retirement_of_many_blocks_lists_them_on_its_own_read_and_counts_them_in_the_list(
+    world: World,
+) -> None:
+    issue_jcm(world)
+    for start in (1, 21, 41):
+        world.submit("kh-water", "credits.transfer", transfer(start=start, end=start + 9))
+    rid = world.submit("jp-buyer", "credits.retire",
+                       retirement("JP-BUYER-1", quantity=25))["result"]["retirement_id"]
+    public = world.http.get(f"/v1/retirements/{rid}")
+    assert public["blocks"] == [f"{BATCH}-1-10", f"{BATCH}-21-30", f"{BATCH}-41-45"]
+    assert (public["block_count"], public["quantity"]) == (3, 25)
+    [listed] = world.http.get("/v1/retirements")["data"]
+    assert "blocks" not in listed
+    assert listed == {k: v for k, v in public.items() if k != "blocks"}
+
+
 def test_retirement_is_public_and_cancellation(world: World) -> None:
     issue_jcm(world)
     world.submit("kh-water", "credits.transfer", transfer(300))
@@ -65,7 +81,10 @@ def test_retirement_is_public_and_cancellation(world: World) -> None:
         "beneficiary": "Tokyo Metro Co. (illustrative)", "purpose": "voluntary",
         "jurisdiction": "JP", "reason": "offsetting fiscal 2024 office electricity",
         "seq": answer["seq"]}
-    assert world.http.get("/v1/retirements")["data"] == [public]
+    assert public["block_count"] == 1
+    # The list gives each retirement but its blocks: those are on its own read.
+    assert world.http.get("/v1/retirements")["data"] == [
+        {k: v for k, v in public.items() if k != "blocks"}]
     assert world.active("JP-BUYER-1") == 180
     assert world.blocks("RETIREMENT") == [(BATCH, 1, 120, "retired")]
     batch = world.http.get(f"/v1/batches/{BATCH}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+
+from registry.domain.instructions import MAX_ACTIVE_KEYS
 from registry.ledger.keys import SigningKey
 from tests.world import ADMIN, World, expect_error
 
@@ -130,3 +133,34 @@ def test_account_opening(world: World) -> None:
                          status=422, code="invalid_request")
         world.refuse(ADMIN, "account.open", {**body, "account_id": "lower-case"},
                      status=422, code="invalid_request")
+
+
+def test_a_party_holds_a_bounded_number_of_keys_and_the_list_shows_those_it_signs_with(
+    world: World,
+) -> None:
+    seeds = (hashlib.sha256(b"kh-water key %d" % i).digest() for i in range(64))
+    first = world.keys["kh-water"]
+    for _ in range(MAX_ACTIVE_KEYS - 1):
+        key = SigningKey.from_seed(next(seeds))
+        world.submit("kh-water", "party.key_add",
+                     {"party_id": "kh-water", "public_key": key.public_key.to_b64()})
+    # With as many active keys as a party may hold, another is refused until one goes.
+    extra = SigningKey.from_seed(next(seeds)).public_key.to_b64()
+    with world.unchanged():
+        error = world.refuse("kh-water", "party.key_add",
+                             {"party_id": "kh-water", "public_key": extra},
+                             status=409, code="invalid_state")
+    assert f"{MAX_ACTIVE_KEYS} active keys" in error["message"]
+    world.keys["kh-water"] = key
+    world.submit("kh-water", "party.key_revoke",
+                 {"party_id": "kh-water", "key_id": first.public_key.key_id})
+    world.submit("kh-water", "party.key_add", {"party_id": "kh-water", "public_key": extra})
+    # The party's own read keeps its whole key history; the list, only the keys in use.
+    own = world.http.get("/v1/parties/kh-water")["keys"]
+    assert len(own) == MAX_ACTIVE_KEYS + 1
+    assert [k["key_id"] for k in own if k["revoked_seq"] is not None] == [
+        first.public_key.key_id]
+    listed = next(p for p in world.http.get("/v1/parties", params={"limit": 500})["data"]
+                  if p["id"] == "kh-water")
+    assert listed["keys"] == [k for k in own if k["revoked_seq"] is None]
+    assert len(listed["keys"]) == MAX_ACTIVE_KEYS

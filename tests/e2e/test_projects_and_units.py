@@ -89,6 +89,11 @@ def test_suspended_project_cannot_report_or_issue(world: World) -> None:
         world.refuse(ADMIN, "project.status",
                      {"project_id": "KH404", "status": "registered", "reason": "x"},
                      status=404, code="not_found")
+        # A change to the status it has would be an entry that changes nothing.
+        error = world.refuse(ADMIN, "project.status",
+                             {"project_id": "KH004", "status": "suspended", "reason": "again"},
+                             status=409, code="invalid_state")
+        assert error["message"] == "project KH004 is already suspended"
     # Reinstated, the project issues the report it had verified.
     world.submit(ADMIN, "project.status",
                  {"project_id": "KH004", "status": "registered", "reason": "audit passed"})
