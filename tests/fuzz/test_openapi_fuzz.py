@@ -6,7 +6,10 @@ and invalid (positive and negative generation). A small Cambodia–Japan world (
 with a JCM batch, a transfer, a retirement, a cancellation, a REDD+ issuance and a reversal is
 entered first, so list reads return real rows. What must never happen is a 5xx, an undocumented
 status code or content type, or a body that breaks its schema (errors are
-``{"error": {"code", "message", "details"}}``, documented as ``ErrorResponse``).
+``{"error": {"code", "message", "details"}}``, documented as ``ErrorResponse``). Besides random
+examples, schemathesis's coverage phase puts every parameter and body field at and just past
+its documented bounds (2,787 requests): an upper bound the database cannot hold, say, is a 500
+there, which 20 random examples per operation did not find.
 
 Fuzzed instructions carry made-up signatures and stop at authentication, so one test re-signs
 schema-valid bodies with the administrator's real key: they reach the use cases, which must
@@ -152,6 +155,26 @@ def _fuzz(operation: Any, budget: int) -> None:
         _validate(case, case.call())
 
     run()
+
+
+def test_every_operation_at_the_edges_of_its_schema(
+    api_schema: Any, ids: dict[str, str], subtests: pytest.Subtests
+) -> None:
+    """Schemathesis's coverage phase on every operation: each parameter and body field at and
+    just past the bounds the schema gives it (a limit of 0, 1 and 1001, an offset one past the
+    largest integer, a string one character too long, a field missing or of another type), the
+    values random examples rarely draw."""
+    modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
+    tried = 0
+    for operation in _operations(api_schema):
+        config = api_schema.config.generation_for(operation=operation, phase="coverage")
+        with subtests.test(msg=operation.label):
+            for case in api_schema.iter_coverage_cases(
+                operation, generation_modes=modes, generation_config=config
+            ):
+                _validate(case, case.call())
+                tried += 1
+    assert tried >= 1000, tried
 
 
 def _signed_by_admin(case: Any, kind: str, key: SigningKey, origin: str) -> bool:
