@@ -388,14 +388,7 @@ def reports(
     return Page(data=[ReportPublic(**r.model_dump()) for r in rows], **page)
 
 
-def _batch(session: Session, row: BatchRow, forest_unit_id: str | None) -> BatchPublic:
-    sums = dict(
-        session.exec(
-            select(BlockRow.status, func.sum(col(BlockRow.end) - col(BlockRow.start) + 1))
-            .where(BlockRow.batch_id == row.id)
-            .group_by(col(BlockRow.status))
-        ).all()
-    )
+def _batch(row: BatchRow, forest_unit_id: str | None) -> BatchPublic:
     return BatchPublic(
         id=row.id,
         project_id=row.project_id,
@@ -405,9 +398,9 @@ def _batch(session: Session, row: BatchRow, forest_unit_id: str | None) -> Batch
         vintage=row.vintage,
         quantity=row.quantity,
         issued_seq=row.issued_seq,
-        active=int(sums.get("active", 0)),
-        retired=int(sums.get("retired", 0)),
-        cancelled=int(sums.get("cancelled", 0)),
+        active=row.quantity - row.retired - row.cancelled,
+        retired=row.retired,
+        cancelled=row.cancelled,
     )
 
 
@@ -422,13 +415,13 @@ def _forest_units_of(session: Session, rows: Sequence[BatchRow]) -> dict[str, st
 
 def batch(session: Session, batch_id: str) -> BatchPublic:
     row = get_or_404(session, BatchRow, batch_id, "batch")
-    return _batch(session, row, _forest_units_of(session, [row]).get(row.report_id))
+    return _batch(row, _forest_units_of(session, [row]).get(row.report_id))
 
 
 def batches(session: Session, offset: int, limit: int) -> Page[BatchPublic]:
     rows, page = _page(session, BatchRow, col(BatchRow.issued_seq), offset, limit)
     units = _forest_units_of(session, rows)
-    return Page(data=[_batch(session, r, units.get(r.report_id)) for r in rows], **page)
+    return Page(data=[_batch(r, units.get(r.report_id)) for r in rows], **page)
 
 
 #: A retirement's columns but its blocks, and how many blocks it took (counted by the database,

@@ -264,6 +264,9 @@ def move_serials(
     # of the transaction: a round trip saved on PostgreSQL (see Statement.execute_soon).
     _MOVE_BLOCK.execute_soon(session, updates)
     _NEW_BLOCK.execute_soon(session, new_blocks)
+    if status in _BATCH_TOTALS and taken:
+        moved = sum(t.quantity for t in taken)
+        _BATCH_TOTALS[status].execute_soon(session, [{"batch": rows[0].batch_id, "moved": moved}])
     if read is not None:
         account_id, status_held = read[1]["account"], read[1]["status"]
         still = [b for b in now if (b.account_id, b.status) == (account_id, status_held)]
@@ -280,3 +283,14 @@ _MOVE_BLOCK = Statement(
     )
 )
 _NEW_BLOCK = insert_rows(_BLOCK, ("batch_id", "start", "end", "account_id", "status"))
+_BATCH = table(BatchRow)
+#: A batch's total of each final status, raised by the serials a movement puts in that status
+#: (retired and cancelled serials never move again, so the totals only grow).
+_BATCH_TOTALS = {
+    status: Statement(
+        update(_BATCH)
+        .where(_BATCH.c.id == bindparam("batch"))
+        .values({status: _BATCH.c[status] + bindparam("moved")})
+    )
+    for status in ("retired", "cancelled")
+}

@@ -184,6 +184,10 @@ class BatchRow(SQLModel, table=True):
     number: int = Field(sa_column=Column(Integer, nullable=False))
     quantity: int = Field(sa_column=Column(BigInteger, nullable=False))
     issued_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # Tonnes retired and cancelled so far, kept by the movement that retires or cancels them, so
+    # a read of the batch sums none of its blocks (a batch sold in small lots has 10^5 of them).
+    retired: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    cancelled: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
 
 
 class BlockRow(SQLModel, table=True):

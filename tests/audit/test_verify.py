@@ -67,6 +67,8 @@ def test_an_edited_state_row_is_found_against_the_database(
     export_bundle(registry, path)
     verified = verify_bundle(path, registry_key=registry.note_verifier.verifier_string())
     state, log = verified.state, verified.report.log
+    retired = state.supply(JCM_BATCH)["retired"]
+    assert retired > 0
     with write_transaction(registry.engine) as s:
         s.execute(
             text("UPDATE block SET account_id = 'JP-BUYER-1' "
@@ -75,6 +77,8 @@ def test_an_edited_state_row_is_found_against_the_database(
         )
         s.execute(text("UPDATE monitoring_report SET status = 'verified' WHERE id = 'KH004-MR1'"))
         s.execute(text("UPDATE forest_unit SET shortfall = 0"))
+        # A batch's kept total, which its public read shows, drifting from its blocks.
+        s.execute(text("UPDATE batch SET retired = retired + 7 WHERE id = :b"), {"b": JCM_BATCH})
         s.execute(text("DELETE FROM retirement"))
         s.execute(text("UPDATE party SET role = 'administrator' WHERE id = 'jp-buyer'"))
         # The registry's own key, published at /v1/keys and copied into every export: a rogue
@@ -95,6 +99,8 @@ def test_an_edited_state_row_is_found_against_the_database(
         "table monitoring_report, row KH004-MR1: status is 'verified' in the database, the "
         "ledger says 'issued'",
         "table forest_unit, row KH005-FU1: shortfall is 0 in the database, the ledger says 700",
+        f"table batch, row {JCM_BATCH}: retired is {retired + 7} in the database, the ledger "
+        f"says {retired}",
         f"table retirement, row RET-{history.seq['retire']}: is in the ledger but not in the "
         "database",
         "table party, row jp-buyer: role is 'administrator' in the database, the ledger says "

@@ -47,3 +47,42 @@ def test_a_registry_of_0003_is_brought_along(db_url: str) -> None:
         assert tuple(bounds) == (105.8, 13.6, 105.9, 13.7)
     finally:
         engine.dispose()
+
+
+def test_a_registry_of_0007_gets_the_totals_of_its_batches(db_url: str) -> None:
+    """0008: each batch's retired and cancelled totals, summed once from its blocks."""
+    engine = make_engine(db_url)
+    cfg = alembic_config()
+    blocks = [(1, 100, "active"), (101, 150, "retired"), (151, 160, "cancelled"),
+              (161, 200, "retired"), (201, 1000, "active")]
+    try:
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "0007")
+            connection.execute(text(
+                "INSERT INTO party (id, name, role, country, created_seq) "
+                "VALUES ('kh-water', 'W', 'participant', 'KH', 1)"))
+            connection.execute(text(
+                "INSERT INTO account (id, holder, kind, name, created_seq) "
+                "VALUES ('A', 'kh-water', 'holding', 'a', 2)"))
+            for batch, quantity in (("B-1", 1000), ("B-2", 5)):
+                connection.execute(text(
+                    "INSERT INTO batch (id, project_id, report_id, programme, vintage, number, "
+                    "quantity, issued_seq) VALUES (:id, 'KH004', :id, 'JCM', 2024, 1, :q, 1)"
+                ), {"id": batch, "q": quantity})
+            connection.execute(text(
+                'INSERT INTO block (batch_id, start, "end", account_id, status) '
+                "VALUES ('B-2', 1, 5, 'A', 'active')"))
+            for start, end, status in blocks:
+                connection.execute(text(
+                    'INSERT INTO block (batch_id, start, "end", account_id, status) '
+                    "VALUES ('B-1', :s, :e, 'A', :status)"), {"s": start, "e": end,
+                                                              "status": status})
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+            totals = connection.execute(
+                text("SELECT id, retired, cancelled FROM batch ORDER BY id")).all()
+        assert [tuple(t) for t in totals] == [("B-1", 90, 10), ("B-2", 0, 0)]
+    finally:
+        engine.dispose()
