@@ -31,20 +31,23 @@ def test_a_registry_of_0003_is_brought_along(db_url: str) -> None:
                     "crediting_period_end, status, registered_seq) VALUES (:id, 't', 'KH', "
                     "'KH_AM001', 's', '[]', 'lrqa', '2020-01-01', '2030-12-31', 'registered', 2)"
                 ), {"id": project})
+            # More units than the migration reads at once (100), so it pages through them.
             connection.execute(text(
                 "INSERT INTO forest_unit (id, project_id, name, boundary, area_ha, "
                 "jurisdiction, reference_level, leakage_rate_bp, buffer_rate_bp, "
-                "buffer_account, shortfall, registered_seq) VALUES ('KH005-FU1', 'KH005', 'u', "
-                ":boundary, 1, 'j', 1, 0, 0, 'BUF-KH005-FU1', 0, 3)"), {"boundary": BOUNDARY})
+                "buffer_account, shortfall, registered_seq) VALUES (:id, 'KH005', 'u', "
+                ":boundary, 1, 'j', 1, 0, 0, :buffer, 0, 3)"),
+                [{"id": unit, "boundary": BOUNDARY, "buffer": f"BUF-{unit}"}
+                 for unit in ("KH005-FU1", *(f"KH005-FU1{i:03}" for i in range(250)))])
         with engine.begin() as connection:
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
             rows = connection.execute(
                 text("SELECT id, programme FROM project ORDER BY id")).all()
             bounds = connection.execute(
-                text("SELECT west, south, east, north FROM forest_unit")).one()
+                text("SELECT DISTINCT west, south, east, north FROM forest_unit")).all()
         assert [tuple(r) for r in rows] == [("KH004", None), ("KH005", None)]
-        assert tuple(bounds) == (105.8, 13.6, 105.9, 13.7)
+        assert [tuple(b) for b in bounds] == [(105.8, 13.6, 105.9, 13.7)]
     finally:
         engine.dispose()
 

@@ -23,6 +23,7 @@ branch_labels = None
 depends_on = None
 
 SIDES = ("west", "south", "east", "north")
+PAGE = 100
 
 
 def upgrade() -> None:
@@ -33,16 +34,22 @@ def upgrade() -> None:
             "forest_unit", sa.Column(side, sa.Float, nullable=False, server_default="0")
         )
     bind = op.get_bind()
-    units = bind.execute(sa.text("SELECT id, boundary FROM forest_unit")).all()
-    for unit_id, boundary in units:
-        bounds = dict(zip(SIDES, shape(json.loads(boundary)).bounds, strict=True))
-        bind.execute(
-            sa.text(
-                "UPDATE forest_unit SET west = :west, south = :south, east = :east, "
-                "north = :north WHERE id = :id"
-            ),
-            {**bounds, "id": unit_id},
-        )
+    # PAGE units at a time, each up to 100,000 positions: memory is a page's, not the table's.
+    last = ""
+    while units := bind.execute(
+        sa.text("SELECT id, boundary FROM forest_unit WHERE id > :last ORDER BY id LIMIT :n"),
+        {"last": last, "n": PAGE},
+    ).all():
+        for unit_id, boundary in units:
+            bounds = dict(zip(SIDES, shape(json.loads(boundary)).bounds, strict=True))
+            bind.execute(
+                sa.text(
+                    "UPDATE forest_unit SET west = :west, south = :south, east = :east, "
+                    "north = :north WHERE id = :id"
+                ),
+                {**bounds, "id": unit_id},
+            )
+        last = units[-1][0]
     if bind.dialect.name == "postgresql":
         for side in SIDES:
             op.alter_column("forest_unit", side, server_default=None)  # every insert names it
