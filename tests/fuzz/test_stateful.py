@@ -13,7 +13,8 @@ idempotency key must return the original answer and change nothing either.
 The machine keeps its own model, serial by serial: which serials each account holds active in
 each batch, and which are retired or cancelled. After every step it reads the database and
 checks: each batch's blocks partition ``1..issued`` (issued = active + retired + cancelled, no
-serial in two blocks, no empty or negative block); the database equals the model exactly;
+serial in two blocks, no empty or negative block) and its kept retired and cancelled totals
+are its blocks'; the database equals the model exactly;
 retired and cancelled serials sit in the registry's accounts and are never active again; the
 ledger grew by exactly one entry per accepted submission and by none per refused one. At the
 end of each example the stored ledger is audited (``registry.service.ledger.audit_store``).
@@ -613,7 +614,9 @@ class CreditLedgerMachine(RuleBasedStateMachine):
         with read_session(self.registry.engine) as s:
             size = ledger_repo.tree_size(s)
             blocks = s.exec(select(BlockRow)).all()
-            batches = {b.id: b.quantity for b in s.exec(select(BatchRow)).all()}
+            rows = s.exec(select(BatchRow)).all()
+            batches = {b.id: b.quantity for b in rows}
+            kept = {b.id: (b.retired, b.cancelled) for b in rows}
             shortfall = s.exec(select(ForestUnitRow.shortfall)).one()
         assert size == self.size, "the ledger grew other than once per accepted submission"
         assert batches == self.issued
@@ -658,6 +661,8 @@ class CreditLedgerMachine(RuleBasedStateMachine):
                 if in_batch == batch and status == "active":
                     active |= serials
             assert not gone & active, f"{batch}: retired or cancelled serials are active again"
+            # The totals a batch keeps (what its public read shows) are its blocks' totals.
+            assert kept[batch] == (len(self.retired[batch]), len(self.cancelled[batch])), batch
 
 
 STATEFUL = settings(
