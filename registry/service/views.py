@@ -279,8 +279,8 @@ def _block(row: BlockRow) -> BlockPublic:
 def _parties(
     session: Session, rows: list[PartyRow], *, active_only: bool = False
 ) -> list[PartyPublic]:
-    """``rows`` with their keys (only those not revoked, when ``active_only``: at most
-    :data:`MAX_ACTIVE_KEYS` each), read in one query (oldest key first)."""
+    """``rows`` with their keys (only those not revoked, when ``active_only``), read in one
+    query (oldest key first)."""
     keys: dict[str, list[PartyKeyPublic]] = {row.id: [] for row in rows}
     if keys:
         query = select(PartyKeyRow).where(col(PartyKeyRow.party_id).in_(list(keys)))
