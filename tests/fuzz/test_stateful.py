@@ -614,9 +614,9 @@ class CreditLedgerMachine(RuleBasedStateMachine):
         with read_session(self.registry.engine) as s:
             size = ledger_repo.tree_size(s)
             blocks = s.exec(select(BlockRow)).all()
-            rows = s.exec(select(BatchRow)).all()
-            batches = {b.id: b.quantity for b in rows}
-            kept = {b.id: (b.retired, b.cancelled) for b in rows}
+            batch_rows = s.exec(select(BatchRow)).all()
+            batches = {b.id: b.quantity for b in batch_rows}
+            kept = {b.id: (b.retired, b.cancelled) for b in batch_rows}
             shortfall = s.exec(select(ForestUnitRow.shortfall)).one()
         assert size == self.size, "the ledger grew other than once per accepted submission"
         assert batches == self.issued
