@@ -29,17 +29,27 @@ from registry.ledger.merkle import CompactRange, leaf_hash
 
 @dataclass(frozen=True)
 class Failure:
-    """One thing found wrong; ``seq`` is the entry (or checkpoint size) it concerns."""
+    """One thing found wrong; ``seq`` is the entry it concerns or, for a ``checkpoint``
+    failure, the tree size the checkpoint signs (for the last checkpoint, one past the last
+    entry: no entry has that seq)."""
 
     code: str
     message: str
     seq: int | None = None
+    checkpoint: bool = False
 
     def __str__(self) -> str:
-        where = "" if self.seq is None else f"seq {self.seq}: "
+        if self.seq is None:
+            where = ""
+        elif self.checkpoint:
+            where = f"checkpoint of size {self.seq}: "
+        else:
+            where = f"seq {self.seq}: "
         return f"{where}{self.message} [{self.code}]"
 
     def to_json_value(self) -> dict[str, object]:
+        if self.checkpoint:
+            return {"tree_size": self.seq, "code": self.code, "message": self.message}
         return {"seq": self.seq, "code": self.code, "message": self.message}
 
 
@@ -75,8 +85,8 @@ class LogReport:
         self._kept[failure.code] += 1
         self.failures.append(failure)
 
-    def fail(self, error: RegistryError, seq: int | None = None) -> None:
-        self.add(Failure(code=error.code, message=error.message, seq=seq))
+    def fail(self, error: RegistryError, seq: int | None = None, checkpoint: bool = False) -> None:
+        self.add(Failure(code=error.code, message=error.message, seq=seq, checkpoint=checkpoint))
 
 
 class LogAuditor:
@@ -145,6 +155,7 @@ class LogAuditor:
             report.fail(
                 CheckpointError(f"the checkpoint for size {cp.size} is in the bundle twice"),
                 seq=cp.size,
+                checkpoint=True,
             )
             return
         report.checkpoints += 1
@@ -152,6 +163,7 @@ class LogAuditor:
             report.fail(
                 ForkError(f"two checkpoints for size {cp.size} with different roots: a fork"),
                 seq=cp.size,
+                checkpoint=True,
             )
         self._pending[cp.size] = cp
         if cp.size == self.tree.size:
@@ -167,6 +179,7 @@ class LogAuditor:
                 f"{self.tree.size}; checkpoints must be in increasing size order"
             ),
             seq=cp.size,
+                checkpoint=True,
         )
 
     def add_envelope(self, envelope: bytes) -> Entry | None:
@@ -231,6 +244,7 @@ class LogAuditor:
                     f"the entries give {root.hex()}"
                 ),
                 seq=cp.size,
+                checkpoint=True,
             )
 
     def finish(self) -> LogReport:
@@ -244,6 +258,7 @@ class LogAuditor:
                     f"{self.tree.size} entries"
                 ),
                 seq=size,
+                checkpoint=True,
             )
         self._pending.clear()
         return report

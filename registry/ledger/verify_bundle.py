@@ -254,8 +254,10 @@ class _Verifier:
         self._keys_sent: dict[str, bytes] = {}
         self._keys_count = -1
 
-    def fail(self, code: str, message: str, seq: int | None = None) -> None:
-        self.report.add(Failure(code=code, message=message, seq=seq))
+    def fail(
+        self, code: str, message: str, seq: int | None = None, checkpoint: bool = False
+    ) -> None:
+        self.report.add(Failure(code=code, message=message, seq=seq, checkpoint=checkpoint))
 
     def check_header(self) -> None:
         h: BundleHeader = self.header
@@ -363,7 +365,9 @@ class _Verifier:
     def _add_checkpoint(self, cp: OpenedCheckpoint) -> None:
         if cp.failure is not None or cp.checkpoint is None:
             code, message = cp.failure or ("bad_checkpoint", "unreadable")
-            self.fail(code, f"checkpoint on line {cp.line}: {message}", seq=cp.size)
+            self.fail(
+                code, f"checkpoint on line {cp.line}: {message}", seq=cp.size, checkpoint=True
+            )
             return
         if cp.checkpoint.size != cp.size:
             self.fail(
@@ -371,6 +375,7 @@ class _Verifier:
                 f"checkpoint line {cp.line} says size {cp.size}, but its "
                 f"note signs size {cp.checkpoint.size}",
                 seq=cp.size,
+                checkpoint=True,
             )
         self.auditor.add_opened_checkpoint(cp.checkpoint)
 
@@ -512,6 +517,7 @@ def verify_bundle(
             else f"no checkpoint signs the whole ledger: the last signs {signed} of its "
             f"{log.entries} entries",
             seq=log.entries,
+            checkpoint=True,
         )
     if run.header.tree_size != log.entries:
         run.fail(

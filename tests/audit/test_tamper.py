@@ -231,6 +231,25 @@ def test_entries_past_the_last_checkpoint_are_found(
     )
 
 
+def test_a_checkpoint_failure_is_reported_by_the_size_it_signs_not_as_an_entry(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """The last checkpoint signs size N, and no entry has seq N: an auditor told "seq N"
+    would look for an entry that does not exist."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    size = len(bundle.envelopes)
+    last_but_one = bundle.checkpoints[-2][0]
+    del bundle.checkpoints[-1]
+    report = verify_bundle(bundle.write(), registry_key=sqlite_bundle.key, workers=1).report
+    [failure] = report.failures
+    assert str(failure) == (
+        f"checkpoint of size {size}: no checkpoint signs the whole ledger: the last signs "
+        f"{last_but_one} of its {size} entries [bad_checkpoint]"
+    )
+    assert failure.to_json_value() == {"tree_size": size, "code": "bad_checkpoint",
+                                       "message": failure.message}
+
+
 def test_a_registry_key_range_the_ledger_never_gave_is_found(
     sqlite_bundle: Exported, tmp_path: Path
 ) -> None:
