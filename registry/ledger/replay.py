@@ -557,13 +557,35 @@ def _get(table: dict[str, Any], key: str, what: str) -> Any:
     return row
 
 
+def _same_json(a: Any, b: Any) -> bool:
+    """Whether two JSON values are the same value: as ``==``, but ``true`` is not ``1`` nor
+    ``false`` ``0`` (Python's ``True == 1`` would let an entry record a boolean for a count)."""
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(_same_json(value, b[key]) for key, value in a.items())
+        )
+    if isinstance(a, list | tuple):
+        return (
+            isinstance(b, list | tuple)
+            and len(a) == len(b)
+            and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+        )
+    return (
+        isinstance(a, bool) is isinstance(b, bool)
+        and isinstance(a, float) is isinstance(b, float)
+        and a == b
+    )
+
+
 def _differences(path: str, recorded: Any, expected: Any, out: list[str], limit: int = 3) -> None:
     """Paths where two JSON values differ, as ``path: recorded X, expected Y``."""
     if len(out) >= limit:
         return
     if isinstance(recorded, dict) and isinstance(expected, dict):
         for key in sorted(set(recorded) | set(expected)):
-            if recorded.get(key, _MISSING) != expected.get(key, _MISSING):
+            if not _same_json(recorded.get(key, _MISSING), expected.get(key, _MISSING)):
                 _differences(
                     f"{path}.{key}",
                     recorded.get(key, _MISSING),
@@ -574,7 +596,7 @@ def _differences(path: str, recorded: Any, expected: Any, out: list[str], limit:
         return
     if isinstance(recorded, list) and isinstance(expected, list) and len(recorded) == len(expected):
         for i, (a, b) in enumerate(zip(recorded, expected, strict=True)):
-            if a != b:
+            if not _same_json(a, b):
                 _differences(f"{path}[{i}]", a, b, out, limit)
         return
     out.append(f"{path} is {_show(recorded)}, the replay gives {_show(expected)}")
@@ -694,7 +716,7 @@ class Replay:
         except RegistryError as e:
             self.fail(entry.seq, e.code, f"{entry.kind} should have been refused: {e.message}")
             derived = None
-        if derived is not None and derived.effects != acting.effects:
+        if derived is not None and not _same_json(acting.effects, derived.effects):
             diffs: list[str] = []
             _differences("effects", acting.effects, derived.effects, diffs)
             self.fail(

@@ -948,6 +948,22 @@ def _forge_closure(
           signed_for=signed_for)
 
 
+def test_an_effect_recorded_as_a_boolean_for_a_number_is_found(
+    sqlite_bundle: Exported, tmp_path: Path
+) -> None:
+    """In Python ``True == 1``, but a ledger's effects are JSON, where ``true`` is no number:
+    a unit of 1 ha recorded with ``"area_ha": true`` is not what the registry writes."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    end = len(bundle.envelopes)
+    _forge_unit(bundle, sqlite_bundle, end, side=0.0009, area_ha=True)  # 1 ha
+    found = failures(bundle, sqlite_bundle)
+    assert codes(found) == {(end, "effects_mismatch")}
+    assert message(found, end, "effects_mismatch") == (
+        "forest_unit.register: recorded effects differ from the replay: "
+        "effects.area_ha is true, the replay gives 1"
+    )
+
+
 def test_a_forest_unit_of_no_whole_hectare_is_found(
     sqlite_bundle: Exported, tmp_path: Path
 ) -> None:
