@@ -27,15 +27,20 @@ from registry.errors import InvalidQuantityError
 
 __all__ = [
     "BASIS_POINTS",
+    "MAX_SHORTFALL",
     "ReddIssuance",
     "Reversal",
     "ceil_basis_points",
     "compute_issuance",
     "compute_reversal",
+    "unit_shortfall_after",
 ]
 
 #: 100 % in basis points.
 BASIS_POINTS = 10_000
+
+#: The most a forest unit's shortfalls may add up to: the largest integer the database stores.
+MAX_SHORTFALL = 2**63 - 1
 
 
 def _require_int(value: object, *, name: str, low: int, high: int) -> int:
@@ -159,3 +164,19 @@ def compute_reversal(*, lost: int, pool: int) -> Reversal:
     pool = _require_int(pool, name="pool", low=0, high=MAX_SERIAL)
     cancelled = min(lost, pool)
     return Reversal(lost=lost, pool=pool, cancelled=cancelled, shortfall=lost - cancelled)
+
+
+def unit_shortfall_after(*, unit_id: str, shortfall: int, added: int) -> int:
+    """A unit's total shortfall once a reversal adds ``added`` to the ``shortfall`` recorded.
+
+    Each reversal's shortfall is at most 2^53 - 1, but they add up: a total past
+    :data:`MAX_SHORTFALL` could not be stored, so the reversal that would make it is refused.
+    """
+    total = shortfall + added
+    if total > MAX_SHORTFALL:
+        raise InvalidQuantityError(
+            f"forest unit {unit_id} already has a shortfall of {shortfall} tCO2e; a further "
+            f"{added} would take it past {MAX_SHORTFALL}",
+            details={"unit": unit_id, "shortfall": shortfall, "added": added, "max": MAX_SHORTFALL},
+        )
+    return total

@@ -54,7 +54,7 @@ from pydantic import (
 )
 
 from registry.domain import instructions as ins
-from registry.domain.redd import compute_issuance, compute_reversal
+from registry.domain.redd import compute_issuance, compute_reversal, unit_shortfall_after
 from registry.domain.rules import (
     CLOSED_REPORT_STATUSES,
     BufferTerms,
@@ -1508,6 +1508,7 @@ class Replay:
         held = {batch: state.held(unit.buffer_account, batch) for batch in batches}
         pool = sum(r.quantity for ranges in held.values() for r in ranges)
         outcome = compute_reversal(lost=b.lost, pool=pool)
+        unit_shortfall_after(unit_id=unit.id, shortfall=unit.shortfall, added=outcome.shortfall)
         remaining = outcome.cancelled
         cancelled: list[dict[str, Any]] = []
         for batch in batches:

@@ -13,7 +13,7 @@ from typing import Any
 from sqlmodel import Session
 
 from registry.domain.instructions import RecordReversal
-from registry.domain.redd import compute_reversal
+from registry.domain.redd import compute_reversal, unit_shortfall_after
 from registry.domain.serials import SerialRange, take_lowest
 from registry.service.instructions import Acting
 from registry.service.movements import CANCELLATION_ACCOUNT
@@ -30,6 +30,9 @@ def record_reversal(session: Session, acting: Acting[RecordReversal]) -> Effects
     rows = held_blocks(session, account_id=unit.buffer_account)
     pool = sum(r.end - r.start + 1 for r in rows)
     outcome = compute_reversal(lost=b.lost, pool=pool)
+    shortfall = unit_shortfall_after(
+        unit_id=unit.id, shortfall=unit.shortfall, added=outcome.shortfall
+    )
     remaining = outcome.cancelled
     cancelled: list[dict[str, Any]] = []
     for batch_id, group in groupby(rows, key=lambda r: r.batch_id):
@@ -49,7 +52,7 @@ def record_reversal(session: Session, acting: Acting[RecordReversal]) -> Effects
         )
         remaining -= sum(t.quantity for t in taken)
         cancelled.extend({"batch": batch_id, "start": t.start, "end": t.end} for t in taken)
-    unit.shortfall += outcome.shortfall
+    unit.shortfall = shortfall
     session.add(unit)
     session.add(
         ReversalRow(

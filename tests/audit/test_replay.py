@@ -108,3 +108,21 @@ def test_a_log_without_genesis_or_with_unknown_kinds_is_reported(registry: Regis
                      actor="registry", payload={}, prev=None)
     _, report = r.replay_entries([headless])
     assert [(f.seq, f.code) for f in report.failures] == [(0, "no_genesis"), (0, "unknown_kind")]
+
+
+def test_a_reversal_past_the_largest_total_shortfall_is_reported(
+    sqlite_bundle: Exported,
+) -> None:
+    """The registry refuses a reversal that would take a unit's total shortfall past
+    2^63 - 1 (it could not store it); the replay reports an entry recording one."""
+    from tests.audit.bundles import RawBundle
+
+    entries = [entry_of(e) for e in RawBundle.read(sqlite_bundle.path).envelopes]
+    seq = sqlite_bundle.history.seq["reversal_shortfall"]  # a shortfall of 700
+    for slack, failing in ((700, []), (699, [(seq, "invalid_quantity")])):
+        replay = r.Replay(registry_key=sqlite_bundle.registry.signer.public_key)
+        for entry in entries[:seq]:
+            replay.apply(entry)
+        replay.state.units["KH005-FU1"].shortfall = 2**63 - 1 - slack
+        replay.apply(entries[seq])
+        assert [(f.seq, f.code) for f in replay.report.failures] == failing

@@ -151,3 +151,27 @@ def test_the_administrator_may_cancel_buffer_credits(
     assert world.http.get(f"/v1/forest-units/{UNIT}")["buffer_pool"] == 80
     assert world.blocks("CANCELLATION") == [(BATCH_2024, 721, 820, "cancelled")]
     check_offline(registry, tmp_path)
+
+
+def test_a_reversal_that_would_take_the_shortfall_past_what_is_stored_is_refused(
+    world: World, registry: Registry
+) -> None:
+    """Each reversal's shortfall stops at 2^53 - 1, but a unit's adds them up: the one that
+    would take the total past the database's largest integer is a 422, not a failure of the
+    registry (nor, for ever after, of every reversal of the unit the pool cannot cover)."""
+    from sqlalchemy import update
+
+    from registry.store.db import write_transaction
+    from registry.store.tables import ForestUnitRow
+
+    top = 2**63 - 1
+    with write_transaction(registry.engine) as session:  # as if after some 1 025 reversals
+        session.execute(update(ForestUnitRow).where(ForestUnitRow.id == UNIT)
+                        .values(shortfall=top - 99))
+    with world.unchanged():
+        error = world.refuse(ADMIN, "redd.reversal", reversal(100), status=422,
+                             code="invalid_quantity")
+    assert error["details"] == {"unit": UNIT, "shortfall": top - 99, "added": 100, "max": top}
+    answer = world.submit(ADMIN, "redd.reversal", reversal(99))
+    assert (answer["result"]["cancelled"], answer["result"]["shortfall"]) == (0, 99)
+    assert world.http.get(f"/v1/forest-units/{UNIT}")["shortfall"] == top
