@@ -74,7 +74,12 @@ class Answer:
         return self.content.decode("utf-8", errors="replace")
 
     def json(self) -> Any:
-        return json.loads(self.content)
+        """The answer's JSON; ``ValueError`` for anything else, JSON nested deeper than the
+        parser goes included (its ``RecursionError`` is no failure of the monitor's own)."""
+        try:
+            return json.loads(self.content)
+        except RecursionError as e:
+            raise ValueError("JSON nested too deep to read") from e
 
 
 def monitor_client(url: str, *, timeout: float) -> httpx.Client:
@@ -182,7 +187,10 @@ class MonitorState:
         if not path.exists():
             return None
         try:
-            data = json.loads(path.read_text())
+            try:
+                data = json.loads(path.read_text())
+            except RecursionError as e:
+                raise ValueError("JSON nested too deep to read") from e
             digest = data.pop("digest", None) if isinstance(data, dict) else None
             state = cls(**data)
             if digest is not None and digest != state._digest():

@@ -386,3 +386,51 @@ def test_an_alarm_says_what_the_registry_served(
         leaf = base64.b64decode(fifth["leaf_hash"]).hex()
         assert f"entry 5: broken chain: served as seq 4 after leaf {seen['last_leaf']}" in r.stderr
         assert f"where seq 5 after leaf {leaf} belongs" in r.stderr
+
+
+@pytest.mark.parametrize("where", ["/v1/proofs/consistency", "/v1/entries"])
+def test_json_nested_past_the_parser_is_an_alarm_not_a_traceback(
+    registry: Registry, server: LiveServer, tmp_path: Path, where: str
+) -> None:
+    """A registry answering 200 with JSON nested deeper than the parser goes (a few hundred
+    kilobytes of '[') served something that proves nothing: an alarm (exit 2), as any other
+    answer that is not JSON, never a RecursionError traceback that exits 1 like a round not
+    checked, nor one that ends a --watch."""
+    state = tmp_path / "monitor.json"
+    append_notes(registry, 2)
+    assert audit(server, registry, state).returncode == 0
+    before = state.read_text()
+    append_notes(registry, 2)
+
+    def nested(handler: BaseHTTPRequestHandler) -> None:
+        body = httpx.get(server.url + handler.path).content
+        if handler.path.startswith(where):
+            body = b"[" * 200_000
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    with loopback_http(_serving(nested)) as url:
+        r = audit(url, registry, state, "--watch", "0.01", "--rounds", "2")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "ALARM:" in r.stderr and "not JSON" in r.stderr
+    assert state.read_text() == before
+
+
+def test_a_state_file_nested_past_the_parser_is_the_monitors_own_error(
+    registry: Registry, tmp_path: Path
+) -> None:
+    state = tmp_path / "monitor.json"
+    state.write_text("[" * 200_000)
+    r = audit(f"http://127.0.0.1:{_closed_port()}", registry, state)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-300:]
+    assert f"the monitor's state file {state} is damaged" in r.stderr
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
