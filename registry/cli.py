@@ -234,8 +234,9 @@ def _read_json(path: str) -> Any:
     text = sys.stdin.read() if path == "-" else Path(path).read_text()
     try:
         return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidRequestError(f"{path} is not JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # an integer past 4,300 digits is a ValueError
+        why = "nested too deep to read" if isinstance(e, RecursionError) else e
+        raise InvalidRequestError(f"{path} is not JSON: {why}") from e
 
 
 UrlOption = Annotated[str, typer.Option(envvar="REGISTRY_URL", help="The registry's base URL.")]

@@ -91,9 +91,12 @@ def _raise_for(response: httpx.Response) -> None:
         return
     try:
         err = response.json()["error"]
+        code, message = err["code"], err["message"]
+        if not isinstance(code, str) or not isinstance(message, str):
+            raise TypeError("an error's code and message are text")
     except Exception:
         raise _not_the_registry(response) from None
-    raise ClientError(response.status_code, err["code"], err["message"], err.get("details"))
+    raise ClientError(response.status_code, code, message, err.get("details"))
 
 
 def answer_of(response: httpx.Response) -> Any:
@@ -102,7 +105,7 @@ def answer_of(response: httpx.Response) -> Any:
     _raise_for(response)
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested past the parser
         raise _not_the_registry(response) from None
 
 

@@ -410,3 +410,50 @@ def test_a_database_url_mistyped_is_one_line_that_never_shows_its_password(
     assert "hunter2-not-for-logs" not in r.stdout + r.stderr
     assert_one_line_error(r)
     assert r.stderr.startswith("error[configuration_error]: "), r.stderr
+
+
+@pytest.mark.parametrize("content", ["[" * 200_000, '{"version": ' + "1" * 5000 + "}"],
+                         ids=["nested", "long integer"])
+def test_verify_receipt_of_json_python_cannot_read_is_one_line(
+    tmp_path: Path, content: str
+) -> None:
+    """A receipt comes from someone else: JSON nested past the parser, or an integer longer
+    than Python converts, is a file that is not usable JSON, said in one line."""
+    key = NoteVerifier(name="x.example/ledger", key=SigningKey.generate().public_key)
+    (tmp_path / "receipt.json").write_text(content)
+    r = run(["verify-receipt", "receipt.json", "--registry-key", key.verifier_string()], tmp_path)
+    assert_one_line_error(r)
+    assert "receipt.json is not JSON" in r.stderr
+
+
+def _answering(status: int, body: bytes) -> type[Any]:
+    from http.server import BaseHTTPRequestHandler
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Answer
+
+
+@pytest.mark.parametrize(("status", "body"), [
+    (404, b'{"error": "no such retirement"}'),
+    (404, b'{"error": {"message": "no code"}}'),
+    (404, b'{"error": {"code": 7, "message": []}}'),
+    (200, b"[" * 200_000),
+], ids=["error a string", "error without code", "error of the wrong types", "nested"])
+def test_proof_retirement_from_a_server_answering_json_of_another_shape_is_one_line(
+    tmp_path: Path, status: int, body: bytes
+) -> None:
+    """Something on the port answers JSON, but not the registry's: one line, no traceback."""
+    with loopback_http(_answering(status, body)) as url:
+        r = run(["proof", "retirement", "RET-1", "--url", url], tmp_path)
+    assert_one_line_error(r)
+    assert "is not the registry's answer" in r.stderr
