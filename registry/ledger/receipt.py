@@ -195,9 +195,18 @@ def _signed_retirement(
             f"not after the entry's time {entry.time}"
         )
     try:
-        return Retire.model_validate(instruction.get("body"))
+        body = Retire.model_validate(instruction.get("body"))
     except ValidationError as e:
         raise MalformedError(f"entry {entry.seq}: the signed retirement is not valid: {e}") from e
+    if (body.quantity is None) == (body.range is None):
+        # The registry carries out neither (nor does the replay); with neither, any effects
+        # would agree with what the holder signed.
+        raise MalformedError(
+            f"entry {entry.seq}: the signed retirement names "
+            f"{'neither' if body.quantity is None else 'both'} of quantity and range, where "
+            "a retirement gives exactly one of quantity or range"
+        )
+    return body
 
 
 def _covers(spans: list[tuple[int, int]], start: int, end: int) -> bool:

@@ -286,3 +286,28 @@ def _refused_in_one_line(forged: RetirementReceipt, registry: Registry, tmp_path
     r = run(["verify-receipt", "receipt.json", "--registry-key",
              registry.note_verifier.verifier_string()], tmp_path)
     assert_one_line_error(r)
+
+
+@pytest.mark.parametrize("which", ["neither", "both"])
+def test_a_retirement_signed_with_neither_or_both_quantity_and_range_is_refused(
+    registry: Registry, world: World, which: str
+) -> None:
+    """The registry carries out only a retirement of a quantity or of a range, never neither
+    or both (the replay refuses them too). A holder may have signed one all the same (the
+    registry refused it): sealed into an entry, with neither it would let the receipt certify
+    whatever the effects say was retired, as if the holder had asked for it."""
+    receipt = world.http.get(f"/v1/retirements/{_retire(world)}/receipt")
+    honest = entry_of(base64.b64decode(receipt["retirement"]["envelope"]))
+    body = dict(honest.payload["instruction"]["body"])
+    if which == "neither":
+        del body["quantity"]
+    else:
+        body["range"] = {"start": 1, "end": 40}
+    signed = sign_instruction(world.keys["jp-buyer"], registry=world.origin, actor="jp-buyer",
+                              type="credits.retire", body=body, now=parse_time(honest.time))
+    forged = _forged(registry, receipt, instruction=signed["instruction"],
+                     signature=signed["signature"], effects__quantity=4000,
+                     effects__blocks=[{"start": 1, "end": 4000}])
+    with pytest.raises(RegistryError, match="exactly one of quantity or range"):
+        checked = verify_receipt(forged, verifier=registry.note_verifier)
+        pytest.fail(f"accepted {checked.quantity} tCO2e")
