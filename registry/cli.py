@@ -449,21 +449,23 @@ def verify_receipt_cmd(
     checked = verify_receipt(parsed, verifier=NoteVerifier.parse(registry_key))
     body = checked.body
     typer.echo(
-        f"OK: retirement {checked.retirement_id} of {checked.quantity} tCO2e by {checked.holder} "
+        f"OK: retirement {_shown(checked.retirement_id)} of {checked.quantity} tCO2e by "
+        f"{_shown(checked.holder)} "
         f"is entry {checked.entry.seq}, included in the tree of {checked.checkpoint.size} entries "
         f"signed by {registry_key.split('+')[0]}; the holder's signature verifies"
     )
     typer.echo(
-        f"   signed: {checked.quantity} tCO2e of {body.batch} from {body.account}, for "
+        f"   signed: {checked.quantity} tCO2e of {_shown(body.batch)} from {body.account}, for "
         f"{_shown(body.beneficiary)} ({body.purpose}, {body.jurisdiction}): "
         f"{_shown(body.reason)}"
     )
 
 
 def _shown(text: str) -> str:
-    """The holder's free text as it can be printed: quoted with escapes if it holds a line
-    break, a terminal escape or another invisible character, which could rewrite what the
-    reader sees above it."""
+    """Text from a receipt as it can be printed (the holder's free text, and what the registry
+    seals as it likes: the retirement id, the holder's party id, the batch): quoted with escapes
+    if it holds a line break, a terminal escape or another invisible character, which could
+    rewrite what the reader sees above it."""
     return text if text.isprintable() else repr(text)
 
 

@@ -311,3 +311,30 @@ def test_a_retirement_signed_with_neither_or_both_quantity_and_range_is_refused(
     with pytest.raises(RegistryError, match="exactly one of quantity or range"):
         checked = verify_receipt(forged, verifier=registry.note_verifier)
         pytest.fail(f"accepted {checked.quantity} tCO2e")
+
+
+def test_verify_receipt_prints_what_the_registry_sealed_as_it_can_be_read(
+    registry: Registry, world: World, tmp_path: Any
+) -> None:
+    """The retirement id, the holder and the batch come from entries a dishonest registry
+    seals as it likes (the batch, from what the holder signed): a line break or a terminal
+    escape in one is shown escaped, as the beneficiary and reason are, so it cannot print
+    lines of its own or rewrite the ones above it."""
+    from tests.test_cli import run
+
+    receipt = world.http.get(f"/v1/retirements/{_retire(world)}/receipt")
+    honest = entry_of(base64.b64decode(receipt["retirement"]["envelope"]))
+    fake = "RET-1\n\x1b[2KOK: retirement RET-1 of 4000 tCO2e"
+    body = {**honest.payload["instruction"]["body"], "batch": "B\x1b[1A\x1b[2K"}
+    signed = sign_instruction(world.keys["jp-buyer"], registry=world.origin, actor="jp-buyer",
+                              type="credits.retire", body=body, now=parse_time(honest.time))
+    forged = _forged(registry, receipt, effects__retirement_id=fake, effects__batch=body["batch"],
+                     instruction=signed["instruction"], signature=signed["signature"])
+    forged = forged.model_copy(update={"retirement_id": fake})
+    verify_receipt(forged, verifier=registry.note_verifier)  # sealed, so it verifies
+    (tmp_path / "receipt.json").write_text(forged.model_dump_json())
+    r = run(["verify-receipt", "receipt.json", "--registry-key",
+             registry.note_verifier.verifier_string()], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 2 and "\x1b" not in r.stdout, r.stdout
+    assert repr(fake) in r.stdout and repr(body["batch"]) in r.stdout
