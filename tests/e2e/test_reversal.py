@@ -6,7 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
+from sqlmodel import col
+
 from registry.service.context import Registry
+from registry.store.db import write_transaction
+from registry.store.tables import ForestUnitRow
 from tests.load import check_offline
 from tests.world import ADMIN, BUFFER, UNIT, World, issue_redd, submit_report, verify_report
 
@@ -159,14 +164,9 @@ def test_a_reversal_that_would_take_the_shortfall_past_what_is_stored_is_refused
     """Each reversal's shortfall stops at 2^53 - 1, but a unit's adds them up: the one that
     would take the total past the database's largest integer is a 422, not a failure of the
     registry (nor, for ever after, of every reversal of the unit the pool cannot cover)."""
-    from sqlalchemy import update
-
-    from registry.store.db import write_transaction
-    from registry.store.tables import ForestUnitRow
-
     top = 2**63 - 1
     with write_transaction(registry.engine) as session:  # as if after some 1 025 reversals
-        session.execute(update(ForestUnitRow).where(ForestUnitRow.id == UNIT)
+        session.execute(update(ForestUnitRow).where(col(ForestUnitRow.id) == UNIT)
                         .values(shortfall=top - 99))
     with world.unchanged():
         error = world.refuse(ADMIN, "redd.reversal", reversal(100), status=422,
