@@ -6,10 +6,12 @@ one endpoint factory that hands the body, exactly as received, to ``registry.ser
 
 # No ``from __future__ import annotations`` here: FastAPI must see the generated body models.
 
+import json
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from registry.api.deps import KnownQuery, ReadSessionDep, RegistryDep
@@ -47,6 +49,54 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 400: {"model": ErrorResponse}}
 
 
+def _members(value: Any) -> int:
+    """How many object members ``value`` (parsed JSON) holds, at every depth."""
+    count = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+class _NamedTwice(Exception):
+    pass
+
+
+def _refuse_twice_named(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in found:
+            raise _NamedTwice(name)
+        found[name] = value
+    return found
+
+
+_NAME_ENDS = (b'":', b'" ', b'"\t', b'"\n', b'"\r')
+
+
+def _named_twice(text: bytes, parsed: Any) -> str | None:
+    """A member name some object of the JSON ``text`` (parsed as ``parsed``) gives twice.
+
+    RFC 8785 signs I-JSON (RFC 7493), whose names are unique; Python's parser keeps the last
+    of two, so the bytes a proxy or a log reads could say another instruction than the one
+    signed and carried out. Every member on the wire ends its name with a quote followed by a
+    colon or a blank: when those pairs of bytes (which strings can only add to) occur no more
+    often than ``parsed`` has members, none was dropped (the common case, counted without
+    parsing again)."""
+    if sum(text.count(pair) for pair in _NAME_ENDS) <= _members(parsed):
+        return None
+    try:
+        json.loads(text, object_pairs_hook=_refuse_twice_named)
+    except _NamedTwice as e:
+        return str(e.args[0])
+    return None
+
+
 def _instruction_endpoint(kind: str) -> Callable[..., Coroutine[Any, Any, JSONResponse]]:
     model = signed_model(kind)
 
@@ -61,6 +111,15 @@ def _instruction_endpoint(kind: str) -> Callable[..., Coroutine[Any, Any, JSONRe
         ],
     ) -> JSONResponse:
         raw = await request.json()
+        twice = _named_twice(await request.body(), raw)
+        if twice is not None:
+            # Answered by the handler of every body refused: a retry of a request accepted
+            # before this check gets its answer.
+            raise RequestValidationError(
+                [{"loc": ("body",), "type": "json_invalid",
+                  "msg": f"an object names member {twice!r} twice (JSON names must be unique)"}],
+                body=raw,
+            )
         writer: WriterProcess | None = request.app.state.writer
         if writer is not None:
             outcome = await writer.submit(kind, raw, idempotency_key)

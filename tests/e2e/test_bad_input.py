@@ -336,3 +336,33 @@ def test_a_lone_surrogate_in_the_signature_is_a_422_not_a_500(world: World) -> N
             assert response.json()["error"]["code"] in {"malformed", "invalid_request"}
     # The key was not used up: the genuine request goes through under it.
     assert world.as_("kh-water").post_signed(signed, idempotency_key="sur-1").status_code == 200
+
+
+def test_a_member_named_twice_is_refused_wherever_it_is(world: World) -> None:
+    """RFC 8785 signs I-JSON, whose object member names are unique. A body naming one twice
+    (``"quantity": 2, "quantity": 1``) was read as its last value, signed and carried out: a
+    proxy or a log that reads the first value saw another instruction than the one moved. It
+    is a 422, and a body spelt once, even with `":` inside its strings, still goes through."""
+    issue_jcm(world)
+    water = world.as_("kh-water")
+    signed = water.sign("credits.cancel", {"account": "KH-WATER-1", "batch": BATCH,
+                                           "quantity": 1, "reason": 'said "why": no'})
+    text = json.dumps(signed)
+    twice = {
+        "body": text.replace('"quantity": 1', '"quantity": 2, "quantity": 1'),
+        "instruction": text.replace('"type": ', '"actor": "jp-buyer", "type": '),
+        "envelope": text.replace('{"instruction": ', '{"signature": "x", "instruction": ', 1),
+        "spaced": text.replace('"quantity": 1', '"quantity" : 2, "quantity"\t:1'),
+    }
+    with world.unchanged():
+        for where, content in twice.items():
+            assert json.loads(content) == signed, where
+            response = world.http.http.post(
+                "/v1/cancellations", content=content,
+                headers={"Idempotency-Key": f"twice-{where}", "Content-Type": "application/json"})
+            error = expect_error(response, 422, "invalid_request")
+            assert "twice" in error["message"], (where, error)
+    response = world.http.http.post(
+        "/v1/cancellations", content=text,
+        headers={"Idempotency-Key": "twice-body", "Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
