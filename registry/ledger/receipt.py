@@ -220,12 +220,20 @@ def _covers(spans: list[tuple[int, int]], start: int, end: int) -> bool:
     )
 
 
+def _integer(value: Any) -> int:
+    """``value`` if it is a JSON integer, as every quantity and serial the ledger records is
+    (not a text, a boolean or a fraction, which ``int()`` would quietly read as one)."""
+    if type(value) is not int:
+        raise TypeError(f"{value!r} is not an integer")
+    return value
+
+
 def _carried_out(entry: Entry, body: Retire, effects: dict[str, Any]) -> int:
     """The quantity retired, once the recorded effects are checked to do what ``body`` asks."""
     blocks = effects.get("blocks")
     try:
-        spans = [(int(b["start"]), int(b["end"])) for b in blocks]  # type: ignore[union-attr]
-        quantity = int(effects["quantity"])
+        spans = [(_integer(b["start"]), _integer(b["end"])) for b in blocks]  # type: ignore[union-attr]
+        quantity = _integer(effects["quantity"])
     except (KeyError, TypeError, ValueError) as e:
         raise MalformedError(f"entry {entry.seq}: malformed effects ({e})") from e
     wrong = []

@@ -313,6 +313,24 @@ def test_a_retirement_signed_with_neither_or_both_quantity_and_range_is_refused(
         pytest.fail(f"accepted {checked.quantity} tCO2e")
 
 
+@pytest.mark.parametrize("change", [
+    {"effects__quantity": "40"},
+    {"effects__blocks": [{"start": True, "end": 40}]},
+    {"effects__blocks": [{"start": 1, "end": "40"}]},
+])
+def test_effects_that_are_not_integers_where_the_ledger_has_integers_are_malformed(
+    registry: Registry, world: World, change: dict[str, Any]
+) -> None:
+    """The ledger's quantities and serials are JSON integers: a text "40" or a true where a
+    serial is due is not what the registry records, and reading it as one (Python's int())
+    would certify a retirement the entry does not state."""
+    receipt = world.http.get(f"/v1/retirements/{_retire(world)}/receipt")
+    forged = _forged(registry, receipt, **change)
+    with pytest.raises(RegistryError, match="malformed effects"):
+        checked = verify_receipt(forged, verifier=registry.note_verifier)
+        pytest.fail(f"accepted {checked.quantity} tCO2e")
+
+
 def test_verify_receipt_prints_what_the_registry_sealed_as_it_can_be_read(
     registry: Registry, world: World, tmp_path: Any
 ) -> None:
