@@ -2,90 +2,103 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from alembic import command
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from registry.store.db import alembic_config, make_engine
 
 BOUNDARY = ('{"type":"Polygon","coordinates":[[[105.8,13.6],[105.9,13.6],[105.9,13.7],'
             '[105.8,13.7],[105.8,13.6]]]}')
 
+T = TypeVar("T")
+
+
+def upgraded(
+    db_url: str, revision: str, fill: Callable[[Connection], None],
+    read: Callable[[Connection], T],
+) -> T:
+    """What ``read`` finds once a database at ``revision``, filled by ``fill``, is brought to
+    the newest revision."""
+    engine = make_engine(db_url)
+    cfg = alembic_config()
+    try:
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+            fill(connection)
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+            return read(connection)
+    finally:
+        engine.dispose()
+
 
 def test_a_registry_of_0003_is_brought_along(db_url: str) -> None:
     """0004: projects registered before it name no programme (NULL: the rule of then, REDD+
     once it has a forest unit, as their signed registrations say). 0005: every forest unit
     gets its boundary's bounding box."""
-    engine = make_engine(db_url)
-    cfg = alembic_config()
-    try:
-        with engine.begin() as connection:
-            cfg.attributes["connection"] = connection
-            command.upgrade(cfg, "0003")
+
+    def fill(connection: Connection) -> None:
+        connection.execute(text(
+            "INSERT INTO party (id, name, role, country, created_seq) "
+            "VALUES ('lrqa', 'LRQA', 'third_party_entity', 'GB', 1)"))
+        for project in ("KH004", "KH005"):
             connection.execute(text(
-                "INSERT INTO party (id, name, role, country, created_seq) "
-                "VALUES ('lrqa', 'LRQA', 'third_party_entity', 'GB', 1)"))
-            for project in ("KH004", "KH005"):
-                connection.execute(text(
-                    "INSERT INTO project (id, title, partner_country, methodology, sector, "
-                    "participants, third_party_entity, crediting_period_start, "
-                    "crediting_period_end, status, registered_seq) VALUES (:id, 't', 'KH', "
-                    "'KH_AM001', 's', '[]', 'lrqa', '2020-01-01', '2030-12-31', 'registered', 2)"
-                ), {"id": project})
-            # More units than the migration reads at once (100), so it pages through them.
-            connection.execute(text(
-                "INSERT INTO forest_unit (id, project_id, name, boundary, area_ha, "
-                "jurisdiction, reference_level, leakage_rate_bp, buffer_rate_bp, "
-                "buffer_account, shortfall, registered_seq) VALUES (:id, 'KH005', 'u', "
-                ":boundary, 1, 'j', 1, 0, 0, :buffer, 0, 3)"),
-                [{"id": unit, "boundary": BOUNDARY, "buffer": f"BUF-{unit}"}
-                 for unit in ("KH005-FU1", *(f"KH005-FU1{i:03}" for i in range(250)))])
-        with engine.begin() as connection:
-            cfg.attributes["connection"] = connection
-            command.upgrade(cfg, "head")
-            rows = connection.execute(
-                text("SELECT id, programme FROM project ORDER BY id")).all()
-            bounds = connection.execute(
-                text("SELECT DISTINCT west, south, east, north FROM forest_unit")).all()
-        assert [tuple(r) for r in rows] == [("KH004", None), ("KH005", None)]
-        assert [tuple(b) for b in bounds] == [(105.8, 13.6, 105.9, 13.7)]
-    finally:
-        engine.dispose()
+                "INSERT INTO project (id, title, partner_country, methodology, sector, "
+                "participants, third_party_entity, crediting_period_start, "
+                "crediting_period_end, status, registered_seq) VALUES (:id, 't', 'KH', "
+                "'KH_AM001', 's', '[]', 'lrqa', '2020-01-01', '2030-12-31', 'registered', 2)"
+            ), {"id": project})
+        # More units than the migration reads at once (100), so it pages through them.
+        connection.execute(text(
+            "INSERT INTO forest_unit (id, project_id, name, boundary, area_ha, "
+            "jurisdiction, reference_level, leakage_rate_bp, buffer_rate_bp, "
+            "buffer_account, shortfall, registered_seq) VALUES (:id, 'KH005', 'u', "
+            ":boundary, 1, 'j', 1, 0, 0, :buffer, 0, 3)"),
+            [{"id": unit, "boundary": BOUNDARY, "buffer": f"BUF-{unit}"}
+             for unit in ("KH005-FU1", *(f"KH005-FU1{i:03}" for i in range(250)))])
+
+    def read(connection: Connection) -> tuple[list[tuple[object, ...]], ...]:
+        rows = connection.execute(text("SELECT id, programme FROM project ORDER BY id")).all()
+        bounds = connection.execute(
+            text("SELECT DISTINCT west, south, east, north FROM forest_unit")).all()
+        return [tuple(r) for r in rows], [tuple(b) for b in bounds]
+
+    rows, bounds = upgraded(db_url, "0003", fill, read)
+    assert rows == [("KH004", None), ("KH005", None)]
+    assert bounds == [(105.8, 13.6, 105.9, 13.7)]
 
 
 def test_a_registry_of_0007_gets_the_totals_of_its_batches(db_url: str) -> None:
     """0008: each batch's retired and cancelled totals, summed once from its blocks."""
-    engine = make_engine(db_url)
-    cfg = alembic_config()
     blocks = [(1, 100, "active"), (101, 150, "retired"), (151, 160, "cancelled"),
               (161, 200, "retired"), (201, 1000, "active")]
-    try:
-        with engine.begin() as connection:
-            cfg.attributes["connection"] = connection
-            command.upgrade(cfg, "0007")
+
+    def fill(connection: Connection) -> None:
+        connection.execute(text(
+            "INSERT INTO party (id, name, role, country, created_seq) "
+            "VALUES ('kh-water', 'W', 'participant', 'KH', 1)"))
+        connection.execute(text(
+            "INSERT INTO account (id, holder, kind, name, created_seq) "
+            "VALUES ('A', 'kh-water', 'holding', 'a', 2)"))
+        for batch, quantity in (("B-1", 1000), ("B-2", 5)):
             connection.execute(text(
-                "INSERT INTO party (id, name, role, country, created_seq) "
-                "VALUES ('kh-water', 'W', 'participant', 'KH', 1)"))
-            connection.execute(text(
-                "INSERT INTO account (id, holder, kind, name, created_seq) "
-                "VALUES ('A', 'kh-water', 'holding', 'a', 2)"))
-            for batch, quantity in (("B-1", 1000), ("B-2", 5)):
-                connection.execute(text(
-                    "INSERT INTO batch (id, project_id, report_id, programme, vintage, number, "
-                    "quantity, issued_seq) VALUES (:id, 'KH004', :id, 'JCM', 2024, 1, :q, 1)"
-                ), {"id": batch, "q": quantity})
-            connection.execute(text(
-                'INSERT INTO block (batch_id, start, "end", account_id, status) '
-                "VALUES ('B-2', 1, 5, 'A', 'active')"))
-            for start, end, status in blocks:
-                connection.execute(text(
-                    'INSERT INTO block (batch_id, start, "end", account_id, status) '
-                    "VALUES ('B-1', :s, :e, 'A', :status)"), {"s": start, "e": end,
-                                                              "status": status})
-        with engine.begin() as connection:
-            cfg.attributes["connection"] = connection
-            command.upgrade(cfg, "head")
-            totals = connection.execute(
-                text("SELECT id, retired, cancelled FROM batch ORDER BY id")).all()
-        assert [tuple(t) for t in totals] == [("B-1", 90, 10), ("B-2", 0, 0)]
-    finally:
-        engine.dispose()
+                "INSERT INTO batch (id, project_id, report_id, programme, vintage, number, "
+                "quantity, issued_seq) VALUES (:id, 'KH004', :id, 'JCM', 2024, 1, :q, 1)"
+            ), {"id": batch, "q": quantity})
+        connection.execute(
+            text('INSERT INTO block (batch_id, start, "end", account_id, status) '
+                 "VALUES (:b, :s, :e, 'A', :status)"),
+            [{"b": "B-2", "s": 1, "e": 5, "status": "active"},
+             *({"b": "B-1", "s": s, "e": e, "status": status} for s, e, status in blocks)])
+
+    def read(connection: Connection) -> list[tuple[object, ...]]:
+        query = text("SELECT id, retired, cancelled FROM batch ORDER BY id")
+        return [tuple(t) for t in connection.execute(query).all()]
+
+    totals = upgraded(db_url, "0007", fill, read)
+    assert totals == [("B-1", 90, 10), ("B-2", 0, 0)]
