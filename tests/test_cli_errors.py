@@ -457,3 +457,18 @@ def test_proof_retirement_from_a_server_answering_json_of_another_shape_is_one_l
         r = run(["proof", "retirement", "RET-1", "--url", url], tmp_path)
     assert_one_line_error(r)
     assert "is not the registry's answer" in r.stderr
+
+
+def test_init_refuses_a_passphrase_with_an_insecure_dev_key(tmp_path: Path) -> None:
+    """A passphrase and --insecure-dev-key together: the keys would be written in the clear,
+    the passphrase ignored, and the registry would not open under the same settings."""
+    r = run(["init", "--insecure-dev-key"], tmp_path,
+            REGISTRY_KEY_PASSPHRASE="correct horse battery staple")
+    assert_one_line_error(r)
+    assert "REGISTRY_KEY_PASSPHRASE" in r.stderr and "correct horse" not in r.stderr
+    assert not (tmp_path / "var").exists() or not any((tmp_path / "var").glob("*.pem"))
+    # With the passphrase alone, the registry is created and opens under the same settings.
+    env = {"REGISTRY_KEY_PASSPHRASE": "correct horse battery staple"}
+    assert run(["init"], tmp_path, **env).returncode == 0
+    r = run(["demo"], tmp_path, **env)
+    assert r.returncode == 0, r.stderr

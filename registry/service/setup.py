@@ -148,6 +148,13 @@ def preflight(settings: Settings, *, insecure_dev_key: bool) -> Engine:
             "set REGISTRY_KEY_PASSPHRASE to encrypt the registry key "
             "(or pass --insecure-dev-key for a local, throw-away registry)"
         )
+    if passphrase is not None and insecure_dev_key:
+        # The keys would be written in the clear, the passphrase ignored; and the registry
+        # would then not open under these same settings (a passphrase for a plain key).
+        raise ConfigurationError(
+            "REGISTRY_KEY_PASSPHRASE is set, but --insecure-dev-key writes the keys "
+            "unencrypted: unset one of them"
+        )
     engine = make_engine(settings.database_url, lock_timeout=settings.lock_timeout)
     migrate(engine)
     with read_session(engine) as session:
