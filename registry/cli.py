@@ -375,14 +375,18 @@ def demo(
     """Seed a freshly initialised registry with the Cambodia–Japan demo data set."""
     from registry.demo import run_demo
     from registry.service.setup import open_registry, passphrase_of
-    from registry.store.db import read_session
+    from registry.store.db import migrate, read_session
     from registry.store.ledger_repo import tree_size
 
     settings = load_settings()
-    registry = open_registry(settings)
+    # Asked before the schema is brought up to date: a registry in use, perhaps by servers of
+    # an earlier version, is left as it is.
+    registry = open_registry(settings, migrate_schema=False)
     with read_session(registry.engine) as session:
         if tree_size(session) != 1:
+            registry.engine.dispose()
             raise ConfigurationError("the demo seeds a freshly initialised registry only")
+    migrate(registry.engine)
     run = run_demo(
         registry,
         admin_id=admin_id,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import tempfile
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -472,3 +474,39 @@ def test_init_refuses_a_passphrase_with_an_insecure_dev_key(tmp_path: Path) -> N
     assert run(["init"], tmp_path, **env).returncode == 0
     r = run(["demo"], tmp_path, **env)
     assert r.returncode == 0, r.stderr
+
+
+def _as_of_0007(db: Path) -> None:
+    """Put a registry's schema back to 0007, as a registry of that version left it."""
+    with closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0007'")
+        for column in ("retired", "cancelled"):
+            connection.execute(f"ALTER TABLE batch DROP COLUMN {column}")
+
+
+def _schema_of(db: Path) -> tuple[str, list[str]]:
+    with closing(sqlite3.connect(db)) as connection:
+        version = connection.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+        columns = [r[1] for r in connection.execute("PRAGMA table_info(batch)")]
+    return version, columns
+
+
+@pytest.mark.parametrize("command", [["init", "--insecure-dev-key"], ["demo"]])
+def test_init_and_demo_leave_a_registry_in_use_at_its_schema(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """`registry init` or `demo` run by mistake on a registry of an earlier version, which its
+    servers still write to, refuse it and do not upgrade its schema under them (after 0008 an
+    older server's retirements would leave the batch totals wrong for good)."""
+    assert run(["init", "--insecure-dev-key"], tmp_path).returncode == 0
+    assert run(["demo"], tmp_path).returncode == 0
+    db = tmp_path / "var" / "registry.db"
+    _as_of_0007(db)
+    before = _schema_of(db)
+    if command[0] == "init":  # as on another machine, with its own key file
+        r = run(command, tmp_path, REGISTRY_KEY_FILE=str(tmp_path / "other-key.pem"))
+    else:
+        r = run(command, tmp_path)
+    assert_one_line_error(r)
+    assert _schema_of(db) == before
+    assert not (tmp_path / "other-key.pem").exists()

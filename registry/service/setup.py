@@ -33,6 +33,7 @@ from registry.store.db import (
     migrate,
     read_session,
     require_database,
+    require_known_schema,
     write_transaction,
 )
 from registry.store.tables import LedgerEntry, PartyRow
@@ -156,13 +157,23 @@ def preflight(settings: Settings, *, insecure_dev_key: bool) -> Engine:
             "unencrypted: unset one of them"
         )
     engine = make_engine(settings.database_url, lock_timeout=settings.lock_timeout)
-    migrate(engine)
-    with read_session(engine) as session:
-        _refuse_if_initialised(session, engine)
+    # Asked before the migration: an init run by mistake on a registry of an earlier version
+    # must not upgrade its schema under the servers of that version still writing to it.
+    try:
+        require_known_schema(engine, upgraded=False)  # a newer version's: said as such
+        if _initialised_ledger(engine):
+            raise _already_initialised(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     if settings.key_file.exists():
+        engine.dispose()
         raise ConfigurationError(
             f"a key file already exists at {settings.key_file}; not replacing it"
         )
+    migrate(engine)
+    with read_session(engine) as session:
+        _refuse_if_initialised(session, engine)
     return engine
 
 
@@ -172,9 +183,13 @@ class AlreadyInitialised(ConfigurationError):
 
 def _refuse_if_initialised(session: Session, engine: Engine) -> None:
     if ledger_repo.tree_size(session) > 0:
-        raise AlreadyInitialised(
-            f"the registry at {engine.url.render_as_string()} is already initialised"
-        )
+        raise _already_initialised(engine)
+
+
+def _already_initialised(engine: Engine) -> AlreadyInitialised:
+    return AlreadyInitialised(
+        f"the registry at {engine.url.render_as_string()} is already initialised"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
