@@ -510,3 +510,13 @@ def test_init_and_demo_leave_a_registry_in_use_at_its_schema(
     assert_one_line_error(r)
     assert _schema_of(db) == before
     assert not (tmp_path / "other-key.pem").exists()
+
+
+def test_serve_on_an_unreadable_database_url_does_not_send_to_init(tmp_path: Path) -> None:
+    """A URL that cannot be parsed is a setting to mend: `registry init` would not help."""
+    assert run(["init", "--insecure-dev-key"], tmp_path).returncode == 0
+    r = run(["serve", "--port", str(closed_port())], tmp_path,
+            REGISTRY_DATABASE_URL="postgresql+psycopg://user:s3cret/db")
+    assert_one_line_error(r)
+    assert "cannot be parsed" in r.stderr and "s3cret" not in r.stderr
+    assert "registry init" not in r.stderr

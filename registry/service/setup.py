@@ -31,6 +31,7 @@ from registry.store import ledger_repo
 from registry.store.db import (
     make_engine,
     migrate,
+    parse_database_url,
     read_session,
     require_database,
     require_known_schema,
@@ -78,6 +79,7 @@ def open_registry(
     """Open the registry ``settings`` describe, bringing its schema up to date; one that was
     never initialised is refused, and no database is made for it."""
     signer = load_signing_key(settings)
+    parse_database_url(settings.database_url)  # a URL that cannot be read: no init mends it
     try:
         require_database(settings.database_url)
     except ConfigurationError as e:
