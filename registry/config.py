@@ -12,6 +12,10 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MAX_LOCK_TIMEOUT = 2_147_483
+"""The longest wait for the ledger's lock, in seconds: PostgreSQL's ``lock_timeout`` holds at
+most 2^31 - 1 milliseconds (and infinity is no number of them)."""
+
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "passphrase"})
 
 
@@ -43,9 +47,9 @@ class Settings(BaseSettings):
     key_passphrase: SecretStr | None = None
 
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=1, le=65535)
 
-    lock_timeout: float = Field(default=30.0, gt=0)
+    lock_timeout: float = Field(default=30.0, gt=0, le=MAX_LOCK_TIMEOUT)
     """Seconds a write waits for the ledger's lock (SQLite's write lock, PostgreSQL's advisory
     lock: another server or tool sharing the database holds it) before it is answered 503
     ``registry_busy``: a retry is safe. On PostgreSQL a holder idle in its transaction for twice

@@ -59,6 +59,10 @@ def test_init_refuses_an_unprotected_key_and_placeholder_passphrases(tmp_path: P
         (["serve"], {"REGISTRY_PORT": "eighty"}),
         (["demo"], {"REGISTRY_LOCK_TIMEOUT": "0"}),
         (["export", "out.jsonl"], {"REGISTRY_LOCK_TIMEOUT": "-1"}),
+        (["serve"], {"REGISTRY_LOCK_TIMEOUT": "inf"}),
+        (["demo"], {"REGISTRY_LOCK_TIMEOUT": "1e308"}),
+        (["serve"], {"REGISTRY_PORT": "70000"}),
+        (["serve"], {"REGISTRY_PORT": "0"}),
     ],
 )
 def test_a_bad_setting_is_one_error_line_and_exit_1_for_every_command(
