@@ -213,6 +213,13 @@ def keygen(
         raise RegistryError(
             "set REGISTRY_PARTY_KEY_PASSPHRASE to encrypt the key, or pass --unencrypted"
         )
+    if unencrypted and passphrase:
+        # The key would be written in the clear and `registry sign`, given the passphrase,
+        # would not read it: the same refusal as `init --insecure-dev-key` with one.
+        raise ConfigurationError(
+            "REGISTRY_PARTY_KEY_PASSPHRASE is set, but --unencrypted writes the key "
+            "unencrypted: unset one of them"
+        )
     # As for the registry key: a key guarded by `changeme` looks protected, and is not.
     if not unencrypted and is_placeholder(passphrase or ""):
         raise ConfigurationError(

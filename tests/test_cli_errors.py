@@ -476,6 +476,16 @@ def test_init_refuses_a_passphrase_with_an_insecure_dev_key(tmp_path: Path) -> N
     assert r.returncode == 0, r.stderr
 
 
+def test_keygen_refuses_a_passphrase_with_unencrypted(tmp_path: Path) -> None:
+    """Else the key is written in the clear, and `registry sign` under the same settings
+    cannot read it (a passphrase for a plain key)."""
+    r = run(["keygen", "me.pem", "--unencrypted"], tmp_path,
+            REGISTRY_PARTY_KEY_PASSPHRASE="correct horse battery staple")
+    assert_one_line_error(r)
+    assert "REGISTRY_PARTY_KEY_PASSPHRASE" in r.stderr and "correct horse" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def _as_of_0007(db: Path) -> None:
     """Put a registry's schema back to 0007, as a registry of that version left it."""
     with closing(sqlite3.connect(db)) as connection, connection:
