@@ -52,8 +52,13 @@ Count = Annotated[StrictInt, Field(ge=0)]
 
 
 def _no_default(schema: dict[str, Any]) -> None:
-    """For a field that is absent rather than null: its schema shows no ``default: null``."""
     schema.pop("default", None)
+
+
+def _absent_or(description: str) -> Any:
+    """A field that is absent rather than null where it does not apply: typed
+    ``X | SkipJsonSchema[None]``, its schema shows neither ``null`` nor ``default: null``."""
+    return Field(default=None, json_schema_extra=_no_default, description=description)
 
 
 class GenesisRegistryKey(_Doc):
@@ -88,17 +93,13 @@ class GenesisPayload(_Doc):
     registry_key: GenesisRegistryKey
     administrator: GenesisAdministrator
     accounts: list[GenesisAccount]
-    instructions_name_registry: StrictBool | SkipJsonSchema[None] = Field(
-        default=None,
-        json_schema_extra=_no_default,
-        description="true: every instruction in this ledger names its registry; absent from "
-        "ledgers begun before instructions did",
+    instructions_name_registry: StrictBool | SkipJsonSchema[None] = _absent_or(
+        "true: every instruction in this ledger names its registry; absent from "
+        "ledgers begun before instructions did"
     )
-    issuance_to_project_side: StrictBool | SkipJsonSchema[None] = Field(
-        default=None,
-        json_schema_extra=_no_default,
-        description="true: every issuance in this ledger allocates only to accounts of the "
-        "project's participants and of governments; absent from ledgers begun before that rule",
+    issuance_to_project_side: StrictBool | SkipJsonSchema[None] = _absent_or(
+        "true: every issuance in this ledger allocates only to accounts of the "
+        "project's participants and of governments; absent from ledgers begun before that rule"
     )
 
 
@@ -172,10 +173,8 @@ class IssueEffects(_Doc):
     batch: StrictStr
     quantity: Count
     blocks: list[AccountSpan]
-    redd: ReddFigures | SkipJsonSchema[None] = Field(
-        default=None,
-        json_schema_extra=_no_default,
-        description="REDD+ issuances only: leakage and buffer deducted",
+    redd: ReddFigures | SkipJsonSchema[None] = _absent_or(
+        "REDD+ issuances only: leakage and buffer deducted"
     )
 
 
@@ -233,11 +232,9 @@ EFFECTS: dict[str, type[BaseModel]] = {
 
 
 class LedgerInstructionHead(InstructionHead):
-    registry: RegistryName | SkipJsonSchema[None] = Field(  # type: ignore[assignment]
-        default=None,
-        json_schema_extra=_no_default,
-        description="the registry (origin) the instruction is for; absent only from ledgers "
-        "whose genesis does not set instructions_name_registry",
+    registry: RegistryName | SkipJsonSchema[None] = _absent_or(  # type: ignore[assignment]
+        "the registry (origin) the instruction is for; absent only from ledgers "
+        "whose genesis does not set instructions_name_registry"
     )
 
 
