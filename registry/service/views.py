@@ -346,8 +346,14 @@ def projects(session: Session, offset: int, limit: int) -> Page[ProjectPublic]:
     return Page(data=[_project(r) for r in rows], **page)
 
 
+def _columns_but(model: type[SQLModel], name: str) -> list[Any]:
+    """``model``'s columns but ``name``: what a list reads of a record whose ``name`` can run
+    to megabytes."""
+    return [c for c in model.__table__.columns if c.name != name]  # type: ignore[attr-defined]
+
+
 #: A forest unit's columns but its boundary, for lists.
-_LISTED = [c for c in ForestUnitRow.__table__.columns if c.name != "boundary"]  # type: ignore[attr-defined]
+_LISTED = _columns_but(ForestUnitRow, "boundary")
 
 
 def _listed(row: Any, pool: int) -> dict[str, Any]:
@@ -427,7 +433,7 @@ def batches(session: Session, offset: int, limit: int) -> Page[BatchPublic]:
 #: A retirement's columns but its blocks, and how many blocks it took (counted by the database,
 #: so a list reads no block).
 _RETIREMENT_LISTED = [
-    *(c for c in RetirementRow.__table__.columns if c.name != "blocks"),  # type: ignore[attr-defined]
+    *_columns_but(RetirementRow, "blocks"),
     (
         func.length(col(RetirementRow.blocks))
         - func.length(func.replace(col(RetirementRow.blocks), ",", ""))
