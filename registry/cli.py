@@ -20,6 +20,7 @@ from registry.api.paths import INSTRUCTION_PATHS
 from registry.audit_cli import export_cmd, load_settings, verify_cmd
 from registry.config import Settings, is_origin
 from registry.errors import ConfigurationError, InvalidRequestError, RegistryError, first_line
+from registry.ledger.canonical import read_json
 from registry.ledger.keys import PublicKey, SigningKey
 
 # The database layer, the HTTP client and the settings are imported by the commands that use
@@ -240,10 +241,9 @@ def _read_party_key(path: Path) -> SigningKey:
 def _read_json(path: str) -> Any:
     text = sys.stdin.read() if path == "-" else Path(path).read_text()
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as e:  # an integer past 4,300 digits is a ValueError
-        why = "nested too deep to read" if isinstance(e, RecursionError) else e
-        raise InvalidRequestError(f"{path} is not JSON: {why}") from e
+        return read_json(text)
+    except ValueError as e:  # an integer past 4,300 digits, or nesting past the parser
+        raise InvalidRequestError(f"{path} is not JSON: {e}") from e
 
 
 UrlOption = Annotated[str, typer.Option(envvar="REGISTRY_URL", help="The registry's base URL.")]

@@ -22,7 +22,7 @@ from registry.api.paths import (
     INSTRUCTION_PATHS,
 )
 from registry.domain.instructions import read_auth_message
-from registry.ledger.canonical import canonical_bytes
+from registry.ledger.canonical import canonical_bytes, read_json
 from registry.ledger.keys import SigningKey, b64encode
 
 
@@ -104,8 +104,8 @@ def answer_of(response: httpx.Response) -> Any:
     web page at the wrong address, a captive portal)."""
     _raise_for(response)
     try:
-        return response.json()
-    except (ValueError, RecursionError):  # RecursionError: JSON nested past the parser
+        return read_json(response.content)
+    except ValueError:
         raise _not_the_registry(response) from None
 
 

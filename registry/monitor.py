@@ -30,6 +30,7 @@ import httpx
 
 from registry.errors import RegistryError
 from registry.ledger.bundle import atomic_output
+from registry.ledger.canonical import read_json
 from registry.ledger.checkpoint import NoteVerifier, open_checkpoint
 from registry.ledger.entry import open_entry
 from registry.ledger.keys import b64decode_strict
@@ -75,11 +76,8 @@ class Answer:
 
     def json(self) -> Any:
         """The answer's JSON; ``ValueError`` for anything else, JSON nested deeper than the
-        parser goes included (its ``RecursionError`` is no failure of the monitor's own)."""
-        try:
-            return json.loads(self.content)
-        except RecursionError as e:
-            raise ValueError("JSON nested too deep to read") from e
+        parser goes included (no failure of the monitor's own)."""
+        return read_json(self.content)
 
 
 def monitor_client(url: str, *, timeout: float) -> httpx.Client:
@@ -187,10 +185,7 @@ class MonitorState:
         if not path.exists():
             return None
         try:
-            try:
-                data = json.loads(path.read_text())
-            except RecursionError as e:
-                raise ValueError("JSON nested too deep to read") from e
+            data = read_json(path.read_text())
             digest = data.pop("digest", None) if isinstance(data, dict) else None
             state = cls(**data)
             if digest is not None and digest != state._digest():

@@ -25,8 +25,8 @@ from registry.api.paths import (
     INSTRUCTION_PATHS,
 )
 from registry.domain.instructions import BODIES, read_auth_message, signed_model
-from registry.errors import AuthenticationError
-from registry.ledger.canonical import MAX_SAFE_INTEGER
+from registry.errors import AuthenticationError, MalformedError
+from registry.ledger.canonical import MAX_SAFE_INTEGER, object_without_duplicates
 from registry.ledger.receipt import RetirementReceipt
 from registry.service import views
 from registry.service.instructions import authenticate_read
@@ -63,24 +63,11 @@ def _members(value: Any) -> int:
     return count
 
 
-class _NamedTwice(Exception):
-    pass
-
-
-def _refuse_twice_named(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in found:
-            raise _NamedTwice(name)
-        found[name] = value
-    return found
-
-
 _NAME_ENDS = (b'":', b'" ', b'"\t', b'"\n', b'"\r')
 
 
 def _named_twice(text: bytes, parsed: Any) -> str | None:
-    """A member name some object of the JSON ``text`` (parsed as ``parsed``) gives twice.
+    """What names a member twice in some object of the JSON ``text`` (parsed as ``parsed``).
 
     RFC 8785 signs I-JSON (RFC 7493), whose names are unique; Python's parser keeps the last
     of two, so the bytes a proxy or a log reads could say another instruction than the one
@@ -91,9 +78,9 @@ def _named_twice(text: bytes, parsed: Any) -> str | None:
     if sum(text.count(pair) for pair in _NAME_ENDS) <= _members(parsed):
         return None
     try:
-        json.loads(text, object_pairs_hook=_refuse_twice_named)
-    except _NamedTwice as e:
-        return str(e.args[0])
+        json.loads(text, object_pairs_hook=object_without_duplicates)
+    except MalformedError as e:
+        return e.message
     return None
 
 
@@ -117,7 +104,7 @@ def _instruction_endpoint(kind: str) -> Callable[..., Coroutine[Any, Any, JSONRe
             # before this check gets its answer.
             raise RequestValidationError(
                 [{"loc": ("body",), "type": "json_invalid",
-                  "msg": f"an object names member {twice!r} twice (JSON names must be unique)"}],
+                  "msg": f"an object names a member twice ({twice}): JSON names must be unique"}],
                 body=raw,
             )
         writer: WriterProcess | None = request.app.state.writer

@@ -238,13 +238,24 @@ def _safe_int(text: str) -> int:
     return value
 
 
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object (as ``json.loads``'s ``object_pairs_hook``); one naming a member twice is
+    :class:`MalformedError`, where Python's parser would keep the last of the two."""
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
             raise MalformedError(f"duplicate object key {key!r}")
         obj[key] = value
     return obj
+
+
+def read_json(text: str | bytes) -> Any:
+    """Any JSON ``text``, as ``json.loads`` reads it, but JSON nested deeper than the parser
+    goes is a ``ValueError`` like any other text that is not JSON, not a ``RecursionError``."""
+    try:
+        return json.loads(text)
+    except RecursionError as e:
+        raise ValueError("JSON nested too deep to read") from e
 
 
 _PROFILE_DECODER = json.JSONDecoder(
@@ -305,7 +316,7 @@ def _parse_carefully(data: bytes) -> Any:
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         nonlocal utf16_keys
         utf16_keys = utf16_keys or not all(_sorts_like_utf16(k) for k, _ in items)
-        return _object_without_duplicates(items)
+        return object_without_duplicates(items)
 
     try:
         value = json.loads(
