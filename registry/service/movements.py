@@ -15,6 +15,7 @@ from sqlmodel import Session
 from registry.domain.instructions import Cancel, Movement, Retire, Transfer
 from registry.domain.serials import SerialRange, take_lowest, take_range
 from registry.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from registry.ledger.entry import format_time
 from registry.service.instructions import Acting
 from registry.store.credits_repo import (
     Account,
@@ -147,7 +148,7 @@ def retire(session: Session, acting: Acting[Retire]) -> Effects:
             purpose=b.purpose,
             jurisdiction=b.jurisdiction,
             reason=b.reason,
-            time=acting.now.isoformat(),
+            time=format_time(acting.now),
         )
     )
     return {

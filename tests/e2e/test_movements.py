@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
 from registry.client import sign_instruction
+from tests.audit.bundles import entry_of
 from tests.world import ADMIN, BUFFER, World, expect_error, issue_jcm
 
 BATCH = "KH-JCM-KH004-2024-00001"
@@ -85,6 +87,9 @@ def test_retirement_is_public_and_cancellation(world: World) -> None:
     # The list gives each retirement but its blocks: those are on its own read.
     assert world.http.get("/v1/retirements")["data"] == [
         {k: v for k, v in public.items() if k != "blocks"}]
+    # Its time is the ledger entry's, written as every entry time is (UTC, "Z", microseconds).
+    envelope = base64.b64decode(world.http.get(f"/v1/entries/{answer['seq']}")["envelope"])
+    assert public["time"] == entry_of(envelope).time
     assert world.active("JP-BUYER-1") == 180
     assert world.blocks("RETIREMENT") == [(BATCH, 1, 120, "retired")]
     batch = world.http.get(f"/v1/batches/{BATCH}")

@@ -102,3 +102,26 @@ def test_a_registry_of_0007_gets_the_totals_of_its_batches(db_url: str) -> None:
 
     totals = upgraded(db_url, "0007", fill, read)
     assert totals == [("B-1", 90, 10), ("B-2", 0, 0)]
+
+
+def test_a_registry_of_0009_gets_its_retirement_times_as_its_entries_have_them(
+    db_url: str,
+) -> None:
+    """0010: retirement times written by ``isoformat`` are rewritten as entry times are."""
+    times = {"RET-5": "2026-03-01T08:00:00.250000+00:00", "RET-6": "2026-03-01T08:00:01+00:00",
+             "RET-7": "2026-03-01T08:00:02.000001Z"}
+
+    def fill(connection: Connection) -> None:
+        connection.execute(
+            text("INSERT INTO retirement (id, seq, account_id, batch_id, blocks, quantity, "
+                 "beneficiary, purpose, jurisdiction, reason, time) VALUES (:id, :seq, 'A', "
+                 "'B-1', '1-1', 1, 'b', 'voluntary', 'JP', 'r', :time)"),
+            [{"id": rid, "seq": int(rid[4:]), "time": t} for rid, t in times.items()])
+
+    def read(connection: Connection) -> list[tuple[object, ...]]:
+        query = text("SELECT id, time FROM retirement ORDER BY seq")
+        return [tuple(t) for t in connection.execute(query).all()]
+
+    assert upgraded(db_url, "0009", fill, read) == [
+        ("RET-5", "2026-03-01T08:00:00.250000Z"), ("RET-6", "2026-03-01T08:00:01.000000Z"),
+        ("RET-7", "2026-03-01T08:00:02.000001Z")]
