@@ -64,6 +64,8 @@ def _members(value: Any) -> int:
 
 
 _NAME_ENDS = (b'":', b'" ', b'"\t', b'"\n', b'"\r')
+_ONE_BYTE_ASCII = ("utf-8", "utf-8-sig")
+"""Encodings the JSON reader detects in which a quote or a colon is one byte of its own."""
 
 
 def _named_twice(text: bytes, parsed: Any) -> str | None:
@@ -74,8 +76,11 @@ def _named_twice(text: bytes, parsed: Any) -> str | None:
     signed and carried out. Every member on the wire ends its name with a quote followed by a
     colon or a blank: when those pairs of bytes (which strings can only add to) occur no more
     often than ``parsed`` has members, none was dropped (the common case, counted without
-    parsing again)."""
-    if sum(text.count(pair) for pair in _NAME_ENDS) <= _members(parsed):
+    parsing again). The count only holds for UTF-8 (with or without a byte order mark): a body
+    in UTF-16 or UTF-32, which the JSON reader also takes, is always parsed again."""
+    if json.detect_encoding(text) in _ONE_BYTE_ASCII and (
+        sum(text.count(pair) for pair in _NAME_ENDS) <= _members(parsed)
+    ):
         return None
     try:
         json.loads(text, object_pairs_hook=object_without_duplicates)

@@ -366,3 +366,22 @@ def test_a_member_named_twice_is_refused_wherever_it_is(world: World) -> None:
         "/v1/cancellations", content=text,
         headers={"Idempotency-Key": "twice-body", "Content-Type": "application/json"})
     assert response.status_code == 200, response.text
+
+
+def test_a_member_named_twice_is_refused_in_every_encoding_json_reads(world: World) -> None:
+    """The server reads JSON sent in UTF-16 or UTF-32 as well as UTF-8 (Python's reader guesses
+    the encoding from the bytes). A member named twice is refused in those too, not only when
+    its quote and colon are one byte each."""
+    issue_jcm(world)
+    water = world.as_("kh-water")
+    signed = water.sign("credits.cancel", {"account": "KH-WATER-1", "batch": BATCH,
+                                           "quantity": 1, "reason": "twice"})
+    text = json.dumps(signed).replace('"quantity": 1', '"quantity": 2, "quantity": 1')
+    with world.unchanged():
+        for encoding in ("utf-16", "utf-16-le", "utf-32", "utf-32-be"):
+            response = world.http.http.post(
+                "/v1/cancellations", content=text.encode(encoding),
+                headers={"Idempotency-Key": f"twice-{encoding}",
+                         "Content-Type": "application/json"})
+            error = expect_error(response, 422, "invalid_request")
+            assert "twice" in error["message"], (encoding, error)
