@@ -56,6 +56,17 @@ class Settings(BaseSettings):
     as long (a server stopped in the middle of a write) is then ended: keep it above half the
     longest write."""
 
+    write_timeout: float | None = Field(default=None, gt=0, le=MAX_LOCK_TIMEOUT)
+    """Seconds a request waits for the server's writer process to answer before it is
+    answered 504 ``write_timeout`` (a writer frozen or stuck): whether the instruction was
+    carried out is then unknown, and a retry with the same Idempotency-Key is safe. By default
+    the lock timeout plus 90 s, the longest a healthy writer takes."""
+
+    @property
+    def answer_timeout(self) -> float:
+        """:attr:`write_timeout`, or its default."""
+        return self.write_timeout if self.write_timeout is not None else self.lock_timeout + 90
+
     @field_validator("key_passphrase")
     @classmethod
     def _refuse_placeholder(cls, value: SecretStr | None) -> SecretStr | None:

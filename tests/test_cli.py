@@ -63,6 +63,8 @@ def test_init_refuses_an_unprotected_key_and_placeholder_passphrases(tmp_path: P
         (["demo"], {"REGISTRY_LOCK_TIMEOUT": "1e308"}),
         (["serve"], {"REGISTRY_PORT": "70000"}),
         (["serve"], {"REGISTRY_PORT": "0"}),
+        (["serve"], {"REGISTRY_WRITE_TIMEOUT": "0"}),
+        (["serve"], {"REGISTRY_WRITE_TIMEOUT": "inf"}),
     ],
 )
 def test_a_bad_setting_is_one_error_line_and_exit_1_for_every_command(

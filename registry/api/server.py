@@ -32,8 +32,9 @@ def app_from_env() -> FastAPI:
         host = WriterHost()
         host.start()
         address = host.address
-    writer = WriterProcess(address, host=host)
-    app = create_app(open_registry(Settings(), migrate_schema=False), writer=writer)
+    settings = Settings()
+    writer = WriterProcess(address, host=host, answer_within=settings.answer_timeout)
+    app = create_app(open_registry(settings, migrate_schema=False), writer=writer)
     gc.collect()
     gc.freeze()
     return app

@@ -197,6 +197,14 @@ class WriterUnavailable(RegistryError):
     http_status = 500
 
 
+class WriteTimeout(RegistryError):
+    """The writer process did not answer in time (frozen or stuck); nothing is known of the
+    request, and a retry with the same Idempotency-Key is safe."""
+
+    code = "write_timeout"
+    http_status = 504
+
+
 def _error_as_data(error: BaseException) -> tuple[str, str, str, dict[str, Any]]:
     if isinstance(error, RegistryError):
         kind = type(error)
@@ -701,9 +709,14 @@ class WriterProcess:
     itself (an app served without ``registry serve``), stopped with it.
     """
 
-    def __init__(self, address: str, *, host: WriterHost | None = None) -> None:
+    def __init__(
+        self, address: str, *, host: WriterHost | None = None, answer_within: float = 120.0
+    ) -> None:
         self._address = address
         self._host = host
+        self._answer_within = answer_within
+        """Seconds a request waits for its answer: a writer process that is frozen (stopped,
+        or its database connection stuck) is not gone, so nothing else would ever answer."""
         self._ids = itertools.count()
         self._link: _Link | None = None
         self._connecting: asyncio.Future[_Link] | None = None
@@ -810,7 +823,23 @@ class WriterProcess:
         if not link.outbox:
             loop.call_soon(link.send_outbox)
         link.outbox.append(frame)
-        return await future
+        timer = loop.call_later(self._answer_within, self._too_late, link, request_id)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def _too_late(self, link: _Link, request_id: int) -> None:
+        """The request's answer did not come in time: it is given up (an answer that comes
+        later is dropped, as for a client gone away) and answered 504."""
+        future = link.waiting.pop(request_id, None)
+        if future is not None and not future.done():
+            _log.error("the writer process did not answer within %.0f s", self._answer_within)
+            future.set_exception(WriteTimeout(
+                f"the registry's writer did not answer within {self._answer_within:.0f} s; "
+                "whether the instruction was carried out is not known, and a retry with the "
+                "same Idempotency-Key is safe"
+            ))
 
     async def aclose(self) -> None:
         """Close this process's connection; a writer it started for itself finishes what it

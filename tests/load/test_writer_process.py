@@ -27,7 +27,7 @@ from registry.ledger.keys import SigningKey
 from registry.service import writer_process
 from registry.service.context import Registry
 from tests.load import ServerProcess, check_registry
-from tests.world import World, build_world, issue_jcm
+from tests.world import World, build_world, expect_error, issue_jcm
 
 
 def _children(pid: int) -> list[int]:
@@ -76,10 +76,11 @@ def _gone(pid: int, within: float) -> bool:
 
 @contextmanager
 def _serving(
-    settings: Settings, admin_key: SigningKey, tmp_path: Path, *, workers: int = 1
+    settings: Settings, admin_key: SigningKey, tmp_path: Path, *, workers: int = 1,
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[ServerProcess, World]]:
     """``registry serve`` on the test's database, with the usual parties and accounts."""
-    server = ServerProcess(settings, tmp_path / "server.log", workers=workers)
+    server = ServerProcess(settings, tmp_path / "server.log", workers=workers, env=env or {})
     server.start()
     world = build_world(server.url, admin_key)
     try:
@@ -208,6 +209,47 @@ def test_while_no_writer_process_can_start_writes_are_refused_then_carried_out(
             time.sleep(1)
         assert [r.status_code for r in retried] == [200] * 4, [r.text for r in retried]
         assert world.active("JP-BUYER-1") == 20  # each once
+        check_registry(world, registry, [], tmp_path)
+
+
+def test_a_frozen_writer_process_is_answered_in_bounded_time_and_the_retry_is_carried_out_once(
+    settings: Settings, registry: Registry, admin_key: SigningKey, tmp_path: Path
+) -> None:
+    """A writer process stopped (SIGSTOP: frozen, not gone) never closes its connection, so
+    only a deadline answers the request waiting on it: 504, outcome unknown, retry safe."""
+    with _serving(settings, admin_key, tmp_path, env={"REGISTRY_WRITE_TIMEOUT": "2"}) as (
+        server, world
+    ):
+        batch = issue_jcm(world, "KH004-MR1", 1000)
+        signed = sign_instruction(
+            world.keys["kh-water"], registry=world.origin, actor="kh-water",
+            type="credits.transfer",
+            body={"account": "KH-WATER-1", "batch": batch, "quantity": 5,
+                  "to_account": "JP-BUYER-1"})
+
+        def post() -> httpx.Response:
+            with httpx.Client(base_url=server.url, timeout=60) as http:
+                return http.post("/v1/transfers", json=signed,
+                                 headers={"Idempotency-Key": "frozen-writer"})
+
+        (writer,) = _spawned(server)
+        os.kill(writer, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            answer = post()
+            waited = time.monotonic() - started
+            error = expect_error(answer, 504, "write_timeout")
+            assert "retry with the same Idempotency-Key is safe" in error["message"]
+            assert 2 <= waited < 10, waited
+            assert world.active("JP-BUYER-1") == 0  # reads are answered meanwhile
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        # Resumed, the writer carries out what it was sent; the retry gets that answer.
+        retried = post()
+        assert retried.status_code == 200, retried.text
+        assert retried.headers.get("Idempotent-Replayed") == "true"
+        assert retried.json()["result"]["quantity"] == 5
+        assert world.active("JP-BUYER-1") == 5  # once
         check_registry(world, registry, [], tmp_path)
 
 
