@@ -101,6 +101,14 @@ class GenesisPayload(_Doc):
         "true: every issuance in this ledger allocates only to accounts of the "
         "project's participants and of governments; absent from ledgers begun before that rule"
     )
+    status_changes_change: StrictBool | SkipJsonSchema[None] = _absent_or(
+        "true: every project.status entry in this ledger changes the project's status; absent "
+        "from ledgers begun before that rule"
+    )
+    max_active_keys: StrictInt | SkipJsonSchema[None] = _absent_or(
+        "the most active keys a party holds at once in this ledger; absent from ledgers begun "
+        "before that limit"
+    )
 
 
 class PartyEffects(_Doc):

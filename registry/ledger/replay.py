@@ -322,6 +322,10 @@ class ReplayedState:
         self.instructions_name_registry = False
         #: Whether issuance allocates only to the project's side (the genesis says).
         self.issuance_to_project_side = False
+        #: Whether a project's status change must change its status (the genesis says).
+        self.status_changes_change = False
+        #: The most active keys a party may hold, when the genesis sets one.
+        self.max_active_keys: int | None = None
         #: The first entry whose instruction named this registry, in a ledger whose genesis
         #: predates the rule: from there on the registry refused instructions naming none.
         self.registry_named_since: int | None = None
@@ -464,6 +468,8 @@ class _Genesis(_Strict):
     accounts: list[_GenesisAccount]
     instructions_name_registry: StrictBool = False
     issuance_to_project_side: StrictBool = False
+    status_changes_change: StrictBool = False
+    max_active_keys: StrictInt | None = None
 
 
 class _Span(_Strict):
@@ -832,6 +838,8 @@ class Replay:
         state.origin, state.registry_key = g.origin, key
         state.instructions_name_registry = g.instructions_name_registry
         state.issuance_to_project_side = g.issuance_to_project_side
+        state.status_changes_change = g.status_changes_change
+        state.max_active_keys = g.max_active_keys
         a = g.administrator
         if admin_key.key_id != a.key_id:
             self.fail(
@@ -1060,6 +1068,15 @@ class Replay:
                 f"not {acting.actor}",
             )
         _get(state.parties, b.party_id, "party")
+        if state.max_active_keys is not None:  # a ledger begun under the limit
+            active = sum(
+                1 for k in state.keys.values() if k.party_id == b.party_id and k.revoked_seq is None
+            )
+            if active >= state.max_active_keys:
+                raise StateError(
+                    f"party {b.party_id} already has {active} active keys, the most a party "
+                    "may hold: revoke one before adding another"
+                )
         key = self._new_key(b.public_key, set())
 
         def apply() -> None:
@@ -1166,6 +1183,8 @@ class Replay:
         project: ProjectState = _get(self.state.projects, b.project_id, "project")
         if project.status == "closed":
             raise ConflictError(f"project {project.id} is closed; its status cannot change")
+        if self.state.status_changes_change and project.status == b.status:
+            raise StateError(f"project {project.id} is already {project.status}")
         previous = project.status
 
         def apply() -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, inspect
 from sqlmodel import Session
 
 from registry.config import Settings
-from registry.domain.instructions import RegisterParty
+from registry.domain.instructions import MAX_ACTIVE_KEYS, RegisterParty
 from registry.errors import ConfigurationError, RegistryError
 from registry.ledger.bundle import atomic_output
 from registry.ledger.dsse import Envelope
@@ -330,6 +330,10 @@ def _genesis(
                 # Issuance goes to the project's participants and governments only: the auditor
                 # holds this ledger's issuances to that (older ledgers keep those they made).
                 "issuance_to_project_side": True,
+                # A project's status change changes its status, and a party holds at most
+                # MAX_ACTIVE_KEYS active keys: the auditor holds this ledger to both.
+                "status_changes_change": True,
+                "max_active_keys": MAX_ACTIVE_KEYS,
             },
         )
     return registry

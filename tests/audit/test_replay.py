@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from registry.domain.instructions import MAX_ACTIVE_KEYS
 from registry.domain.serials import SerialRange
 from registry.ledger import replay as r
 from registry.ledger.entry import Entry, format_time
@@ -124,5 +125,57 @@ def test_a_reversal_past_the_largest_total_shortfall_is_reported(
         for entry in entries[:seq]:
             replay.apply(entry)
         replay.state.units["KH005-FU1"].shortfall = 2**63 - 1 - slack
+        replay.apply(entries[seq])
+        assert [(f.seq, f.code) for f in replay.report.failures] == failing
+
+
+def test_a_status_change_to_the_status_a_project_has_is_reported(
+    sqlite_bundle: Exported,
+) -> None:
+    """The registry refuses to set a project to the status it has (409 invalid_state); the
+    replay reports an entry recording one, unless its ledger was begun before that rule."""
+    from tests.audit.bundles import RawBundle
+
+    entries = [entry_of(e) for e in RawBundle.read(sqlite_bundle.path).envelopes]
+    seq = sqlite_bundle.history.seq["suspend"]  # KH005: registered -> suspended
+    for status, before_rule, failing in (
+        ("registered", False, []),
+        ("suspended", False, [(seq, "invalid_state")]),
+        # Before the rule it is no refusal; only its recorded "from" differs from this state.
+        ("suspended", True, [(seq, "effects_mismatch")]),
+    ):
+        replay = r.Replay(registry_key=sqlite_bundle.registry.signer.public_key)
+        for entry in entries[:seq]:
+            replay.apply(entry)
+        replay.state.projects["KH005"].status = status
+        if before_rule:
+            replay.state.status_changes_change = False
+        replay.apply(entries[seq])
+        assert [(f.seq, f.code) for f in replay.report.failures] == failing
+
+
+def test_a_key_added_past_the_most_a_party_may_hold_is_reported(
+    sqlite_bundle: Exported,
+) -> None:
+    """The registry refuses a party's key beyond MAX_ACTIVE_KEYS active ones (409
+    invalid_state); the replay reports an entry adding one, unless its ledger was begun
+    before that rule."""
+    from tests.audit.bundles import RawBundle
+
+    entries = [entry_of(e) for e in RawBundle.read(sqlite_bundle.path).envelopes]
+    seq = sqlite_bundle.history.seq["key_add"]  # kh-water's second key
+    for extra, before_rule, failing in (
+        (MAX_ACTIVE_KEYS - 2, False, []),
+        (MAX_ACTIVE_KEYS - 1, False, [(seq, "invalid_state")]),
+        (MAX_ACTIVE_KEYS - 1, True, []),
+    ):
+        replay = r.Replay(registry_key=sqlite_bundle.registry.signer.public_key)
+        for entry in entries[:seq]:
+            replay.apply(entry)
+        for i in range(extra):
+            key_id = f"{i:064x}"
+            replay.state.keys[key_id] = r.KeyState(key_id, "kh-water", bytes(32), 1)
+        if before_rule:
+            replay.state.max_active_keys = None
         replay.apply(entries[seq])
         assert [(f.seq, f.code) for f in replay.report.failures] == failing

@@ -105,7 +105,11 @@ def _from_before_the_rule(bundle: RawBundle, exported: Exported, upgraded: int) 
         old = bundle.entry(seq)
         payload = old.payload
         if seq == 0:
-            del payload["instructions_name_registry"], payload["issuance_to_project_side"]
+            for rule in (
+                "instructions_name_registry", "issuance_to_project_side",
+                "status_changes_change", "max_active_keys",
+            ):
+                del payload[rule]
         else:
             instruction = payload["instruction"]
             payload.update(_signed_without_registry(instruction, keys[instruction["key_id"]]))
