@@ -109,6 +109,10 @@ class GenesisPayload(_Doc):
         "the most active keys a party holds at once in this ledger; absent from ledgers begun "
         "before that limit"
     )
+    plain_text: StrictBool | SkipJsonSchema[None] = _absent_or(
+        "true: no string of an instruction body in this ledger holds a control or "
+        "text-direction character or is blank; absent from ledgers begun before that rule"
+    )
 
 
 class PartyEffects(_Doc):

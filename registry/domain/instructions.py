@@ -62,6 +62,51 @@ IsoDate = Annotated[
 ]
 
 
+_NOT_PLAIN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""What public text may not hold: control characters (C0, DEL, C1: a terminal escape, a line
+break that forges a line of a report) and the marks that reorder text as it is shown (a right-
+to-left override makes a beneficiary read as another name)."""
+
+
+def is_plain_text(value: str) -> bool:
+    """Whether ``value`` holds no control or text-direction character and is not blank."""
+    return _NOT_PLAIN.search(value) is None and not value.isspace() and value != ""
+
+
+def text_problem(value: Any, where: str, *, plain: bool) -> str | None:
+    """Why a string in an instruction body (``value``, at ``where``) is refused, if one is:
+    a NUL always (PostgreSQL text cannot store one, SQLite can: one engine would take what the
+    other cannot); with ``plain``, any control or text-direction character, and text that is
+    blank (spaces only)."""
+    if isinstance(value, str):
+        if plain:
+            found = _NOT_PLAIN.search(value)
+            if found is not None:
+                char = found.group()
+                if char == "\x00":
+                    return f"{where}: NUL characters are not allowed"
+                return (
+                    f"{where}: control and text-direction characters (here U+{ord(char):04X}) "
+                    "are not allowed in public text"
+                )
+            if value.isspace() or value == "":
+                return f"{where}: text may not be blank"
+        elif "\x00" in value:
+            return f"{where}: NUL characters are not allowed"
+        return None
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found_in = text_problem(child, f"{where}.{key}", plain=plain)
+            if found_in is not None:
+                return found_in
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            found_in = text_problem(child, f"{where}[{i}]", plain=plain)
+            if found_in is not None:
+                return found_in
+    return None
+
+
 class Body(BaseModel):
     """Base of every instruction body: strict, closed, and tied to one instruction type."""
 

@@ -324,6 +324,9 @@ class ReplayedState:
         self.issuance_to_project_side = False
         #: Whether a project's status change must change its status (the genesis says).
         self.status_changes_change = False
+        #: Whether instruction text is plain: no control or text-direction characters, not
+        #: blank (the genesis says).
+        self.plain_text = False
         #: The most active keys a party may hold, when the genesis sets one.
         self.max_active_keys: int | None = None
         #: The first entry whose instruction named this registry, in a ledger whose genesis
@@ -470,6 +473,7 @@ class _Genesis(_Strict):
     issuance_to_project_side: StrictBool = False
     status_changes_change: StrictBool = False
     max_active_keys: StrictInt | None = None
+    plain_text: StrictBool = False
 
 
 class _Span(_Strict):
@@ -710,12 +714,10 @@ class Replay:
         acting = self._authenticate(entry, signature)
         if acting is None:
             return
-        nul = _nul_path(entry.payload["instruction"].get("body"), "$.instruction.body")
-        if nul is not None:
+        problem = _text_problem(entry.payload["instruction"].get("body"), self.state.plain_text)
+        if problem is not None:
             self.fail(
-                entry.seq,
-                "invalid_request",
-                f"{entry.kind} should have been refused: {nul}: NUL characters are not allowed",
+                entry.seq, "invalid_request", f"{entry.kind} should have been refused: {problem}"
             )
         try:
             derived: _Derived | None = handler(acting)
@@ -840,6 +842,7 @@ class Replay:
         state.issuance_to_project_side = g.issuance_to_project_side
         state.status_changes_change = g.status_changes_change
         state.max_active_keys = g.max_active_keys
+        state.plain_text = g.plain_text
         a = g.administrator
         if admin_key.key_id != a.key_id:
             self.fail(
@@ -1872,27 +1875,16 @@ class Replay:
         )
 
 
-def _nul_path(value: Any, where: str) -> str | None:
-    """Where a U+0000 sits in ``value``, if anywhere: the service refuses those (PostgreSQL
-    text cannot store them)."""
-    if type(value) is dict and all(
-        type(v) is int or (type(v) is str and "\x00" not in v) for v in value.values()
+def _text_problem(body: Any, plain: bool) -> str | None:
+    """Why the service would have refused a string of ``body`` (a NUL; in a ledger begun
+    under the rule, text not plain: see ``text_problem``)."""
+    if type(body) is dict and all(
+        type(v) is int
+        or (type(v) is str and (ins.is_plain_text(v) if plain else "\x00" not in v))
+        for v in body.values()
     ):
         return None  # the usual flat body, answered without a walk
-    if isinstance(value, str):
-        return where if "\x00" in value else None
-    if isinstance(value, dict):
-        items: Iterable[tuple[Any, Any]] = value.items()
-    elif isinstance(value, list):
-        items = ((f"[{i}]", v) for i, v in enumerate(value))
-    else:
-        return None
-    for key, child in items:
-        sub = f"{where}{key}" if str(key).startswith("[") else f"{where}.{key}"
-        found = _nul_path(child, sub)
-        if found is not None:
-            return found
-    return None
+    return ins.text_problem(body, "$.instruction.body", plain=plain)
 
 
 def _first_error(e: ValidationError) -> str:

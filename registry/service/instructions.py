@@ -15,7 +15,13 @@ from pydantic import ValidationError
 from sqlalchemy import and_, bindparam, exists
 from sqlmodel import Session, select
 
-from registry.domain.instructions import BODIES, Body, Instruction, SignedInstruction
+from registry.domain.instructions import (
+    BODIES,
+    Body,
+    Instruction,
+    SignedInstruction,
+    text_problem,
+)
 from registry.errors import (
     AuthenticationError,
     BadSignatureError,
@@ -117,22 +123,10 @@ def parse_signed(raw: object, *, expected_type: str) -> tuple[SignedInstruction,
         body = BODIES[kind].model_validate(signed.instruction.body)
     except ValidationError as e:
         raise _validation_error(e, "$.instruction.body") from e
-    _refuse_nul(signed.instruction.body, "$.instruction.body")
+    problem = text_problem(signed.instruction.body, "$.instruction.body", plain=True)
+    if problem is not None:
+        raise InvalidRequestError(problem)
     return signed, body
-
-
-def _refuse_nul(value: object, where: str) -> None:
-    """Refuse U+0000 in any string: PostgreSQL text cannot store it (SQLite can), so without
-    this one engine would answer 500 where the other accepts. Bodies are shallow (validated)."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidRequestError(f"{where}: NUL characters are not allowed")
-    elif isinstance(value, dict):
-        for key, child in value.items():
-            _refuse_nul(child, f"{where}.{key}")
-    elif isinstance(value, list):
-        for i, child in enumerate(value):
-            _refuse_nul(child, f"{where}[{i}]")
 
 
 def verify_instruction_signature(

@@ -334,6 +334,9 @@ def _genesis(
                 # MAX_ACTIVE_KEYS active keys: the auditor holds this ledger to both.
                 "status_changes_change": True,
                 "max_active_keys": MAX_ACTIVE_KEYS,
+                # Instruction text holds no control or text-direction character and is not
+                # blank: the auditor holds this ledger to that too.
+                "plain_text": True,
             },
         )
     return registry

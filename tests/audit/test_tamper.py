@@ -20,8 +20,9 @@ from registry.ledger.canonical import canonical_bytes
 from registry.ledger.checkpoint import Checkpoint, NoteVerifier, sign_checkpoint
 from registry.ledger.entry import Entry, format_time, parse_time, seal_entry
 from registry.ledger.keys import SigningKey, b64encode
+from registry.ledger.replay import Replay
 from registry.ledger.verify_bundle import verify_bundle
-from tests.audit.bundles import RawBundle
+from tests.audit.bundles import RawBundle, entry_of
 from tests.audit.conftest import JCM_BATCH, REDD_BATCH, WATER_NEW_KEY, Exported
 from tests.conftest import ADMIN, ORIGIN
 
@@ -107,7 +108,7 @@ def _from_before_the_rule(bundle: RawBundle, exported: Exported, upgraded: int) 
         if seq == 0:
             for rule in (
                 "instructions_name_registry", "issuance_to_project_side",
-                "status_changes_change", "max_active_keys",
+                "status_changes_change", "max_active_keys", "plain_text",
             ):
                 del payload[rule]
         else:
@@ -545,19 +546,39 @@ def test_a_wrong_pinned_key_fails_everything_it_should(
     assert "more [unknown_key] failures not listed" in report.render()
 
 
+@pytest.mark.parametrize(
+    ("reason", "refusal", "before_the_rule"),
+    [
+        ("a\x00b", "NUL characters are not allowed", True),
+        ("pay \u202eUSD 001", "control and text-direction characters (here U+202E) are not "
+         "allowed in public text", False),
+        ("red \x1b[31m", "control and text-direction characters (here U+001B) are not allowed "
+         "in public text", False),
+        (" \u3000 ", "text may not be blank", False),
+    ],
+)
 def test_an_instruction_the_service_would_refuse_as_input(
-    sqlite_bundle: Exported, tmp_path: Path
+    sqlite_bundle: Exported, tmp_path: Path, reason: str, refusal: str, before_the_rule: bool
 ) -> None:
+    """Text the service refuses is reported; a NUL in any ledger, text that is not plain in a
+    ledger begun under that rule (its genesis says ``plain_text``) and not in one before."""
     bundle = sqlite_bundle.copy(tmp_path)
     end = len(bundle.envelopes)
     forge(bundle, sqlite_bundle, end, kind="project.status", actor=ADMIN, key=ADMIN_KEY,
-          body={"project_id": "KH004", "status": "suspended", "reason": "a\x00b"},
+          body={"project_id": "KH004", "status": "suspended", "reason": reason},
           effects={"project_id": "KH004", "from": "registered", "to": "suspended"})
     found = failures(bundle, sqlite_bundle)
     assert [(s, c, m) for s, c, m in found] == [(
-        end, "invalid_request", "project.status should have been refused: "
-        "$.instruction.body.reason: NUL characters are not allowed",
+        end, "invalid_request",
+        f"project.status should have been refused: $.instruction.body.reason: {refusal}",
     )]
+    replay = Replay(registry_key=sqlite_bundle.registry.signer.public_key)
+    entries = [entry_of(e) for e in bundle.envelopes]
+    replay.apply(entries[0])
+    replay.state.plain_text = False  # as a ledger begun before the rule
+    for entry in entries[1:]:
+        replay.apply(entry)
+    assert bool(replay.report.failures) == before_the_rule
 
 
 def test_a_movement_naming_a_serial_twice_is_found(

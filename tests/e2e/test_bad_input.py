@@ -385,3 +385,35 @@ def test_a_member_named_twice_is_refused_in_every_encoding_json_reads(world: Wor
                          "Content-Type": "application/json"})
             error = expect_error(response, 422, "invalid_request")
             assert "twice" in error["message"], (encoding, error)
+
+
+def test_public_text_holds_no_control_or_text_direction_character_and_is_not_blank(
+    world: World,
+) -> None:
+    """Names, titles, beneficiaries and reasons are published as typed: a terminal escape, a
+    line break or a right-to-left override would show readers another text than the one
+    recorded, and a blank name names nothing."""
+    issue_jcm(world)
+    retire = {"account": "KH-WATER-1", "batch": BATCH, "quantity": 1,
+              "beneficiary": "Tokyo Metro Co.", "purpose": "voluntary", "jurisdiction": "JP",
+              "reason": "offsetting"}
+    with world.unchanged():
+        for field, text, said in (
+            ("beneficiary", "Tokyo \u202eoC orteM", "U+202E"),
+            ("beneficiary", "Tokyo\nMetro Co.", "U+000A"),
+            ("reason", "\x1b[32mOK\x1b[0m", "U+001B"),
+            ("reason", "offsetting\u0085", "U+0085"),
+            ("beneficiary", "   ", "blank"),
+            ("beneficiary", "Tokyo\x00", "NUL"),
+        ):
+            error = world.refuse("kh-water", "credits.retire", {**retire, field: text},
+                                 status=422, code="invalid_request")
+            assert f"$.instruction.body.{field}" in error["message"] and said in error["message"]
+        error = world.refuse(ADMIN, "project.status", {
+            "project_id": "KH004", "status": "suspended", "reason": "\u2067under review"},
+            status=422, code="invalid_request")
+        assert "U+2067" in error["message"]
+    # Text in any script, accents and punctuation is public text like any other.
+    done = world.submit("kh-water", "credits.retire", {
+        **retire, "beneficiary": "សាលាក្រុងភ្នំពេញ — 東京メトロ (Tōkyō)"})
+    assert done["result"]["quantity"] == 1
