@@ -7,6 +7,7 @@ Errors become exit codes here and nowhere else: a :class:`RegistryError` prints
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -303,10 +304,15 @@ def submit(
     signed: Annotated[str, typer.Argument(help="A signed instruction (JSON file, or - ).")],
     url: UrlOption = "http://127.0.0.1:8000",
     idempotency_key: Annotated[
-        str | None, typer.Option(help="Reuse the same key when retrying the same instruction.")
+        str | None,
+        typer.Option(help="The request's Idempotency-Key (default: one made from the signed "
+                     "instruction, the same each time it is submitted)."),
     ] = None,
 ) -> None:
-    """Submit a signed instruction; prints the ledger entry that records it."""
+    """Submit a signed instruction; prints the ledger entry that records it.
+
+    Submitting the same signed instruction again (after a timeout, say) is answered with what
+    the registry did with it the first time: nothing is carried out twice."""
     from registry.client import ClientError, RegistryClient, answer_of
 
     document = _read_json(signed)
@@ -317,6 +323,12 @@ def submit(
             raise KeyError(kind)
     except (KeyError, TypeError) as e:
         raise InvalidRequestError("not a signed instruction (see `registry sign`)") from e
+    if idempotency_key is None:
+        # Made from the instruction, so that a retry of it is a retry to the registry too (a
+        # new key would be refused as a replayed nonce, and never say what was done).
+        text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        idempotency_key = f"cli-{digest}"
     response = client.post_signed(document, idempotency_key=idempotency_key)
     try:
         answer = answer_of(response)

@@ -530,3 +530,31 @@ def test_serve_on_an_unreadable_database_url_does_not_send_to_init(tmp_path: Pat
     assert_one_line_error(r)
     assert "cannot be parsed" in r.stderr and "s3cret" not in r.stderr
     assert "registry init" not in r.stderr
+
+
+# --- a retry of `registry submit`, and what a server that is not the registry says ---------------
+
+
+def test_submitting_the_same_signed_instruction_again_answers_what_was_done(
+    tmp_path: Path, server: LiveServer, world: World
+) -> None:
+    """After a timeout, or a 503/504 whose outcome is unknown, the user runs the same
+    `registry submit` again: it must learn what the registry did, and nothing moves twice."""
+    from tests.conftest import ORIGIN
+
+    batch = issue_jcm(world)
+    key = tmp_path / "kh-water.pem"
+    key.write_bytes(world.keys["kh-water"].to_pem_unencrypted_unsafe())
+    (tmp_path / "body.json").write_text(json.dumps(
+        {"account": "KH-WATER-1", "batch": batch, "quantity": 25, "to_account": "JP-BUYER-1"}))
+    signed = run(["sign", "credits.transfer", "body.json", "--actor", "kh-water", "--key",
+                  str(key), "--registry", ORIGIN], tmp_path)
+    assert signed.returncode == 0, signed.stderr
+    (tmp_path / "signed.json").write_text(signed.stdout)
+    first = run(["submit", "signed.json", "--url", server.url], tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = run(["submit", "signed.json", "--url", server.url], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == json.loads(first.stdout)
+    assert world.holdings("KH-WATER-1")["total_active"] == 800 - 25
+
