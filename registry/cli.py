@@ -367,16 +367,44 @@ def _all_holdings(client: Any, account: str) -> tuple[dict[str, Any], list[dict[
     not add up to its total), it starts again."""
     path = f"/v1/accounts/{account}/holdings"
     for _ in range(5):
-        data = client.get(path, signed=True, params={"limit": 500})
+        data = _holdings_page(client.get(path, signed=True, params={"limit": 500}), path)
         blocks = list(data["blocks"]["data"])
         while data["blocks"]["next"] is not None:
             params = {"limit": 500, "after": data["blocks"]["next"]}
-            data = client.get(path, signed=True, params=params)
+            data = _holdings_page(client.get(path, signed=True, params=params), path)
             blocks += data["blocks"]["data"]
         active = sum(b["quantity"] for b in blocks if b["status"] == "active")
         if active == data["total_active"]:
             return data, blocks
     raise RegistryError(f"account {account} kept changing while its pages were read; try again")
+
+
+def _holdings_page(page: Any, path: str) -> dict[str, Any]:
+    """A page of holdings as the registry answers it; anything else (JSON of another shape,
+    from something else at the URL) is a one-line error, not a traceback."""
+    account = page.get("account") if isinstance(page, dict) else None
+    blocks = page.get("blocks") if isinstance(page, dict) else None
+    if (
+        isinstance(page, dict)
+        and isinstance(account, dict)
+        and all(isinstance(account.get(k), str) for k in ("id", "kind", "holder"))
+        and type(page.get("total_active")) is int
+        and isinstance(blocks, dict)
+        and isinstance(blocks.get("data"), list)
+        and (blocks.get("next") is None or isinstance(blocks.get("next"), str))
+        and all(
+            isinstance(b, dict)
+            and isinstance(b.get("block"), str)
+            and type(b.get("quantity")) is int
+            and isinstance(b.get("status"), str)
+            for b in blocks["data"]
+        )
+    ):
+        return page
+    from registry.client import ClientError
+
+    raise ClientError(200, "http_error", f"the answer to GET {path} is not the registry's answer "
+                      "(holdings of an account)")
 
 
 @app.command()

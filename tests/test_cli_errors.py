@@ -558,3 +558,41 @@ def test_submitting_the_same_signed_instruction_again_answers_what_was_done(
     assert json.loads(again.stdout) == json.loads(first.stdout)
     assert world.holdings("KH-WATER-1")["total_active"] == 800 - 25
 
+def _a_server_answering(status: int, body: bytes) -> type[Any]:
+    """The registry's /v1/keys, and ``body`` with ``status`` to every other GET and POST."""
+    from http.server import BaseHTTPRequestHandler
+
+    class Answer(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            keys = self.path.startswith("/v1/keys")
+            data = json.dumps({"origin": "x.example/ledger"}).encode() if keys else body
+            self.send_response(200 if keys else status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Answer
+
+
+@pytest.mark.parametrize("body", [
+    b"{}", b"[]", b'"text"',
+    b'{"account": {}, "total_active": 0, "blocks": {"data": [], "next": null}}',
+    b'{"account": {"id": "A", "kind": "holding", "holder": "me"}, "total_active": 0,'
+    b' "blocks": {"data": [7], "next": null}}',
+], ids=["empty", "a list", "a string", "no account id", "a block that is a number"])
+def test_holdings_from_a_server_answering_json_of_another_shape_is_one_line(
+    tmp_path: Path, key_file: Path, body: bytes
+) -> None:
+    with loopback_http(_a_server_answering(200, body)) as url:
+        r = run(["holdings", "A", "--actor", "me", "--key", str(key_file), "--url", url],
+                tmp_path)
+    assert_one_line_error(r)
+    assert "is not the registry's answer" in r.stderr
+
