@@ -352,12 +352,16 @@ def holdings(
         data, blocks = _all_holdings(client, account)
     except ClientError as e:
         raise RemoteError(e.code, e.message) from e
+    shown = data["account"]
     typer.echo(
-        f"{data['account']['id']} ({data['account']['kind']}, held by "
-        f"{data['account']['holder']}): {data['total_active']} active tCO2e"
+        f"{_escaped(shown['id'])} ({_escaped(shown['kind'])}, held by "
+        f"{_escaped(shown['holder'])}): {data['total_active']} active tCO2e"
     )
     for block in blocks:
-        typer.echo(f"  {block['block']:<40} {block['quantity']:>12}  {block['status']}")
+        typer.echo(
+            f"  {_escaped(block['block']):<40} {block['quantity']:>12}  "
+            f"{_escaped(block['status'])}"
+        )
 
 
 def _all_holdings(client: Any, account: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -512,6 +516,13 @@ def verify_receipt_cmd(
     )
 
 
+def _escaped(text: str) -> str:
+    """Text a server sent, as it can be printed: each line break, terminal escape or other
+    invisible character written as its escape, so it cannot add a line of its own (an "OK"
+    the registry never said) or rewrite what the reader sees."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _shown(text: str) -> str:
     """Text from a receipt as it can be printed (the holder's free text, and what the registry
     seals as it likes: the retirement id, the holder's party id, the batch): quoted with escapes
@@ -627,8 +638,9 @@ def main() -> None:
     except (OSError, UnicodeDecodeError) as e:  # a file that is not there, or not text
         typer.secho(f"error[io_error]: {e}", fg="red", err=True)
         sys.exit(1)
-    except RemoteError as e:
-        typer.secho(f"error[{e.remote_code}]: {e.message}", fg="red", err=True)
+    except RemoteError as e:  # the server's words: escaped
+        typer.secho(f"error[{_escaped(e.remote_code)}]: {_escaped(e.message)}", fg="red",
+                    err=True)
         sys.exit(1)
     except RegistryError as e:
         typer.secho(f"error[{e.code}]: {e.message}", fg="red", err=True)

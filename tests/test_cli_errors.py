@@ -596,3 +596,24 @@ def test_holdings_from_a_server_answering_json_of_another_shape_is_one_line(
     assert_one_line_error(r)
     assert "is not the registry's answer" in r.stderr
 
+def test_what_a_server_says_is_shown_with_its_line_breaks_escaped(
+    tmp_path: Path, key_file: Path, signed_file: Path
+) -> None:
+    """A server's error, or a holding it lists, cannot print a line of its own (a forged
+    verdict) or a terminal escape: it is one line, its invisible characters escaped."""
+    error = {"error": {"code": "conflict\r\x1b[2K", "message": "no\nOK: done \x1b[32m\u202e"}}
+    with loopback_http(_a_server_answering(409, json.dumps(error).encode())) as url:
+        for args in (["submit", str(signed_file)],
+                     ["holdings", "A", "--actor", "me", "--key", str(key_file)]):
+            r = run([*args, "--url", url], tmp_path)
+            assert_one_line_error(r)
+            assert "\x1b" not in r.stderr and "\r" not in r.stderr and "\u202e" not in r.stderr
+            assert "no\\nOK: done" in r.stderr
+    holding = {"account": {"id": "A", "kind": "holding", "holder": "me\nOK: forged"},
+               "total_active": 1, "blocks": {"data": [
+                   {"block": "B-1-1\x1b[8m", "quantity": 1, "status": "active"}], "next": None}}
+    with loopback_http(_a_server_answering(200, json.dumps(holding).encode())) as url:
+        r = run(["holdings", "A", "--actor", "me", "--key", str(key_file), "--url", url],
+                tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 2 and "\x1b" not in r.stdout, r.stdout
