@@ -662,6 +662,10 @@ def _one_line(error: Exception) -> str | None:
     httpx = sys.modules.get("httpx")
     if httpx is not None and isinstance(error, httpx.InvalidURL):
         return f"error[invalid_request]: not a usable registry URL: {error}"
+    if httpx is not None and isinstance(error, httpx.WriteTimeout | httpx.ReadTimeout):
+        # The request went (or was going) out: the registry may have carried it out.
+        return (f"error[registry_unavailable]: the registry did not answer in time ({error}): "
+                "what was asked may have been done; running the same command again is safe")
     if httpx is not None and isinstance(error, httpx.TransportError):
         return f"error[registry_unavailable]: cannot reach the registry: {error}"
     sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")

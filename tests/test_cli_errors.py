@@ -617,3 +617,34 @@ def test_what_a_server_says_is_shown_with_its_line_breaks_escaped(
                 tmp_path)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 2 and "\x1b" not in r.stdout, r.stdout
+
+
+def test_submit_whose_answer_never_comes_says_the_outcome_is_not_known(
+    tmp_path: Path, signed_file: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The request reached the registry, which may have carried it out: not "cannot reach"."""
+    import functools
+    import threading
+    from http.server import BaseHTTPRequestHandler
+
+    release = threading.Event()
+
+    class Silent(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            release.wait(10)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    monkeypatch.setattr(RegistryClient, "connect", functools.partial(
+        RegistryClient.connect.__func__, RegistryClient, timeout=0.5))  # type: ignore[attr-defined]
+    with loopback_http(Silent) as url:
+        monkeypatch.setattr("sys.argv", ["registry", "submit", str(signed_file), "--url", url])
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+        release.set()
+    err = capsys.readouterr().err
+    assert exited.value.code == 1 and len(err.splitlines()) == 1, err
+    assert "cannot reach" not in err and "again" in err, err
