@@ -68,19 +68,33 @@ break that forges a line of a report) and the marks that reorder text as it is s
 to-left override makes a beneficiary read as another name)."""
 
 
+_NOT_PLAIN_JSON = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+"""The same, in a member holding JSON text (a forest unit's ``boundary``): JSON may be laid out
+over lines with tabs, line feeds and carriage returns between its tokens (GIS tools write it so),
+and those are no characters of what it says."""
+
+_JSON_TEXT: Final = frozenset({"boundary"})
+"""Members of instruction bodies that hold JSON text rather than prose."""
+
+
 def is_plain_text(value: str) -> bool:
     """Whether ``value`` holds no control or text-direction character and is not blank."""
     return _NOT_PLAIN.search(value) is None and not value.isspace() and value != ""
 
 
-def text_problem(value: Any, where: str, *, plain: bool) -> str | None:
+def text_problem(
+    value: Any, where: str, *, plain: bool, not_plain: re.Pattern[str] = _NOT_PLAIN
+) -> str | None:
     """Why a string in an instruction body (``value``, at ``where``) is refused, if one is:
     a NUL always (PostgreSQL text cannot store one, SQLite can: one engine would take what the
     other cannot); with ``plain``, any control or text-direction character, and text that is
-    blank (spaces only)."""
+    blank (spaces only). A member holding JSON text may also hold the whitespace JSON is laid
+    out with."""
     if isinstance(value, str):
         if plain:
-            found = _NOT_PLAIN.search(value)
+            found = not_plain.search(value)
             if found is not None:
                 char = found.group()
                 if char == "\x00":
@@ -96,7 +110,12 @@ def text_problem(value: Any, where: str, *, plain: bool) -> str | None:
         return None
     if isinstance(value, dict):
         for key, child in value.items():
-            found_in = text_problem(child, f"{where}.{key}", plain=plain)
+            found_in = text_problem(
+                child,
+                f"{where}.{key}",
+                plain=plain,
+                not_plain=_NOT_PLAIN_JSON if key in _JSON_TEXT else _NOT_PLAIN,
+            )
             if found_in is not None:
                 return found_in
     elif isinstance(value, list):

@@ -179,3 +179,14 @@ def test_a_key_added_past_the_most_a_party_may_hold_is_reported(
             replay.state.max_active_keys = None
         replay.apply(entries[seq])
         assert [(f.seq, f.code) for f in replay.report.failures] == failing
+
+
+def test_a_boundary_laid_out_over_lines_is_plain_text_to_the_replay() -> None:
+    """A ledger begun under plain_text may record a forest unit whose boundary is JSON laid out
+    with line breaks and tabs (the registry takes it); the replay does not report it."""
+    layout = '{\r\n\t"type": "Polygon",\n  "coordinates": []\n}'
+    body = {"unit_id": "KH005-FU1", "name": "Unit", "reference_level": 1,
+            "boundary": layout}
+    assert r._text_problem(body, True) is None
+    assert r._text_problem({**body, "name": "Unit\n"}, True) is not None
+    assert r._text_problem({**body, "boundary": layout + "\u202e"}, True) is not None

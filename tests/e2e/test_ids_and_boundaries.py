@@ -54,3 +54,25 @@ def test_boundaries_that_break_the_json_parser_are_invalid_geometry(world: World
         world.refuse(ADMIN, "forest_unit.register", {**UNIT, "unit_id": "KH005-FU9",
                                                      "boundary": text},
                      status=422, code="invalid_geometry")
+
+
+def test_a_boundary_laid_out_over_several_lines_is_taken(world: World) -> None:
+    """A boundary is JSON text, and JSON may be laid out with line breaks, tabs and carriage
+    returns between its tokens, as GIS tools write it: that is the same polygon as its compact
+    form, not public text holding a control character."""
+    corners = [(104.0, 12.0), (104.1, 12.0), (104.1, 12.1), (104.0, 12.1), (104.0, 12.0)]
+
+    def square(east: float) -> dict[str, Any]:
+        return {"type": "Polygon", "coordinates": [[[x + east, y] for x, y in corners]]}
+
+    for unit_id, east, indent in (("KH005-FU7", 0.0, 2), ("KH005-FU8", 0.5, "\t")):
+        text = json.dumps(square(east), indent=indent).replace("\n", "\r\n")
+        result = world.submit(ADMIN, "forest_unit.register",
+                              {**UNIT, "unit_id": unit_id, "boundary": text})
+        assert result["result"]["buffer_account"] == f"BUF-{unit_id}"
+    # The layout is all it may hold: a text-direction mark in it is still refused.
+    error = world.refuse(ADMIN, "forest_unit.register",
+                         {**UNIT, "unit_id": "KH005-FU9",
+                          "boundary": json.dumps(square(1.0)).replace("{", "{\u202e", 1)},
+                         status=422, code="invalid_request")
+    assert "U+202E" in error["message"]
