@@ -403,6 +403,9 @@ def test_public_text_holds_no_control_or_text_direction_character_and_is_not_bla
             ("beneficiary", "Tokyo\nMetro Co.", "U+000A"),
             ("reason", "\x1b[32mOK\x1b[0m", "U+001B"),
             ("reason", "offsetting\u0085", "U+0085"),
+            # Unicode's own line and paragraph separators: line breaks, as NEL and LF are.
+            ("beneficiary", "Tokyo Metro Co.\u2028OK", "U+2028"),
+            ("reason", "offsetting\u2029done", "U+2029"),
             ("beneficiary", "   ", "blank"),
             ("beneficiary", "Tokyo\x00", "NUL"),
         ):
