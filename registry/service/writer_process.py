@@ -828,6 +828,8 @@ class WriterProcess:
             return await future
         finally:
             timer.cancel()
+            # Answered, or its client went away: an answer that comes later finds no one.
+            link.waiting.pop(request_id, None)
 
     def _too_late(self, link: _Link, request_id: int) -> None:
         """The request's answer did not come in time: it is given up (an answer that comes
