@@ -202,6 +202,14 @@ def check_pairs(outcomes: Outcomes) -> None:
         assert len(answers) == 2, (pair, op, answers)
         ok = [(key, r) for key, r in answers if r.status_code == 200]
         if answers[0][0] == answers[1][0]:
+            # The one instruction under the one key: the later answer is the earlier one's
+            # replay, never a refusal for a nonce or a key its own twin used.
+            replays = [error_code(r) for _, r in answers
+                       if r.status_code == 409 and error_code(r) in {
+                           "nonce_reused", "idempotency_key_reused"}]
+            assert not replays, (
+                f"pair {pair} op {op}: the same request under the same key was refused "
+                f"{replays} instead of getting the first answer again")
             if len(ok) == 2:
                 assert ok[0][1].json() == ok[1][1].json(), (pair, op)
                 replayed = sorted(r.headers.get("Idempotent-Replayed") == "true" for _, r in ok)
