@@ -305,11 +305,13 @@ def test_reads_under_load_are_snapshots(settings: Settings, registry: Registry,
                 "account": "KH-WATER-1", "batch": batch, "quantity": 1,
                 "to_account": "JP-BUYER-1"}) for _ in range(240)]
 
+            statuses: list[int] = []
+
             def move(chunk: list[dict[str, Any]]) -> None:
                 with httpx.Client(base_url=servers[0].url, timeout=60) as http:
                     for body in chunk:
-                        http.post("/v1/transfers", json=body,
-                                  headers={"Idempotency-Key": new_nonce()})
+                        statuses.append(http.post("/v1/transfers", json=body, headers={
+                            "Idempotency-Key": new_nonce()}).status_code)
 
             movers = [threading.Thread(target=move, args=(signed[i::6],)) for i in range(6)]
             for t in movers:
@@ -327,6 +329,9 @@ def test_reads_under_load_are_snapshots(settings: Settings, registry: Registry,
                     skewed.append((listed, held["total_active"]))
             for t in movers:
                 t.join(timeout=60)
+            # The reads overlapped transfers that went through, not refusals that moved nothing.
+            assert statuses == [200] * len(signed), sorted(set(statuses))
+            assert world.active("JP-BUYER-1") == len(signed)
             assert reads > 20, f"only {reads} reads overlapped the transfers"
             assert not skewed, (f"{len(skewed)} of {reads} holdings reads disagreed with "
                                 f"themselves (blocks, total_active): {skewed[:5]}")
