@@ -514,6 +514,17 @@ def verify_receipt_cmd(
         f"{_shown(body.beneficiary)} ({body.purpose}, {body.jurisdiction}): "
         f"{_shown(body.reason)}"
     )
+    opened = checked.account_opened
+    if opened is None:
+        typer.echo(
+            f"   account: NOT proven: a version {parsed.version} receipt holds no entry opening "
+            f"{body.account}, so it does not show that {_shown(checked.holder)} held it"
+        )
+    else:
+        typer.echo(
+            f"   account: {body.account} was opened for {_shown(checked.holder)} by entry "
+            f"{opened.seq} ({opened.kind}), before the retirement, in the same signed tree"
+        )
 
 
 def _escaped(text: str) -> str:

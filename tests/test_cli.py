@@ -409,7 +409,7 @@ def test_a_receipt_shows_the_holders_words_without_letting_them_rewrite_the_verd
     ok = run(["verify-receipt", "r.json", "--registry-key", verifier], tmp_path)
     assert ok.returncode == 0, ok.stderr
     lines = ok.stdout.splitlines()
-    assert len(lines) == 2 and lines[0].startswith(f"OK: retirement {retirement_id} of 5 tCO2e")
+    assert len(lines) == 3 and lines[0].startswith(f"OK: retirement {retirement_id} of 5 tCO2e")
     assert not any(c in ok.stdout for c in "\r\x1b\u202e"), ok.stdout
     assert "Example Co." in lines[1] and fake in lines[1]
 

@@ -9,9 +9,17 @@ What it shows is what the holder signed: a retirement instruction for this regis
 checkpoint's origin; only an instruction of a ledger older than that rule names none, and not
 one that follows a key registration naming the registry) by the entry's
 actor, unexpired at the entry's time, whose account, batch and quantity (or serial range) the
-recorded effects carry out. What it cannot show alone is the history of the holder's key between its
-registration and the retirement (a revocation in between), nor who authorised the registration:
-those need the ledger itself, which ``registry verify`` replays whole.
+recorded effects carry out. A version 2 receipt also holds the entry that opened that account
+(``account.open``, or the genesis entry for an account it creates), with its inclusion proof in
+the same tree: it shows the ledger records the account opened, before the retirement, for the
+holder who signed it. An account's holder never changes after it is opened, and an account id is
+never opened twice, so that entry names who held the account at the retirement. A version 1
+receipt, from before, still verifies, but proves nothing about who held the account.
+
+What a receipt cannot show alone is the history of the holder's key between its registration and
+the retirement (a revocation in between), nor who authorised the registration or the account's
+opening (the administrator's signature on it): those need the ledger itself, which
+``registry verify`` replays whole (it refuses an account opened twice, too).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from registry.domain.instructions import Retire
-from registry.errors import MalformedError, ProofError
+from registry.errors import BadSignatureError, MalformedError, ProofError
 from registry.ledger.canonical import canonical_bytes
 from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
 from registry.ledger.entry import Entry, open_entry, parse_expiry
@@ -31,6 +39,8 @@ from registry.ledger.keys import PublicKey, b64decode_strict
 from registry.ledger.merkle import leaf_hash, verify_inclusion
 
 RECEIPT_FORMAT = "kh-carbon-registry-receipt"
+RECEIPT_VERSION = 2
+"""The version the registry writes; version 1 (with no ``account``) is still read."""
 KEY_ENTRY_KINDS = ("registry.genesis", "party.register", "party.key_add")
 
 
@@ -49,11 +59,20 @@ class RetirementReceipt(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     format: str = Field(default=RECEIPT_FORMAT, json_schema_extra={"const": RECEIPT_FORMAT})
-    version: int = 1
+    version: int = Field(
+        default=RECEIPT_VERSION,
+        description="2, with `account`; a version 1 receipt has none and does not prove who "
+        "held the account retired from",
+    )
     retirement_id: str
     checkpoint: str = Field(description="the C2SP signed note for `tree_size`")
     retirement: IncludedEntry
     holder_key: IncludedEntry = Field(description="the entry that registered the signing key")
+    account: IncludedEntry | None = Field(
+        default=None,
+        description="the entry that opened the account retired from (account.open, or the "
+        "genesis entry for an account it creates); required in version 2, absent in version 1",
+    )
 
 
 @dataclass(frozen=True)
@@ -68,11 +87,22 @@ class CheckedReceipt:
     blocks: list[dict[str, Any]]
     body: Retire
     """The retirement as the holder signed it: account, batch, beneficiary, purpose, ..."""
+    account_opened: Entry | None
+    """The entry that opened ``body.account`` for ``holder``; None for a version 1 receipt,
+    which does not prove who held the account."""
+
+    @property
+    def account_holder(self) -> str | None:
+        """Who the ledger records as holding the account retired from, if the receipt proves it."""
+        return None if self.account_opened is None else self.holder
 
 
 def _included(item: IncludedEntry, cp: Checkpoint, keys: dict[str, PublicKey], what: str) -> Entry:
     envelope = b64decode_strict(item.envelope, what=f"{what} envelope")
-    entry = open_entry(envelope, keys)
+    try:
+        entry = open_entry(envelope, keys)
+    except (MalformedError, BadSignatureError) as e:
+        raise type(e)(f"{what}: {e.message}", details=e.details) from e
     if entry.seq != item.seq:
         raise MalformedError(
             f"{what}: the envelope holds seq {entry.seq}, the receipt says {item.seq}"
@@ -120,8 +150,15 @@ def verify_receipt(receipt: RetirementReceipt, *, verifier: NoteVerifier) -> Che
 
 
 def _verify_receipt(receipt: RetirementReceipt, *, verifier: NoteVerifier) -> CheckedReceipt:
-    if receipt.format != RECEIPT_FORMAT or receipt.version != 1:
-        raise MalformedError(f"not a version 1 {RECEIPT_FORMAT}")
+    if receipt.format != RECEIPT_FORMAT or receipt.version not in (1, 2):
+        raise MalformedError(f"not a version 1 or 2 {RECEIPT_FORMAT}")
+    if receipt.version == 2 and receipt.account is None:
+        raise MalformedError(
+            "a version 2 receipt holds the entry that opened the account retired from; "
+            "this one has no `account`"
+        )
+    if receipt.version == 1 and receipt.account is not None:
+        raise MalformedError("a version 1 receipt holds no `account`; this one has one")
     cp = open_checkpoint(receipt.checkpoint, origin=verifier.name, verifiers=[verifier])
     keys = {verifier.key.key_id: verifier.key}
     entry = _included(receipt.retirement, cp, keys, "retirement entry")
@@ -142,6 +179,10 @@ def _verify_receipt(receipt: RetirementReceipt, *, verifier: NoteVerifier) -> Ch
     )
     body = _signed_retirement(entry, instruction, cp.origin, _names_registry(key_entry))
     quantity = _carried_out(entry, body, effects)
+    account_opened = None
+    if receipt.account is not None:
+        account_opened = _included(receipt.account, cp, keys, "account entry")
+        _opened(account_opened, body.account, instruction["actor"], entry.seq)
     return CheckedReceipt(
         retirement_id=receipt.retirement_id,
         entry=entry,
@@ -150,7 +191,58 @@ def _verify_receipt(receipt: RetirementReceipt, *, verifier: NoteVerifier) -> Ch
         quantity=quantity,
         blocks=list(effects["blocks"]),
         body=body,
+        account_opened=account_opened,
     )
+
+
+def _opened(opening: Entry, account: str, holder: str, retired_seq: int) -> None:
+    """Check ``opening`` opened ``account`` for ``holder`` before entry ``retired_seq``; raise if
+    not. The account is the one the holder signed to retire from (which the effects carry out)."""
+    if opening.seq >= retired_seq:
+        raise MalformedError(
+            f"account entry {opening.seq} comes after the retirement (entry {retired_seq}): "
+            f"it cannot have opened account {account}"
+        )
+    payload = opening.payload
+    opened: list[tuple[Any, Any]] = []
+    if opening.kind == "registry.genesis":
+        opened += [(a.get("account_id"), a.get("holder")) for a in payload.get("accounts", [])]
+    elif opening.kind == "account.open":
+        instruction = payload["instruction"]
+        if instruction.get("type") != "account.open":
+            raise MalformedError(
+                f"account entry {opening.seq}: an account.open entry recording a "
+                f"{instruction.get('type')!r} instruction"
+            )
+        body = instruction["body"]
+        if payload.get("effects", {}).get("account_id") != body.get("account_id"):
+            raise MalformedError(
+                f"account entry {opening.seq}: its effects open "
+                f"{payload.get('effects', {}).get('account_id')!r}, the instruction "
+                f"{body.get('account_id')!r}"
+            )
+        opened.append((body.get("account_id"), body.get("holder")))
+    else:
+        raise MalformedError(
+            f"account entry {opening.seq} is {opening.kind}, which opens no account"
+        )
+    holders = [h for a, h in opened if a == account]
+    if not holders:
+        raise MalformedError(
+            f"account entry {opening.seq} ({opening.kind}) opens "
+            f"{', '.join(repr(a) for a, _ in opened) or 'no account'}, "
+            f"not account {account}, the one retired from"
+        )
+    if len(holders) > 1:
+        raise MalformedError(
+            f"account entry {opening.seq} ({opening.kind}) opens account {account} "
+            f"{len(holders)} times"
+        )
+    if holders[0] != holder:
+        raise MalformedError(
+            f"account entry {opening.seq} opened account {account} for {holders[0]!r}, "
+            f"not for {holder!r}, who signed the retirement"
+        )
 
 
 def _names_registry(key_entry: Entry) -> bool:

@@ -11,7 +11,7 @@ from registry.ledger.receipt import IncludedEntry, RetirementReceipt
 from registry.service.ledger import b64, inclusion_proof
 from registry.store import ledger_repo
 from registry.store.credits_repo import get_or_404
-from registry.store.tables import PartyKeyRow, RetirementRow
+from registry.store.tables import AccountRow, PartyKeyRow, RetirementRow
 
 
 def _included(session: Session, seq: int, tree_size: int) -> IncludedEntry:
@@ -37,10 +37,14 @@ def retirement_receipt(session: Session, retirement_id: str) -> RetirementReceip
     if row is None:
         raise LedgerError(f"entry {retirement.seq} is missing from the store")
     entry = Entry.from_bytes(Envelope.from_bytes(row.envelope).payload)
-    key = get_or_404(session, PartyKeyRow, entry.payload["instruction"]["key_id"], "key")
+    instruction = entry.payload["instruction"]
+    key = get_or_404(session, PartyKeyRow, instruction["key_id"], "key")
+    # The entry that opened the account retired from (its holder never changes after).
+    account = get_or_404(session, AccountRow, instruction["body"]["account"], "account")
     return RetirementReceipt(
         retirement_id=retirement_id,
         checkpoint=checkpoint.note,
         retirement=_included(session, retirement.seq, checkpoint.size),
         holder_key=_included(session, key.added_seq, checkpoint.size),
+        account=_included(session, account.created_seq, checkpoint.size),
     )

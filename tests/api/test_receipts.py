@@ -110,8 +110,11 @@ def test_unknown_retirement_has_no_receipt(world: World) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
-def _resealed(registry: Registry, envelope: str, change: dict[str, Any]) -> bytes:
-    """The entry in ``envelope`` with ``change`` made, sealed with the registry's own key."""
+def _resealed(
+    registry: Registry, envelope: str, change: dict[str, Any], signer: SigningKey | None = None
+) -> bytes:
+    """The entry in ``envelope`` with ``change`` made, sealed with the registry's own key (or
+    ``signer``'s)."""
     old = entry_of(base64.b64decode(envelope))
     payload = json.loads(json.dumps(old.payload))
     for path, value in change.items():
@@ -121,31 +124,38 @@ def _resealed(registry: Registry, envelope: str, change: dict[str, Any]) -> byte
             target = target[name]
         target[last] = value
     fields = {**old.to_json_value(), "payload": payload}
-    if "actor" in change:
-        fields["actor"] = change["actor"]
-        del payload["actor"]
-    return seal_entry(Entry(**fields), registry.signer)
+    for name in ("actor", "seq"):
+        if name in change:
+            fields[name] = change[name]
+            del payload[name]
+    return seal_entry(Entry(**fields), signer or registry.signer)
 
 
 def _forged(
     registry: Registry,
     receipt: dict[str, Any],
     key_change: dict[str, Any] | None = None,
+    account_change: dict[str, Any] | None = None,
     **change: Any,
 ) -> RetirementReceipt:
     """``receipt`` as a dishonest registry could rebuild it: its retirement entry (and with
-    ``key_change`` its key registration entry) changed and sealed with the registry's own key,
-    in a tree and checkpoint the registry signs anew."""
+    ``key_change`` its key registration entry, with ``account_change`` the entry that opened
+    its account) changed and sealed with the registry's own key, in a tree and checkpoint the
+    registry signs anew."""
     key_envelope = base64.b64decode(receipt["holder_key"]["envelope"])
     if key_change:
         key_envelope = _resealed(registry, receipt["holder_key"]["envelope"], key_change)
+    account_envelope = base64.b64decode(receipt["account"]["envelope"])
+    if account_change:
+        account_envelope = _resealed(registry, receipt["account"]["envelope"], account_change)
     old = entry_of(base64.b64decode(receipt["retirement"]["envelope"]))
     forged = _resealed(registry, receipt["retirement"]["envelope"], change)
     key_seq, seq = receipt["holder_key"]["seq"], old.seq
+    account_seq = entry_of(account_envelope).seq
+    leaves = {account_seq: account_envelope, key_seq: key_envelope, seq: forged}
     tree = MemoryTree()
-    for position in range(seq + 1):
-        leaf = {key_seq: key_envelope, seq: forged}.get(position, b"filler %d" % position)
-        tree.append(leaf_hash(leaf))
+    for position in range(max(leaves) + 1):
+        tree.append(leaf_hash(leaves.get(position, b"filler %d" % position)))
     note = sign_checkpoint(
         Checkpoint(origin=registry.origin, size=tree.size, root=tree.root()),
         name=registry.origin, key=registry.signer,
@@ -159,6 +169,7 @@ def _forged(
     return RetirementReceipt.model_validate({
         **receipt, "checkpoint": note, "retirement": included(seq, forged),
         "holder_key": included(key_seq, key_envelope),
+        "account": included(account_seq, account_envelope),
     })
 
 
@@ -354,5 +365,167 @@ def test_verify_receipt_prints_what_the_registry_sealed_as_it_can_be_read(
     r = run(["verify-receipt", "receipt.json", "--registry-key",
              registry.note_verifier.verifier_string()], tmp_path)
     assert r.returncode == 0, r.stderr
-    assert len(r.stdout.splitlines()) == 2 and "\x1b" not in r.stdout, r.stdout
+    assert len(r.stdout.splitlines()) == 3 and "\x1b" not in r.stdout, r.stdout
     assert repr(fake) in r.stdout and repr(body["batch"]) in r.stdout
+
+
+def _cli_verify(receipt: dict[str, Any] | RetirementReceipt, registry: Registry,
+                tmp_path: Any) -> Any:
+    from tests.test_cli import run
+
+    text = (receipt.model_dump_json() if isinstance(receipt, RetirementReceipt)
+            else json.dumps(receipt))
+    (tmp_path / "receipt.json").write_text(text)
+    return run(["verify-receipt", "receipt.json", "--registry-key",
+                registry.note_verifier.verifier_string()], tmp_path)
+
+
+def test_a_receipt_shows_who_held_the_account_retired_from(
+    registry: Registry, world: World, tmp_path: Any
+) -> None:
+    """The holder's signature shows the holder asked; the entry that opened the account shows
+    the holder held it (a registry could carry out a retirement of an account the signer does
+    not hold): account.open of JP-BUYER-1 for jp-buyer, before the retirement, in the same tree."""
+    receipt = world.http.get(f"/v1/retirements/{_retire(world)}/receipt")
+    assert receipt["version"] == 2
+    checked = verify_receipt(
+        RetirementReceipt.model_validate(receipt), verifier=registry.note_verifier
+    )
+    opened = checked.account_opened
+    assert checked.account_holder == "jp-buyer" and opened is not None
+    assert opened.kind == "account.open" and opened.seq < checked.entry.seq
+    assert opened.payload["instruction"]["body"]["account_id"] == "JP-BUYER-1"
+    r = _cli_verify(receipt, registry, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[2] == (
+        f"   account: JP-BUYER-1 was opened for jp-buyer by entry {opened.seq} (account.open), "
+        "before the retirement, in the same signed tree"
+    ), r.stdout
+
+
+def test_a_version_1_receipt_verifies_but_does_not_prove_the_account(
+    registry: Registry, world: World, tmp_path: Any
+) -> None:
+    """A receipt from before version 2 holds no account entry: it still proves the retirement
+    and the holder's signature, and says plainly that it does not prove who held the account.
+    A version 2 receipt without one (a registry leaving it out) is refused."""
+    receipt = world.http.get(f"/v1/retirements/{_retire(world)}/receipt")
+    old = {k: v for k, v in receipt.items() if k != "account"} | {"version": 1}
+    checked = verify_receipt(RetirementReceipt.model_validate(old),
+                             verifier=registry.note_verifier)
+    assert checked.quantity == 40 and checked.account_opened is None
+    assert checked.account_holder is None
+    r = _cli_verify(old, registry, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[2] == (
+        "   account: NOT proven: a version 1 receipt holds no entry opening JP-BUYER-1, so it "
+        "does not show that jp-buyer held it"
+    ), r.stdout
+    stripped = {**old, "version": 2}
+    with pytest.raises(RegistryError, match="a version 2 receipt holds the entry that opened"):
+        verify_receipt(RetirementReceipt.model_validate(stripped),
+                       verifier=registry.note_verifier)
+    with pytest.raises(RegistryError, match="version 1 receipt holds no `account`; this one has"):
+        verify_receipt(RetirementReceipt.model_validate({**receipt, "version": 1}),
+                       verifier=registry.note_verifier)
+    assert _cli_verify(stripped, registry, tmp_path).returncode == 1
+
+
+def _genuine(world: World, seq: int, tree_size: int) -> dict[str, Any]:
+    """Entry ``seq`` as the registry serves it, with its proof in ``tree_size``."""
+    entry = world.http.get(f"/v1/entries/{seq}")
+    proof = world.http.get("/v1/proofs/inclusion", params={"index": seq, "tree_size": tree_size})
+    return {"seq": seq, "envelope": entry["envelope"], "tree_size": tree_size,
+            "proof": proof["proof"]}
+
+
+def test_an_account_entry_that_does_not_show_the_signer_held_the_account_is_refused(
+    registry: Registry, world: World, tmp_path: Any
+) -> None:
+    """A dishonest registry retires JP-BUYER-1's credits on a signature of someone who does not
+    hold it: the receipt's account entry must open exactly the account retired from, for the
+    party who signed, before the retirement, sealed by the registry and in the signed tree.
+    Each of these is refused, by verify_receipt and by `registry verify-receipt` in one line."""
+    from tests.test_cli_errors import assert_one_line_error
+
+    retirement_id = _retire(world)
+    world.submit("kh-water", "credits.retire", {
+        "account": "KH-WATER-1", "batch": "KH-JCM-KH004-2024-00001", "quantity": 5,
+        "beneficiary": "Other Co.", "purpose": "voluntary", "jurisdiction": "KH",
+        "reason": "2025 offsetting"})
+    other_retirement = world.http.get("/v1/retirements")["data"][-1]["id"]
+    receipt = world.http.get(f"/v1/retirements/{retirement_id}/receipt")
+    other = world.http.get(f"/v1/retirements/{other_retirement}/receipt")
+    assert other["checkpoint"] == receipt["checkpoint"]  # the same signed tree
+    honest = verify_receipt(RetirementReceipt.model_validate(receipt),
+                            verifier=registry.note_verifier)
+    seq, size = honest.entry.seq, honest.checkpoint.size
+    opened = receipt["account"]
+    flipped = bytearray(base64.b64decode(opened["envelope"]))
+    flipped[len(flipped) // 2] ^= 1
+    stranger = SigningKey.generate()
+    genuine = {  # entries the registry did write, each included in the tree
+        "another account's": (other["account"], "opens 'KH-WATER-1', not account JP-BUYER-1"),
+        "the genesis entry": (_genuine(world, 0, size),
+                              "opens 'RETIREMENT', 'CANCELLATION', not account JP-BUYER-1"),
+        "the holder's key registration": (receipt["holder_key"], "which opens no account"),
+        "the proof of another entry": ({**opened, "proof": receipt["holder_key"]["proof"]},
+                                       "account entry: not included in the signed tree"),
+        "a seq it is not at": ({**opened, "seq": opened["seq"] + 1,
+                                "envelope": _genuine(world, opened["seq"] + 1, size)["envelope"]},
+                               "account entry: not included in the signed tree"),
+        "resealed, not in the tree": (
+            {**opened, "envelope": base64.b64encode(_resealed(registry, opened["envelope"], {
+                "instruction__body__name": "Renamed"})).decode()},
+            "account entry: not included in the signed tree"),
+        "a byte changed": ({**opened, "envelope": base64.b64encode(bytes(flipped)).decode()},
+                           "account entry: "),
+        "sealed by another key": (
+            {**opened, "envelope": base64.b64encode(_resealed(
+                registry, opened["envelope"], {}, signer=stranger)).decode()},
+            "account entry: no signature by a trusted key"),
+    }
+    cases: dict[str, tuple[RetirementReceipt, str]] = {
+        what: (RetirementReceipt.model_validate({**receipt, "account": item}), message)
+        for what, (item, message) in genuine.items()
+    }
+    # Forgeries the registry seals and checkpoints anew (each holder signature still verifies).
+    cases["another holder"] = (
+        _forged(registry, receipt, account_change={"instruction__body__holder": "kh-water"}),
+        "opened account JP-BUYER-1 for 'kh-water', not for 'jp-buyer', who signed the retirement")
+    cases["opened after the retirement"] = (
+        _forged(registry, receipt, account_change={"seq": seq + 1}),
+        f"account entry {seq + 1} comes after the retirement \\(entry {seq}\\)")
+    cases["effects opening another account"] = (
+        _forged(registry, receipt, account_change={"effects__account_id": "JP-BUYER-2"}),
+        "its effects open 'JP-BUYER-2', the instruction 'JP-BUYER-1'")
+    for what, (forged, message) in cases.items():
+        with pytest.raises(RegistryError, match=message):
+            verify_receipt(forged, verifier=registry.note_verifier)
+            pytest.fail(f"accepted an account entry: {what}")
+        r = _cli_verify(forged, registry, tmp_path)
+        assert_one_line_error(r)
+
+
+def test_an_account_the_genesis_entry_opened_is_proven_by_it(
+    registry: Registry, world: World
+) -> None:
+    """The genesis entry opens the accounts it lists (the registry's own, or in a ledger that
+    did so a holding account): it shows the holder it names, and only that one."""
+    receipt = world.http.get(f"/v1/retirements/{_retire(world)}/receipt")
+    genesis = _genuine(world, 0, receipt["retirement"]["tree_size"])
+    accounts = entry_of(base64.b64decode(genesis["envelope"])).payload["accounts"]
+    for holder in ("jp-buyer", "kh-water"):
+        listed = [*accounts, {"account_id": "JP-BUYER-1", "kind": "holding", "holder": holder,
+                              "name": "Buyer"}]
+        resealed = _resealed(registry, genesis["envelope"], {"accounts": listed})
+        forged = _forged(registry, {**receipt, "account": {
+            **genesis, "envelope": base64.b64encode(resealed).decode()}})
+        if holder == "jp-buyer":
+            checked = verify_receipt(forged, verifier=registry.note_verifier)
+            assert checked.account_opened is not None
+            assert checked.account_opened.kind == "registry.genesis"
+            assert checked.account_holder == "jp-buyer"
+        else:
+            with pytest.raises(RegistryError, match="for 'kh-water', not for 'jp-buyer'"):
+                verify_receipt(forged, verifier=registry.note_verifier)
