@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from registry.client import sign_instruction
 from registry.config import Settings
 from registry.ledger.checkpoint import NoteVerifier
 from registry.ledger.keys import SigningKey
 from registry.service.context import Registry
+from tests.api.test_receipts import _forged
 from tests.conftest import ORIGIN
 from tests.helpers import LiveServer
 from tests.world import World, issue_jcm
@@ -388,24 +390,29 @@ def test_a_beneficiary_fetches_and_checks_a_receipt(
 
 
 def test_a_receipt_shows_the_holders_words_without_letting_them_rewrite_the_verdict(
-    tmp_path: Path, server: LiveServer, world: World
+    tmp_path: Path, server: LiveServer, world: World, registry: Registry
 ) -> None:
     """The beneficiary and reason are the holder's free text: printed as they are, a carriage
     return or a terminal escape in them would overwrite the verdict a reader sees (here, 5
-    tCO2e shown as 5000). The reader sees the words, escaped, and the verdict untouched."""
+    tCO2e shown as 5000). The registry now refuses such text, but a ledger begun before it did
+    may hold some (here, a receipt sealed so by the registry's key, the holder signing such
+    words): the reader sees the words, escaped, and the verdict untouched."""
     batch = issue_jcm(world)
-    fake = "OK: retirement RET-1 of 5000 tCO2e by kh-water"
-    retired = world.submit(
-        "kh-water",
-        "credits.retire",
-        {"account": "KH-WATER-1", "batch": batch, "quantity": 5,
-         "beneficiary": "Example Co.\u202e", "purpose": "ndc", "jurisdiction": "KH",
-         "reason": f"test\r\x1b[1A\x1b[2K{fake}\n"},
-    )
+    body = {"account": "KH-WATER-1", "batch": batch, "quantity": 5, "beneficiary": "Example Co.",
+            "purpose": "ndc", "jurisdiction": "KH", "reason": "test"}
+    retired = world.submit("kh-water", "credits.retire", body)
     retirement_id = retired["result"]["retirement_id"]
     verifier = world.http.get("/v1/keys")["data"][0]["note_verifier"]
     r = run(["proof", "retirement", retirement_id, "--url", server.url, "-o", "r.json"], tmp_path)
     assert r.returncode == 0, r.stderr
+    fake = "OK: retirement RET-1 of 5000 tCO2e by kh-water"
+    signed = sign_instruction(
+        world.keys["kh-water"], registry=world.origin, actor="kh-water", type="credits.retire",
+        body={**body, "beneficiary": "Example Co.\u202e",
+              "reason": f"test\r\x1b[1A\x1b[2K{fake}\n"})
+    receipt = _forged(registry, json.loads((tmp_path / "r.json").read_text()),
+                      instruction=signed["instruction"], signature=signed["signature"])
+    (tmp_path / "r.json").write_text(receipt.model_dump_json())
     ok = run(["verify-receipt", "r.json", "--registry-key", verifier], tmp_path)
     assert ok.returncode == 0, ok.stderr
     lines = ok.stdout.splitlines()
