@@ -486,6 +486,13 @@ def verify_receipt_cmd(
     registry_key: Annotated[
         str, typer.Option(help="The registry's checkpoint verifier key (name+id+key), pinned.")
     ],
+    accept_version_1: Annotated[
+        bool,
+        typer.Option(
+            "--accept-version-1",
+            help="Check a version 1 receipt for what it proves: not who held the account.",
+        ),
+    ] = False,
 ) -> None:
     """Check a retirement receipt offline against the registry's pinned key."""
     from pydantic import ValidationError
@@ -503,6 +510,15 @@ def verify_receipt_cmd(
         ) from e
     checked = verify_receipt(parsed, verifier=NoteVerifier.parse(registry_key))
     body = checked.body
+    if checked.account_opened is None and not accept_version_1:
+        # Unasked, an older receipt is not taken as a whole proof: a registry could hand one
+        # out to hide who held the account.
+        raise InvalidRequestError(
+            f"{receipt} is a version {parsed.version} receipt: it does not show that "
+            f"{_shown(checked.holder)} held {body.account}; ask the registry for a new one "
+            "(`registry proof retirement`), or pass --accept-version-1 to check what it does "
+            "prove"
+        )
     typer.echo(
         f"OK: retirement {_shown(checked.retirement_id)} of {checked.quantity} tCO2e by "
         f"{_shown(checked.holder)} "

@@ -370,14 +370,14 @@ def test_verify_receipt_prints_what_the_registry_sealed_as_it_can_be_read(
 
 
 def _cli_verify(receipt: dict[str, Any] | RetirementReceipt, registry: Registry,
-                tmp_path: Any) -> Any:
+                tmp_path: Any, *more: str) -> Any:
     from tests.test_cli import run
 
     text = (receipt.model_dump_json() if isinstance(receipt, RetirementReceipt)
             else json.dumps(receipt))
     (tmp_path / "receipt.json").write_text(text)
     return run(["verify-receipt", "receipt.json", "--registry-key",
-                registry.note_verifier.verifier_string()], tmp_path)
+                registry.note_verifier.verifier_string(), *more], tmp_path)
 
 
 def test_a_receipt_shows_who_held_the_account_retired_from(
@@ -415,7 +415,13 @@ def test_a_version_1_receipt_verifies_but_does_not_prove_the_account(
                              verifier=registry.note_verifier)
     assert checked.quantity == 40 and checked.account_opened is None
     assert checked.account_holder is None
+    # Unasked, the command does not take it as a whole proof: a registry could hand one out
+    # to hide who held the account.
     r = _cli_verify(old, registry, tmp_path)
+    assert r.returncode == 1 and r.stdout == "", r.stdout
+    assert r.stderr.startswith("error[invalid_request]: receipt.json is a version 1 receipt: "
+                               "it does not show that jp-buyer held JP-BUYER-1"), r.stderr
+    r = _cli_verify(old, registry, tmp_path, "--accept-version-1")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[2] == (
         "   account: NOT proven: a version 1 receipt holds no entry opening JP-BUYER-1, so it "
