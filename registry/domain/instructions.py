@@ -62,18 +62,15 @@ IsoDate = Annotated[
 ]
 
 
-_NOT_PLAIN = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
-)
-"""What public text may not hold: control characters (C0, DEL, C1: a terminal escape, a line
-break that forges a line of a report), Unicode's line and paragraph separators (line breaks as
-well) and the marks that reorder text as it is shown (a right-to-left override makes a
-beneficiary read as another name)."""
+_UNSHOWN = "\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+"""DEL, the C1 controls, Unicode's line and paragraph separators, and the marks that reorder text
+as it is shown (a right-to-left override makes a beneficiary read as another name)."""
 
+_NOT_PLAIN = re.compile(f"[\x00-\x1f{_UNSHOWN}]")
+"""What public text may not hold: the C0 controls (a terminal escape, a line break that forges a
+line of a report) and the rest of ``_UNSHOWN``."""
 
-_NOT_PLAIN_JSON = re.compile(
-    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
-)
+_NOT_PLAIN_JSON = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f{_UNSHOWN}]")
 """The same, in a member holding JSON text (a forest unit's ``boundary``): JSON may be laid out
 over lines with tabs, line feeds and carriage returns between its tokens (GIS tools write it so),
 and those are no characters of what it says."""
