@@ -128,6 +128,14 @@ def verify_cmd(
         int | None,
         typer.Option(help="Processes checking signatures, at least 1 (default: every core)."),
     ] = None,
+    require_every_rule: Annotated[
+        bool,
+        typer.Option(
+            "--require-every-rule",
+            help="Fail unless the genesis adopts every rule this version checks, as a ledger "
+            "begun by this version does (an older ledger is not held to rules it predates).",
+        ),
+    ] = False,
 ) -> None:
     """Verify a bundle offline: signatures, chain, tree, checkpoints, and a full replay.
 
@@ -148,6 +156,12 @@ def verify_cmd(
             bundle, registry_key=registry_key, workers=workers, progress=progress
         )
     report = verification.report
+    if require_every_rule and report.log.entries:
+        for rule in report.rules_not_adopted:
+            report.log.add(Failure(
+                code="rule_not_adopted", seq=0,
+                message=f"the genesis does not adopt {rule}: the ledger is not held to it",
+            ))
     if against is not None:
         from registry.service.compare import compare_with_database, describe_url
 

@@ -412,6 +412,22 @@ class ReplayedState:
             totals[block.status] = totals.get(block.status, 0) + block.end - block.start + 1
         return totals
 
+    def rules_not_adopted(self) -> list[str]:
+        """The genesis flags this version checks that the ledger's genesis does not set.
+
+        A ledger begun before a rule is not held to it, so a genesis that leaves a flag out
+        escapes that check: the report names each one, and ``registry verify
+        --require-every-rule`` fails the ledger for it.
+        """
+        adopted = {
+            "instructions_name_registry": self.instructions_name_registry,
+            "issuance_to_project_side": self.issuance_to_project_side,
+            "status_changes_change": self.status_changes_change,
+            "max_active_keys": self.max_active_keys is not None,
+            "plain_text": self.plain_text,
+        }
+        return [rule for rule, set_ in adopted.items() if not set_]
+
     def summary(self) -> dict[str, int]:
         """Counts and tonnes, for the report."""
         totals = {ACTIVE: 0, RETIRED: 0, CANCELLED: 0}

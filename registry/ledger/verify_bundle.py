@@ -91,6 +91,9 @@ class BundleReport:
     registry_key: str
     log: LogReport
     summary: dict[str, int] = field(default_factory=dict)
+    #: Genesis flags of rules this version checks that the ledger does not adopt (and so is
+    #: not held to): see :meth:`~registry.ledger.replay.ReplayedState.rules_not_adopted`.
+    rules_not_adopted: list[str] = field(default_factory=list)
     party_keys: int = 0
     workers: int = 1
     seconds: float = 0.0
@@ -117,6 +120,7 @@ class BundleReport:
             "party_keys": self.party_keys,
             "root": b64encode(self.log.root),
             "state": self.summary,
+            "rules_not_adopted": self.rules_not_adopted,
             "against": self.against,
             "failure_count": self.log.failure_count,
             "failures": [f.to_json_value() for f in self.log.failures],
@@ -144,6 +148,14 @@ class BundleReport:
                 f"credits     issued {s['issued']} = active {s['active']} + retired "
                 f"{s['retired']} + cancelled {s['cancelled']} tCO2e; buffer shortfall "
                 f"{s['shortfall']}"
+            )
+        if log.entries:
+            lines.append(
+                "rules       the genesis adopts every rule this version checks"
+                if not self.rules_not_adopted
+                else "rules       not adopted by the genesis, so not checked: "
+                + ", ".join(self.rules_not_adopted)
+                + " (right for a ledger begun before them; --require-every-rule fails it)"
             )
         if self.against:
             lines.append(f"against     {self.against}")
@@ -535,6 +547,7 @@ def verify_bundle(
         registry_key=pinned.describe(),
         log=log,
         summary=run.replay.state.summary(),
+        rules_not_adopted=run.replay.state.rules_not_adopted(),
         party_keys=party_keys,
         workers=max(count, 1),
         seconds=time.perf_counter() - started,

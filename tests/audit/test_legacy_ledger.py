@@ -8,9 +8,14 @@ exports exactly such a ledger: its signed instructions cannot be re-signed.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from registry.ledger.verify_bundle import verify_bundle
+import typer
+from typer.testing import CliRunner
+
+from registry.audit_cli import verify_cmd
+from registry.ledger.verify_bundle import EXIT_FAILED, verify_bundle
 
 LEGACY = Path(__file__).parent / "data" / "ledger-0003.jsonl"
 LEGACY_KEY = (
@@ -22,3 +27,32 @@ def test_a_ledger_from_before_the_programme_field_still_verifies() -> None:
     report = verify_bundle(LEGACY, registry_key=LEGACY_KEY, workers=1).report
     assert report.ok, report.render()
     assert report.summary["projects"] == 2 and report.summary["forest_units"] == 2
+
+
+RULES = ["instructions_name_registry", "issuance_to_project_side", "status_changes_change",
+         "max_active_keys", "plain_text"]
+
+
+def test_the_report_names_the_rules_an_older_ledger_is_not_held_to() -> None:
+    """A genesis without a rule's flag escapes that rule's check: right for a ledger begun
+    before it, and what a registry hiding a breach would do. The report says which, and an
+    auditor who knows the ledger began under this version fails it with
+    --require-every-rule."""
+    app = typer.Typer()
+    app.command()(verify_cmd)
+    runner = CliRunner()
+    args = [str(LEGACY), "--registry-key", LEGACY_KEY, "--workers", "1"]
+    passed = runner.invoke(app, args)
+    assert passed.exit_code == 0, passed.output
+    assert "PASS: every check passed" in passed.output
+    assert ("rules       not adopted by the genesis, so not checked: " + ", ".join(RULES)
+            in passed.output)
+    as_json = json.loads(runner.invoke(app, [*args, "--json"]).output)
+    assert as_json["ok"] is True and as_json["rules_not_adopted"] == RULES
+
+    strict = runner.invoke(app, [*args, "--require-every-rule"])
+    assert strict.exit_code == EXIT_FAILED, strict.output
+    assert f"FAIL: {len(RULES)} check(s) failed" in strict.output
+    for rule in RULES:
+        assert (f"seq 0: the genesis does not adopt {rule}: the ledger is not held to it "
+                "[rule_not_adopted]") in strict.output

@@ -159,12 +159,18 @@ def test_the_commands_exit_0_2_and_1(
                                 "--against", db_url])
     assert ok.exit_code == 0, ok.output
     assert "PASS: every check passed" in ok.output
+    assert "rules       the genesis adopts every rule this version checks" in ok.output
+    # A ledger begun by this version is held to every rule, so requiring them all passes.
+    every_rule = runner.invoke(_cli(), ["verify", str(path), "--registry-key", key,
+                                        "--workers", "1", "--require-every-rule"])
+    assert every_rule.exit_code == 0, every_rule.output
 
     as_json = runner.invoke(_cli(), ["verify", str(path), "--registry-key", key, "--json",
                                      "--workers", "1"])
     assert as_json.exit_code == 0
     body = json.loads(as_json.output)
     assert body["ok"] is True and body["entries"] == 29 and body["failures"] == []
+    assert body["rules_not_adopted"] == []
 
     bundle = RawBundle.read(path)
     bundle.envelopes[5], bundle.envelopes[6] = bundle.envelopes[6], bundle.envelopes[5]
