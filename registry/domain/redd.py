@@ -39,8 +39,9 @@ __all__ = [
 #: 100 % in basis points.
 BASIS_POINTS = 10_000
 
-#: The most a forest unit's shortfalls may add up to: the largest integer the database stores.
-MAX_SHORTFALL = 2**63 - 1
+#: The most a forest unit's shortfalls may add up to: the largest integer JSON carries exactly
+#: (2^53 - 1, as every quantity), so the unit's public record reads the same in every client.
+MAX_SHORTFALL = MAX_SERIAL
 
 
 def _require_int(value: object, *, name: str, low: int, high: int) -> int:
@@ -170,7 +171,8 @@ def unit_shortfall_after(*, unit_id: str, shortfall: int, added: int) -> int:
     """A unit's total shortfall once a reversal adds ``added`` to the ``shortfall`` recorded.
 
     Each reversal's shortfall is at most 2^53 - 1, but they add up: a total past
-    :data:`MAX_SHORTFALL` could not be stored, so the reversal that would make it is refused.
+    :data:`MAX_SHORTFALL` could not be published exactly, so the reversal that would make it
+    is refused.
     """
     total = shortfall + added
     if total > MAX_SHORTFALL:

@@ -115,7 +115,7 @@ def test_a_reversal_past_the_largest_total_shortfall_is_reported(
     sqlite_bundle: Exported,
 ) -> None:
     """The registry refuses a reversal that would take a unit's total shortfall past
-    2^63 - 1 (it could not store it); the replay reports an entry recording one."""
+    2^53 - 1 (JSON could not carry it exactly); the replay reports an entry recording one."""
     from tests.audit.bundles import RawBundle
 
     entries = [entry_of(e) for e in RawBundle.read(sqlite_bundle.path).envelopes]
@@ -124,7 +124,7 @@ def test_a_reversal_past_the_largest_total_shortfall_is_reported(
         replay = r.Replay(registry_key=sqlite_bundle.registry.signer.public_key)
         for entry in entries[:seq]:
             replay.apply(entry)
-        replay.state.units["KH005-FU1"].shortfall = 2**63 - 1 - slack
+        replay.state.units["KH005-FU1"].shortfall = 2**53 - 1 - slack
         replay.apply(entries[seq])
         assert [(f.seq, f.code) for f in replay.report.failures] == failing
 

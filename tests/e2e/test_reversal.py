@@ -158,14 +158,14 @@ def test_the_administrator_may_cancel_buffer_credits(
     check_offline(registry, tmp_path)
 
 
-def test_a_reversal_that_would_take_the_shortfall_past_what_is_stored_is_refused(
+def test_a_reversal_that_would_take_the_shortfall_past_what_json_carries_is_refused(
     world: World, registry: Registry
 ) -> None:
     """Each reversal's shortfall stops at 2^53 - 1, but a unit's adds them up: the one that
-    would take the total past the database's largest integer is a 422, not a failure of the
-    registry (nor, for ever after, of every reversal of the unit the pool cannot cover)."""
-    top = 2**63 - 1
-    with write_transaction(registry.engine) as session:  # as if after some 1 025 reversals
+    would take the total past 2^53 - 1 is a 422, not a failure of the registry, nor a public
+    figure a JavaScript client reads as another number."""
+    top = 2**53 - 1
+    with write_transaction(registry.engine) as session:  # as if after many huge reversals
         session.execute(update(ForestUnitRow).where(col(ForestUnitRow.id) == UNIT)
                         .values(shortfall=top - 99))
     with world.unchanged():
