@@ -44,6 +44,14 @@ class RegistryBusyError(RegistryError):
     http_status = 503
 
 
+class StorageFailedError(RegistryError):
+    """The database could not write: its disk is full, or failed. The write was not
+    acknowledged; once the database can write again, a retry with the same key is safe."""
+
+    code = "storage_failed"
+    http_status = 503
+
+
 # --- the signed log -------------------------------------------------------------------------
 
 

@@ -137,7 +137,10 @@ def create_app(registry: Registry, *, writer: WriterProcess | None = None) -> Fa
     @app.exception_handler(RegistryError)
     async def _registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
         if exc.http_status >= 500:
-            log.error("registry error: %s", exc.message, exc_info=exc)
+            # A 503 (a busy ledger, a database that cannot write) is a state of the machine,
+            # said in full by its message; a 500 is a fault, whose traceback is wanted.
+            log.error("registry error: %s", exc.message,
+                      exc_info=exc if exc.http_status == 500 else None)
         return _error(exc.http_status, exc.code, exc.message, exc.details)
 
     @app.exception_handler(RequestValidationError)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlmodel import Session
 
-from registry.errors import RegistryBusyError, RegistryError
+from registry.errors import RegistryBusyError, RegistryError, StorageFailedError
 from registry.service.ledger import LedgerTail
 from registry.store.db import write_transaction
 from registry.store.statements import Read
@@ -215,7 +215,9 @@ class GroupCommit:
                 else:
                     # Someone in the batch was refused: start again, each in a savepoint.
                     answers = self._commit(batch, savepoints=True)
-        except RegistryBusyError as e:  # no transaction at all: each alone would wait again
+        except (RegistryBusyError, StorageFailedError) as e:
+            # No transaction at all, or a database that cannot write: each alone would fail
+            # again.
             for job in batch:
                 job.finish(None, e)
             return

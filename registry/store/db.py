@@ -8,6 +8,7 @@ same head (or the same holding) and append; acknowledged means committed and dur
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import uuid
@@ -22,12 +23,19 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlmodel import Session
 
-from registry.errors import ConfigurationError, RegistryBusyError
+from registry.errors import (
+    ConfigurationError,
+    RegistryBusyError,
+    StorageFailedError,
+    first_line,
+)
 from registry.store import write_behind
 from registry.store.statements import Read, read_ahead, text_rows
 
 if TYPE_CHECKING:
     from alembic.config import Config
+
+_log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 LEDGER_LOCK_KEY = 0x4B48_4C47  # "KHLG": the advisory lock that serialises appends on PostgreSQL
@@ -145,13 +153,41 @@ def write_transaction(engine: Engine, *, reads: Sequence[Read] = ()) -> Iterator
 
     ``reads`` are sent with the lock on PostgreSQL, in one round trip (``read_ahead``), and
     run once it is held: what the transaction reads first, as the ledger's tip.
+
+    A database that cannot write (its disk full or failing) is a :class:`StorageFailedError`,
+    whichever statement or the commit met it: the transaction is rolled back, the operator
+    told in one log line, and the caller answered 503.
     """
-    if is_postgres(engine):
-        with _write_session(engine, reads) as session:
-            yield session
-    else:
-        with _local_writer_lock(engine), _write_session(engine, reads) as session:
-            yield session
+    try:
+        if is_postgres(engine):
+            with _write_session(engine, reads) as session:
+                yield session
+        else:
+            with _local_writer_lock(engine), _write_session(engine, reads) as session:
+                yield session
+    except DBAPIError as e:
+        if not _storage_failed(e):
+            raise
+        _log.error("the database could not write: %s", first_line(e))
+        raise StorageFailedError(
+            f"the registry's database could not write ({first_line(e)}): its disk is full "
+            "or failing. This request was not acknowledged; once the disk can be written "
+            "again, a retry with the same Idempotency-Key is safe"
+        ) from e
+
+
+_STORAGE_SQLSTATES = frozenset({"53100", "58030"})
+"""PostgreSQL's SQLSTATEs for a write the disk refused: ``disk_full`` and ``io_error``."""
+
+
+def _storage_failed(error: DBAPIError) -> bool:
+    """Whether ``error`` says the database could not write to its disk (full, or failing)."""
+    orig = error.orig
+    if isinstance(orig, sqlite3.Error):
+        # The primary code (the low byte of the extended one): SQLITE_FULL, or SQLITE_IOERR
+        # with any of its extended codes (a write refused, a failed fsync).
+        return (orig.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+    return getattr(orig, "sqlstate", None) in _STORAGE_SQLSTATES
 
 
 # One lock per registry: keyed by the schema, so registries sharing a database (as the test

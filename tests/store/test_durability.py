@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import sqlite3
 
+import psycopg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
+from registry.errors import StorageFailedError
 from registry.store.db import make_engine, write_transaction
 
 
@@ -33,5 +36,36 @@ def test_a_write_transaction_commits_durably_and_alone(db_url: str) -> None:
                     other.execute("BEGIN IMMEDIATE")
             finally:
                 other.close()
+    finally:
+        engine.dispose()
+
+
+def test_a_database_that_cannot_write_is_answered_503_and_keeps_nothing(db_url: str) -> None:
+    """A full disk, met by any statement of a write, is a ``storage_failed`` 503 (not a 500),
+    and the transaction leaves nothing: ``tests/load/test_disk_full.py`` fills a server's
+    disk under load; here each engine's own error is met inside one write."""
+    engine = make_engine(db_url)
+    try:
+        with write_transaction(engine) as session:
+            session.execute(text("CREATE TABLE filler (n INTEGER, pad TEXT)"))
+        with pytest.raises(StorageFailedError) as refused, write_transaction(engine) as session:
+            session.execute(text("INSERT INTO filler VALUES (1, 'kept?')"))
+            if engine.dialect.name == "sqlite":
+                # A database file that may not grow: SQLite's own "database or disk is full".
+                pages = session.execute(text("PRAGMA page_count")).scalar_one()
+                session.execute(text(f"PRAGMA max_page_count = {pages}"))
+                for _ in range(1000):
+                    session.execute(text("INSERT INTO filler VALUES (2, :pad)"),
+                                    {"pad": "x" * 4000})
+            else:
+                # PostgreSQL's disk cannot be filled without its server's privileges: its
+                # error, as psycopg raises it when the server could not extend a file.
+                raise OperationalError("INSERT INTO filler", {}, psycopg.errors.DiskFull(
+                    'could not extend file "base/16384/16385": No space left on device'))
+        error = refused.value
+        assert (error.http_status, error.code) == (503, "storage_failed")
+        assert "could not write" in error.message and "disk is full" in error.message
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM filler")).scalar_one() == 0
     finally:
         engine.dispose()
