@@ -175,7 +175,7 @@ def unit_shortfall_after(*, unit_id: str, shortfall: int, added: int) -> int:
     is refused.
     """
     total = shortfall + added
-    if total > MAX_SHORTFALL:
+    if added > 0 and total > MAX_SHORTFALL:  # (a total past it, from before the bound, stays)
         raise InvalidQuantityError(
             f"forest unit {unit_id} already has a shortfall of {shortfall} tCO2e; a further "
             f"{added} would take it past {MAX_SHORTFALL}",

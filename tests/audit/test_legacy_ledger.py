@@ -15,6 +15,8 @@ import typer
 from typer.testing import CliRunner
 
 from registry.audit_cli import verify_cmd
+from registry.domain.instructions import MAX_ACTIVE_KEYS
+from registry.ledger.replay import ReplayedState
 from registry.ledger.verify_bundle import EXIT_FAILED, verify_bundle
 
 LEGACY = Path(__file__).parent / "data" / "ledger-0003.jsonl"
@@ -56,3 +58,15 @@ def test_the_report_names_the_rules_an_older_ledger_is_not_held_to() -> None:
     for rule in RULES:
         assert (f"seq 0: the genesis does not adopt {rule}: the ledger is not held to it "
                 "[rule_not_adopted]") in strict.output
+
+
+def test_a_key_limit_above_this_versions_is_not_the_rule_adopted() -> None:
+    """A genesis could name the key limit with a figure no party ever reaches: that escapes the
+    check as surely as leaving it out, and the report says so."""
+    state = ReplayedState()
+    state.instructions_name_registry = state.issuance_to_project_side = True
+    state.status_changes_change = state.plain_text = True
+    state.max_active_keys = MAX_ACTIVE_KEYS
+    assert state.rules_not_adopted() == []
+    state.max_active_keys = 2**62
+    assert state.rules_not_adopted() == ["max_active_keys"]
