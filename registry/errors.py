@@ -52,6 +52,15 @@ class StorageFailedError(RegistryError):
     http_status = 503
 
 
+class DatabaseUnavailableError(RegistryError):
+    """The connection to the database was lost in the middle of a write (the database
+    restarted, failed over, or ended the session): whether it was carried out is not known,
+    and a retry with the same key is safe."""
+
+    code = "database_unavailable"
+    http_status = 503
+
+
 # --- the signed log -------------------------------------------------------------------------
 
 

@@ -7,8 +7,10 @@ non-zero exit (HTTP: a 4xx with the usual error body), never a traceback, and ch
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import sqlite3
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import closing
@@ -30,7 +32,7 @@ from registry.service.submit import prepare
 from registry.service.writer_process import _error_as_data, _error_from_data
 from registry.store.db import make_engine, migrate
 from tests.helpers import LiveServer, loopback_http, start_server, web_page
-from tests.test_cli import run
+from tests.test_cli import REGISTRY, registry_env, run
 from tests.world import ADMIN, World, build_world, issue_jcm
 
 
@@ -335,6 +337,28 @@ def test_init_can_be_run_again_after_a_genesis_that_failed(tmp_path: Path) -> No
     with engine.begin() as c:
         c.execute(text("DELETE FROM party"))
     engine.dispose()
+    r = run(["init", "--insecure-dev-key"], tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("kib", [60, 230])
+def test_init_on_a_full_disk_says_so_and_can_be_run_again(tmp_path: Path, kib: int) -> None:
+    """The disk fills while init migrates (a file-size limit of 60 KiB) or writes its genesis
+    (230 KiB): one line naming the disk, with no word of a request or its key, and init run
+    again once there is room makes the registry."""
+    limit = kib * 1024
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(
+            resource.RLIMIT_FSIZE)[1]))
+
+    r = subprocess.run([REGISTRY, "init", "--insecure-dev-key"], cwd=tmp_path,
+                       env=registry_env(), capture_output=True, text=True, timeout=60,
+                       check=False, preexec_fn=small_disk)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.splitlines()[-1]
+    assert last.startswith("error[storage_failed]: the database could not write "), last
+    assert "its disk is full or failing" in last and "Idempotency-Key" not in last, last
     r = run(["init", "--insecure-dev-key"], tmp_path)
     assert r.returncode == 0, r.stderr
 

@@ -71,6 +71,38 @@ class _BodyLimit:
         return "payload_too_large", f"the request body is larger than {self.limit} bytes"
 
 
+class _AnswerFailures:
+    """ASGI middleware: a failure nothing else answered is answered 500 ``internal_error`` and
+    logged with its traceback, here. Starlette's own handler for ``Exception`` answers and then
+    raises the error again, and uvicorn then closes the connection: a client's next request
+    on it, already on its way, met a reset instead of an answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception as exc:
+            if started:  # half an answer is out: only closing the connection can end it
+                raise
+            log.exception("unexpected error", exc_info=exc)
+            await _error(
+                500, "internal_error",
+                "the registry failed; a retry with the same Idempotency-Key is safe",
+            )(scope, receive, send)
+
+
 _KINDS_BY_PATH = {path: kind for kind, path in INSTRUCTION_PATHS.items()}
 
 
@@ -127,6 +159,7 @@ def create_app(registry: Registry, *, writer: WriterProcess | None = None) -> Fa
     app.state.registry = registry
     app.state.writer = writer
     app.add_middleware(_BodyLimit)
+    app.add_middleware(_AnswerFailures)
     # The routers' routes go on the app's own router, instructions first. An included router
     # is matched through a layer of FastAPI's per request and route (a 404 walked the then 42 routes
     # in 138 us, against 96 us flat), and a transfer is the route the registry serves most.
@@ -169,14 +202,5 @@ def create_app(registry: Registry, *, writer: WriterProcess | None = None) -> Fa
             # instruction (GET and POST /v1/parties) are two routes.
             response.headers["allow"] = _allowed(request)
         return response
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error", exc_info=exc)
-        return _error(
-            500,
-            "internal_error",
-            "the registry failed; a retry with the same Idempotency-Key is safe",
-        )
 
     return app

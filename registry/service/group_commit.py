@@ -37,7 +37,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlmodel import Session
 
-from registry.errors import RegistryBusyError, RegistryError, StorageFailedError
+from registry.errors import (
+    DatabaseUnavailableError,
+    RegistryBusyError,
+    RegistryError,
+    StorageFailedError,
+)
 from registry.service.ledger import LedgerTail
 from registry.store.db import write_transaction
 from registry.store.statements import Read
@@ -228,8 +233,9 @@ class GroupCommit:
             # Not a refusal, nor a busy ledger: a database failure, or a bug that one use case
             # alone may not show (a read of another's rows gone stale). Each is carried out
             # alone, and the failure is logged, not hidden by the retry.
+            # A lost connection was told in a line of its own: its traceback says no more.
             _log.error("a group commit of %d failed as a whole; carrying out each alone",
-                       len(batch), exc_info=e)
+                       len(batch), exc_info=None if isinstance(e, DatabaseUnavailableError) else e)
             for job in batch:
                 self._carry_out([job])
             return

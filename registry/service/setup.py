@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from registry.config import Settings
 from registry.domain.instructions import MAX_ACTIVE_KEYS, RegisterParty
-from registry.errors import ConfigurationError, RegistryError
+from registry.errors import ConfigurationError, RegistryError, StorageFailedError, first_line
 from registry.ledger.bundle import atomic_output
 from registry.ledger.dsse import Envelope
 from registry.ledger.entry import Entry
@@ -255,6 +255,11 @@ def initialise(
         # its own key: this one's goes.
         if isinstance(e, AlreadyInitialised) or not _initialised(engine):
             settings.key_file.unlink(missing_ok=True)
+        if isinstance(e, StorageFailedError):  # its words are for a request
+            raise StorageFailedError(
+                f"the database could not write the genesis entry ({first_line(e.__cause__ or e)}): "
+                "its disk is full or failing. Run init again once it can be written"
+            ) from e
         raise
     return registry
 

@@ -25,6 +25,7 @@ from sqlmodel import Session
 
 from registry.errors import (
     ConfigurationError,
+    DatabaseUnavailableError,
     RegistryBusyError,
     StorageFailedError,
     first_line,
@@ -155,8 +156,8 @@ def write_transaction(engine: Engine, *, reads: Sequence[Read] = ()) -> Iterator
     run once it is held: what the transaction reads first, as the ledger's tip.
 
     A database that cannot write (its disk full or failing) is a :class:`StorageFailedError`,
-    whichever statement or the commit met it: the transaction is rolled back, the operator
-    told in one log line, and the caller answered 503.
+    and a connection lost on the way a :class:`DatabaseUnavailableError`, whichever statement
+    or the commit met it: the operator is told in one log line, and the caller answered 503.
     """
     try:
         if is_postgres(engine):
@@ -166,13 +167,21 @@ def write_transaction(engine: Engine, *, reads: Sequence[Read] = ()) -> Iterator
             with _local_writer_lock(engine), _write_session(engine, reads) as session:
                 yield session
     except DBAPIError as e:
+        if e.connection_invalidated:
+            _log.error("the connection to the database was lost in a write: %s", first_line(e))
+            raise DatabaseUnavailableError(
+                f"the registry lost its connection to its database ({first_line(e)}); whether "
+                "this request was carried out is not known, and a retry with the same "
+                "Idempotency-Key is safe"
+            ) from e
         if not _storage_failed(e):
             raise
-        _log.error("the database could not write: %s", first_line(e))
+        _log.error("the database could not write: %s", _storage_error_name(e))
         raise StorageFailedError(
             f"the registry's database could not write ({first_line(e)}): its disk is full "
-            "or failing. This request was not acknowledged; once the disk can be written "
-            "again, a retry with the same Idempotency-Key is safe"
+            "or failing. This request was not acknowledged (a commit that failed may still "
+            "reach the disk); once the disk can be written again, a retry with the same "
+            "Idempotency-Key is safe: it is carried out once"
         ) from e
 
 
@@ -180,14 +189,29 @@ _STORAGE_SQLSTATES = frozenset({"53100", "58030"})
 """PostgreSQL's SQLSTATEs for a write the disk refused: ``disk_full`` and ``io_error``."""
 
 
+_STORAGE_SQLITE_CODES = frozenset({
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_IOERR_WRITE,  # a write refused (a file-size limit; a full disk, retried)
+    sqlite3.SQLITE_IOERR_FSYNC,
+    sqlite3.SQLITE_IOERR_DIR_FSYNC,
+    sqlite3.SQLITE_IOERR_TRUNCATE,
+})
+"""SQLite's (extended) codes for a write its disk refused. Its other I/O errors (a lock, the
+shared-memory file, a read, a file gone) are not a disk to free, and stay unexpected."""
+
+
 def _storage_failed(error: DBAPIError) -> bool:
     """Whether ``error`` says the database could not write to its disk (full, or failing)."""
     orig = error.orig
     if isinstance(orig, sqlite3.Error):
-        # The primary code (the low byte of the extended one): SQLITE_FULL, or SQLITE_IOERR
-        # with any of its extended codes (a write refused, a failed fsync).
-        return (orig.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+        return orig.sqlite_errorcode in _STORAGE_SQLITE_CODES
     return getattr(orig, "sqlstate", None) in _STORAGE_SQLSTATES
+
+
+def _storage_error_name(error: DBAPIError) -> str:
+    """``error`` for the operator's log: SQLite's name for its code says which write failed."""
+    name = getattr(error.orig, "sqlite_errorname", None) or getattr(error.orig, "sqlstate", None)
+    return f"{first_line(error)} ({name})" if name else first_line(error)
 
 
 # One lock per registry: keyed by the schema, so registries sharing a database (as the test
@@ -285,8 +309,17 @@ def read_session(engine: Engine) -> Iterator[Session]:
         reader = engine.execution_options(
             isolation_level="REPEATABLE READ", postgresql_readonly=True
         )
-    with Session(reader, expire_on_commit=False) as session, session.begin():
-        yield session
+    try:
+        with Session(reader, expire_on_commit=False) as session, session.begin():
+            yield session
+    except DBAPIError as e:
+        if not e.connection_invalidated:
+            raise
+        _log.error("the connection to the database was lost in a read: %s", first_line(e))
+        raise DatabaseUnavailableError(
+            f"the registry lost its connection to its database ({first_line(e)}); nothing "
+            "was changed, and the read can be made again"
+        ) from e
 
 
 def alembic_config() -> Config:
@@ -319,6 +352,12 @@ def migrate(engine: Engine) -> None:
             "the ledger's lock stayed taken while the schema was to be checked (another server "
             "starting and migrating a large registry, or a tool holding it?); nothing was "
             "changed: start again once it is free"
+        ) from e
+    except StorageFailedError as e:
+        raise StorageFailedError(
+            f"the database could not write while its schema was brought up to date "
+            f"({first_line(e.__cause__ or e)}): its disk is full or failing. Nothing was "
+            "changed: start again once it can be written"
         ) from e
 
 
