@@ -18,7 +18,13 @@ from sqlmodel import Session
 
 from registry.config import Settings
 from registry.domain.instructions import MAX_ACTIVE_KEYS, RegisterParty
-from registry.errors import ConfigurationError, RegistryError, StorageFailedError, first_line
+from registry.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    RegistryError,
+    StorageFailedError,
+    first_line,
+)
 from registry.ledger.bundle import atomic_output
 from registry.ledger.dsse import Envelope
 from registry.ledger.entry import Entry
@@ -259,6 +265,12 @@ def initialise(
             raise StorageFailedError(
                 f"the database could not write the genesis entry ({first_line(e.__cause__ or e)}): "
                 "its disk is full or failing. Run init again once it can be written"
+            ) from e
+        if isinstance(e, DatabaseUnavailableError):
+            raise DatabaseUnavailableError(
+                "the connection to the database was lost while the genesis entry was written "
+                f"({first_line(e.__cause__ or e)}). Run init again once it is back: it says "
+                "whether the registry was made"
             ) from e
         raise
     return registry

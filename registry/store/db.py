@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlmodel import Session
 
 from registry.errors import (
@@ -167,7 +167,7 @@ def write_transaction(engine: Engine, *, reads: Sequence[Read] = ()) -> Iterator
             with _local_writer_lock(engine), _write_session(engine, reads) as session:
                 yield session
     except DBAPIError as e:
-        if e.connection_invalidated:
+        if _connection_lost(e):
             _log.error("the connection to the database was lost in a write: %s", first_line(e))
             raise DatabaseUnavailableError(
                 f"the registry lost its connection to its database ({first_line(e)}); whether "
@@ -185,6 +185,23 @@ def write_transaction(engine: Engine, *, reads: Sequence[Read] = ()) -> Iterator
         ) from e
 
 
+_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
+"""PostgreSQL ending a session, or refusing one, as it stops or starts: ``admin_shutdown``,
+``crash_shutdown``, ``cannot_connect_now``."""
+
+
+def _connection_lost(error: DBAPIError) -> bool:
+    """Whether ``error`` says the connection to PostgreSQL was lost or could not be made: a
+    restart, a failover, a session ended, a server not (yet) there."""
+    if error.connection_invalidated:
+        return True
+    if isinstance(error.orig, sqlite3.Error) or not isinstance(error, OperationalError):
+        return False
+    state = getattr(error.orig, "sqlstate", None)
+    # No SQLSTATE: the client library's own failure to connect or to reach the server.
+    return state is None or state.startswith("08") or state in _SESSION_ENDED
+
+
 _STORAGE_SQLSTATES = frozenset({"53100", "58030"})
 """PostgreSQL's SQLSTATEs for a write the disk refused: ``disk_full`` and ``io_error``."""
 
@@ -195,6 +212,7 @@ _STORAGE_SQLITE_CODES = frozenset({
     sqlite3.SQLITE_IOERR_FSYNC,
     sqlite3.SQLITE_IOERR_DIR_FSYNC,
     sqlite3.SQLITE_IOERR_TRUNCATE,
+    sqlite3.SQLITE_IOERR_SHMSIZE,  # the shared-memory file could not grow
 })
 """SQLite's (extended) codes for a write its disk refused. Its other I/O errors (a lock, the
 shared-memory file, a read, a file gone) are not a disk to free, and stay unexpected."""
@@ -309,12 +327,21 @@ def read_session(engine: Engine) -> Iterator[Session]:
         reader = engine.execution_options(
             isolation_level="REPEATABLE READ", postgresql_readonly=True
         )
+    read = False
     try:
         with Session(reader, expire_on_commit=False) as session, session.begin():
             yield session
+            read = True
     except DBAPIError as e:
-        if not e.connection_invalidated:
+        if not _connection_lost(e):
             raise
+        if read:
+            # Lost as the read-only transaction ended, its reads all made: it changed nothing,
+            # and what it read is a snapshot still. (An API read ends after its answer is
+            # under way; raising here would cut the client's connection.)
+            _log.warning("the connection to the database was lost as a read ended: %s",
+                         first_line(e))
+            return
         _log.error("the connection to the database was lost in a read: %s", first_line(e))
         raise DatabaseUnavailableError(
             f"the registry lost its connection to its database ({first_line(e)}); nothing "
@@ -352,6 +379,11 @@ def migrate(engine: Engine) -> None:
             "the ledger's lock stayed taken while the schema was to be checked (another server "
             "starting and migrating a large registry, or a tool holding it?); nothing was "
             "changed: start again once it is free"
+        ) from e
+    except DatabaseUnavailableError as e:
+        raise DatabaseUnavailableError(
+            f"the connection to the database was lost while its schema was brought up to date "
+            f"({first_line(e.__cause__ or e)}); start again once it is back"
         ) from e
     except StorageFailedError as e:
         raise StorageFailedError(

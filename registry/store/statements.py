@@ -482,6 +482,10 @@ def _send_and_forget(conn: Connection, *_args: Any) -> None:
 
 
 def _drop_and_forget(conn: Connection, *_args: Any) -> None:
+    if conn.invalidated:
+        # Its database connection was lost (the rollback that follows is this one): reading
+        # conn.info would raise, hiding the loss; what was queued goes at checkin.
+        return
     conn.info.pop(_QUEUED, None)
     _forget_ahead(conn.info)
 

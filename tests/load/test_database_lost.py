@@ -1,6 +1,7 @@
 """PostgreSQL ends the registry's sessions under load, as a database restart, a failover or an
-administrator does: a request caught in it is answered 503 ``database_unavailable``, never a
-500 nor a connection reset; its retry with the same key goes through, once; and the books hold.
+administrator does: a write or a read caught in it is answered 503 ``database_unavailable``,
+never a 500 nor a connection reset; a write's retry with the same key goes through, once; and
+the books hold.
 
 The sessions ended are the server's own, found by the ``application_name`` its database URL
 gives; the test's other registries, on the same PostgreSQL, are not touched. PostgreSQL only:
@@ -78,9 +79,26 @@ def test_sessions_ended_under_load_are_answered_503_and_retried_once(
         finally:
             client.http.close()
 
+    read_lost = [0]  # reads answered 503 database_unavailable
+
+    def read() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    response = client.get(f"/v1/batches/{batch}")
+                except httpx.TransportError as e:
+                    problems.append(f"reader: {type(e).__name__}: {e}")
+                    return
+                if response.status_code == 503 and error_code(response) == "database_unavailable":
+                    read_lost[0] += 1
+                elif response.status_code != 200:
+                    problems.append(f"reader: {response.status_code} {response.text[:300]}")
+                    return
+
     try:
         batch = issue_jcm(world, "KH004-MR1", 100_000)
         threads = [threading.Thread(target=move, args=(i,), daemon=True) for i in range(CLIENTS)]
+        threads.append(threading.Thread(target=read, daemon=True))
         for t in threads:
             t.start()
         ended = 0
@@ -95,8 +113,8 @@ def test_sessions_ended_under_load_are_answered_503_and_retried_once(
         for t in threads:
             t.join(timeout=60)
         assert not any(t.is_alive() for t in threads), "clients still running"
-        print(f"\ndatabase lost: {ended} sessions ended, {lost[0]} answers 503, "
-              f"{len(acks)} acknowledged")
+        print(f"\ndatabase lost: {ended} sessions ended, {lost[0]} writes and {read_lost[0]} "
+              f"reads answered 503, {len(acks)} acknowledged")
         assert not problems, "\n".join(problems[:10])
         assert ended > 0 and lost[0] >= 1, (ended, lost[0])
 

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from registry.errors import StorageFailedError
-from registry.store.db import make_engine, write_transaction
+from registry.errors import DatabaseUnavailableError, StorageFailedError
+from registry.store.db import make_engine, read_session, write_transaction
 
 
 def test_a_write_transaction_commits_durably_and_alone(db_url: str) -> None:
@@ -67,5 +67,21 @@ def test_a_database_that_cannot_write_is_answered_503_and_keeps_nothing(db_url: 
         assert "could not write" in error.message and "disk is full" in error.message
         with engine.connect() as connection:
             assert connection.execute(text("SELECT count(*) FROM filler")).scalar_one() == 0
+    finally:
+        engine.dispose()
+
+
+def test_a_database_that_cannot_be_reached_is_answered_503_on_reads_and_writes() -> None:
+    """PostgreSQL not there (restarting, failing over, its socket gone): a read and a write
+    are each a ``database_unavailable`` 503, which a client retries, not a 500."""
+    engine = make_engine("postgresql+psycopg://registry@/registry?host=/nonexistent/socket-dir")
+    try:
+        with pytest.raises(DatabaseUnavailableError) as read, read_session(engine) as session:
+            session.execute(text("SELECT 1"))
+        assert "nothing was changed, and the read can be made again" in read.value.message
+        with pytest.raises(DatabaseUnavailableError) as write, write_transaction(engine):
+            pass
+        assert (write.value.http_status, write.value.code) == (503, "database_unavailable")
+        assert "a retry with the same Idempotency-Key is safe" in write.value.message
     finally:
         engine.dispose()
