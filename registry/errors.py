@@ -52,6 +52,15 @@ class StorageFailedError(RegistryError):
     http_status = 503
 
 
+class DatabaseMovedError(RegistryError):
+    """The SQLite file the server opened is no longer at its path (moved, replaced or deleted
+    while the server ran): writes are refused, so none is acknowledged into a file no one will
+    read again."""
+
+    code = "database_moved"
+    http_status = 503
+
+
 class DatabaseUnavailableError(RegistryError):
     """The connection to the database was lost in the middle of a write (the database
     restarted, failed over, or ended the session): whether it was carried out is not known,

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from sqlmodel import Session
 
 from registry.errors import (
+    DatabaseMovedError,
     DatabaseUnavailableError,
     RegistryBusyError,
     RegistryError,
@@ -220,7 +221,7 @@ class GroupCommit:
                 else:
                     # Someone in the batch was refused: start again, each in a savepoint.
                     answers = self._commit(batch, savepoints=True)
-        except (RegistryBusyError, StorageFailedError) as e:
+        except (RegistryBusyError, StorageFailedError, DatabaseMovedError) as e:
             # No transaction at all, or a database that cannot write: each alone would fail
             # again.
             for job in batch:

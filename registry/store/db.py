@@ -9,6 +9,7 @@ same head (or the same holding) and append; acknowledged means committed and dur
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import uuid
@@ -25,6 +26,7 @@ from sqlmodel import Session
 
 from registry.errors import (
     ConfigurationError,
+    DatabaseMovedError,
     DatabaseUnavailableError,
     RegistryBusyError,
     StorageFailedError,
@@ -112,6 +114,10 @@ def _configure_postgres(engine: Engine, *, lock_timeout_ms: int) -> None:
 
 
 def _configure_sqlite(engine: Engine) -> None:
+    path = engine.url.database
+    on_disk = path not in (None, "", ":memory:")
+    opened: list[tuple[int, int]] = []  # the file the first connection opened: (device, inode)
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control away from pysqlite so BEGIN is ours to choose.
@@ -121,11 +127,33 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        if on_disk and not opened:
+            opened.append(_file_id(path))
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         immediate = connection.get_execution_options().get(_WRITE, False)
+        if immediate and on_disk and opened and _file_id(path) != opened[0]:
+            # SQLite writes on through its open files, without an error, into a file moved,
+            # replaced (a backup put back with mv) or deleted: what it acknowledged there
+            # would be gone at the next start. One stat a write transaction.
+            _log.error("the database file %s is no longer the one this server opened", path)
+            raise DatabaseMovedError(
+                f"the database file {path} is no longer the one this server opened: it was "
+                "moved, replaced or deleted while the server ran. Nothing was done; writes "
+                "are refused until the file is put back, or the server restarted on the file "
+                "it should use (what was written to the old file since is only in it)"
+            )
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _file_id(path: str | None) -> tuple[int, int]:
+    """(device, inode) of the file at ``path``; (0, 0) when there is none."""
+    try:
+        stat = os.stat(path or "")
+    except OSError:
+        return (0, 0)
+    return (stat.st_dev, stat.st_ino)
 
 
 def is_postgres(engine: Engine) -> bool:
