@@ -128,8 +128,14 @@ def serve(
     writer.launch()
     try:
         from registry.service.setup import open_registry
+        from registry.store.db import OPENED_FILE_ENV, sqlite_file_marker
 
-        open_registry(settings).engine.dispose()
+        opened = open_registry(settings).engine
+        # A writer process started again later (the first one died) uses the SQLite file
+        # opened here, not whatever is then at the path (a backup put back with mv).
+        if (marker := sqlite_file_marker(opened)) is not None:
+            os.environ[OPENED_FILE_ENV] = marker
+        opened.dispose()
         if settings.key_passphrase is None:  # the key loaded without one: it is in the clear
             typer.secho(
                 f"warning: the registry key at {settings.key_file} is not encrypted: anyone "

@@ -113,10 +113,33 @@ def _configure_postgres(engine: Engine, *, lock_timeout_ms: int) -> None:
         dbapi_connection.commit()
 
 
+OPENED_FILE_ENV = "REGISTRY_SQLITE_OPENED"
+"""``<device>:<inode>:<absolute path>`` of the SQLite file ``registry serve`` opened as it
+started: a writer process it starts again later (the first one died) holds that file, not
+whatever is then at the path. Set by ``registry serve`` for the processes it starts."""
+
+
 def _configure_sqlite(engine: Engine) -> None:
     path = engine.url.database
     on_disk = path not in (None, "", ":memory:")
-    opened: list[tuple[int, int]] = []  # the file the first connection opened: (device, inode)
+    # The file this engine uses, as (device, inode): the one OPENED_FILE_ENV names for this
+    # path, or else the one its first connection opened.
+    opened: list[tuple[int, int]] = []
+    if on_disk and (marker := os.environ.get(OPENED_FILE_ENV)):
+        device, inode, named = marker.split(":", 2)
+        if named == os.path.abspath(path or ""):
+            opened.append((int(device), int(inode)))
+
+    def moved() -> bool:
+        return on_disk and bool(opened) and _file_id(path) != opened[0]
+
+    @event.listens_for(engine, "do_connect")
+    def _before_connect(*_args: Any) -> None:
+        # No connection opens a file put in the place of the engine's: SQLite finds its
+        # write-ahead log and shared-memory index by name, so even a connection that never
+        # writes there would share them with the engine's own file.
+        if moved():
+            raise _moved_error(path)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -133,18 +156,32 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         immediate = connection.get_execution_options().get(_WRITE, False)
-        if immediate and on_disk and opened and _file_id(path) != opened[0]:
-            # SQLite writes on through its open files, without an error, into a file moved,
-            # replaced (a backup put back with mv) or deleted: what it acknowledged there
-            # would be gone at the next start. One stat a write transaction.
-            _log.error("the database file %s is no longer the one this server opened", path)
-            raise DatabaseMovedError(
-                f"the database file {path} is no longer the one this server opened: it was "
-                "moved, replaced or deleted while the server ran. Nothing was done; writes "
-                "are refused until the file is put back, or the server restarted on the file "
-                "it should use (what was written to the old file since is only in it)"
-            )
+        if immediate and moved():
+            # SQLite writes on, without an error, into a file moved, replaced (a backup put
+            # back with mv) or deleted: what it acknowledged there would be gone at the next
+            # start. One stat a write transaction.
+            raise _moved_error(path)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _moved_error(path: str | None) -> DatabaseMovedError:
+    _log.error("the database file %s is no longer the one this server opened", path)
+    return DatabaseMovedError(
+        f"the database file {path} is no longer the one this server opened: it was "
+        "moved, replaced or deleted while the server ran. Nothing was done; writes "
+        "are refused until the file is put back, or the server restarted on the file "
+        "it should use (what was written to the old file since is only in it)"
+    )
+
+
+def sqlite_file_marker(engine: Engine) -> str | None:
+    """:data:`OPENED_FILE_ENV`'s value for the SQLite file ``engine`` has open (``None``: not
+    a file, or not opened yet)."""
+    path = engine.url.database
+    if engine.dialect.name != "sqlite" or path in (None, "", ":memory:"):
+        return None
+    device, inode = _file_id(path)
+    return f"{device}:{inode}:{os.path.abspath(path or '')}" if inode else None
 
 
 def _file_id(path: str | None) -> tuple[int, int]:

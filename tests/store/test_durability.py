@@ -8,13 +8,15 @@ commit durable, and the write lock what serialises appends.
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
+from pathlib import Path
 
 import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from registry.errors import DatabaseUnavailableError, StorageFailedError
+from registry.errors import DatabaseMovedError, DatabaseUnavailableError, StorageFailedError
 from registry.store.db import make_engine, read_session, write_transaction
 
 
@@ -85,3 +87,31 @@ def test_a_database_that_cannot_be_reached_is_answered_503_on_reads_and_writes()
         assert "a retry with the same Idempotency-Key is safe" in write.value.message
     finally:
         engine.dispose()
+
+
+def test_no_connection_opens_a_file_put_in_the_place_of_the_engines(tmp_path: Path) -> None:
+    """A file put at the database's path while the engine has its own open is never opened
+    (SQLite would share the engine's write-ahead log with it, found by name): a write that
+    needs a new connection is refused, and once the file is back every write goes to it."""
+    database = tmp_path / "registry.db"
+    engine = make_engine(f"sqlite:///{database}")
+    try:
+        with write_transaction(engine) as session:
+            session.execute(text("CREATE TABLE t (n INTEGER)"))
+        held = engine.connect()  # the engine's file, kept out of the pool
+        held.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # so the copy holds it all
+        aside = tmp_path / "aside.db"
+        database.rename(aside)
+        database.write_bytes(aside.read_bytes())
+        with pytest.raises(DatabaseMovedError), write_transaction(engine):
+            pass  # it needs a new connection: refused before SQLite opens the copy
+        database.unlink()
+        aside.rename(database)
+        held.close()
+        for n in range(3):
+            with write_transaction(engine) as session:
+                session.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
+    finally:
+        engine.dispose()
+    with closing(sqlite3.connect(database)) as check:
+        assert check.execute("SELECT count(*) FROM t").fetchone() == (3,)
