@@ -12,7 +12,6 @@ files are its server's, out of the registry's reach.
 
 from __future__ import annotations
 
-import os
 import resource
 from pathlib import Path
 from typing import Any
@@ -24,31 +23,14 @@ from registry.config import Settings
 from registry.ledger.keys import SigningKey
 from registry.service.context import Registry
 from tests.load import Ack, ServerProcess, ack_of, check_registry
+from tests.load.test_writer_process import _spawned
 from tests.world import build_world, expect_error, issue_jcm
-
-
-def _server_processes(server: ServerProcess) -> list[int]:
-    """The pids of the server's process group: its API process and its writer process."""
-    assert server.proc is not None
-    group = server.proc.pid  # started in a session of its own
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        if int(stat.rsplit(")", 1)[1].split()[2]) == group:  # state, ppid, pgrp
-            pids.append(int(name))
-    return pids
 
 
 def _limit_file_size(server: ServerProcess, size: int | None) -> None:
     """Let the server's processes write no file past ``size`` bytes (``None``: no limit)."""
-    pids = _server_processes(server)
-    assert len(pids) >= 2, f"expected the API process and its writer, found {pids}"
-    for pid in pids:
+    assert server.proc is not None
+    for pid in (server.proc.pid, *_spawned(server)):  # its API process and its writer
         _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
         soft = hard if size is None else size
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
