@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -65,7 +65,7 @@ def make_engine(url: str, *, lock_timeout: float = 30.0, **kwargs: Any) -> Engin
     PostgreSQL's advisory lock and any row lock)."""
     parsed = parse_database_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        if _on_disk(parsed.database):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": lock_timeout}, **kwargs
@@ -100,7 +100,7 @@ def require_database(url: str) -> None:
     directory), which a command that only reads a registry must never do."""
     parsed = parse_database_url(url)
     file = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    if file not in (None, "", ":memory:") and not Path(file).is_file():
+    if _on_disk(file) and not Path(file).is_file():
         raise ConfigurationError(f"no registry database at {file}")
 
 
@@ -121,7 +121,7 @@ whatever is then at the path. Set by ``registry serve`` for the processes it sta
 
 def _configure_sqlite(engine: Engine) -> None:
     path = engine.url.database
-    on_disk = path not in (None, "", ":memory:")
+    on_disk = _on_disk(path)
     # The file this engine uses, as (device, inode): the one OPENED_FILE_ENV names for this
     # path, or else the one its first connection opened.
     opened: list[tuple[int, int]] = []
@@ -178,10 +178,15 @@ def sqlite_file_marker(engine: Engine) -> str | None:
     """:data:`OPENED_FILE_ENV`'s value for the SQLite file ``engine`` has open (``None``: not
     a file, or not opened yet)."""
     path = engine.url.database
-    if engine.dialect.name != "sqlite" or path in (None, "", ":memory:"):
+    if engine.dialect.name != "sqlite" or not _on_disk(path):
         return None
     device, inode = _file_id(path)
     return f"{device}:{inode}:{os.path.abspath(path or '')}" if inode else None
+
+
+def _on_disk(database: str | None) -> TypeGuard[str]:
+    """Whether a SQLite URL's database is a file (not in memory)."""
+    return database not in (None, "", ":memory:")
 
 
 def _file_id(path: str | None) -> tuple[int, int]:
