@@ -454,6 +454,59 @@ def demo(
     typer.echo(f"demo: {len(run.results)} entries; party keys (unencrypted) in {keys_dir}/")
 
 
+@app.command("rotate-key")
+def rotate_key(
+    new_key_file: Annotated[
+        Path,
+        typer.Argument(help="Where to write the new registry key (PEM); it must not exist."),
+    ],
+    insecure_dev_key: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-dev-key",
+            help="Write the new key UNENCRYPTED (local throw-away registries only).",
+        ),
+    ] = False,
+) -> None:
+    """Rotate the registry's signing key: a new key signs every entry from now on.
+
+    Run it with the current key (REGISTRY_KEY_FILE, REGISTRY_KEY_PASSPHRASE, which also
+    encrypts the new key), then restart every server with REGISTRY_KEY_FILE set to the new file:
+    until then a server on the old key refuses writes (503 registry_key_replaced).
+    """
+    from registry.service.key_rotation import rotate_registry_key
+    from registry.service.setup import open_registry, passphrase_of
+
+    settings = load_settings()
+    passphrase = passphrase_of(settings)
+    if passphrase is None and not insecure_dev_key:
+        raise ConfigurationError(
+            "set REGISTRY_KEY_PASSPHRASE to encrypt the new registry key "
+            "(or pass --insecure-dev-key for a local, throw-away registry)"
+        )
+    if passphrase is not None and insecure_dev_key:
+        raise ConfigurationError(
+            "REGISTRY_KEY_PASSPHRASE is set, but --insecure-dev-key writes the new key "
+            "unencrypted: unset one of them"
+        )
+    if new_key_file.is_symlink() or new_key_file.exists():
+        raise ConfigurationError(f"{new_key_file} already exists; not replacing a key")
+    registry = open_registry(settings)
+    try:
+        rotated = rotate_registry_key(registry, new_key_file=new_key_file, passphrase=passphrase)
+    finally:
+        registry.engine.dispose()
+    typer.echo(
+        f"registry key rotated at entry {rotated.seq}: {rotated.old.key_id} signs no more "
+        f"entries; {rotated.new.key_id} signs from entry {rotated.seq + 1} on"
+    )
+    typer.echo(f"new registry key written to {new_key_file}")
+    typer.echo(f"checkpoint verifier key: {rotated.note_verifier}")
+    typer.echo(
+        f"next: set REGISTRY_KEY_FILE={new_key_file} and restart every server of this registry"
+    )
+
+
 app.command("export")(export_cmd)
 app.command("verify")(verify_cmd)
 

@@ -61,6 +61,14 @@ class DatabaseMovedError(RegistryError):
     http_status = 503
 
 
+class RegistryKeyReplacedError(RegistryError):
+    """This server signs with a registry key the ledger has rotated away from: nothing it
+    would sign could be verified, so it writes nothing until restarted with the current key."""
+
+    code = "registry_key_replaced"
+    http_status = 503
+
+
 class DatabaseUnavailableError(RegistryError):
     """The connection to the database was lost in the middle of a write (the database
     restarted, failed over, or ended the session): whether it was carried out is not known,

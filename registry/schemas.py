@@ -115,6 +115,16 @@ class GenesisPayload(_Doc):
     )
 
 
+class KeyRotationPayload(_Doc):
+    """The payload of a ``registry.key_rotate`` entry: the registry key that signs from the next
+    entry on, and the key it replaces. The envelope is signed by both: the key replaced first,
+    then the new key."""
+
+    model_config = ConfigDict(title="RegistryKeyRotationPayload")
+    registry_key: GenesisRegistryKey
+    replaces: Sha256Hex = Field(description="key_id of the registry key in force until this entry")
+
+
 class PartyEffects(_Doc):
     party_id: StrictStr
     key_ids: list[Sha256Hex]
@@ -293,6 +303,7 @@ def all_schemas() -> dict[str, dict[str, Any]]:
         models[f"instruction-{_stem(kind)}"] = signed_model(kind)
         models[f"payload-{_stem(kind)}"] = entry_payload_model(kind)
     models["payload-registry-genesis"] = GenesisPayload
+    models["payload-registry-key-rotate"] = KeyRotationPayload
     models.update(_extra_models())
     out: dict[str, dict[str, Any]] = {}
     for stem, model in sorted(models.items()):

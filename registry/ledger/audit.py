@@ -21,10 +21,12 @@ from registry.errors import (
     RegistryError,
     VerificationFailedError,
 )
-from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
-from registry.ledger.entry import Entry, open_entry
+from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint_signers
+from registry.ledger.entry import Entry
 from registry.ledger.keys import PublicKey
 from registry.ledger.merkle import CompactRange, leaf_hash
+from registry.ledger.opening import open_envelope
+from registry.ledger.registry_keys import KeySchedule
 
 
 @dataclass(frozen=True)
@@ -101,16 +103,16 @@ class LogAuditor:
         self,
         *,
         keys: Mapping[str, PublicKey],
-        verifier: NoteVerifier,
         origin: str,
         report: LogReport | None = None,
     ) -> None:
         self.keys = keys
-        self.verifier = verifier
+        self.verifiers = [NoteVerifier(name=origin, key=k) for k in keys.values()]
         self.origin = origin
         self.report = report if report is not None else LogReport()
         self.tree = CompactRange()
-        self._pending: dict[int, Checkpoint] = {}
+        self.schedule = KeySchedule(origin)
+        self._pending: dict[int, tuple[Checkpoint, frozenset[str]]] = {}
         self._checked: Checkpoint | None = None
         self._prev_leaf: bytes | None = None
         self._prev_time: str | None = None
@@ -128,11 +130,13 @@ class LogAuditor:
     def add_checkpoint(self, note: str) -> Checkpoint | None:
         """Open a signed checkpoint and keep it until the tree reaches its size."""
         try:
-            cp = open_checkpoint(note, origin=self.origin, verifiers=[self.verifier])
+            cp, signers = open_checkpoint_signers(
+                note, origin=self.origin, verifiers=self.verifiers
+            )
         except RegistryError as e:
             self.report.fail(e)
             return None
-        self.add_opened_checkpoint(cp)
+        self.add_opened_checkpoint(cp, signers)
         return cp
 
     @property
@@ -140,14 +144,16 @@ class LogAuditor:
         """The time of the last entry added (``None`` before the first)."""
         return self._prev_time
 
-    def add_opened_checkpoint(self, cp: Checkpoint) -> None:
-        """Add a checkpoint whose note was already verified against the pinned key."""
+    def add_opened_checkpoint(self, cp: Checkpoint, signers: frozenset[str]) -> None:
+        """Add a checkpoint whose note was already verified, signed by the registry keys
+        ``signers`` (key ids); the key that signed its last entry must be among them."""
         report = self.report
         if cp.size < self.tree.size or (cp.size == 0 and self.tree.size == 0):
             report.checkpoints += 1
             self._check_past(cp)
             return
-        seen = self._pending.get(cp.size)
+        pending = self._pending.get(cp.size)
+        seen = None if pending is None else pending[0]
         if seen is None and self._checked is not None and self._checked.size == cp.size:
             seen = self._checked
         if seen is not None and seen.root == cp.root:
@@ -165,7 +171,7 @@ class LogAuditor:
                 seq=cp.size,
                 checkpoint=True,
             )
-        self._pending[cp.size] = cp
+        self._pending[cp.size] = (cp, signers)
         if cp.size == self.tree.size:
             self._check_pending()
 
@@ -184,22 +190,28 @@ class LogAuditor:
 
     def add_envelope(self, envelope: bytes) -> Entry | None:
         """Verify and open ``envelope`` as the next entry; returns it, or ``None`` if it fails."""
-        try:
-            entry = open_entry(envelope, self.keys)
-        except RegistryError as e:
-            self.add_opened(envelope, None, Failure(code=e.code, message=e.message))
-            return None
-        self.add_opened(envelope, entry, None)
+        opened = open_envelope(envelope, self.keys)
+        failure = None if opened.failure is None else Failure(*opened.failure)
+        entry = opened.entry if opened.trusted else None
+        self.add_opened(envelope, entry, failure, opened.signers)
         return entry
 
-    def add_opened(self, envelope: bytes, entry: Entry | None, failure: Failure | None) -> None:
+    def add_opened(
+        self,
+        envelope: bytes,
+        entry: Entry | None,
+        failure: Failure | None,
+        signers: tuple[str, ...] = (),
+    ) -> None:
         """Add the next envelope, already opened elsewhere: ``entry`` if its registry signature
-        verified, else the ``failure`` (its ``seq`` is filled in here)."""
+        verified (by the keys ``signers``), else the ``failure`` (its ``seq`` is filled in
+        here)."""
         report = self.report
         position = self.tree.size
         if failure is not None:
             report.add(Failure(code=failure.code, message=failure.message, seq=position))
         if entry is not None:
+            self._check_signers(entry, envelope, signers, position)
             if entry.seq != position:
                 report.fail(
                     ChainError(f"entry at position {position} says seq {entry.seq}"), seq=position
@@ -230,10 +242,35 @@ class LogAuditor:
         if size in self._pending:
             self._check_pending()
 
+    def _check_signers(
+        self, entry: Entry, envelope: bytes, signers: tuple[str, ...], position: int
+    ) -> None:
+        """The entry is signed by the key in force at its seq (a rotation by the new key too);
+        then the key history takes it in."""
+        for problem in (
+            self.schedule.check(entry, signers),
+            self.schedule.observe(entry, envelope),
+        ):
+            if problem is not None:
+                self.report.add(Failure(code=problem[0], message=problem[1], seq=position))
+
     def _check_pending(self) -> None:
-        cp = self._pending.pop(self.tree.size, None)
-        if cp is not None:
-            self._compare(cp, self.tree.root())
+        pending = self._pending.pop(self.tree.size, None)
+        if pending is None:
+            return
+        cp, signers = pending
+        key = self.schedule.signer_of_last
+        if key is not None and key.key_id not in signers:
+            self.report.fail(
+                CheckpointError(
+                    f"checkpoint for size {cp.size} is not signed by registry key "
+                    f"{key.key_id}, which signed its last entry (signed by: "
+                    f"{', '.join(sorted(signers))})"
+                ),
+                seq=cp.size,
+                checkpoint=True,
+            )
+        self._compare(cp, self.tree.root())
 
     def _compare(self, cp: Checkpoint, root: bytes) -> None:
         self._checked = cp
@@ -269,16 +306,16 @@ def audit_log(
     checkpoint_notes: Iterable[str],
     *,
     keys: Mapping[str, PublicKey],
-    verifier: NoteVerifier,
     origin: str,
     entries_out: list[Entry] | None = None,
 ) -> LogReport:
     """Check ``envelopes`` (in ledger order) and every signed checkpoint against them.
 
-    ``keys`` are the registry keys entries may be signed with; ``verifier`` is the pinned key
-    checkpoints must carry. Pass ``entries_out`` to also receive the opened entries (for replay).
+    ``keys`` are the registry keys entries and checkpoints may be signed with (the ledger's key
+    history says which signs what). Pass ``entries_out`` to also receive the opened entries
+    (for replay).
     """
-    auditor = LogAuditor(keys=keys, verifier=verifier, origin=origin)
+    auditor = LogAuditor(keys=keys, origin=origin)
     for note in checkpoint_notes:
         auditor.add_checkpoint(note)
     for envelope in envelopes:
@@ -293,11 +330,10 @@ def verify_log(
     checkpoint_notes: Iterable[str],
     *,
     keys: Mapping[str, PublicKey],
-    verifier: NoteVerifier,
     origin: str,
 ) -> LogReport:
     """Like :func:`audit_log`, but raise :class:`VerificationFailedError` listing them."""
-    report = audit_log(envelopes, checkpoint_notes, keys=keys, verifier=verifier, origin=origin)
+    report = audit_log(envelopes, checkpoint_notes, keys=keys, origin=origin)
     if report.failures:
         raise VerificationFailedError(
             f"{len(report.failures)} check(s) failed; first: {report.failures[0]}",

@@ -362,6 +362,35 @@ def open_checkpoint(note: str, *, origin: str, verifiers: Sequence[NoteVerifier]
     return _open_carefully(note, origin, verifiers)
 
 
+def open_checkpoint_signers(
+    note: str, *, origin: str, verifiers: Sequence[NoteVerifier]
+) -> tuple[Checkpoint, frozenset[str]]:
+    """Verify a checkpoint note signed by one or more of ``verifiers`` (the registry's keys over
+    its history, under ``origin``) and return it with the key ids (``PublicKey.key_id``) of
+    those whose signatures verified; which of them had to sign it is the caller's question.
+    Raises as :func:`open_checkpoint` does, and when none of them signed it."""
+    if not verifiers:
+        raise CheckpointError("no note verifiers given; refusing to accept any note")
+    for verifier in verifiers:
+        written = _open_as_signed(note, origin, verifier)
+        if written is not None:
+            return written, frozenset((verifier.key.key_id,))
+    text, signatures = split_note(note)
+    verified = _verified_signers(text, signatures, verifiers)
+    if not verified:
+        raise CheckpointError(
+            f"checkpoint has no signature by the registry key(s) {_describe(verifiers)} "
+            f"(signed by: {_describe_sigs(signatures)})"
+        )
+    cp = Checkpoint.from_body(text)
+    if cp.origin != origin:
+        raise CheckpointError(
+            f"checkpoint origin is {cp.origin!r}, expected {origin!r}",
+            details={"expected": origin, "actual": cp.origin},
+        )
+    return cp, frozenset(v.key.key_id for v in verified)
+
+
 def _open_as_signed(note: str, origin: str, registry: NoteVerifier) -> Checkpoint | None:
     """The checkpoint in ``note`` if it is spelt as the registry signs checkpoints (``origin``,
     size and root, a blank line, one signature line by ``registry``) and that signature

@@ -16,7 +16,7 @@ Deliberate strictness beyond DSSE:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -123,13 +123,22 @@ def _exact_fields(obj: dict[str, Any], expected: frozenset[str], what: str) -> N
         raise MalformedError(f"{what} fields are wrong: missing {missing}, unexpected {extra}")
 
 
-def sign_envelope(payload: bytes, key: SigningKey, payload_type: str = PAYLOAD_TYPE) -> Envelope:
-    """Sign ``payload`` as ``payload_type`` with ``key``; the keyid is the key's ``key_id``."""
-    sig = key.sign(pae(payload_type, payload))
+def sign_envelope(
+    payload: bytes,
+    key: SigningKey,
+    payload_type: str = PAYLOAD_TYPE,
+    *,
+    cosigners: Sequence[SigningKey] = (),
+) -> Envelope:
+    """Sign ``payload`` as ``payload_type`` with ``key`` (then each of ``cosigners``, in order);
+    each keyid is its key's ``key_id``."""
+    message = pae(payload_type, payload)
     return Envelope(
         payload_type=payload_type,
         payload=payload,
-        signatures=(EnvelopeSignature(key.public_key.key_id, sig),),
+        signatures=tuple(
+            EnvelopeSignature(k.public_key.key_id, k.sign(message)) for k in (key, *cosigners)
+        ),
     )
 
 

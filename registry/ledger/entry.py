@@ -101,7 +101,7 @@ class Entry(BaseModel):
     kind: str = Field(json_schema_extra={"pattern": f"^{_KIND.pattern}$"})
     actor: str = Field(
         json_schema_extra={"minLength": 1, "pattern": r"^\S([\s\S]*\S)?$"},
-        description="a party id, or registry for the genesis entry; no edge spaces",
+        description="a party id, or registry (genesis, key rotation); no edge spaces",
     )
     payload: dict[str, Any]
     prev: str | None = Field(
@@ -208,9 +208,11 @@ class Entry(BaseModel):
             ) from e
 
 
-def seal_entry(entry: Entry, key: SigningKey) -> bytes:
-    """The DSSE envelope bytes of ``entry`` signed by ``key``: the bytes the ledger stores."""
-    return sign_envelope(entry.to_bytes(), key, PAYLOAD_TYPE).to_bytes()
+def seal_entry(entry: Entry, key: SigningKey, *, cosigner: SigningKey | None = None) -> bytes:
+    """The DSSE envelope bytes of ``entry`` signed by ``key``: the bytes the ledger stores.
+    A key rotation is also signed by the new key, its ``cosigner``."""
+    cosigners = () if cosigner is None else (cosigner,)
+    return sign_envelope(entry.to_bytes(), key, PAYLOAD_TYPE, cosigners=cosigners).to_bytes()
 
 
 def open_entry(envelope_bytes: bytes, keys: Mapping[str, PublicKey]) -> Entry:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from registry.errors import BadSignatureError, MalformedError, RegistryError
 from registry.ledger.canonical import canonical_bytes, encode_checked
-from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
+from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint_signers
 from registry.ledger.dsse import PAYLOAD_TYPE, Envelope, pae, verify_signatures
 from registry.ledger.entry import Entry
 from registry.ledger.keys import PublicKey, b64decode_exact, b64decode_strict, loaded_public_key
@@ -85,30 +85,39 @@ class SignatureCheck(NamedTuple):
 class OpenedEntry:
     """One envelope, opened: ``entry`` is set whenever the bytes parse (even if the registry
     signature failed, so the replay can go on); ``failure`` is ``(code, message)`` if anything
-    failed; ``trusted`` says the registry signature verified."""
+    failed; ``signers`` are the registry keys (key ids) whose signatures verified, empty unless
+    every signature by a known registry key verified. Whether they are the keys in force at the
+    entry's seq is the log auditor's question (``registry.ledger.registry_keys``)."""
 
     entry: Entry | None
     failure: tuple[str, str] | None
-    trusted: bool
+    signers: tuple[str, ...]
     signature: SignatureCheck | None
+
+    @property
+    def trusted(self) -> bool:
+        """Whether the registry signatures verified (by keys the caller trusts)."""
+        return bool(self.signers)
 
 
 @dataclass(frozen=True, slots=True)
 class OpenedCheckpoint:
-    """One checkpoint line: its stated ``size``, the opened checkpoint, or a failure."""
+    """One checkpoint line: its stated ``size``, the opened checkpoint and the registry keys
+    (key ids) whose signatures on it verified, or a failure."""
 
     line: int
     size: int
     checkpoint: Checkpoint | None
     failure: tuple[str, str] | None
+    signers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What every job needs: the trusted registry keys, the pinned note verifier, the origin."""
+    """What every job needs: the registry keys entries and checkpoints may be signed with (by
+    key id) and the origin."""
 
     registry_keys: Mapping[str, PublicKey]
-    verifier: NoteVerifier
     origin: str
 
 
@@ -134,9 +143,9 @@ class JobResult:
         # entries and the dataclasses took more time than the rest of the main process's work
         # on an entry.
         return _rebuilt, (
-            [(_entry_fields(o.entry), o.failure, o.trusted, o.signature) for o in self.entries],
+            [(_entry_fields(o.entry), o.failure, o.signers, o.signature) for o in self.entries],
             [
-                (c.line, c.size, _checkpoint_fields(c.checkpoint), c.failure)
+                (c.line, c.size, _checkpoint_fields(c.checkpoint), c.failure, c.signers)
                 for c in self.checkpoints
             ],
         )
@@ -158,7 +167,7 @@ def _checkpoint_fields(cp: Checkpoint | None) -> tuple[Any, ...] | None:
 
 def _rebuilt(entries: list[tuple[Any, ...]], checkpoints: list[tuple[Any, ...]]) -> JobResult:
     opened = []
-    for fields, failure, trusted, check in entries:
+    for fields, failure, signers, check in entries:
         entry = None
         if fields is not None:
             v, seq, time, kind, actor, payload, prev = fields
@@ -166,12 +175,12 @@ def _rebuilt(entries: list[tuple[Any, ...]], checkpoints: list[tuple[Any, ...]])
                 _ENTRY_FIELDS, v=v, seq=seq, time=time, kind=kind, actor=actor,
                 payload=payload, prev=prev,
             )
-        opened.append(OpenedEntry(entry, failure, trusted, check))
+        opened.append(OpenedEntry(entry, failure, signers, check))
     return JobResult(
         opened,
         [
-            OpenedCheckpoint(line, size, None if cp is None else Checkpoint(*cp), failure)
-            for line, size, cp, failure in checkpoints
+            OpenedCheckpoint(line, size, None if cp is None else Checkpoint(*cp), failure, signers)
+            for line, size, cp, failure, signers in checkpoints
         ],
     )
 
@@ -196,8 +205,8 @@ def _open_envelope(data: bytes, keys: Mapping[str, PublicKey]) -> tuple[OpenedEn
             try:
                 entry = Entry.from_bytes(payload)
             except RegistryError as e:
-                return OpenedEntry(None, (e.code, e.message), False, None), None
-            return OpenedEntry(entry, None, True, None), payload
+                return OpenedEntry(None, (e.code, e.message), (), None), None
+            return OpenedEntry(entry, None, (keyid,), None), payload
     return _open_envelope_carefully(data, keys)
 
 
@@ -246,17 +255,19 @@ def _open_envelope_carefully(
                 f"envelope payloadType is {envelope.payload_type!r}, expected {PAYLOAD_TYPE!r}"
             )
     except RegistryError as e:
-        return OpenedEntry(None, (e.code, e.message), False, None), None
+        return OpenedEntry(None, (e.code, e.message), (), None), None
     failure: tuple[str, str] | None = None
+    signers: tuple[str, ...] = ()
     try:
         verify_signatures(envelope, keys)
+        signers = tuple(s.keyid for s in envelope.signatures if s.keyid in keys)
     except RegistryError as e:
         failure = (e.code, e.message)
     try:
         entry = Entry.from_bytes(envelope.payload)
     except RegistryError as e:
-        return OpenedEntry(None, failure or (e.code, e.message), False, None), None
-    return OpenedEntry(entry, failure, failure is None, None), envelope.payload
+        return OpenedEntry(None, failure or (e.code, e.message), (), None), None
+    return OpenedEntry(entry, failure, signers, None), envelope.payload
 
 
 def _new_keys(entry: Entry) -> list[str]:
@@ -325,7 +336,7 @@ def run_job(job: Job) -> JobResult:
     for data in job.envelopes:
         if data is None:
             entries.append(
-                OpenedEntry(None, ("malformed", "the entry line cannot be read"), False, None)
+                OpenedEntry(None, ("malformed", "the entry line cannot be read"), (), None)
             )
             continue
         opened, payload = _open_envelope(data, ctx.registry_keys)
@@ -334,7 +345,7 @@ def run_job(job: Job) -> JobResult:
             # Keys this entry or a later one adds are not yet known here; no instruction may
             # use them before they are added, so the replay never asks for such a check.
             check = _instruction_check(entry, keys, payload)
-            opened = OpenedEntry(entry, opened.failure, opened.trusted, check)
+            opened = OpenedEntry(entry, opened.failure, opened.signers, check)
         entries.append(opened)
         if entry is not None:
             for text in _new_keys(entry):
@@ -344,11 +355,12 @@ def run_job(job: Job) -> JobResult:
                     continue
                 keys.setdefault(key.key_id, key.raw)
     checkpoints = []
+    verifiers = [NoteVerifier(name=ctx.origin, key=k) for k in ctx.registry_keys.values()]
     for line, size, note in job.checkpoints:
         try:
-            cp = open_checkpoint(note, origin=ctx.origin, verifiers=[ctx.verifier])
+            cp, signers = open_checkpoint_signers(note, origin=ctx.origin, verifiers=verifiers)
         except RegistryError as e:
             checkpoints.append(OpenedCheckpoint(line, size, None, (e.code, e.message)))
             continue
-        checkpoints.append(OpenedCheckpoint(line, size, cp, None))
+        checkpoints.append(OpenedCheckpoint(line, size, cp, None, signers))
     return JobResult(entries, checkpoints)

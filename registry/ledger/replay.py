@@ -85,11 +85,17 @@ from registry.ledger.checkpoint import NoteVerifier
 from registry.ledger.entry import Entry, parse_expiry
 from registry.ledger.keys import PublicKey
 from registry.ledger.opening import SignatureCheck, check_instruction_signature
+from registry.ledger.registry_keys import (
+    GENESIS_KIND,
+    ROTATION_KIND,
+    KeyPeriod,
+    RegistryKeyRecord,
+    Rotation,
+)
 
 if TYPE_CHECKING:  # shapely and pyproj load only for a ledger with forest units
     from registry.domain.forest import Boundary
 
-GENESIS_KIND: Final = "registry.genesis"
 RETIREMENT_ACCOUNT: Final = "RETIREMENT"
 CANCELLATION_ACCOUNT: Final = "CANCELLATION"
 MAX_VALIDITY: Final = timedelta(days=7)
@@ -318,7 +324,10 @@ class ReplayedState:
 
     def __init__(self) -> None:
         self.origin: str | None = None
+        #: The registry key in force, and every key the ledger established over the entries it
+        #: signs (genesis's, then each rotation's: the log auditor checks their signatures).
         self.registry_key: PublicKey | None = None
+        self.registry_keys: list[KeyPeriod] = []
         self.instructions_name_registry = False
         #: Whether issuance allocates only to the project's side (the genesis says).
         self.issuance_to_project_side = False
@@ -459,13 +468,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
 
 
-class _GenesisKey(_Strict):
-    key_id: StrictStr
-    algorithm: Literal["ed25519"]
-    public_key: StrictStr
-    note_verifier: StrictStr
-
-
 class _GenesisAdmin(_Strict):
     party_id: StrictStr
     name: StrictStr
@@ -484,7 +486,7 @@ class _GenesisAccount(_Strict):
 
 class _Genesis(_Strict):
     origin: StrictStr
-    registry_key: _GenesisKey
+    registry_key: RegistryKeyRecord
     administrator: _GenesisAdmin
     accounts: list[_GenesisAccount]
     instructions_name_registry: StrictBool = False
@@ -652,8 +654,9 @@ def _ranges(taken: Iterable[SerialRange]) -> list[dict[str, int]]:
 class Replay:
     """Feed entries in ledger order with :meth:`apply`; :meth:`finish` runs the final checks.
 
-    ``registry_key`` and ``origin``, when given, are what genesis must name (the auditor's
-    pinned key and the log's origin). Failures go to ``report`` (a fresh one by default).
+    ``registry_key``, when given, must be one of the registry keys the ledger establishes (the
+    auditor's pinned key), and ``origin`` what genesis names. Failures go to ``report`` (a
+    fresh one by default).
     """
 
     def __init__(
@@ -720,6 +723,9 @@ class Replay:
         if entry.kind == GENESIS_KIND:
             self.fail(entry.seq, "second_genesis", "a second genesis entry; only entry 0 is one")
             return
+        if entry.kind == ROTATION_KIND:
+            self._rotation(entry)
+            return
         handler = self._handlers.get(entry.kind)
         if handler is None:
             self.fail(
@@ -772,6 +778,15 @@ class Replay:
             # file anyone could write would pass.
             self.fail(None, "no_genesis", "the ledger has no entries, so no genesis entry")
         state = self.state
+        pinned = self.pinned_key
+        known = {p.key.key_id for p in state.registry_keys}
+        if known and pinned is not None and pinned.key_id not in known:
+            self.fail(
+                0,
+                "unknown_key",
+                f"the pinned key {pinned.key_id} is not a registry key of this ledger "
+                f"(genesis names {state.registry_keys[0].key.key_id})",
+            )
         for batch_id in sorted(state.blocks):
             batch = state.batches[batch_id]
             expected = 1
@@ -814,6 +829,28 @@ class Replay:
                 )
         return self.report
 
+    # -- the registry's key --
+
+    def _rotation(self, entry: Entry) -> None:
+        """Take in the registry key a rotation names. Its payload and signatures are the log
+        auditor's to check (``registry.ledger.registry_keys``), which reports any fault; one
+        that does not parse leaves the key in force."""
+        state = self.state
+        if state.registry_key is None or state.origin is None:
+            return
+        try:
+            rotation = Rotation.model_validate(entry.payload)
+            key = rotation.registry_key.key(state.origin)
+        except (ValidationError, MalformedError):
+            return
+        known = {p.key.key_id for p in state.registry_keys}
+        if rotation.replaces != state.registry_key.key_id or key.key_id in known:
+            return
+        last = state.registry_keys[-1]
+        state.registry_keys[-1] = KeyPeriod(last.key, last.valid_from_seq, entry.seq + 1)
+        state.registry_keys.append(KeyPeriod(key, entry.seq + 1))
+        state.registry_key = key
+
     # -- genesis --
 
     def _genesis(self, entry: Entry) -> None:
@@ -842,13 +879,6 @@ class Replay:
                 f"genesis note verifier {verifier.describe()} is not the "
                 f"registry key under the origin {g.origin!r}",
             )
-        if self.pinned_key is not None and key != self.pinned_key:
-            self.fail(
-                seq,
-                "unknown_key",
-                f"genesis names registry key {key.key_id}, not the "
-                f"pinned key {self.pinned_key.key_id}",
-            )
         if self.pinned_origin is not None and g.origin != self.pinned_origin:
             self.fail(
                 seq,
@@ -856,6 +886,7 @@ class Replay:
                 f"genesis names origin {g.origin!r}, the bundle is for {self.pinned_origin!r}",
             )
         state.origin, state.registry_key = g.origin, key
+        state.registry_keys = [KeyPeriod(key, 0)]
         state.instructions_name_registry = g.instructions_name_registry
         state.issuance_to_project_side = g.issuance_to_project_side
         state.status_changes_change = g.status_changes_change

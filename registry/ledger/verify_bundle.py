@@ -34,8 +34,8 @@ from typing import Any
 from registry.errors import MalformedError
 from registry.ledger.audit import Failure, LogAuditor, LogReport
 from registry.ledger.bundle import (
-    BundleHeader,
     BundleReader,
+    BundleRegistryKey,
     CheckpointLine,
     LineProblem,
     PartyKeyLine,
@@ -45,6 +45,7 @@ from registry.ledger.checkpoint import NoteVerifier
 from registry.ledger.entry import parse_time
 from registry.ledger.keys import PublicKey, b64encode
 from registry.ledger.opening import Context, Job, JobResult, OpenedCheckpoint, run_job
+from registry.ledger.registry_keys import KeyPeriod
 from registry.ledger.replay import Replay, ReplayedState
 
 DEFAULT_CHUNK = 256
@@ -90,6 +91,9 @@ class BundleReport:
     exported_at: str
     registry_key: str
     log: LogReport
+    #: The ledger's registry keys, each over the entries it signs (``valid_until_seq`` is the
+    #: first it no longer signs): more than one after a key rotation.
+    registry_keys: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, int] = field(default_factory=dict)
     #: Genesis flags of rules this version checks that the ledger does not adopt (and so is
     #: not held to): see :meth:`~registry.ledger.replay.ReplayedState.rules_not_adopted`.
@@ -113,6 +117,7 @@ class BundleReport:
             "bundle": self.bundle,
             "origin": self.origin,
             "registry_key": self.registry_key,
+            "registry_keys": self.registry_keys,
             "tree_size": self.tree_size,
             "exported_at": self.exported_at,
             "entries": self.log.entries,
@@ -138,6 +143,13 @@ class BundleReport:
             f"root {b64encode(log.root)}",
             f"pinned key  {self.registry_key}",
         ]
+        if len(self.registry_keys) > 1:
+            lines.extend(
+                f"{'key history' if i == 0 else '':<12}{k['key_id']} signs entries "
+                f"{k['valid_from_seq']}.."
+                + ("" if k["valid_until_seq"] is None else str(k["valid_until_seq"] - 1))
+                for i, k in enumerate(self.registry_keys)
+            )
         if s:
             lines.append(
                 f"replayed    {s['parties']} parties, {s['accounts']} accounts, "
@@ -254,14 +266,14 @@ class _Verifier:
         self.verifier = verifier
         self.chunk_size = chunk_size
         self.report = LogReport(limit_per_code=limit_per_code)
+        self.listed = self._listed_keys()
+        # Entries and checkpoints are opened with every key the header lists: which of them
+        # signs what, if any, is for the ledger's own key history to say (the log auditor).
         keys = {verifier.key.key_id: verifier.key}
-        self.context = Context(registry_keys=keys, verifier=verifier, origin=self.header.origin)
-        self.auditor = LogAuditor(
-            keys=keys, verifier=verifier, origin=self.header.origin, report=self.report
-        )
-        self.replay = Replay(
-            registry_key=verifier.key, origin=self.header.origin, report=self.report
-        )
+        keys.update((key.key_id, key) for key, _ in self.listed.values())
+        self.context = Context(registry_keys=keys, origin=self.header.origin)
+        self.auditor = LogAuditor(keys=keys, origin=self.header.origin, report=self.report)
+        self.replay = Replay(origin=self.header.origin, report=self.report)
         self.tail = _Lookahead(reader.tail())
         self._keys_sent: dict[str, bytes] = {}
         self._keys_count = -1
@@ -272,21 +284,21 @@ class _Verifier:
         self.report.add(Failure(code=code, message=message, seq=seq, checkpoint=checkpoint))
 
     def check_header(self) -> None:
-        h: BundleHeader = self.header
         pinned = self.verifier
-        if pinned.name != h.origin:
+        if pinned.name != self.header.origin:
             self.fail(
                 "bad_bundle",
                 f"the pinned key is for the log {pinned.name!r}, but the "
-                f"bundle is for {h.origin!r}",
+                f"bundle is for {self.header.origin!r}",
             )
-        listed = False
-        seen: set[str] = set()
-        for k in h.registry_keys:
-            if k.key_id in seen:
+
+    def _listed_keys(self) -> dict[str, tuple[PublicKey, BundleRegistryKey]]:
+        """The header's registry keys that are keys, by key id; reports those that are not."""
+        listed: dict[str, tuple[PublicKey, BundleRegistryKey]] = {}
+        for k in self.header.registry_keys:
+            if k.key_id in listed:
                 self.fail("bad_bundle", f"the header lists registry key {k.key_id} twice")
                 continue
-            seen.add(k.key_id)
             try:
                 key = PublicKey.from_b64(k.public_key)
             except MalformedError as e:
@@ -298,34 +310,58 @@ class _Verifier:
                     f"header registry key {k.key_id} is not the SHA-256 of "
                     f"its public key ({key.key_id})",
                 )
-            if key == pinned.key:
-                listed = True
-                if k.note_verifier != pinned.verifier_string():
-                    self.fail(
-                        "bad_bundle",
-                        f"header note verifier {k.note_verifier!r} is not "
-                        f"the pinned {pinned.verifier_string()!r}",
-                    )
-                if (k.valid_from_seq, k.valid_until_seq) != (0, None):
-                    # Genesis makes it the registry's key from entry 0, and nothing ends it.
-                    self.fail(
-                        "bad_bundle",
-                        f"the header says registry key {k.key_id} is valid over entries "
-                        f"{k.valid_from_seq}..{k.valid_until_seq}; the ledger makes it the "
-                        "registry's key from genesis on, with no end",
-                    )
-            else:
-                self.fail(
-                    "unknown_key",
-                    f"the header lists registry key {k.key_id}, which was "
-                    "not pinned and which no ledger entry establishes",
-                )
-        if not listed:
+                continue
+            listed[k.key_id] = (key, k)
+        return listed
+
+    def check_registry_keys(self) -> list[KeyPeriod]:
+        """The pinned key is one of the ledger's registry keys, and the header lists exactly
+        the ledger's key history: each key over the entries it signs."""
+        periods = self.auditor.schedule.periods
+        if not periods:
+            return periods  # no genesis: nothing binds the ledger to any key (reported)
+        origin, pinned = self.header.origin, self.verifier
+        if pinned.key.key_id not in self.auditor.schedule.key_ids():
             self.fail(
-                "bad_bundle",
-                f"the pinned registry key {pinned.key.key_id} is not among "
-                "the header's registry keys",
+                "unknown_key",
+                f"the pinned key {pinned.key.key_id} is not a registry key of this ledger "
+                f"(its keys: {', '.join(p.key.key_id for p in periods)})",
+                seq=0,
             )
+        listed = dict(self.listed)
+        for p in periods:
+            found = listed.pop(p.key.key_id, None)
+            if found is None:
+                self.fail(
+                    "bad_bundle",
+                    f"the header does not list registry key {p.key.key_id}, which the ledger "
+                    f"establishes from entry {p.valid_from_seq}",
+                )
+                continue
+            line = found[1]
+            verifier = NoteVerifier(name=origin, key=p.key).verifier_string()
+            if line.note_verifier != verifier:
+                self.fail(
+                    "bad_bundle",
+                    f"header note verifier {line.note_verifier!r} is not {verifier!r}, the "
+                    f"registry key {p.key.key_id} under the origin {origin!r}",
+                )
+            if (line.valid_from_seq, line.valid_until_seq) != (
+                p.valid_from_seq,
+                p.valid_until_seq,
+            ):
+                self.fail(
+                    "bad_bundle",
+                    f"the header says registry key {p.key.key_id} signs "
+                    f"{_span(line.valid_from_seq, line.valid_until_seq)}; the ledger makes it "
+                    f"the registry's key {_span(p.valid_from_seq, p.valid_until_seq)}",
+                )
+        for key_id in listed:
+            self.fail(
+                "unknown_key",
+                f"the header lists registry key {key_id}, which no ledger entry establishes",
+            )
+        return periods
 
     def _party_keys(self) -> dict[str, bytes]:
         keys = self.replay.state.keys
@@ -389,7 +425,7 @@ class _Verifier:
                 seq=cp.size,
                 checkpoint=True,
             )
-        self.auditor.add_opened_checkpoint(cp.checkpoint)
+        self.auditor.add_opened_checkpoint(cp.checkpoint, cp.signers)
 
     def consume(self, job: Job, result: JobResult) -> None:
         """Feed one job's results in order: each checkpoint as soon as the tree reaches the size
@@ -404,7 +440,10 @@ class _Verifier:
         for data, opened in zip(job.envelopes, result.entries, strict=True):
             failure = None if opened.failure is None else Failure(*opened.failure)
             self.auditor.add_opened(
-                data if data is not None else b"", opened.entry if opened.trusted else None, failure
+                data if data is not None else b"",
+                opened.entry if opened.trusted else None,
+                failure,
+                opened.signers,
             )
             if opened.entry is not None:
                 self.replay.apply(opened.entry, opened.signature)
@@ -488,6 +527,12 @@ class _Verifier:
         return count
 
 
+def _span(start: int, end: int | None) -> str:
+    if end is None:
+        return f"from entry {start} on, with no end"
+    return f"entries {start} to {end - 1}" if end > start else f"no entry ({start}..{end})"
+
+
 def verify_bundle(
     path: Path,
     *,
@@ -538,6 +583,7 @@ def verify_bundle(
             f"the bundle has {log.entries} entry lines",
         )
     run.check_export_time()
+    periods = run.check_registry_keys()
     party_keys = run.check_party_keys()
     report = BundleReport(
         bundle=str(path),
@@ -545,6 +591,11 @@ def verify_bundle(
         tree_size=run.header.tree_size,
         exported_at=run.header.exported_at,
         registry_key=pinned.describe(),
+        registry_keys=[
+            {"key_id": p.key.key_id, "valid_from_seq": p.valid_from_seq,
+             "valid_until_seq": p.valid_until_seq}
+            for p in periods
+        ],
         log=log,
         summary=run.replay.state.summary(),
         rules_not_adopted=run.replay.state.rules_not_adopted(),

@@ -167,13 +167,14 @@ def compare_state(session: Session, state: ReplayedState) -> list[Difference]:
     def same(obj: Any, *names: str) -> Fields:
         return {n: getattr(obj, n) for n in names}
 
-    if state.registry_key is not None:
-        # The ledger establishes one registry key, from genesis on and never ending: the table
-        # (published at /v1/keys and copied into every export's header) says exactly that.
-        genesis = state.registry_key
+    if state.registry_keys:
+        # The ledger establishes its registry keys, each over the entries it signs (genesis's,
+        # then each rotation's): the table (published at /v1/keys and copied into every
+        # export's header) says exactly that.
         established: dict[Hashable, Fields] = {
-            genesis.key_id: {"public_key": genesis.raw, "valid_from_seq": 0,
-                             "valid_until_seq": None}
+            p.key.key_id: {"public_key": p.key.raw, "valid_from_seq": p.valid_from_seq,
+                           "valid_until_seq": p.valid_until_seq}
+            for p in state.registry_keys
         }
         _compare(
             out,

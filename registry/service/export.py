@@ -102,13 +102,15 @@ def _party_keys(session: Session, size: int) -> Iterator[BundlePartyKey]:
 
 
 def _registry_keys(session: Session, origin: str, size: int) -> list[BundleRegistryKey]:
+    """The keys the first ``size`` entries establish, each over the entries it signs: a key
+    a rotation among them establishes is listed even if no entry after it is exported."""
     keys = []
     for row in ledger_repo.registry_keys(session):
-        if row.valid_from_seq >= max(size, 1):
+        if size == 0 or row.valid_from_seq > size:
             continue
         until = (
             row.valid_until_seq
-            if row.valid_until_seq is not None and row.valid_until_seq < size
+            if row.valid_until_seq is not None and row.valid_until_seq <= size
             else None
         )
         key = PublicKey(bytes(row.public_key))

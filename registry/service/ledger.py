@@ -16,12 +16,19 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
 
-from registry.errors import CheckpointError, InvalidRequestError, NotFoundError, ProofError
+from registry.errors import (
+    CheckpointError,
+    InvalidRequestError,
+    NotFoundError,
+    ProofError,
+    RegistryKeyReplacedError,
+)
 from registry.ledger import merkle
 from registry.ledger.audit import LogReport, audit_log
-from registry.ledger.checkpoint import Checkpoint, sign_checkpoint
+from registry.ledger.checkpoint import Checkpoint, add_signature, sign_checkpoint
 from registry.ledger.entry import Entry, envelope_time, format_time, parse_time, seal_entry
-from registry.ledger.keys import PublicKey
+from registry.ledger.keys import PublicKey, SigningKey
+from registry.ledger.registry_keys import ROTATION_KIND, rotation_payload
 from registry.store import ledger_repo, write_behind
 from registry.store.ledger_repo import SessionNodeReader
 from registry.store.statements import Read, pipeline
@@ -83,6 +90,7 @@ class LedgerTail:
         last_time: str | None,
         frontier: list[bytes],
         checkpoint: tuple[int, bytes] | None,
+        registry_key: str | None = None,
     ) -> None:
         self.size = size
         self.last_leaf = last_leaf
@@ -91,6 +99,10 @@ class LedgerTail:
         self.start = (size, self._tree.root())
         self.checkpoint = checkpoint
         """Size and root of the last checkpoint signed, read under this transaction's lock."""
+        self.registry_key = registry_key
+        """The key id of the registry key in force, read under the lock: the only key that
+        may sign the next entry."""
+        self._cosigner: SigningKey | None = None
         # Appends are written by publish, one statement per table for the whole transaction
         # (entries through the write-behind); nothing reads them back before, the tail itself
         # knowing the end of the ledger.
@@ -119,6 +131,7 @@ class LedgerTail:
                 last_time=cached.last_time,
                 frontier=cached.frontier,
                 checkpoint=tip.checkpoint,
+                registry_key=tip.registry_key,
             )
         end = ledger_repo.head(session)
         last_time = None if end.last_envelope is None else envelope_time(end.last_envelope)
@@ -130,6 +143,7 @@ class LedgerTail:
             last_time=last_time,
             frontier=[nodes[k] for k in keys],
             checkpoint=tip.checkpoint,
+            registry_key=tip.registry_key,
         )
 
     @property
@@ -162,8 +176,10 @@ class LedgerTail:
         actor: str,
         payload: dict[str, Any],
         now: datetime | None = None,
+        cosigner: SigningKey | None = None,
     ) -> Appended:
         """Sign ``payload`` as the next entry, chain it, and add it to the tree."""
+        self._refuse_a_replaced_key(registry)
         seq = self.size
         time = format_time(now or registry.clock())
         if self.last_time is not None:
@@ -179,13 +195,52 @@ class LedgerTail:
             payload=payload,
             prev=None if self.last_leaf is None else self.last_leaf.hex(),
         )
-        envelope = seal_entry(entry, registry.signer)
+        envelope = seal_entry(entry, registry.signer, cosigner=cosigner)
         leaf = merkle.leaf_hash(envelope)
         completed = self._tree.append(leaf)
         ledger_repo.defer_entry(session, seq=seq, kind=kind, leaf_hash=leaf, envelope=envelope)
         self._nodes.update(completed)
         self.size, self.last_leaf, self.last_time = seq + 1, leaf, time
         return Appended(entry=entry, envelope=envelope, leaf_hash=leaf)
+
+    def _refuse_a_replaced_key(self, registry: Registry) -> None:
+        """Refuse to sign with a key the ledger has rotated away from (a server started before
+        the rotation and not restarted): an auditor would reject all it signed."""
+        mine = registry.signer.public_key.key_id
+        if self.registry_key is not None and mine != self.registry_key:
+            raise RegistryKeyReplacedError(
+                f"this server signs with registry key {mine}, but the ledger's registry key is "
+                f"now {self.registry_key}: nothing was written. Restart it with the current "
+                "key (REGISTRY_KEY_FILE)",
+                details={"server_key": mine, "registry_key": self.registry_key},
+            )
+
+    def rotate(
+        self, session: Session, registry: Registry, new: SigningKey, *, now: datetime | None = None
+    ) -> Appended:
+        """Append a rotation to ``new``, signed by the key in force and by ``new``, and record
+        the change of key: from the next entry on, only ``new`` signs. The checkpoint
+        :meth:`publish` then signs is co-signed by ``new``."""
+        old = registry.signer.public_key
+        appended = self.append(
+            session,
+            registry,
+            kind=ROTATION_KIND,
+            actor="registry",
+            payload=rotation_payload(old, new.public_key, registry.origin),
+            now=now,
+            cosigner=new,
+        )
+        ledger_repo.end_registry_key(session, key_id=old.key_id, valid_until_seq=self.size)
+        ledger_repo.add_registry_key(
+            session,
+            key_id=new.public_key.key_id,
+            public_key=new.public_key.raw,
+            valid_from_seq=self.size,
+        )
+        self.registry_key = new.public_key.key_id
+        self._cosigner = new
+        return appended
 
     def publish(self, session: Session, registry: Registry) -> str | None:
         """Write the appended entries, their rows and subtrees (sent together: one round trip
@@ -209,6 +264,8 @@ class LedgerTail:
             previous=self.start,
             last=self.checkpoint,
         )
+        if self._cosigner is not None:
+            note = add_signature(note, name=registry.origin, key=self._cosigner)
         ledger_repo.add_checkpoint(session, size=self.size, root=root, note=note)
         return note
 
@@ -348,6 +405,5 @@ def audit_store(session: Session, registry: Registry) -> LogReport:
         ledger_repo.iter_envelopes(session),
         ledger_repo.iter_checkpoint_notes(session),
         keys=keys,
-        verifier=registry.note_verifier,
         origin=registry.origin,
     )

@@ -29,6 +29,7 @@ from registry.ledger.bundle import atomic_output
 from registry.ledger.dsse import Envelope
 from registry.ledger.entry import Entry
 from registry.ledger.keys import PublicKey, SigningKey
+from registry.ledger.registry_keys import GENESIS_KIND
 from registry.service.context import Registry, utc_now
 from registry.service.ledger import append_entry, b64
 from registry.service.movements import CANCELLATION_ACCOUNT, RETIREMENT_ACCOUNT
@@ -44,8 +45,6 @@ from registry.store.db import (
     write_transaction,
 )
 from registry.store.tables import LedgerEntry, PartyRow
-
-GENESIS_KIND = "registry.genesis"
 
 
 def passphrase_of(settings: Settings) -> bytes | None:

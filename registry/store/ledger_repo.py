@@ -11,7 +11,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Label, func, text
+from sqlalchemy import ColumnElement, Label, func, text, update
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from registry.errors import LedgerError
@@ -23,6 +24,7 @@ from registry.store.tables import CheckpointRow, LedgerEntry, RegistryKeyRow, Tr
 _ENTRY = table(LedgerEntry)
 _NODE = table(TreeNode)
 _CHECKPOINT = table(CheckpointRow)
+_REGISTRY_KEY = table(RegistryKeyRow)
 
 
 def fetch_nodes(session: Session, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
@@ -113,6 +115,8 @@ class Tip:
     size: int
     last_leaf: bytes | None
     checkpoint: tuple[int, bytes] | None
+    registry_key: str | None = None
+    """The key id of the registry key in force: the one that signs the next entry."""
 
 
 def tip_read() -> Read:
@@ -126,7 +130,9 @@ def tip(session: Session) -> Tip:
     assert row is not None  # scalar subqueries always give one row
     checkpoint = None if row.checkpoint_size is None else (row.checkpoint_size, row.root)
     size = 0 if row.seq is None else row.seq + 1
-    return Tip(size=size, last_leaf=row.leaf_hash, checkpoint=checkpoint)
+    return Tip(
+        size=size, last_leaf=row.leaf_hash, checkpoint=checkpoint, registry_key=row.registry_key
+    )
 
 
 def _last(column: ColumnElement[Any], order: ColumnElement[Any], label: str) -> Label[Any]:
@@ -134,11 +140,12 @@ def _last(column: ColumnElement[Any], order: ColumnElement[Any], label: str) -> 
 
 
 _TIP = Statement(
-    select(
+    core_select(
         _last(_ENTRY.c.seq, _ENTRY.c.seq, "seq"),
         _last(_ENTRY.c.leaf_hash, _ENTRY.c.seq, "leaf_hash"),
         _last(_CHECKPOINT.c.size, _CHECKPOINT.c.size, "checkpoint_size"),
         _last(_CHECKPOINT.c.root, _CHECKPOINT.c.size, "root"),
+        _last(_REGISTRY_KEY.c.key_id, _REGISTRY_KEY.c.valid_from_seq, "registry_key"),
     )
 )
 
@@ -232,6 +239,15 @@ def add_registry_key(
     session: Session, *, key_id: str, public_key: bytes, valid_from_seq: int
 ) -> None:
     session.add(RegistryKeyRow(key_id=key_id, public_key=public_key, valid_from_seq=valid_from_seq))
+
+
+def end_registry_key(session: Session, *, key_id: str, valid_until_seq: int) -> None:
+    """Record that ``key_id`` signs no entry from ``valid_until_seq`` on (a rotation)."""
+    session.execute(
+        update(_REGISTRY_KEY)
+        .where(_REGISTRY_KEY.c.key_id == key_id)
+        .values(valid_until_seq=valid_until_seq)
+    )
 
 
 def iter_envelopes(session: Session, batch: int = 1000) -> Iterator[bytes]:

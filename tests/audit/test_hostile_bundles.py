@@ -128,7 +128,7 @@ def test_an_export_time_before_the_last_entry_or_no_time_is_found(
 def test_a_verification_goes_on_when_its_workers_die() -> None:
     """A worker killed in the middle (out of memory, a crash in C) breaks the whole process
     pool: the jobs it held, and every later one, are checked in this process instead."""
-    context = Context(registry_keys={}, verifier=None, origin="x")  # type: ignore[arg-type]
+    context = Context(registry_keys={}, origin="x")
 
     def jobs() -> Iterator[Job]:
         for i in range(12):

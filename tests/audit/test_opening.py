@@ -100,7 +100,7 @@ def test_envelopes_the_fast_path_must_leave_to_the_careful_one() -> None:
 
 ORIGIN = "test.example/ledger"
 PINNED = NoteVerifier(name=ORIGIN, key=KEY.public_key)
-CONTEXT = Context(registry_keys=KEYS, verifier=PINNED, origin=ORIGIN)
+CONTEXT = Context(registry_keys=KEYS, origin=ORIGIN)
 def test_a_job_result_crosses_to_the_main_process_unchanged() -> None:
     """What a worker sends back (pickled as plain tuples) is what it opened, failures too."""
     good = seal_entry(_entry({"effects": {}, "instruction": {"a": 1}, "signature": "AA=="}), KEY)

@@ -264,8 +264,8 @@ def test_a_registry_key_range_the_ledger_never_gave_is_found(
     found = failures(bundle, sqlite_bundle)
     assert codes(found) == {(None, "bad_bundle")}
     assert message(found, None, "bad_bundle") == (
-        f"the header says registry key {key['key_id']} is valid over entries 2..3; the ledger "
-        "makes it the registry's key from genesis on, with no end"
+        f"the header says registry key {key['key_id']} signs entries 2 to 2; the ledger "
+        "makes it the registry's key from entry 0 on, with no end"
     )
 
 
@@ -536,11 +536,24 @@ def test_a_wrong_pinned_key_fails_everything_it_should(
     report = verify_bundle(
         bundle.write(), registry_key=FOREIGN.public_key.to_b64(), workers=1, limit_per_code=10
     ).report
+    # The bundle is a whole ledger under its own key, which is not the auditor's: that alone
+    # fails it.
+    key_id = sqlite_bundle.registry.signer.public_key.key_id
+    assert [(f.seq, f.code, f.message) for f in report.failures] == [(
+        0, "unknown_key",
+        f"the pinned key {FOREIGN.public_key.key_id} is not a registry key of this ledger "
+        f"(its keys: {key_id})",
+    )]
+    assert not report.ok
+    # With a header that lists no key, no entry or checkpoint is signed by a key the auditor
+    # was given. A flood of one failure is counted, not listed, and still fails the report.
+    bundle.header["registry_keys"] = []
+    report = verify_bundle(
+        bundle.write(), registry_key=FOREIGN.public_key.to_b64(), workers=1, limit_per_code=10
+    ).report
     found = {(f.seq, f.code) for f in report.failures}
     assert (0, "unknown_key") in found and (5, "unknown_key") in found
     assert (1, "bad_checkpoint") in found
-    assert any("genesis names registry key" in f.message for f in report.failures)
-    # A flood of one failure is counted, not listed, and still fails the report.
     assert report.log.omitted["unknown_key"] > 0 and report.log.omitted["bad_checkpoint"] > 0
     assert len([f for f in report.failures if f.code == "unknown_key"]) == 10
     assert "more [unknown_key] failures not listed" in report.render()
@@ -626,7 +639,8 @@ def test_a_header_that_does_not_list_the_pinned_key_is_found(
     key_id = sqlite_bundle.registry.signer.public_key.key_id
     assert found == [(
         None, "bad_bundle",
-        f"the pinned registry key {key_id} is not among the header's registry keys",
+        f"the header does not list registry key {key_id}, which the ledger establishes "
+        "from entry 0",
     )]
 
 
