@@ -10,7 +10,7 @@ from registry.ledger import replay as r
 from registry.ledger.entry import Entry, format_time
 from registry.ledger.keys import SigningKey
 from registry.ledger.opening import check_instruction_signature
-from registry.service import instructions, movements, projects, setup
+from registry.service import instructions, movements, projects
 from registry.service.context import Registry
 from tests.audit.bundles import entry_of
 from tests.audit.conftest import JCM_BATCH, REDD_BATCH, Exported
@@ -18,7 +18,6 @@ from tests.factories import append_notes
 
 
 def test_the_replay_uses_the_services_constants() -> None:
-    assert r.GENESIS_KIND == setup.GENESIS_KIND
     assert r.RETIREMENT_ACCOUNT == movements.RETIREMENT_ACCOUNT
     assert r.CANCELLATION_ACCOUNT == movements.CANCELLATION_ACCOUNT
     assert r.MAX_VALIDITY == instructions.MAX_VALIDITY
