@@ -677,6 +677,11 @@ def audit(
             typer.secho(f"not checked: {e.message}", fg="yellow", err=True)
         else:
             new_state.save(state)
+            for seq, key_id in done.rotations:
+                typer.echo(
+                    f"the registry rotated its key at entry {seq}: {key_id} signs from entry "
+                    f"{seq + 1} on (signed over to by the key before it, and followed)"
+                )
             typer.echo(
                 f"ok: {done.size} entries, {done.new_entries} new since {done.previous_size}, "
                 "all consistent with what was seen before"

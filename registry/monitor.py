@@ -28,13 +28,20 @@ from typing import Any
 
 import httpx
 
-from registry.errors import RegistryError
+from registry.errors import CheckpointError, RegistryError
 from registry.ledger.bundle import atomic_output
 from registry.ledger.canonical import read_json
-from registry.ledger.checkpoint import NoteVerifier, open_checkpoint
-from registry.ledger.entry import open_entry
-from registry.ledger.keys import b64decode_strict
+from registry.ledger.checkpoint import (
+    Checkpoint,
+    NoteVerifier,
+    open_checkpoint_signers,
+    split_note,
+)
+from registry.ledger.entry import Entry
+from registry.ledger.keys import PublicKey, b64decode_strict
 from registry.ledger.merkle import CompactRange, leaf_hash, verify_consistency
+from registry.ledger.opening import open_envelope
+from registry.ledger.registry_keys import ROTATION_KIND, KeySchedule, named_by_genesis
 
 PAGE = 1000
 
@@ -177,6 +184,13 @@ class MonitorState:
     frontier: list[str] = field(default_factory=list)
     last_leaf: str | None = None
     checkpoint: str = ""
+    registry_key: str = ""
+    """The registry key in force after ``size`` entries (base64), once the registry rotated
+    its key; empty: the pinned key (and in a state file kept before rotations were followed)."""
+
+    def key(self, verifier: NoteVerifier) -> PublicKey:
+        """The registry key in force after this state's entries."""
+        return PublicKey.from_b64(self.registry_key) if self.registry_key else verifier.key
 
     @classmethod
     def load(cls, path: Path, verifier: NoteVerifier | None = None) -> MonitorState | None:
@@ -188,6 +202,8 @@ class MonitorState:
             data = read_json(path.read_text())
             digest = data.pop("digest", None) if isinstance(data, dict) else None
             state = cls(**data)
+            if state.registry_key:
+                PublicKey.from_b64(state.registry_key)
             if digest is not None and digest != state._digest():
                 raise ValueError("its digest is not its content's")  # e.g. last_leaf
             state._check()
@@ -200,9 +216,13 @@ class MonitorState:
 
     def _check_signed(self, path: Path, verifier: NoteVerifier) -> None:
         """A state file kept for another registry, or under another key, is the monitor's own
-        error: comparing this registry with it would cry fork or rollback at an honest one."""
+        error: comparing this registry with it would cry fork or rollback at an honest one.
+        (After a rotation, its checkpoint is signed by the key it names, or co-signed.)"""
         try:
-            cp = open_checkpoint(self.checkpoint, origin=verifier.name, verifiers=[verifier])
+            verifiers = [verifier, NoteVerifier(name=verifier.name, key=self.key(verifier))]
+            cp, _ = open_checkpoint_signers(
+                self.checkpoint, origin=verifier.name, verifiers=verifiers
+            )
         except RegistryError as e:
             raise RegistryError(
                 f"the monitor's state file {path} was not kept for this registry: its checkpoint "
@@ -238,8 +258,12 @@ class MonitorState:
             out.write(json.dumps({**asdict(self), "digest": self._digest()}, indent=2).encode())
 
     def _digest(self) -> str:
-        """SHA-256 of the fields: ``last_leaf`` cannot be checked against the others."""
-        text = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the fields: ``last_leaf`` cannot be checked against the others. (An
+        empty ``registry_key`` is left out, as state files kept before it had none.)"""
+        fields = asdict(self)
+        if not self.registry_key:
+            del fields["registry_key"]
+        text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -248,6 +272,8 @@ class Round:
     previous_size: int
     size: int
     new_entries: int
+    rotations: list[tuple[int, str]] = field(default_factory=list)
+    """``(seq, new key id)`` of each rotation of the registry's key among the new entries."""
 
 
 def _b64(data: bytes) -> str:
@@ -267,11 +293,23 @@ def check_round(
     if response.status_code != 200:
         raise MonitorUnavailable(f"the registry answered {response.status_code} to /v1/checkpoint")
     note = response.text
-    try:
-        cp = open_checkpoint(note, origin=verifier.name, verifiers=[verifier])
-    except RegistryError as e:
-        raise MonitorAlarm(f"the served checkpoint does not verify: {e.message}") from e
     old = state or MonitorState()
+    known = old.key(verifier)
+    try:
+        cp, _ = open_checkpoint_signers(
+            note, origin=verifier.name, verifiers=[NoteVerifier(name=verifier.name, key=known)]
+        )
+        signed_by_known = True
+    except RegistryError as e:
+        # Perhaps signed by a key a rotation among the new entries brings: read it now, and
+        # check its signature once the entries say which key signs it.
+        try:
+            cp = _unsigned(note, verifier.name)
+        except RegistryError:
+            raise MonitorAlarm(f"the served checkpoint does not verify: {e.message}") from e
+        if cp.size <= old.size:
+            raise MonitorAlarm(f"the served checkpoint does not verify: {e.message}") from e
+        signed_by_known = False
     old_root = base64.b64decode(old.root) if old.root else b""
     if cp.size < old.size:
         raise MonitorAlarm(f"ROLLBACK: the tree shrank from {old.size} to {cp.size} entries")
@@ -294,7 +332,13 @@ def check_round(
                 f"REWRITE: checkpoint {cp.size} is not proved consistent with {old.size}: "
                 f"{_why(e)}"
             ) from e
-    keys = {verifier.key.key_id: verifier.key}
+    # A first round follows the registry's keys from genesis; a later one from where it
+    # stopped, under the key then in force.
+    fresh = not old.size
+    schedule = (
+        KeySchedule(verifier.name) if fresh else KeySchedule.resume(verifier.name, known, old.size)
+    )
+    rotations: list[tuple[int, str]] = []
     tree = CompactRange.from_frontier(old.size, [base64.b64decode(h) for h in old.frontier])
     prev = old.last_leaf
     limit = PAGE
@@ -315,9 +359,11 @@ def check_round(
         for item in items:
             try:
                 envelope = b64decode_strict(item["envelope"], what="envelope")
-                entry = open_entry(envelope, keys)
             except (RegistryError, KeyError, TypeError) as e:
                 raise MonitorAlarm(f"entry {tree.size}: {_why(e)}") from e
+            entry = _signed_entry(envelope, schedule, tree.size)
+            if entry.kind == ROTATION_KIND:
+                rotations.append((entry.seq, schedule.periods[-1].key.key_id))
             if entry.seq != tree.size or entry.prev != prev:
                 raise MonitorAlarm(
                     f"entry {tree.size}: broken chain: served as seq {entry.seq} after leaf "
@@ -332,11 +378,63 @@ def check_round(
         raise MonitorAlarm(
             f"the served entries hash to {tree.root().hex()}, the checkpoint signs {cp.root.hex()}"
         )
+    current = schedule.current or known
+    signer = schedule.signer_of_last or current
+    if not signed_by_known or signer != known:
+        _check_checkpoint_signer(note, verifier.name, signer)
+    if fresh and verifier.key.key_id not in schedule.key_ids():
+        raise MonitorAlarm(
+            f"the pinned key {verifier.key.key_id} is not a registry key of this ledger "
+            f"(its keys: {', '.join(p.key.key_id for p in schedule.periods)})"
+        )
     new = MonitorState(
         size=cp.size,
         root=_b64(cp.root),
         frontier=[_b64(h) for h in tree.frontier],
         last_leaf=prev,
         checkpoint=note,
+        registry_key="" if current == verifier.key else current.to_b64(),
     )
-    return new, Round(previous_size=old.size, size=cp.size, new_entries=cp.size - old.size)
+    return new, Round(
+        previous_size=old.size,
+        size=cp.size,
+        new_entries=cp.size - old.size,
+        rotations=rotations,
+    )
+
+
+def _unsigned(note: str, origin: str) -> Checkpoint:
+    """The checkpoint a note states, its signatures not yet checked."""
+    cp = Checkpoint.from_body(split_note(note)[0])
+    if cp.origin != origin:
+        raise CheckpointError(f"checkpoint origin is {cp.origin!r}, expected {origin!r}")
+    return cp
+
+
+def _signed_entry(envelope: bytes, schedule: KeySchedule, position: int) -> Entry:
+    """The entry in ``envelope``, signed by the registry key in force at ``position`` (a key
+    rotation by that key and the new one); the schedule then takes it in."""
+    keys = {p.key.key_id: p.key for p in schedule.periods}
+    if not keys and schedule.origin is not None:
+        named = named_by_genesis(envelope, schedule.origin)  # genesis names the key signing it
+        keys = {} if named is None else {named.key_id: named}
+    opened = open_envelope(envelope, keys)
+    if opened.failure is not None or opened.entry is None:
+        _, message = opened.failure or ("malformed", "unreadable")
+        raise MonitorAlarm(f"entry {position}: {message}")
+    entry = opened.entry
+    for problem in (schedule.check(entry, opened.signers), schedule.observe(entry, envelope)):
+        if problem is not None:
+            raise MonitorAlarm(f"entry {position}: {problem[1]}")
+    return entry
+
+
+def _check_checkpoint_signer(note: str, origin: str, key: PublicKey) -> None:
+    """The checkpoint is signed by ``key``, which signed its last entry."""
+    try:
+        open_checkpoint_signers(note, origin=origin, verifiers=[NoteVerifier(name=origin, key=key)])
+    except RegistryError as e:
+        raise MonitorAlarm(
+            f"the served checkpoint is not signed by registry key {key.key_id}, which signed "
+            f"its last entry: {e.message}"
+        ) from e

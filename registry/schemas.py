@@ -121,8 +121,8 @@ class KeyRotationPayload(_Doc):
     then the new key."""
 
     model_config = ConfigDict(title="RegistryKeyRotationPayload")
-    registry_key: GenesisRegistryKey
-    replaces: Sha256Hex = Field(description="key_id of the registry key in force until this entry")
+    registry_key: GenesisRegistryKey = Field(description="the key that signs from the next entry")
+    replaces: GenesisRegistryKey = Field(description="the key in force until this entry")
 
 
 class PartyEffects(_Doc):

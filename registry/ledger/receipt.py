@@ -3,7 +3,9 @@
 A receipt holds the retirement's ledger entry, an inclusion proof of it in a tree size, and the
 checkpoint the registry signed for that size; and, to show the holder (not only the registry)
 asked for it, the entry that registered the holder's key, with its own inclusion proof. Checking
-it needs only the registry's checkpoint verifier key, obtained out of band.
+it needs only the registry's checkpoint verifier key, obtained out of band. A receipt from a
+ledger whose key was rotated also holds every rotation entry in its tree, which says which key
+signed each entry; pin the key the registry publishes now.
 
 What it shows is what the holder signed: a retirement instruction for this registry (the
 checkpoint's origin; only an instruction of a ledger older than that rule names none, and not
@@ -31,12 +33,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from registry.domain.instructions import Retire
-from registry.errors import BadSignatureError, MalformedError, ProofError
+from registry.errors import (
+    BadSignatureError,
+    CheckpointError,
+    MalformedError,
+    ProofError,
+    UnknownKeyError,
+)
 from registry.ledger.canonical import canonical_bytes
-from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint
+from registry.ledger.checkpoint import Checkpoint, NoteVerifier, open_checkpoint_signers
+from registry.ledger.dsse import Envelope
 from registry.ledger.entry import Entry, open_entry, parse_expiry
 from registry.ledger.keys import PublicKey, b64decode_strict
 from registry.ledger.merkle import leaf_hash, verify_inclusion
+from registry.ledger.registry_keys import ROTATION_KIND, Rotation, check_cosigned
 
 RECEIPT_FORMAT = "kh-carbon-registry-receipt"
 RECEIPT_VERSION = 2
@@ -73,6 +83,12 @@ class RetirementReceipt(BaseModel):
         description="the entry that opened the account retired from (account.open, or the "
         "genesis entry for an account it creates); required in version 2, absent in version 1",
     )
+    registry_keys: list[IncludedEntry] = Field(
+        default_factory=list,
+        description="every rotation of the registry's key (registry.key_rotate entries) in "
+        "the signed tree, in ledger order: they say which key signed each entry above; empty "
+        "for a ledger whose key never changed",
+    )
 
 
 @dataclass(frozen=True)
@@ -97,10 +113,89 @@ class CheckedReceipt:
         return None if self.account_opened is None else self.holder
 
 
-def _included(item: IncludedEntry, cp: Checkpoint, keys: dict[str, PublicKey], what: str) -> Entry:
+class _KeyHistory:
+    """The registry keys a receipt's rotations establish, each over the entries it signs."""
+
+    def __init__(self, periods: list[tuple[int, PublicKey]]) -> None:
+        self.periods = periods  # (first seq signed, key), in order
+
+    def key_at(self, seq: int) -> PublicKey:
+        return next(key for start, key in reversed(self.periods) if start <= seq)
+
+    def position(self, key: PublicKey) -> int | None:
+        return next((i for i, (_, k) in enumerate(self.periods) if k == key), None)
+
+
+def _key_history(receipt: RetirementReceipt, verifier: NoteVerifier) -> _KeyHistory:
+    """The key history the receipt's rotations chain, each rotation signed by the key it
+    replaces and by the new one; raise if they do not chain, or the pinned key is not in it."""
+    origin, periods = verifier.name, [(0, verifier.key)]
+    for n, item in enumerate(receipt.registry_keys):
+        what = f"key rotation {item.seq}"
+        envelope = b64decode_strict(item.envelope, what=f"{what} envelope")
+        entry = Entry.from_bytes(Envelope.from_bytes(envelope).payload)
+        if entry.kind != ROTATION_KIND or entry.seq != item.seq:
+            raise MalformedError(
+                f"{what}: the envelope holds entry {entry.seq} ({entry.kind}), not a key "
+                "rotation at that seq"
+            )
+        try:
+            replaced, new = Rotation.model_validate(entry.payload).keys(origin)
+        except ValidationError as e:
+            raise MalformedError(f"{what}: the payload is not valid: {e}") from e
+        check_cosigned(envelope, replaced, new)
+        if n == 0:
+            periods = [(0, replaced)]
+        elif replaced != periods[-1][1] or entry.seq < periods[-1][0]:
+            raise MalformedError(
+                f"{what} does not follow the rotation before it: the receipt's rotations "
+                "must be every rotation of the ledger, in order"
+            )
+        periods.append((entry.seq + 1, new))
+    history = _KeyHistory(periods)
+    if history.position(verifier.key) is None:
+        raise UnknownKeyError(
+            f"the pinned key {verifier.key.key_id} is not among the registry keys the "
+            f"receipt's rotations name ({', '.join(k.key_id for _, k in periods)})"
+        )
+    return history
+
+
+def _signed_checkpoint(
+    receipt: RetirementReceipt, verifier: NoteVerifier, history: _KeyHistory
+) -> Checkpoint:
+    """The receipt's checkpoint, signed by the key that signed its last entry and by the
+    pinned key or one after it (which the pinned key handed over to): a key retired before
+    the pinned one vouches for nothing a receipt needs (it may have leaked)."""
+    keys = [k for _, k in history.periods]
+    cp, signers = open_checkpoint_signers(
+        receipt.checkpoint,
+        origin=verifier.name,
+        verifiers=[NoteVerifier(name=verifier.name, key=k) for k in keys],
+    )
+    last = history.key_at(cp.size - 1) if cp.size else None
+    pinned = history.position(verifier.key) or 0
+    if last is None or last.key_id not in signers:
+        raise CheckpointError(
+            f"the checkpoint of size {cp.size} is not signed by registry key "
+            f"{last.key_id if last else '-'}, which signed its last entry"
+        )
+    if not any(k.key_id in signers for k in keys[pinned:]):
+        raise CheckpointError(
+            f"the checkpoint of size {cp.size} is signed only by registry keys the ledger "
+            f"replaced before the pinned key {verifier.key.key_id}: a receipt made before a "
+            "rotation is checked with the key of its time"
+        )
+    for item in receipt.registry_keys:
+        _included(item, cp, history, f"key rotation {item.seq}")
+    return cp
+
+
+def _included(item: IncludedEntry, cp: Checkpoint, history: _KeyHistory, what: str) -> Entry:
     envelope = b64decode_strict(item.envelope, what=f"{what} envelope")
+    key = history.key_at(item.seq)
     try:
-        entry = open_entry(envelope, keys)
+        entry = open_entry(envelope, {key.key_id: key})
     except (MalformedError, BadSignatureError) as e:
         raise type(e)(f"{what}: {e.message}", details=e.details) from e
     if entry.seq != item.seq:
@@ -159,9 +254,9 @@ def _verify_receipt(receipt: RetirementReceipt, *, verifier: NoteVerifier) -> Ch
         )
     if receipt.version == 1 and receipt.account is not None:
         raise MalformedError("a version 1 receipt holds no `account`; this one has one")
-    cp = open_checkpoint(receipt.checkpoint, origin=verifier.name, verifiers=[verifier])
-    keys = {verifier.key.key_id: verifier.key}
-    entry = _included(receipt.retirement, cp, keys, "retirement entry")
+    history = _key_history(receipt, verifier)
+    cp = _signed_checkpoint(receipt, verifier, history)
+    entry = _included(receipt.retirement, cp, history, "retirement entry")
     effects = entry.payload.get("effects", {})
     if entry.kind != "credits.retire" or effects.get("retirement_id") != receipt.retirement_id:
         raise MalformedError(
@@ -169,7 +264,7 @@ def _verify_receipt(receipt: RetirementReceipt, *, verifier: NoteVerifier) -> Ch
             f"not retirement {receipt.retirement_id}"
         )
     instruction = entry.payload["instruction"]
-    key_entry = _included(receipt.holder_key, cp, keys, "key registration entry")
+    key_entry = _included(receipt.holder_key, cp, history, "key registration entry")
     if key_entry.kind not in KEY_ENTRY_KINDS or key_entry.seq >= entry.seq:
         raise MalformedError(f"entry {key_entry.seq} cannot have registered the holder's key")
     holder_key = _registered_key(key_entry, instruction["actor"], instruction["key_id"])
@@ -181,7 +276,7 @@ def _verify_receipt(receipt: RetirementReceipt, *, verifier: NoteVerifier) -> Ch
     quantity = _carried_out(entry, body, effects)
     account_opened = None
     if receipt.account is not None:
-        account_opened = _included(receipt.account, cp, keys, "account entry")
+        account_opened = _included(receipt.account, cp, history, "account entry")
         _opened(account_opened, body.account, instruction["actor"], entry.seq)
     return CheckedReceipt(
         retirement_id=receipt.retirement_id,

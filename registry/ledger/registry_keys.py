@@ -24,7 +24,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 
-from registry.errors import MalformedError, RegistryError
+from registry.errors import BadSignatureError, MalformedError, RegistryError
 from registry.ledger.checkpoint import NoteVerifier
 from registry.ledger.dsse import Envelope, verify_signatures
 from registry.ledger.entry import Entry
@@ -74,15 +74,21 @@ class RegistryKeyRecord(_Strict):
 
 class Rotation(_Strict):
     """A rotation entry's payload: the key that signs from the next entry on, and the key it
-    replaces (the one in force, which signs this entry with it)."""
+    replaces (the one in force, which signs this entry with it). Both are named in full, so the
+    entry alone, with its two signatures, says which key hands over to which."""
 
     registry_key: RegistryKeyRecord
-    replaces: StrictStr
+    replaces: RegistryKeyRecord
+
+    def keys(self, origin: str) -> tuple[PublicKey, PublicKey]:
+        """``(replaced, new)``, each checked as :meth:`RegistryKeyRecord.key` checks it."""
+        return self.replaces.key(origin), self.registry_key.key(origin)
 
 
 def rotation_payload(old: PublicKey, new: PublicKey, origin: str) -> dict[str, Any]:
-    record = RegistryKeyRecord.of(new, origin)
-    return Rotation(registry_key=record, replaces=old.key_id).model_dump()
+    return Rotation(
+        registry_key=RegistryKeyRecord.of(new, origin), replaces=RegistryKeyRecord.of(old, origin)
+    ).model_dump()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,14 @@ class KeySchedule:
         self.periods: list[KeyPeriod] = []
         self._signer_of_last: PublicKey | None = None
         self._headless = False
+
+    @classmethod
+    def resume(cls, origin: str, key: PublicKey, from_seq: int) -> KeySchedule:
+        """A schedule picked up at entry ``from_seq``, where ``key`` is in force (a monitor's
+        memory of the ledger), without the history before."""
+        schedule = cls(origin)
+        schedule.periods.append(KeyPeriod(key, from_seq))
+        return schedule
 
     @property
     def current(self) -> PublicKey | None:
@@ -169,25 +183,38 @@ class KeySchedule:
 
     def _rotate(self, entry: Entry, envelope: bytes, old: PublicKey) -> tuple[str, str] | None:
         try:
-            rotation = Rotation.model_validate(entry.payload)
-            new = rotation.registry_key.key(self.origin or "")
+            replaced, new = Rotation.model_validate(entry.payload).keys(self.origin or "")
         except (ValidationError, MalformedError) as e:
             return ("malformed", f"the key rotation's payload is not valid: {e}")
-        if rotation.replaces != old.key_id:
+        if replaced != old:
             return (
                 "wrong_key",
-                f"the rotation replaces {rotation.replaces}, but the key in force is "
+                f"the rotation replaces {replaced.key_id}, but the key in force is "
                 f"{old.key_id}",
             )
         if new.key_id in self.key_ids():
             return ("wrong_key", f"the rotation brings back registry key {new.key_id}")
-        problem = _cosigned(envelope, old, new)
-        if problem is not None:
-            return problem
+        try:
+            check_cosigned(envelope, old, new)
+        except RegistryError as e:
+            return ("bad_signature", e.message)
         last = self.periods[-1]
         self.periods[-1] = KeyPeriod(last.key, last.valid_from_seq, entry.seq + 1)
         self.periods.append(KeyPeriod(new, entry.seq + 1))
         return None
+
+
+def named_by_genesis(envelope: bytes, origin: str) -> PublicKey | None:
+    """The registry key a genesis envelope names, read before its signature is checked (the
+    key that must sign it); ``None`` if the bytes are no genesis naming a valid key."""
+    try:
+        entry = Entry.from_bytes(Envelope.from_bytes(envelope).payload)
+    except RegistryError:
+        return None
+    if entry.kind != GENESIS_KIND:
+        return None
+    named = _genesis_key(entry, origin)
+    return None if isinstance(named, tuple) else named
 
 
 def _genesis_key(entry: Entry, origin: str | None) -> PublicKey | tuple[str, str]:
@@ -199,21 +226,20 @@ def _genesis_key(entry: Entry, origin: str | None) -> PublicKey | tuple[str, str
         return ("malformed", f"genesis names no valid registry key: {e}")
 
 
-def _cosigned(envelope: bytes, old: PublicKey, new: PublicKey) -> tuple[str, str] | None:
-    """Whether the rotation envelope carries exactly two signatures, the old key's and the
-    new key's, both verifying."""
+def check_cosigned(envelope: bytes, old: PublicKey, new: PublicKey) -> None:
+    """Raise unless the rotation envelope carries exactly two signatures, the replaced key's and
+    the new key's, both verifying (``BadSignatureError`` names what is wrong)."""
+    parsed = Envelope.from_bytes(envelope)
+    ids = sorted(s.keyid for s in parsed.signatures)
+    if ids != sorted((old.key_id, new.key_id)):
+        raise BadSignatureError(
+            "a key rotation must be signed by the key it replaces and by the new key, and "
+            f"only by them; it is signed by {', '.join(ids)}"
+        )
     try:
-        parsed = Envelope.from_bytes(envelope)
-        ids = sorted(s.keyid for s in parsed.signatures)
-        if ids != sorted((old.key_id, new.key_id)):
-            return (
-                "bad_signature",
-                "a key rotation must be signed by the key it replaces and by the new key, "
-                f"and only by them; it is signed by {', '.join(ids)}",
-            )
         verify_signatures(parsed, {old.key_id: old, new.key_id: new})
     except RegistryError as e:
-        return ("bad_signature", f"the key rotation's signatures: {e.message}")
-    return None
+        raise BadSignatureError(f"the key rotation's signatures: {e.message}") from e
+
 
 

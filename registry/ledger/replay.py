@@ -839,12 +839,11 @@ class Replay:
         if state.registry_key is None or state.origin is None:
             return
         try:
-            rotation = Rotation.model_validate(entry.payload)
-            key = rotation.registry_key.key(state.origin)
+            replaced, key = Rotation.model_validate(entry.payload).keys(state.origin)
         except (ValidationError, MalformedError):
             return
         known = {p.key.key_id for p in state.registry_keys}
-        if rotation.replaces != state.registry_key.key_id or key.key_id in known:
+        if replaced != state.registry_key or key.key_id in known:
             return
         last = state.registry_keys[-1]
         state.registry_keys[-1] = KeyPeriod(last.key, last.valid_from_seq, entry.seq + 1)

@@ -47,4 +47,8 @@ def retirement_receipt(session: Session, retirement_id: str) -> RetirementReceip
         retirement=_included(session, retirement.seq, checkpoint.size),
         holder_key=_included(session, key.added_seq, checkpoint.size),
         account=_included(session, account.created_seq, checkpoint.size),
+        registry_keys=[
+            _included(session, seq, checkpoint.size)
+            for seq in ledger_repo.rotation_seqs(session, below=checkpoint.size)
+        ],
     )

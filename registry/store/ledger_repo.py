@@ -241,6 +241,17 @@ def add_registry_key(
     session.add(RegistryKeyRow(key_id=key_id, public_key=public_key, valid_from_seq=valid_from_seq))
 
 
+def rotation_seqs(session: Session, *, below: int) -> list[int]:
+    """The seqs of the registry key's rotations before entry ``below``, in order (the registry
+    key table's starts, less genesis's)."""
+    starts = session.exec(
+        select(RegistryKeyRow.valid_from_seq)
+        .where(col(RegistryKeyRow.valid_from_seq) > 0, col(RegistryKeyRow.valid_from_seq) <= below)
+        .order_by(col(RegistryKeyRow.valid_from_seq))
+    ).all()
+    return [start - 1 for start in starts]
+
+
 def end_registry_key(session: Session, *, key_id: str, valid_until_seq: int) -> None:
     """Record that ``key_id`` signs no entry from ``valid_until_seq`` on (a rotation)."""
     session.execute(

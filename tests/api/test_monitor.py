@@ -434,3 +434,64 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_monitor_follows_the_registry_key_from_one_key_to_the_next(
+    registry: Registry, server: LiveServer, tmp_path: Path
+) -> None:
+    from registry.ledger.keys import SigningKey
+    from registry.service.key_rotation import rotate_registry_key
+
+    watched = tmp_path / "monitor.json"
+    append_notes(registry, 3)
+    assert audit(server, registry, watched).returncode == 0
+    rotated = rotate_registry_key(registry, new_key_file=tmp_path / "new.pem", passphrase=None)
+    new = SigningKey.from_pem((tmp_path / "new.pem").read_bytes(), None)
+    successor = Registry(engine=registry.engine, signer=new, origin=registry.origin)
+    append_notes(successor, 4)
+
+    # A monitor that saw the old key follows the rotation the old key signed, and keeps to the
+    # new key after it.
+    followed = audit(server, registry, watched)
+    assert followed.returncode == 0, followed.stderr
+    assert (
+        f"the registry rotated its key at entry {rotated.seq}: {new.public_key.key_id} signs "
+        f"from entry {rotated.seq + 1} on"
+    ) in followed.stdout
+    assert f"ok: {rotated.seq + 5} entries, 5 new since {rotated.seq}" in followed.stdout
+    assert json.loads(watched.read_text())["registry_key"] == new.public_key.to_b64()
+    append_notes(successor, 2)
+    again = audit(server, registry, watched)
+    assert again.returncode == 0 and "rotated" not in again.stdout, again.stderr
+
+    # A first round follows the keys from genesis, pinned to either key.
+    for pinned in (registry, successor):
+        fresh = audit(server, pinned, tmp_path / f"fresh-{pinned.signer.public_key.key_id}.json")
+        assert fresh.returncode == 0, fresh.stderr
+        assert f"ok: {rotated.seq + 7} entries" in fresh.stdout
+
+    # Entries past the rotation signed by the replaced key (which may have leaked) are an
+    # alarm, however well they chain.
+    before = watched.read_text()
+    _forge_with_old_key(registry, count=2)
+    alarm = audit(server, registry, watched)
+    assert alarm.returncode == 2, alarm.stdout
+    assert alarm.stderr.startswith(f"ALARM: entry {rotated.seq + 7}: "), alarm.stderr
+    assert "no signature by a trusted key" in alarm.stderr
+    assert watched.read_text() == before, "an alarm never moves the monitor's memory"
+    # So is a first round: the pinned new key did not sign them.
+    fresh = audit(server, successor, tmp_path / "after-forgery.json")
+    assert fresh.returncode == 2 and f"entry {rotated.seq + 7}" in fresh.stderr, fresh.stderr
+
+
+def _forge_with_old_key(registry: Registry, count: int) -> None:
+    """Append ``count`` entries signed by ``registry``'s (replaced) key behind the ledger's
+    back, as a holder of the old key with access to the database could."""
+    from registry.service.ledger import LedgerTail
+
+    for i in range(count):
+        with write_transaction(registry.engine) as session:
+            tail = LedgerTail.read(session)
+            tail.registry_key = None  # the guard a forger goes around
+            tail.append(session, registry, kind="test.note", actor="registry", payload={"n": i})
+            tail.publish(session, registry)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -535,3 +536,53 @@ def test_an_account_the_genesis_entry_opened_is_proven_by_it(
         else:
             with pytest.raises(RegistryError, match="for 'kh-water', not for 'jp-buyer'"):
                 verify_receipt(forged, verifier=registry.note_verifier)
+
+
+def test_a_receipt_across_a_rotation_of_the_registry_key_verifies_with_either_key(
+    registry: Registry, world: World, tmp_path: Path
+) -> None:
+    from registry.service.key_rotation import rotate_registry_key
+    from tests.factories import append_notes
+
+    retirement_id = _retire(world)
+    rotated = rotate_registry_key(registry, new_key_file=tmp_path / "new.pem", passphrase=None)
+    new = SigningKey.from_pem((tmp_path / "new.pem").read_bytes(), None)
+    successor = Registry(engine=registry.engine, signer=new, origin=registry.origin)
+    old_pin, new_pin = registry.note_verifier, successor.note_verifier
+
+    # Taken at the rotation: its checkpoint is signed by the old key and co-signed by the new.
+    at_rotation = RetirementReceipt.model_validate(
+        world.http.get(f"/v1/retirements/{retirement_id}/receipt")
+    )
+    assert [k.seq for k in at_rotation.registry_keys] == [rotated.seq]
+    # Taken later, under the new key alone: the retirement and the key registration were
+    # signed by the old key, which the rotation in the receipt hands over from.
+    append_notes(successor, 3)
+    later = RetirementReceipt.model_validate(
+        world.http.get(f"/v1/retirements/{retirement_id}/receipt")
+    )
+    assert later.retirement.tree_size == rotated.seq + 4
+    for receipt in (at_rotation, later):
+        for pin in (old_pin, new_pin):
+            checked = verify_receipt(receipt, verifier=pin)
+            assert checked.holder == "jp-buyer" and checked.quantity == 40
+
+    # Without the rotation, nothing says the old key signed the retirement.
+    with pytest.raises(RegistryError, match="no signature by a trusted key"):
+        verify_receipt(later.model_copy(update={"registry_keys": []}), verifier=new_pin)
+    # The old key alone vouches for nothing under the new key: it may have leaked, and a
+    # tree it signed may hold anything before the rotation.
+    text, signatures = at_rotation.checkpoint.split("\n\n")
+    old_only = at_rotation.model_copy(
+        update={"checkpoint": f"{text}\n\n{signatures.splitlines()[0]}\n"}
+    )
+    assert verify_receipt(old_only, verifier=old_pin).quantity == 40
+    with pytest.raises(RegistryError, match="replaced before the pinned key"):
+        verify_receipt(old_only, verifier=new_pin)
+    # A rotation the old key did not sign hands over nothing.
+    forged = json.loads(later.model_dump_json())
+    envelope = json.loads(base64.b64decode(forged["registry_keys"][0]["envelope"]))
+    envelope["signatures"] = envelope["signatures"][1:]
+    forged["registry_keys"][0]["envelope"] = b64encode(canonical_bytes(envelope))
+    with pytest.raises(RegistryError, match="signed by the key it replaces and by the new key"):
+        verify_receipt(RetirementReceipt.model_validate(forged), verifier=new_pin)
