@@ -22,6 +22,8 @@ from registry.ledger.checkpoint import NoteVerifier, open_checkpoint
 from registry.ledger.keys import SigningKey
 from registry.service.context import Registry
 from registry.service.setup import open_registry
+from registry.store import ledger_repo
+from registry.store.db import read_session
 from tests.conftest import ORIGIN
 from tests.helpers import LiveServer, StepClock, start_server
 from tests.test_cli import run
@@ -235,3 +237,91 @@ def test_a_second_rotation_gives_a_history_of_three_keys_that_verifies(
     assert code == 2 and [(f["seq"], f["code"]) for f in report["failures"]] == [
         (0, "unknown_key")]
 
+
+
+# --- refusals: nothing written, no key file left behind ------------------------------------
+
+
+def ledger_size(registry: Registry) -> int:
+    with read_session(registry.engine) as session:
+        return ledger_repo.tree_size(session)
+
+
+def test_rotate_key_onto_an_existing_file_leaves_it_and_the_ledger_as_they_were(
+    tmp_path: Path, settings: Settings, registry: Registry
+) -> None:
+    size = ledger_size(registry)
+    there = tmp_path / "there.pem"
+    there.write_bytes(b"someone's key\n")
+    r = run(["rotate-key", str(there), "--insecure-dev-key"], tmp_path,
+            **env_of(settings, settings.key_file))
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"error[configuration_error]: {there} already exists; not replacing a key"]
+    assert there.read_bytes() == b"someone's key\n"
+    assert ledger_size(registry) == size
+    # Nor a symbolic link, even one to nowhere: writing through it would put the key elsewhere.
+    link = tmp_path / "link.pem"
+    link.symlink_to(tmp_path / "nowhere.pem")
+    r = run(["rotate-key", str(link), "--insecure-dev-key"], tmp_path,
+            **env_of(settings, settings.key_file))
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"error[configuration_error]: {link} already exists; not replacing a key"]
+    assert not (tmp_path / "nowhere.pem").exists()
+    assert ledger_size(registry) == size
+
+
+def test_rotate_key_without_a_passphrase_or_with_both_writes_nothing(
+    tmp_path: Path, settings: Settings, registry: Registry
+) -> None:
+    size = ledger_size(registry)
+    new_file = tmp_path / "new.pem"
+    r = run(["rotate-key", str(new_file)], tmp_path, **env_of(settings, settings.key_file))
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        "error[configuration_error]: set REGISTRY_KEY_PASSPHRASE to encrypt the new registry "
+        "key (or pass --insecure-dev-key for a local, throw-away registry)"]
+    r = run(["rotate-key", str(new_file), "--insecure-dev-key"], tmp_path,
+            REGISTRY_KEY_PASSPHRASE="a passphrase nobody guesses",
+            **env_of(settings, settings.key_file))
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        "error[configuration_error]: REGISTRY_KEY_PASSPHRASE is set, but --insecure-dev-key "
+        "writes the new key unencrypted: unset one of them"]
+    assert not new_file.exists()
+    assert [p.name for p in settings.key_file.parent.iterdir()] == [settings.key_file.name]
+    assert ledger_size(registry) == size
+
+
+def test_rotate_key_with_the_key_it_replaced_is_refused_and_leaves_no_key(
+    tmp_path: Path, settings: Settings, registry: Registry
+) -> None:
+    new = rotate(tmp_path, settings, settings.key_file, tmp_path / "new.pem")
+    size = ledger_size(registry)
+    again = tmp_path / "again.pem"
+    r = run(["rotate-key", str(again), "--insecure-dev-key"], tmp_path,
+            **env_of(settings, settings.key_file))
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"error[configuration_error]: the key at {settings.key_file} is not this ledger's "
+        f"registry key ({new.public_key.key_id}): check REGISTRY_KEY_FILE"]
+    assert not again.exists()
+    assert ledger_size(registry) == size
+
+
+def test_rotate_key_encrypts_the_new_key_with_the_registrys_passphrase(tmp_path: Path) -> None:
+    secret = "correct horse battery staple"
+    assert run(["init"], tmp_path, REGISTRY_KEY_PASSPHRASE=secret).returncode == 0
+    new_file = tmp_path / "var" / "registry-key-2.pem"
+    r = run(["rotate-key", str(new_file)], tmp_path, REGISTRY_KEY_PASSPHRASE=secret)
+    assert r.returncode == 0, r.stderr
+    pem = new_file.read_bytes()
+    assert b"ENCRYPTED PRIVATE KEY" in pem
+    new = SigningKey.from_pem(pem, secret.encode())
+    new_verifier = NoteVerifier(name="kh.carbon-registry.example/ledger", key=new.public_key)
+    assert f"checkpoint verifier key: {new_verifier.verifier_string()}" in r.stdout.splitlines()
+    assert run(["export", "ledger.jsonl"], tmp_path).returncode == 0
+    r = run(["verify", "ledger.jsonl", "--workers", "1", "--registry-key",
+             new_verifier.verifier_string()], tmp_path)
+    assert r.returncode == 0, r.stdout
