@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.ledger.checkpoint import Checkpoint, sign_checkpoint
+from registry.ledger.checkpoint import Checkpoint, add_signature, sign_checkpoint
 from registry.ledger.dsse import Envelope
 from registry.ledger.entry import Entry, seal_entry
 from registry.ledger.keys import SigningKey
@@ -63,6 +64,11 @@ class RawBundle:
     def entry(self, seq: int) -> Entry:
         return entry_of(self.envelopes[seq])
 
+    def reseal_one(self, seq: int, key: SigningKey, *, cosigner: SigningKey | None = None) -> None:
+        """Sign entry ``seq`` again, unchanged, with ``key`` (and ``cosigner``): its envelope's
+        bytes change, so the entries after it are to be re-chained (:meth:`reseal`)."""
+        self.envelopes[seq] = seal_entry(self.entry(seq), key, cosigner=cosigner)
+
     def reseal(self, key: SigningKey, *, start: int = 0) -> None:
         """Renumber and re-chain entries from ``start`` on, signing each with ``key``."""
         prev = leaf_hash(self.envelopes[start - 1]) if start else None
@@ -84,11 +90,19 @@ class RawBundle:
                 if line[name] is not None and line[name] >= position:
                     line[name] += 1
 
-    def resign(self, key: SigningKey, origin: str) -> None:
-        """Replace every checkpoint with one signed by ``key`` over the current entries."""
+    def resign(
+        self, key: SigningKey | Callable[[int], Sequence[SigningKey]], origin: str
+    ) -> None:
+        """Replace every checkpoint with one signed by ``key`` over the current entries; or,
+        ``key`` a function, by the keys it gives for each size (the first signs, the others
+        co-sign)."""
         tree = CompactRange()
         self.checkpoints = []
         for envelope in self.envelopes:
             tree.append(leaf_hash(envelope))
             cp = Checkpoint(origin=origin, size=tree.size, root=tree.root())
-            self.checkpoints.append((tree.size, sign_checkpoint(cp, name=origin, key=key)))
+            first, *others = [key] if isinstance(key, SigningKey) else key(tree.size)
+            note = sign_checkpoint(cp, name=origin, key=first)
+            for other in others:
+                note = add_signature(note, name=origin, key=other)
+            self.checkpoints.append((tree.size, note))
