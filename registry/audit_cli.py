@@ -110,7 +110,8 @@ def verify_cmd(
             "--registry-key",
             help="The registry key you trust, obtained independently: its note verifier key "
             "(<origin>+<keyid>+<base64>, as `registry init` prints) or raw base64 Ed25519 key. "
-            "Required.",
+            "Any key of the ledger's history is accepted; pin the one the registry publishes "
+            "now (a key it replaced may have leaked). Required.",
         ),
     ] = "",
     json_out: Annotated[

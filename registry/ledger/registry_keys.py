@@ -8,8 +8,10 @@ after the rotation on, only the new key signs.
 
 A key's period is half-open, as a party key's is: ``valid_from_seq`` is the first entry it signs
 as the registry's key, ``valid_until_seq`` the first it no longer signs (``None`` while it signs).
-A checkpoint of size ``n`` is signed by the key that signed entry ``n - 1``, the last it covers;
-the checkpoint that covers a rotation is co-signed by the new key as well.
+A checkpoint of size ``n`` must be signed by the key that signed entry ``n - 1``, the last it
+covers. The registry also co-signs the checkpoint that covers a rotation with the new key, so a
+client that already holds the new key can check it; no check requires that co-signature (the
+rotation entry's own carries the new key's word).
 
 An auditor may pin any key of the history: each key vouches for the history before it (by its
 rotation signature) and for the key after it (by signing the next rotation). Pin the key the

@@ -353,8 +353,8 @@ class _Verifier:
                 self.fail(
                     "bad_bundle",
                     f"the header says registry key {p.key.key_id} signs "
-                    f"{_span(line.valid_from_seq, line.valid_until_seq)}; the ledger makes it "
-                    f"the registry's key {_span(p.valid_from_seq, p.valid_until_seq)}",
+                    f"{_span(line.valid_from_seq, line.valid_until_seq)}; in the ledger it "
+                    f"signs {_span(p.valid_from_seq, p.valid_until_seq)}",
                 )
         for key_id in listed:
             self.fail(

@@ -203,8 +203,8 @@ def test_the_header_giving_the_old_key_another_range(
     claimed = said.format(r=r + 1)
     for pinned in (old, rotated.new):
         assert failures(bundle, rotated.pin(pinned)) == [(None, "bad_bundle", (
-            f"the header says registry key {old.public_key.key_id} signs {claimed}; the "
-            f"ledger makes it the registry's key entries 0 to {r}"))]
+            f"the header says registry key {old.public_key.key_id} signs {claimed}; in the "
+            f"ledger it signs entries 0 to {r}"))]
 
 
 def test_a_rotation_the_old_key_forges_to_a_key_of_its_own(

@@ -264,8 +264,8 @@ def test_a_registry_key_range_the_ledger_never_gave_is_found(
     found = failures(bundle, sqlite_bundle)
     assert codes(found) == {(None, "bad_bundle")}
     assert message(found, None, "bad_bundle") == (
-        f"the header says registry key {key['key_id']} signs entries 2 to 2; the ledger "
-        "makes it the registry's key from entry 0 on, with no end"
+        f"the header says registry key {key['key_id']} signs entries 2 to 2; in the ledger "
+        "it signs from entry 0 on, with no end"
     )
 
 
