@@ -115,8 +115,9 @@ def test_a_rotation_beside_a_running_server_then_a_restart_and_an_audit(
     ]
 
     # A server started with the old key file is refused, in one line naming the key in force.
-    refusal = (f"the key at {settings.key_file} is not this ledger's registry key "
-               f"({new.public_key.key_id}): check REGISTRY_KEY_FILE")
+    refusal = (f"the key at {settings.key_file} was this ledger's registry key until entry "
+               f"{rotation_seq} rotated it to {new.public_key.key_id}: set REGISTRY_KEY_FILE "
+               "to the key `registry rotate-key` wrote")
     with tempfile.TemporaryDirectory(prefix="run-") as runtime:
         r = run(["serve", "--port", "1"], tmp_path, XDG_RUNTIME_DIR=runtime,
                 **env_of(settings, settings.key_file))
@@ -304,8 +305,9 @@ def test_rotate_key_with_the_key_it_replaced_is_refused_and_leaves_no_key(
             **env_of(settings, settings.key_file))
     assert r.returncode == 1
     assert r.stderr.splitlines() == [
-        f"error[configuration_error]: the key at {settings.key_file} is not this ledger's "
-        f"registry key ({new.public_key.key_id}): check REGISTRY_KEY_FILE"]
+        f"error[configuration_error]: the key at {settings.key_file} was this ledger's "
+        f"registry key until entry {size - 1} rotated it to {new.public_key.key_id}: set "
+        "REGISTRY_KEY_FILE to the key `registry rotate-key` wrote"]
     assert not again.exists()
     assert ledger_size(registry) == size
 

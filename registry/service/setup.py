@@ -125,12 +125,22 @@ def _refuse_another_ledgers_name_or_key(
             f"this ledger's origin is {origin!r}, not {settings.origin!r}: set "
             f"REGISTRY_ORIGIN={origin}"
         )
-    current = [k.key_id for k in ledger_repo.registry_keys(session) if k.valid_until_seq is None]
-    if registry.signer.public_key.key_id not in current:
+    rows = ledger_repo.registry_keys(session)
+    current = [k.key_id for k in rows if k.valid_until_seq is None]
+    mine = registry.signer.public_key.key_id
+    if mine in current:
+        return
+    replaced = next((k for k in rows if k.key_id == mine), None)
+    if replaced is not None and replaced.valid_until_seq is not None:
         raise ConfigurationError(
-            f"the key at {settings.key_file} is not this ledger's registry key "
-            f"({', '.join(current) or 'none'}): check REGISTRY_KEY_FILE"
+            f"the key at {settings.key_file} was this ledger's registry key until entry "
+            f"{replaced.valid_until_seq - 1} rotated it to {', '.join(current) or 'none'}: set "
+            "REGISTRY_KEY_FILE to the key `registry rotate-key` wrote"
         )
+    raise ConfigurationError(
+        f"the key at {settings.key_file} is not this ledger's registry key "
+        f"({', '.join(current) or 'none'}): check REGISTRY_KEY_FILE"
+    )
 
 
 def genesis_origin(session: Session) -> str:
