@@ -52,6 +52,14 @@ class StorageFailedError(RegistryError):
     http_status = 503
 
 
+class DatabaseReadOnlyError(StorageFailedError):
+    """The database takes no writes: a file system remounted read-only (as ext4 does after an
+    error), or a PostgreSQL standby (a failover that left the registry on a replica). Nothing
+    was written; once it takes writes again, a retry with the same key is safe."""
+
+    code = "database_read_only"
+
+
 class DatabaseMovedError(RegistryError):
     """The SQLite file the server opened is no longer at its path (moved, replaced or deleted
     while the server ran): writes are refused, so none is acknowledged into a file no one will

@@ -358,7 +358,7 @@ def test_init_on_a_full_disk_says_so_and_can_be_run_again(tmp_path: Path, kib: i
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     last = r.stderr.splitlines()[-1]
     assert last.startswith("error[storage_failed]: the database could not write "), last
-    assert "its disk is full or failing" in last and "Idempotency-Key" not in last, last
+    assert "its disk is full, failing or read-only" in last and "Idempotency-Key" not in last, last
     r = run(["init", "--insecure-dev-key"], tmp_path)
     assert r.returncode == 0, r.stderr
 

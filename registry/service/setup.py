@@ -271,9 +271,9 @@ def initialise(
         if isinstance(e, AlreadyInitialised) or not _initialised(engine):
             settings.key_file.unlink(missing_ok=True)
         if isinstance(e, StorageFailedError):  # its words are for a request
-            raise StorageFailedError(
+            raise type(e)(
                 f"the database could not write the genesis entry ({first_line(e.__cause__ or e)}): "
-                "its disk is full or failing. Run init again once it can be written"
+                "its disk is full, failing or read-only. Run init again once it can be written"
             ) from e
         if isinstance(e, DatabaseUnavailableError):
             raise DatabaseUnavailableError(

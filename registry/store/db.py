@@ -27,6 +27,7 @@ from sqlmodel import Session
 from registry.errors import (
     ConfigurationError,
     DatabaseMovedError,
+    DatabaseReadOnlyError,
     DatabaseUnavailableError,
     RegistryBusyError,
     StorageFailedError,
@@ -111,6 +112,16 @@ def _configure_postgres(engine: Engine, *, lock_timeout_ms: int) -> None:
         with dbapi_connection.cursor() as cursor:
             cursor.execute(f"SET lock_timeout = {int(lock_timeout_ms)}")
         dbapi_connection.commit()
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_connection: Any, _record: Any) -> None:
+        # A read (read_session) sets the connection read-only, and SQLAlchemy, handing it
+        # back, sets it read-write: psycopg would then begin every later transaction READ
+        # WRITE, overriding a database its administrator made read-only (ALTER DATABASE ... SET
+        # default_transaction_read_only), and the registry would write into it. Back to the
+        # database's own default.
+        if dbapi_connection is not None and not dbapi_connection.closed:
+            dbapi_connection.read_only = None
 
 
 OPENED_FILE_ENV = "REGISTRY_SQLITE_OPENED"
@@ -244,6 +255,13 @@ def write_transaction(engine: Engine, *, reads: Sequence[Read] = ()) -> Iterator
                 "this request was carried out is not known, and a retry with the same "
                 "Idempotency-Key is safe"
             ) from e
+        if _read_only(e):
+            _log.error("the database takes no writes: %s", first_line(e))
+            raise DatabaseReadOnlyError(
+                f"the registry's database takes no writes ({first_line(e)}): a file system "
+                "mounted read-only, or a PostgreSQL standby. Nothing was written; once it "
+                "takes writes again, a retry with the same Idempotency-Key is safe"
+            ) from e
         if not _storage_failed(e):
             raise
         _log.error("the database could not write: %s", _storage_error_name(e))
@@ -286,6 +304,19 @@ _STORAGE_SQLITE_CODES = frozenset({
 })
 """SQLite's (extended) codes for a write its disk refused. Its other I/O errors (a lock, the
 shared-memory file, a read, a file gone) are not a disk to free, and stay unexpected."""
+
+
+_READ_ONLY_SQLSTATES = frozenset({"25006"})
+"""PostgreSQL's ``read_only_sql_transaction``: a write on a standby (or a read-only session)."""
+
+
+def _read_only(error: DBAPIError) -> bool:
+    """Whether ``error`` says the database takes no writes at all (a read-only file or file
+    system for SQLite, whatever its extended code; a standby for PostgreSQL)."""
+    orig = error.orig
+    if isinstance(orig, sqlite3.Error):
+        return orig.sqlite_errorcode & 0xFF == sqlite3.SQLITE_READONLY
+    return getattr(orig, "sqlstate", None) in _READ_ONLY_SQLSTATES
 
 
 def _storage_failed(error: DBAPIError) -> bool:
@@ -456,10 +487,10 @@ def migrate(engine: Engine) -> None:
             f"({first_line(e.__cause__ or e)}); start again once it is back"
         ) from e
     except StorageFailedError as e:
-        raise StorageFailedError(
+        raise type(e)(
             f"the database could not write while its schema was brought up to date "
-            f"({first_line(e.__cause__ or e)}): its disk is full or failing. Nothing was "
-            "changed: start again once it can be written"
+            f"({first_line(e.__cause__ or e)}): its disk is full, failing or read-only. "
+            "Nothing was changed: start again once it can be written"
         ) from e
 
 
