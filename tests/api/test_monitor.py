@@ -495,3 +495,24 @@ def _forge_with_old_key(registry: Registry, count: int) -> None:
             tail.registry_key = None  # the guard a forger goes around
             tail.append(session, registry, kind="test.note", actor="registry", payload={"n": i})
             tail.publish(session, registry)
+
+
+def test_monitor_re_pinned_to_the_new_key_resumes_from_a_state_kept_before_the_rotation(
+    registry: Registry, server: LiveServer, tmp_path: Path
+) -> None:
+    """The registry rotated; its operator publishes the new key and every tool says to pin the
+    key the registry publishes now. A monitor whose memory predates the rotation, re-pinned to
+    the new key, must follow the rotation from where it stopped (the old key's checkpoint in its
+    memory is what the new key's rotation vouches for), not disown its own state file."""
+    from registry.ledger.keys import SigningKey
+    from registry.service.key_rotation import rotate_registry_key
+
+    watched = tmp_path / "monitor.json"
+    append_notes(registry, 3)
+    assert audit(server, registry, watched).returncode == 0
+    rotate_registry_key(registry, new_key_file=tmp_path / "new.pem", passphrase=None)
+    new = SigningKey.from_pem((tmp_path / "new.pem").read_bytes(), None)
+    successor = Registry(engine=registry.engine, signer=new, origin=registry.origin)
+    append_notes(successor, 2)
+    followed = audit(server, successor, watched)
+    assert followed.returncode == 0, followed.stderr
