@@ -327,3 +327,32 @@ def test_rotate_key_encrypts_the_new_key_with_the_registrys_passphrase(tmp_path:
     r = run(["verify", "ledger.jsonl", "--workers", "1", "--registry-key",
              new_verifier.verifier_string()], tmp_path)
     assert r.returncode == 0, r.stdout
+
+
+def test_an_interrupt_as_the_rotation_commits_keeps_the_new_key(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """Ctrl-C (or any interrupt) that lands once the database has committed the rotation must
+    not delete the new key: the ledger then names it as the only key that may sign, and with it
+    gone nobody can ever write to the registry again."""
+    from sqlalchemy import event
+    from sqlmodel import Session
+
+    from registry.service.key_rotation import rotate_registry_key
+
+    def interrupted(session: Session) -> None:
+        raise KeyboardInterrupt
+
+    new_file = tmp_path / "new.pem"
+    event.listen(Session, "after_commit", interrupted, once=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            rotate_registry_key(registry, new_key_file=new_file, passphrase=None)
+    finally:
+        if event.contains(Session, "after_commit", interrupted):
+            event.remove(Session, "after_commit", interrupted)
+    with read_session(registry.engine) as session:
+        current = [k.key_id for k in ledger_repo.registry_keys(session)
+                   if k.valid_until_seq is None]
+    assert current != [registry.signer.public_key.key_id], "the rotation committed"
+    assert new_file.exists(), f"the ledger's only signing key {current} was deleted"
