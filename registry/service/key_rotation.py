@@ -19,7 +19,8 @@ from registry.ledger.keys import PublicKey, SigningKey
 from registry.service.context import Registry
 from registry.service.ledger import LedgerTail
 from registry.service.setup import write_key_file
-from registry.store.db import write_transaction
+from registry.store import ledger_repo
+from registry.store.db import read_session, write_transaction
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,10 @@ def rotate_registry_key(
             details=e.details,
         ) from e
     except BaseException:
-        new_key_file.unlink(missing_ok=True)
+        # An interrupt (Ctrl-C, SIGTERM) may land once the database has committed: the key
+        # goes only if the ledger certainly does not name it.
+        if not _maybe_in_force(registry, new.public_key):
+            new_key_file.unlink(missing_ok=True)
         raise
     return Rotated(
         seq=appended.entry.seq,
@@ -66,3 +70,12 @@ def rotate_registry_key(
         new=new.public_key,
         note_verifier=NoteVerifier(name=registry.origin, key=new.public_key).verifier_string(),
     )
+
+
+def _maybe_in_force(registry: Registry, key: PublicKey) -> bool:
+    """Whether the ledger may name ``key`` as a registry key (``True`` if that cannot be read)."""
+    try:
+        with read_session(registry.engine) as session:
+            return any(k.key_id == key.key_id for k in ledger_repo.registry_keys(session))
+    except Exception:
+        return True
