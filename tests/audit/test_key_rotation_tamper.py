@@ -228,3 +228,22 @@ def test_a_rotation_the_old_key_forges_to_a_key_of_its_own(
     assert failures(bundle, rotated.pin(new)) == [(0, "unknown_key", (
         f"the pinned key {new.public_key.key_id} is not a registry key of this ledger (its "
         f"keys: {old.public_key.key_id}, {ATTACKER.public_key.key_id})"))]
+
+
+def test_the_replay_and_the_log_auditor_agree_on_a_rotation_the_new_key_did_not_sign(
+    rotated: Rotated, tmp_path: Path
+) -> None:
+    """The log auditor refuses a rotation without the new key's signature and keeps the old key
+    in force; the replayed state (what --against compares with the registry's key table) must
+    not establish the new key either."""
+    r, old = rotated.seq, rotated.old
+    bundle = rotated.copy(tmp_path)
+    bundle.reseal_one(r, old)
+    bundle.reseal(old, start=r + 1)
+    bundle.resign(old, ORIGIN)
+    verification = verify_bundle(bundle.write(), registry_key=rotated.pin(old), workers=1)
+    auditor = [(k["key_id"], k["valid_from_seq"], k["valid_until_seq"])
+               for k in verification.report.registry_keys]
+    replayed = [(p.key.key_id, p.valid_from_seq, p.valid_until_seq)
+                for p in verification.state.registry_keys]
+    assert replayed == auditor == [(old.public_key.key_id, 0, None)]
