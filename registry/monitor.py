@@ -184,13 +184,14 @@ class MonitorState:
     frontier: list[str] = field(default_factory=list)
     last_leaf: str | None = None
     checkpoint: str = ""
-    registry_key: str = ""
-    """The registry key in force after ``size`` entries (base64), once the registry rotated
-    its key; empty: the pinned key (and in a state file kept before rotations were followed)."""
+    registry_keys: list[str] = field(default_factory=list)
+    """The registry keys the monitor has seen sign this ledger (base64), in order: the last is
+    in force after ``size`` entries. Empty in a state file kept before rotations were
+    followed: the pinned key then."""
 
-    def key(self, verifier: NoteVerifier) -> PublicKey:
-        """The registry key in force after this state's entries."""
-        return PublicKey.from_b64(self.registry_key) if self.registry_key else verifier.key
+    def followed(self, verifier: NoteVerifier) -> list[PublicKey]:
+        """The registry keys seen so far, the one in force last."""
+        return [PublicKey.from_b64(k) for k in self.registry_keys] or [verifier.key]
 
     @classmethod
     def load(cls, path: Path, verifier: NoteVerifier | None = None) -> MonitorState | None:
@@ -202,8 +203,10 @@ class MonitorState:
             data = read_json(path.read_text())
             digest = data.pop("digest", None) if isinstance(data, dict) else None
             state = cls(**data)
-            if state.registry_key:
-                PublicKey.from_b64(state.registry_key)
+            if not isinstance(state.registry_keys, list):
+                raise ValueError("registry_keys is not a list")
+            for key in state.registry_keys:
+                PublicKey.from_b64(key)
             if digest is not None and digest != state._digest():
                 raise ValueError("its digest is not its content's")  # e.g. last_leaf
             state._check()
@@ -217,9 +220,11 @@ class MonitorState:
     def _check_signed(self, path: Path, verifier: NoteVerifier) -> None:
         """A state file kept for another registry, or under another key, is the monitor's own
         error: comparing this registry with it would cry fork or rollback at an honest one.
-        (After a rotation, its checkpoint is signed by the key it names, or co-signed.)"""
+        (Its checkpoint may be signed by a key the registry then used, which may not be the one
+        pinned now: a pin moved to the registry's new key after a rotation.)"""
         try:
-            verifiers = [verifier, NoteVerifier(name=verifier.name, key=self.key(verifier))]
+            keys = {verifier.key, *self.followed(verifier)}
+            verifiers = [NoteVerifier(name=verifier.name, key=k) for k in keys]
             cp, _ = open_checkpoint_signers(
                 self.checkpoint, origin=verifier.name, verifiers=verifiers
             )
@@ -259,10 +264,10 @@ class MonitorState:
 
     def _digest(self) -> str:
         """SHA-256 of the fields: ``last_leaf`` cannot be checked against the others. (An
-        empty ``registry_key`` is left out, as state files kept before it had none.)"""
+        empty ``registry_keys`` is left out, as state files kept before it had none.)"""
         fields = asdict(self)
-        if not self.registry_key:
-            del fields["registry_key"]
+        if not self.registry_keys:
+            del fields["registry_keys"]
         text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -288,13 +293,43 @@ def check_round(
     seconds: float = ANSWER_SECONDS,
 ) -> tuple[MonitorState, Round]:
     """One round of checks; returns the state to keep, or raises :class:`MonitorAlarm`.
-    Each answer may take ``seconds``, all of it."""
+    Each answer may take ``seconds``, all of it.
+
+    A state kept under other keys than the pinned one is a pin moved to the registry's new
+    key after a rotation, if this round sees the registry rotate to it; otherwise it is a state
+    file kept for another registry (or a pin to a key not yet in force): the monitor's own
+    error, not an alarm against the registry, whose history it was not kept for.
+    """
+    repinned = state is not None and state.size > 0 and verifier.key not in state.followed(
+        verifier)
+    try:
+        return _check_round(http, verifier, state, seconds=seconds)
+    except MonitorAlarm as e:
+        if not repinned:
+            raise
+        assert state is not None
+        raise RegistryError(
+            "the monitor's state was not kept for this registry: its checkpoint is not signed "
+            f"by the pinned key {verifier.describe()} but by "
+            f"{', '.join(k.key_id for k in state.followed(verifier))}, and the registry "
+            f"shows no rotation to the pinned key since ({e.message})"
+        ) from e
+
+
+def _check_round(
+    http: httpx.Client,
+    verifier: NoteVerifier,
+    state: MonitorState | None,
+    *,
+    seconds: float,
+) -> tuple[MonitorState, Round]:
     response = _get(http, "/v1/checkpoint", seconds=seconds)
     if response.status_code != 200:
         raise MonitorUnavailable(f"the registry answered {response.status_code} to /v1/checkpoint")
     note = response.text
     old = state or MonitorState()
-    known = old.key(verifier)
+    followed = old.followed(verifier) if old.size else []
+    known = followed[-1] if followed else verifier.key
     try:
         cp, _ = open_checkpoint_signers(
             note, origin=verifier.name, verifiers=[NoteVerifier(name=verifier.name, key=known)]
@@ -382,10 +417,15 @@ def check_round(
     signer = schedule.signer_of_last or current
     if not signed_by_known or signer != known:
         _check_checkpoint_signer(note, verifier.name, signer)
-    if fresh and verifier.key.key_id not in schedule.key_ids():
+    for period in schedule.periods:
+        if period.key not in followed:
+            followed.append(period.key)
+    if verifier.key not in followed:
+        # A first round: no key of the ledger's is the pinned key. A later one, re-pinned to a
+        # new key: no rotation to it was seen (whoever holds the old key may be writing on).
         raise MonitorAlarm(
             f"the pinned key {verifier.key.key_id} is not a registry key of this ledger "
-            f"(its keys: {', '.join(p.key.key_id for p in schedule.periods)})"
+            f"(its keys, as far as seen: {', '.join(k.key_id for k in followed)})"
         )
     new = MonitorState(
         size=cp.size,
@@ -393,7 +433,7 @@ def check_round(
         frontier=[_b64(h) for h in tree.frontier],
         last_leaf=prev,
         checkpoint=note,
-        registry_key="" if current == verifier.key else current.to_b64(),
+        registry_keys=[k.to_b64() for k in followed],
     )
     return new, Round(
         previous_size=old.size,

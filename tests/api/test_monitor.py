@@ -459,7 +459,8 @@ def test_monitor_follows_the_registry_key_from_one_key_to_the_next(
         f"from entry {rotated.seq + 1} on"
     ) in followed.stdout
     assert f"ok: {rotated.seq + 5} entries, 5 new since {rotated.seq}" in followed.stdout
-    assert json.loads(watched.read_text())["registry_key"] == new.public_key.to_b64()
+    assert json.loads(watched.read_text())["registry_keys"] == [
+        registry.signer.public_key.to_b64(), new.public_key.to_b64()]
     append_notes(successor, 2)
     again = audit(server, registry, watched)
     assert again.returncode == 0 and "rotated" not in again.stdout, again.stderr
