@@ -168,6 +168,8 @@ def test_a_rotation_beside_a_running_server_then_a_restart_and_an_audit(
         assert report["entries"] == rotation_seq + 2
         assert [{k: line[k] for k in ("key_id", "valid_from_seq", "valid_until_seq")}
                 for line in report["registry_keys"]] == history
+        # Pinned to the replaced key, it passes, and says the key was replaced.
+        assert report["pinned_key_replaced_at"] == (rotation_seq if pinned is old else None)
     code, report = verify(tmp_path, bundle, verifier(FOREIGN))
     assert code == 2
     assert [(f["seq"], f["code"]) for f in report["failures"]] == [(0, "unknown_key")]
@@ -234,6 +236,12 @@ def test_a_second_rotation_gives_a_history_of_three_keys_that_verifies(
     assert r.returncode == 0, r.stdout
     assert f"{second.public_key.key_id} signs entries {first_rotation + 1}..{second_rotation}" \
         in r.stdout
+    assert "note " not in r.stdout
+    r = run(["verify", str(bundle), "--registry-key", verifier(second), "--workers", "1"],
+            tmp_path)
+    assert r.returncode == 0, r.stdout
+    assert (f"note        the pinned key was replaced at entry {second_rotation}: pin the "
+            "registry's current key") in r.stdout
     code, report = verify(tmp_path, bundle, verifier(FOREIGN))
     assert code == 2 and [(f["seq"], f["code"]) for f in report["failures"]] == [
         (0, "unknown_key")]

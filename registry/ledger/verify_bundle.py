@@ -94,6 +94,9 @@ class BundleReport:
     #: The ledger's registry keys, each over the entries it signs (``valid_until_seq`` is the
     #: first it no longer signs): more than one after a key rotation.
     registry_keys: list[dict[str, Any]] = field(default_factory=list)
+    #: The entry that rotated the pinned key away, if it was replaced: pinned to a retired key,
+    #: the check takes the history its holder signed up to then (which may have leaked).
+    pinned_key_replaced_at: int | None = None
     summary: dict[str, int] = field(default_factory=dict)
     #: Genesis flags of rules this version checks that the ledger does not adopt (and so is
     #: not held to): see :meth:`~registry.ledger.replay.ReplayedState.rules_not_adopted`.
@@ -118,6 +121,7 @@ class BundleReport:
             "origin": self.origin,
             "registry_key": self.registry_key,
             "registry_keys": self.registry_keys,
+            "pinned_key_replaced_at": self.pinned_key_replaced_at,
             "tree_size": self.tree_size,
             "exported_at": self.exported_at,
             "entries": self.log.entries,
@@ -149,6 +153,12 @@ class BundleReport:
                 f"{k['valid_from_seq']}.."
                 + ("" if k["valid_until_seq"] is None else str(k["valid_until_seq"] - 1))
                 for i, k in enumerate(self.registry_keys)
+            )
+        if self.pinned_key_replaced_at is not None:
+            lines.append(
+                f"note        the pinned key was replaced at entry {self.pinned_key_replaced_at}: "
+                "pin the registry's current key (a replaced key may have leaked, and its holder "
+                "could sign a history of their own up to then)"
             )
         if s:
             lines.append(
@@ -601,6 +611,11 @@ def verify_bundle(
              "valid_until_seq": p.valid_until_seq}
             for p in periods
         ],
+        pinned_key_replaced_at=next(
+            (p.valid_until_seq - 1 for p in periods
+             if p.key == pinned.key and p.valid_until_seq is not None),
+            None,
+        ),
         log=log,
         summary=run.replay.state.summary(),
         rules_not_adopted=run.replay.state.rules_not_adopted(),
