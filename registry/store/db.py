@@ -167,12 +167,14 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         immediate = connection.get_execution_options().get(_WRITE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
         if immediate and moved():
             # SQLite writes on, without an error, into a file moved, replaced (a backup put
             # back with mv) or deleted: what it acknowledged there would be gone at the next
-            # start. One stat a write transaction.
+            # start. One stat a write transaction, once its lock is held: the file may have
+            # been moved while it waited for another process to let go of it.
+            connection.exec_driver_sql("ROLLBACK")
             raise _moved_error(path)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def _moved_error(path: str | None) -> DatabaseMovedError:

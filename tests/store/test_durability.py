@@ -8,6 +8,8 @@ commit durable, and the write lock what serialises appends.
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -115,3 +117,43 @@ def test_no_connection_opens_a_file_put_in_the_place_of_the_engines(tmp_path: Pa
         engine.dispose()
     with closing(sqlite3.connect(database)) as check:
         assert check.execute("SELECT count(*) FROM t").fetchone() == (3,)
+
+
+def test_a_file_moved_while_a_write_waits_for_its_lock_is_not_written_into(
+    tmp_path: Path,
+) -> None:
+    """Another process holds SQLite's write lock (a second server, `registry export`'s
+    snapshot, an operator's sqlite3 shell) while the file is moved aside: the write that was
+    waiting is refused once it gets the lock, not carried out into the moved file."""
+    database = tmp_path / "registry.db"
+    engine = make_engine(f"sqlite:///{database}")
+    try:
+        with write_transaction(engine) as session:
+            session.execute(text("CREATE TABLE t (n INTEGER)"))
+        holder = sqlite3.connect(database, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        outcome: list[BaseException | None] = []
+
+        def write() -> None:
+            try:
+                with write_transaction(engine) as session:
+                    session.execute(text("INSERT INTO t VALUES (1)"))
+                outcome.append(None)
+            except BaseException as e:  # what the waiting write met
+                outcome.append(e)
+
+        waiting = threading.Thread(target=write)
+        waiting.start()
+        time.sleep(0.5)  # the write waits for the lock
+        assert not outcome
+        aside = tmp_path / "aside.db"
+        database.rename(aside)
+        holder.rollback()
+        holder.close()
+        waiting.join(timeout=30)
+        assert len(outcome) == 1 and isinstance(outcome[0], DatabaseMovedError), outcome
+    finally:
+        engine.dispose()
+    aside.rename(database)  # back beside its write-ahead log, which SQLite finds by name
+    with closing(sqlite3.connect(database)) as check:
+        assert check.execute("SELECT count(*) FROM t").fetchone() == (0,)
