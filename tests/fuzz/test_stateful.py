@@ -59,11 +59,13 @@ from registry.errors import (
     InvalidRequestError,
     PermissionDeniedError,
     RegistryError,
+    RegistryKeyReplacedError,
     ReplayError,
     SerialsNotHeldError,
 )
 from registry.ledger.keys import SigningKey
 from registry.service.context import Registry
+from registry.service.key_rotation import rotate_registry_key
 from registry.service.ledger import audit_store
 from registry.service.setup import FirstAdministrator, initialise
 from registry.service.submit import submit
@@ -221,6 +223,7 @@ class CreditLedgerMachine(RuleBasedStateMachine):
         self.last: tuple[dict[str, Any], str, str, dict[str, Any]] | None = None
         self.accepted = 0
         self.refused = 0
+        self.rotations = 0
         try:
             self._build_world()
         except BaseException:
@@ -467,6 +470,32 @@ class CreditLedgerMachine(RuleBasedStateMachine):
             self.cancelled[batch].add(serial)
 
     @precondition(lambda self: self.last is not None)
+    @precondition(lambda self: self.rotations < 2)
+    @rule()
+    def rotate_registry_key(self) -> None:
+        """The registry hands signing over to a new key between any two movements: the entry
+        is the next, and a writer still on the old key is refused and changes nothing."""
+        old = self.registry
+        path = self.database.key_file.with_name(f"rotated-{self.rotations}.pem")
+        rotated = rotate_registry_key(old, new_key_file=path, passphrase=None)
+        assert rotated.seq == self.size
+        self.size += 1
+        assert self._tree_size() == self.size
+        self.registry = Registry(
+            engine=old.engine,
+            signer=SigningKey.from_pem(path.read_bytes(), None),
+            origin=old.origin,
+            clock=old.clock,
+        )
+        self.rotations += 1
+        before = self._snapshot()
+        account = f"KH-ROT-{self.rotations}"
+        with pytest.raises(RegistryKeyReplacedError):
+            submit(old, self._sign(ADMIN, "account.open", {
+                "account_id": account, "holder": "kh-water", "name": "opened by a stale writer",
+            }), expected_type="account.open", idempotency_key=new_nonce())
+        assert self._snapshot() == before, "a writer on a replaced key changed the registry"
+
     @rule()
     def retry_is_idempotent(self) -> None:
         assert self.last is not None
