@@ -475,20 +475,11 @@ def rotate_key(
     until then a server on the old key refuses writes (503 registry_key_replaced).
     """
     from registry.service.key_rotation import rotate_registry_key
-    from registry.service.setup import open_registry, passphrase_of
+    from registry.service.setup import key_passphrase, open_registry
 
     settings = load_settings()
-    passphrase = passphrase_of(settings)
-    if passphrase is None and not insecure_dev_key:
-        raise ConfigurationError(
-            "set REGISTRY_KEY_PASSPHRASE to encrypt the new registry key "
-            "(or pass --insecure-dev-key for a local, throw-away registry)"
-        )
-    if passphrase is not None and insecure_dev_key:
-        raise ConfigurationError(
-            "REGISTRY_KEY_PASSPHRASE is set, but --insecure-dev-key writes the new key "
-            "unencrypted: unset one of them"
-        )
+    passphrase = key_passphrase(settings, insecure_dev_key=insecure_dev_key,
+                                key="the new registry key", written="the new key")
     if new_key_file.is_symlink() or new_key_file.exists():
         raise ConfigurationError(f"{new_key_file} already exists; not replacing a key")
     registry = open_registry(settings)

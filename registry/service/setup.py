@@ -53,6 +53,28 @@ def passphrase_of(settings: Settings) -> bytes | None:
     return settings.key_passphrase.get_secret_value().encode()
 
 
+def key_passphrase(
+    settings: Settings, *, insecure_dev_key: bool, key: str, written: str
+) -> bytes | None:
+    """The passphrase to encrypt a new registry ``key`` with (``None``: written in the clear,
+    which only ``--insecure-dev-key`` asks for); refuses a choice not made or made twice.
+    ``written`` names what the switch writes unencrypted."""
+    passphrase = passphrase_of(settings)
+    if passphrase is None and not insecure_dev_key:
+        raise ConfigurationError(
+            f"set REGISTRY_KEY_PASSPHRASE to encrypt {key} "
+            "(or pass --insecure-dev-key for a local, throw-away registry)"
+        )
+    if passphrase is not None and insecure_dev_key:
+        # The key would be written in the clear, the passphrase ignored; and the registry
+        # would then not open under these same settings (a passphrase for a plain key).
+        raise ConfigurationError(
+            f"REGISTRY_KEY_PASSPHRASE is set, but --insecure-dev-key writes {written} "
+            "unencrypted: unset one of them"
+        )
+    return passphrase
+
+
 def write_key_file(path: Path, key: SigningKey, *, passphrase: bytes | None) -> None:
     """Write ``key`` as PEM, readable only by its owner; ``None`` writes it unencrypted.
 
@@ -160,19 +182,8 @@ def genesis_origin(session: Session) -> str:
 
 def preflight(settings: Settings, *, insecure_dev_key: bool) -> Engine:
     """Refuse, before anything is written, to initialise a registry that cannot or must not be."""
-    passphrase = passphrase_of(settings)
-    if passphrase is None and not insecure_dev_key:
-        raise ConfigurationError(
-            "set REGISTRY_KEY_PASSPHRASE to encrypt the registry key "
-            "(or pass --insecure-dev-key for a local, throw-away registry)"
-        )
-    if passphrase is not None and insecure_dev_key:
-        # The keys would be written in the clear, the passphrase ignored; and the registry
-        # would then not open under these same settings (a passphrase for a plain key).
-        raise ConfigurationError(
-            "REGISTRY_KEY_PASSPHRASE is set, but --insecure-dev-key writes the keys "
-            "unencrypted: unset one of them"
-        )
+    key_passphrase(settings, insecure_dev_key=insecure_dev_key, key="the registry key",
+                   written="the keys")
     engine = make_engine(settings.database_url, lock_timeout=settings.lock_timeout)
     # Asked before the migration: an init run by mistake on a registry of an earlier version
     # must not upgrade its schema under the servers of that version still writing to it.

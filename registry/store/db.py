@@ -30,6 +30,7 @@ from registry.errors import (
     DatabaseReadOnlyError,
     DatabaseUnavailableError,
     RegistryBusyError,
+    RegistryError,
     StorageFailedError,
     first_line,
 )
@@ -250,29 +251,40 @@ def write_transaction(engine: Engine, *, reads: Sequence[Read] = ()) -> Iterator
             with _local_writer_lock(engine), _write_session(engine, reads) as session:
                 yield session
     except DBAPIError as e:
-        if _connection_lost(e):
-            _log.error("the connection to the database was lost in a write: %s", first_line(e))
-            raise DatabaseUnavailableError(
+        failure = _write_failure(e)
+        if failure is None:
+            raise
+        told, error = failure
+        _log.error("%s", told)
+        raise error from e
+
+
+def _write_failure(e: DBAPIError) -> tuple[str, RegistryError] | None:
+    """What the operator's log and the client are told of a write the database failed, when
+    it is the database's state (not reachable, read-only, its disk full or failing) and not a
+    fault of the write's own: ``(log line, error to raise)``; ``None`` for anything else."""
+    if _connection_lost(e):
+        return f"the connection to the database was lost in a write: {first_line(e)}", (
+            DatabaseUnavailableError(
                 f"the registry lost its connection to its database ({first_line(e)}); whether "
                 "this request was carried out is not known, and a retry with the same "
                 "Idempotency-Key is safe"
-            ) from e
-        if _read_only(e):
-            _log.error("the database takes no writes: %s", first_line(e))
-            raise DatabaseReadOnlyError(
-                f"the registry's database takes no writes ({first_line(e)}): a file system "
-                "mounted read-only, or a PostgreSQL standby. Nothing was written; once it "
-                "takes writes again, a retry with the same Idempotency-Key is safe"
-            ) from e
-        if not _storage_failed(e):
-            raise
-        _log.error("the database could not write: %s", _storage_error_name(e))
-        raise StorageFailedError(
+            )
+        )
+    if _read_only(e):
+        return f"the database takes no writes: {first_line(e)}", DatabaseReadOnlyError(
+            f"the registry's database takes no writes ({first_line(e)}): a file system "
+            "mounted read-only, or a PostgreSQL standby. Nothing was written; once it "
+            "takes writes again, a retry with the same Idempotency-Key is safe"
+        )
+    if _storage_failed(e):
+        return f"the database could not write: {_storage_error_name(e)}", StorageFailedError(
             f"the registry's database could not write ({first_line(e)}): its disk is full "
             "or failing. This request was not acknowledged (a commit that failed may still "
             "reach the disk); once the disk can be written again, a retry with the same "
             "Idempotency-Key is safe: it is carried out once"
-        ) from e
+        )
+    return None
 
 
 _SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
