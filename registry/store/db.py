@@ -115,14 +115,18 @@ def _configure_postgres(engine: Engine, *, lock_timeout_ms: int) -> None:
         dbapi_connection.commit()
 
     @event.listens_for(engine, "checkin")
-    def _on_checkin(dbapi_connection: Any, _record: Any) -> None:
+    def _on_checkin(dbapi_connection: Any, record: Any) -> None:
         # A read (read_session) sets the connection read-only, and SQLAlchemy, handing it
         # back, sets it read-write: psycopg would then begin every later transaction READ
         # WRITE, overriding a database its administrator made read-only (ALTER DATABASE ... SET
         # default_transaction_read_only), and the registry would write into it. Back to the
         # database's own default.
-        if dbapi_connection is not None and not dbapi_connection.closed:
+        if dbapi_connection is None or dbapi_connection.closed:
+            return
+        try:
             dbapi_connection.read_only = None
+        except Exception as e:  # a connection left in a transaction: not to be used again
+            record.invalidate(e)
 
 
 OPENED_FILE_ENV = "REGISTRY_SQLITE_OPENED"
