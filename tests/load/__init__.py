@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -255,9 +255,12 @@ class Stored:
     entry: Entry
 
 
-def read_ledger(http: httpx.Client, registry: Registry) -> list[Stored]:
-    """Every entry through the public API, opened with the registry's key, seq 0..n-1."""
-    keys = {registry.signer.public_key.key_id: PublicKey(raw=registry.signer.public_key.raw)}
+def read_ledger(http: httpx.Client, registry: Registry,
+                keys: Mapping[str, PublicKey] | None = None) -> list[Stored]:
+    """Every entry through the public API, opened with the registry's key (or with ``keys``,
+    for a ledger whose key was rotated), seq 0..n-1."""
+    if keys is None:
+        keys = {registry.signer.public_key.key_id: PublicKey(raw=registry.signer.public_key.raw)}
     stored: list[Stored] = []
     while True:
         page = http.get("/v1/entries", params={"start": len(stored), "limit": 1000})
@@ -318,12 +321,18 @@ def check_times(ledger: Sequence[Stored]) -> None:
             f"entry {b.seq} is dated {b.entry.time}, before entry {a.seq} ({a.entry.time})")
 
 
-def check_checkpoints(http: httpx.Client, ledger: Sequence[Stored], registry: Registry) -> None:
+def check_checkpoints(http: httpx.Client, ledger: Sequence[Stored], registry: Registry,
+                      verifier_for: Callable[[int], NoteVerifier] | None = None) -> None:
     """Every checkpoint signed: the recomputed root, each consistent with the one before.
 
     A transaction that carried out several instructions signs one checkpoint for all of them,
-    so not every size has one; the last size always does.
+    so not every size has one; the last size always does. ``verifier_for(size)`` is the key
+    that must sign the checkpoint of that size (the registry's key if not given: a ledger whose
+    key was rotated has one per key in force).
     """
+    if verifier_for is None:
+        def verifier_for(_size: int) -> NoteVerifier:
+            return registry.note_verifier
     compact = merkle.CompactRange()
     previous: tuple[int, bytes] | None = None
     signed = 0
@@ -335,7 +344,7 @@ def check_checkpoints(http: httpx.Client, ledger: Sequence[Stored], registry: Re
             continue
         assert response.status_code == 200, f"no checkpoint for size {size}: {response.text}"
         cp = open_checkpoint(response.text, origin=registry.origin,
-                             verifiers=[registry.note_verifier])
+                             verifiers=[verifier_for(size)])
         assert cp.size == size and cp.root == compact.root(), f"checkpoint {size} has a wrong root"
         if previous is not None:
             first, first_root = previous
@@ -348,7 +357,7 @@ def check_checkpoints(http: httpx.Client, ledger: Sequence[Stored], registry: Re
     assert signed >= 1
     latest = http.get("/v1/checkpoint")
     assert open_checkpoint(latest.text, origin=registry.origin,
-                           verifiers=[registry.note_verifier]).size == len(ledger)
+                           verifiers=[verifier_for(len(ledger))]).size == len(ledger)
 
 
 Segment = tuple[int, int, str, str]
@@ -481,7 +490,9 @@ def check_store(registry: Registry, ledger: Sequence[Stored]) -> None:
         assert report.entries == len(ledger) == ledger_repo.tree_size(session)
         nonces = {(r.party_id, r.nonce): r.seq for r in session.exec(select(NonceRow)).all()}
         keys = session.exec(select(IdempotencyRow)).all()
-    instructions = {_instruction_of(s.entry): s.seq for s in ledger if s.seq > 0}
+    # Genesis and a key rotation are the registry's own entries: no instruction, no nonce.
+    instructions = {instruction: s.seq for s in ledger
+                    if (instruction := _instruction_of(s.entry)) is not None}
     assert nonces == instructions, "used nonces do not match the ledger's instructions"
     by_seq: dict[int, list[IdempotencyRow]] = defaultdict(list)
     for row in keys:
