@@ -517,3 +517,35 @@ def test_monitor_re_pinned_to_the_new_key_resumes_from_a_state_kept_before_the_r
     append_notes(successor, 2)
     followed = audit(server, successor, watched)
     assert followed.returncode == 0, followed.stderr
+
+
+@pytest.mark.parametrize("attack", ["rollback", "fork"])
+def test_a_re_pinned_monitor_alarms_on_a_rollback_or_fork_the_old_key_signed(
+    registry: Registry, server: LiveServer, tmp_path: Path, attack: str
+) -> None:
+    """The registry rotated; its operator says to pin the new key, and the monitor, whose
+    memory predates the rotation, is re-pinned. The registry then serves a checkpoint signed
+    by the very key the monitor's own memory is signed by, of fewer entries (a backup from
+    before the rotation put back) or of another root at the same size (the replaced key, which
+    may have leaked, signing a fork): that key signed two histories that cannot both be. The
+    state file was kept for this registry (the served checkpoint is signed by its key): an
+    alarm, exit 2, not the monitor's own error, which its operator would answer by throwing
+    away the state that proves it."""
+    from registry.ledger.keys import SigningKey
+    from registry.service.key_rotation import rotate_registry_key
+
+    watched = tmp_path / "monitor.json"
+    append_notes(registry, 5)
+    assert audit(server, registry, watched).returncode == 0  # 6 entries, under the old key
+    rotate_registry_key(registry, new_key_file=tmp_path / "new.pem", passphrase=None)
+    new = SigningKey.from_pem((tmp_path / "new.pem").read_bytes(), None)
+    successor = Registry(engine=registry.engine, signer=new, origin=registry.origin)
+    append_notes(successor, 2)
+    before = watched.read_text()
+    _cut_history(registry, keep=4)
+    if attack == "fork":
+        _forge_with_old_key(registry, count=2)  # 6 entries again, another root
+    r = audit(server, successor, watched)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr.startswith(f"ALARM: {attack.upper()}"), r.stderr
+    assert watched.read_text() == before
