@@ -52,6 +52,10 @@ class MonitorAlarm(RegistryError):
     code = "ledger_alarm"
 
 
+class _PinNotReached(MonitorAlarm):
+    """No key the monitor followed is the pinned key."""
+
+
 class MonitorUnavailable(RegistryError):
     """The registry could not be asked (unreachable, or a server error): nothing was learnt."""
 
@@ -298,14 +302,17 @@ def check_round(
     A state kept under other keys than the pinned one is a pin moved to the registry's new
     key after a rotation, if this round sees the registry rotate to it; otherwise it is a state
     file kept for another registry (or a pin to a key not yet in force): the monitor's own
-    error, not an alarm against the registry, whose history it was not kept for.
+    error, not an alarm against the registry, whose history it was not kept for. Unless the
+    served checkpoint is signed by the key the state's own checkpoint is: then the state was
+    kept for this registry, and a rollback, fork or rewrite is that key's, an alarm.
     """
     repinned = state is not None and state.size > 0 and verifier.key not in state.followed(
         verifier)
+    signed_by_state_key: list[bool] = []
     try:
-        return _check_round(http, verifier, state, seconds=seconds)
+        return _check_round(http, verifier, state, seconds=seconds, signed=signed_by_state_key)
     except MonitorAlarm as e:
-        if not repinned:
+        if not repinned or (any(signed_by_state_key) and not isinstance(e, _PinNotReached)):
             raise
         assert state is not None
         raise RegistryError(
@@ -322,6 +329,7 @@ def _check_round(
     state: MonitorState | None,
     *,
     seconds: float,
+    signed: list[bool],
 ) -> tuple[MonitorState, Round]:
     response = _get(http, "/v1/checkpoint", seconds=seconds)
     if response.status_code != 200:
@@ -335,6 +343,7 @@ def _check_round(
             note, origin=verifier.name, verifiers=[NoteVerifier(name=verifier.name, key=known)]
         )
         signed_by_known = True
+        signed.append(True)
     except RegistryError as e:
         # Perhaps signed by a key a rotation among the new entries brings: read it now, and
         # check its signature once the entries say which key signs it.
@@ -423,7 +432,7 @@ def _check_round(
     if verifier.key not in followed:
         # A first round: no key of the ledger's is the pinned key. A later one, re-pinned to a
         # new key: no rotation to it was seen (whoever holds the old key may be writing on).
-        raise MonitorAlarm(
+        raise _PinNotReached(
             f"the pinned key {verifier.key.key_id} is not a registry key of this ledger "
             f"(its keys, as far as seen: {', '.join(k.key_id for k in followed)})"
         )
