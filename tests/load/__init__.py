@@ -29,6 +29,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -71,6 +72,19 @@ MOVEMENT_STATUS = {"credits.transfer": "active", "credits.retire": "retired",
                    "credits.cancel": "cancelled"}
 MOVEMENT_DESTINATION = {"credits.retire": "RETIREMENT", "credits.cancel": "CANCELLATION"}
 
+
+
+def retirement_or_transfer(
+    rng: random.Random, body: dict[str, Any], accounts: Sequence[str], reason: str
+) -> tuple[str, dict[str, Any]]:
+    """``body`` (account, batch, what to move) made a retirement one time in four, with
+    ``reason`` as its beneficiary, or else a transfer to another of ``accounts``."""
+    if rng.random() < 0.25:
+        body.update(beneficiary=reason, purpose="voluntary", jurisdiction="KH",
+                    reason="load test")
+        return "credits.retire", body
+    body["to_account"] = rng.choice([a for a in accounts if a != body["account"]])
+    return "credits.transfer", body
 
 def free_port() -> int:
     with socket.socket() as s:

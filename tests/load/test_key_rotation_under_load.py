@@ -49,6 +49,7 @@ from tests.load import (
     check_times,
     error_code,
     read_ledger,
+    retirement_or_transfer,
     serving,
 )
 from tests.test_cli import REGISTRY, registry_env
@@ -93,12 +94,7 @@ class Load:
 def movement(rng: random.Random, party: str, batch: str) -> tuple[str, dict[str, Any]]:
     account = HOLDERS[party]
     body: dict[str, Any] = {"account": account, "batch": batch, "quantity": rng.randint(1, 3)}
-    if rng.random() < 0.25:
-        body.update(beneficiary="Rotation test", purpose="voluntary", jurisdiction="KH",
-                    reason="load test")
-        return "credits.retire", body
-    body["to_account"] = rng.choice([a for a in HOLDERS.values() if a != account])
-    return "credits.transfer", body
+    return retirement_or_transfer(rng, body, list(HOLDERS.values()), "Rotation test")
 
 
 def client(index: int, url: str, key: SigningKey, batch: str, load: Load) -> None:

@@ -48,6 +48,7 @@ from tests.load import (
     error_code,
     long_only,
     replay_credits,
+    retirement_or_transfer,
     serving,
 )
 from tests.world import ADMIN, World, build_world, issue_jcm
@@ -81,12 +82,7 @@ def movement(rng: random.Random, party: str, batches: list[str]) -> tuple[str, d
         body["range"] = {"start": start, "end": min(BATCH_SIZE, start + rng.randint(0, 2))}
     else:
         body["quantity"] = rng.randint(1, 4)
-    if rng.random() < 0.25:
-        body.update(beneficiary="Race test", purpose="voluntary", jurisdiction="KH",
-                    reason="load test")
-        return "credits.retire", body
-    body["to_account"] = rng.choice([a for a in HOLDERS.values() if a != account])
-    return "credits.transfer", body
+    return retirement_or_transfer(rng, body, list(HOLDERS.values()), "Race test")
 
 
 def pair_of(index: int) -> int:
