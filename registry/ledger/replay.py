@@ -90,7 +90,6 @@ from registry.ledger.registry_keys import (
     ROTATION_KIND,
     KeyPeriod,
     RegistryKeyRecord,
-    Rotation,
 )
 
 if TYPE_CHECKING:  # shapely and pyproj load only for a ledger with forest units
@@ -324,9 +323,9 @@ class ReplayedState:
 
     def __init__(self) -> None:
         self.origin: str | None = None
-        #: The registry key in force, and every key the ledger established over the entries it
-        #: signs (genesis's, then each rotation's: the log auditor checks their signatures).
-        self.registry_key: PublicKey | None = None
+        #: The registry's keys, each over the entries it signs. The replay takes in genesis's;
+        #: the rotations after it are the log auditor's to follow, as their signatures decide
+        #: (``registry.ledger.registry_keys``): the verifier puts its history here.
         self.registry_keys: list[KeyPeriod] = []
         self.instructions_name_registry = False
         #: Whether issuance allocates only to the project's side (the genesis says).
@@ -654,9 +653,9 @@ def _ranges(taken: Iterable[SerialRange]) -> list[dict[str, int]]:
 class Replay:
     """Feed entries in ledger order with :meth:`apply`; :meth:`finish` runs the final checks.
 
-    ``registry_key``, when given, must be one of the registry keys the ledger establishes (the
-    auditor's pinned key), and ``origin`` what genesis names. Failures go to ``report`` (a
-    fresh one by default).
+    ``registry_key`` and ``origin``, when given, are what genesis must name (a pinned key, for
+    a replay alone: ``registry verify`` pins any key of the history, which its log auditor
+    follows through the rotations). Failures go to ``report`` (a fresh one by default).
     """
 
     def __init__(
@@ -724,8 +723,7 @@ class Replay:
             self.fail(entry.seq, "second_genesis", "a second genesis entry; only entry 0 is one")
             return
         if entry.kind == ROTATION_KIND:
-            self._rotation(entry)
-            return
+            return  # no state but the registry's key, which the log auditor follows
         handler = self._handlers.get(entry.kind)
         if handler is None:
             self.fail(
@@ -778,15 +776,6 @@ class Replay:
             # file anyone could write would pass.
             self.fail(None, "no_genesis", "the ledger has no entries, so no genesis entry")
         state = self.state
-        pinned = self.pinned_key
-        known = {p.key.key_id for p in state.registry_keys}
-        if known and pinned is not None and pinned.key_id not in known:
-            self.fail(
-                0,
-                "unknown_key",
-                f"the pinned key {pinned.key_id} is not a registry key of this ledger "
-                f"(genesis names {state.registry_keys[0].key.key_id})",
-            )
         for batch_id in sorted(state.blocks):
             batch = state.batches[batch_id]
             expected = 1
@@ -829,27 +818,6 @@ class Replay:
                 )
         return self.report
 
-    # -- the registry's key --
-
-    def _rotation(self, entry: Entry) -> None:
-        """Take in the registry key a rotation names. Its payload and signatures are the log
-        auditor's to check (``registry.ledger.registry_keys``), which reports any fault; one
-        that does not parse leaves the key in force."""
-        state = self.state
-        if state.registry_key is None or state.origin is None:
-            return
-        try:
-            replaced, key = Rotation.model_validate(entry.payload).keys(state.origin)
-        except (ValidationError, MalformedError):
-            return
-        known = {p.key.key_id for p in state.registry_keys}
-        if replaced != state.registry_key or key.key_id in known:
-            return
-        last = state.registry_keys[-1]
-        state.registry_keys[-1] = KeyPeriod(last.key, last.valid_from_seq, entry.seq + 1)
-        state.registry_keys.append(KeyPeriod(key, entry.seq + 1))
-        state.registry_key = key
-
     # -- genesis --
 
     def _genesis(self, entry: Entry) -> None:
@@ -878,13 +846,20 @@ class Replay:
                 f"genesis note verifier {verifier.describe()} is not the "
                 f"registry key under the origin {g.origin!r}",
             )
+        if self.pinned_key is not None and key != self.pinned_key:
+            self.fail(
+                seq,
+                "unknown_key",
+                f"genesis names registry key {key.key_id}, not the "
+                f"pinned key {self.pinned_key.key_id}",
+            )
         if self.pinned_origin is not None and g.origin != self.pinned_origin:
             self.fail(
                 seq,
                 "malformed",
                 f"genesis names origin {g.origin!r}, the bundle is for {self.pinned_origin!r}",
             )
-        state.origin, state.registry_key = g.origin, key
+        state.origin = g.origin
         state.registry_keys = [KeyPeriod(key, 0)]
         state.instructions_name_registry = g.instructions_name_registry
         state.issuance_to_project_side = g.issuance_to_project_side

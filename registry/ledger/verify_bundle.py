@@ -573,11 +573,9 @@ def verify_bundle(
             progress(run.auditor.size)
     log = run.auditor.finish()
     run.replay.finish()
-    # The replay reads rotations without their signatures: the key history is the one the log
-    # auditor's signature checks establish (what --against compares with the key table).
-    state = run.replay.state
-    state.registry_keys = list(run.auditor.schedule.periods)
-    state.registry_key = run.auditor.schedule.current
+    # The key history is the log auditor's, whose signature checks decide each rotation (what
+    # --against compares with the key table).
+    run.replay.state.registry_keys = list(run.auditor.schedule.periods)
     if log.entries and run.auditor.signed_size != log.entries:
         # The registry signs a checkpoint with every transaction: a whole ledger ends on one,
         # whose root is the one this report gives.
