@@ -15,6 +15,12 @@ taken minutes apart measured that drift as much as the code:
   registry's own signed-transfer model), served by uvicorn the same way (subprocess, as many
   workers as the registry it is held against, same HTTP protocol and log level) and driven by
   the same load generator.
+- **the least durable write** at one client, on each engine: an endpoint served the same way
+  that does only what any code must before it may acknowledge a transfer (parse the body as
+  the registry does, verify the holder's signature, sign once, commit one row on a connection
+  set up as the registry's), alternated with the floor. It tells whether the target at one
+  client is within this machine's reach at all, and how far the registry's own path is from
+  the least it could do.
 - **issuance** of 1 tonne and of 10^9 tonnes (in-process, through ``submit``): a batch is one
   block per allocation, so the two must cost the same within noise.
 - **inclusion and consistency proofs** at 10^4 and 10^6 leaves (10^5 with ``--quick``), from a
@@ -63,7 +69,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 
@@ -77,6 +83,9 @@ from registry.service.setup import FirstAdministrator, initialise
 from registry.service.submit import prepare, submit
 from registry.store.db import make_engine, migrate, read_session, scratch_schema
 from registry.store.tables import TreeNode
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -284,12 +293,13 @@ def registry_server(settings: Settings, workdir: Path, *, workers: int = 1) -> I
 
 
 @contextlib.contextmanager
-def floor_server(workdir: Path, *, workers: int = 1) -> Iterator[Served]:
+def floor_server(workdir: Path, *, workers: int = 1,
+                 env: Mapping[str, str] | None = None) -> Iterator[Served]:
     port = free_port()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-floor", str(port),
            "--floor-workers", str(workers)]
     log = workdir / f"floor-{port}.log"
-    with server_process(cmd, dict(os.environ), port, "/health", log) as proc:
+    with server_process(cmd, {**os.environ, **(env or {})}, port, "/health", log) as proc:
         yield Served(port, proc.pid)
 
 
@@ -345,7 +355,48 @@ def floor_app() -> Any:
         return {"seq": 1, "kind": "credits.transfer", "leaf_hash": idempotency_key,
                 "tree_size": 2, "result": {}}
 
+    if MINIMUM_URL in os.environ:
+        _add_minimum(app, os.environ[MINIMUM_URL], os.environ[MINIMUM_KEY])
     return app
+
+
+MINIMUM_URL = "BENCH_MINIMUM_URL"
+MINIMUM_KEY = "BENCH_MINIMUM_PUBLIC_KEY"
+
+
+def _add_minimum(app: "FastAPI", url: str, public_key: str) -> None:
+    """``POST /v1/minimum``: the least that any code taking a signed transfer and acknowledging
+    it durably must do, and nothing else. It parses the body as the registry does, verifies the
+    holder's signature, signs once (the registry's entry), and commits one row to the database
+    at ``url`` on a connection set up as the registry's (WAL and ``synchronous=FULL`` on SQLite;
+    the schema on PostgreSQL), in autocommit: one statement, one durable commit. No nonce, no
+    holdings, no chain, no tree, no checkpoint; no writer process either."""
+    from fastapi import Header, Request
+
+    from registry.ledger.keys import PublicKey
+    from registry.service.instructions import parse_request
+
+    holder = PublicKey.from_b64(public_key)
+    signer = SigningKey.generate()
+    pooled = make_engine(url).raw_connection()  # kept for the process's life
+    connection: Any = pooled.driver_connection
+    sqlite = url.startswith("sqlite")
+    if not sqlite:
+        connection.autocommit = True  # pysqlite's is already off (the registry's engine)
+    connection.execute("CREATE TABLE IF NOT EXISTS bench_minimum (envelope "
+                       f"{'BLOB' if sqlite else 'BYTEA'} NOT NULL)")
+    insert = f"INSERT INTO bench_minimum (envelope) VALUES ({'?' if sqlite else '%s'})"
+
+    @app.post("/v1/minimum")
+    async def minimum(
+        request: Request, idempotency_key: Annotated[str, Header(alias="Idempotency-Key")]
+    ) -> dict[str, Any]:
+        parsed = parse_request(json.loads(await request.body()),
+                               expected_type="credits.transfer", registry=ORIGIN)
+        holder.verify(parsed.signature, parsed.message)
+        connection.execute(insert, (parsed.message + signer.sign(parsed.message),))
+        return {"seq": 1, "kind": "credits.transfer", "leaf_hash": idempotency_key,
+                "tree_size": 2, "result": {}}
 
 
 def serve_floor(port: int, workers: int) -> None:
@@ -628,6 +679,8 @@ def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, An
                                     "IPPROTO_TCP, so accepted sockets keep Nagle on and each "
                                     "keep-alive response waits ~40 ms for a delayed ACK: "
                                     "Kludex/uvicorn#3149)")
+                figures[f"{kind}_minimum_c1"] = _bench_minimum(
+                    kind, url, workdir, floor_for(1), floor_feed, floor_key, sizes)
                 if kind == "sqlite":
                     figures["audit"] = bench_audit(seeded)
     for (workers, c), results in sorted(floors.items()):
@@ -639,12 +692,44 @@ def bench_http(sizes: Sizes, workdir: Path, pg_base: str | None) -> dict[str, An
     return figures
 
 
+def _bench_minimum(kind: str, url: str, workdir: Path, floor: Served, feed: Iterator[bytes],
+                   key: SigningKey, sizes: Sizes) -> dict[str, Any]:
+    """The least a signed, durable write takes at one client (``POST /v1/minimum``, served
+    the way the floor is, on the engine's database), beside the floor: the target at one client
+    is held against what this machine allows any code of this stack, not against the registry
+    alone."""
+    target = TARGETS[f"{kind}_ratio"]
+    if kind == "sqlite":
+        url = f"sqlite:///{workdir / f'minimum-{uuid.uuid4().hex[:8]}.db'}"
+    env = {MINIMUM_URL: url, MINIMUM_KEY: key.public_key.to_b64()}
+    budget = sizes.budget / sizes.rounds
+    with floor_server(workdir, env=env) as served:
+        run_load(served.port, _take(served.port, feed, sizes.warmup * 4, "/v1/minimum"), 1)
+        paired = run_paired(
+            _load_from(floor, feed, 1, budget),
+            _load_from(served, feed, 1, budget, kind == "postgresql", "/v1/minimum"),
+            sizes.floor[1], sizes.floor[1] // 2, sizes.rounds,
+        )
+    entry = _record({}, "minimum", paired.registry)
+    floor_entry = _record({}, "floor", paired.floor)
+    entry["floor"] = floor_entry
+    entry["floor_ratio"] = round(paired.ratio, 3)
+    verdict = ("the target is within it" if paired.ratio >= target
+               else "even this is BELOW the target")
+    say(_line(f"{kind} least durable", 1, entry, None, None)
+        + f"  = {100 * paired.ratio:5.1f}% of floor {floor_entry['rate']:,.0f} /s ({verdict})")
+    say("    (parse the body as the registry does, verify the holder's signature, sign once, "
+        "commit one row: what any code must do before it may answer a transfer)")
+    say(_cpu_line(entry, floor_entry))
+    return entry
+
+
 def _load_from(served: Served, feed: Iterator[bytes], c: int, budget: float,
-               database: bool = False) -> Callable[[int], LoadResult]:
+               database: bool = False, path: str = "/v1/transfers") -> Callable[[int], LoadResult]:
     """A load of the next ``n`` requests of ``feed`` on ``c`` connections, for each ``n``,
     with the CPU the server's processes (and PostgreSQL's, with ``database``) used meanwhile."""
     def load(n: int) -> LoadResult:
-        requests = _take(served.port, feed, n)
+        requests = _take(served.port, feed, n, path)
         server = [served.pid, *_descendants(served.pid)]
         postgres = _postgres_pids() if database else []
         before = _cpu_seconds(server), _cpu_seconds(postgres)
@@ -663,10 +748,10 @@ def _cpu_line(entry: Mapping[str, Any], floor: Mapping[str, Any]) -> str:
     return text + f"; the floor's server {floor['server_cpu_ms_per_request']:.2f} ms"
 
 
-def _take(port: int, feed: Iterator[bytes], n: int) -> list[bytes]:
+def _take(port: int, feed: Iterator[bytes], n: int, path: str = "/v1/transfers") -> list[bytes]:
     """The next ``n`` pre-signed transfers as requests, each with its own Idempotency-Key (the
     floor's feed cycles through a few bodies: its endpoint keeps nothing)."""
-    return [http_request(port, "/v1/transfers", next(feed), new_nonce()) for _ in range(n)]
+    return [http_request(port, path, next(feed), new_nonce()) for _ in range(n)]
 
 
 def bench_audit(seeded: Seeded) -> dict[str, Any]:
