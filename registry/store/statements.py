@@ -166,8 +166,8 @@ class Statement:
             if session.info.get(_PIPELINED):
                 # In a pipeline an error may belong to any statement sent before this one:
                 # naming this statement (or its parameters) would point at the wrong one.
-                raise _translated(dialect, e, _PIPELINED_SQL, None) from e
-            raise _translated(dialect, e, compiled.sql, None if self._secret else params) from e
+                raise _translated(connection, e, _PIPELINED_SQL, None) from e
+            raise _translated(connection, e, compiled.sql, None if self._secret else params) from e
         finally:
             if not kept:
                 cursor.close()
@@ -259,9 +259,24 @@ _PIPELINED = "registry.pipelined"
 _PIPELINED_SQL = "(one of the statements sent in a pipeline)"
 
 
-def _translated(dialect: Dialect, error: Exception, sql: str, params: Any) -> BaseException:
-    dbapi_error = dialect.loaded_dbapi.Error
-    return exc.DBAPIError.instance(sql, params, error, dbapi_error, dialect=dialect)
+def _translated(
+    connection: Connection, error: Exception, sql: str, params: Any
+) -> BaseException:
+    """``error`` of the driver as SQLAlchemy's, as SQLAlchemy's own execution would raise it.
+
+    A connection the error shows lost (a session ended, a server gone) is invalidated, as
+    SQLAlchemy does for a statement of its own: thrown away, not rolled back and handed back to
+    the pool (on PostgreSQL a pipeline cut short leaves psycopg unable even to roll back, and
+    the pool's reset would log its failure as a traceback)."""
+    dialect = connection.dialect
+    dbapi_connection = connection.connection.dbapi_connection
+    lost = dialect.is_disconnect(error, dbapi_connection, None)  # type: ignore[arg-type]
+    if lost and not connection.invalidated:
+        connection.invalidate(error)
+    return exc.DBAPIError.instance(
+        sql, params, error, dialect.loaded_dbapi.Error, dialect=dialect,
+        connection_invalidated=lost,
+    )
 
 
 @contextmanager
@@ -288,7 +303,7 @@ def pipeline(session: Session) -> Iterator[None]:
             _send_queued(connection)
             yield
     except dialect.loaded_dbapi.Error as e:
-        raise _translated(dialect, e, _PIPELINED_SQL, None) from e
+        raise _translated(connection, e, _PIPELINED_SQL, None) from e
     finally:
         session.info.pop(_PIPELINED, None)
 
@@ -350,7 +365,7 @@ def read_ahead(session: Session, reads: Sequence[Read]) -> None:
             kept[statement, _frozen(params)] = [compiled.make_row(r) for r in cursor.fetchall()]
     except dialect.loaded_dbapi.Error as e:
         _forget_ahead(connection.info)
-        raise _translated(dialect, e, _PIPELINED_SQL, None) from e
+        raise _translated(connection, e, _PIPELINED_SQL, None) from e
 
 
 def _frozen(params: Params) -> Any:
@@ -463,7 +478,7 @@ def _send_queued_now(connection: Connection) -> None:
         with connection.connection.driver_connection.pipeline():  # type: ignore[union-attr]
             _send_queued(connection)
     except dialect.loaded_dbapi.Error as e:
-        raise _translated(dialect, e, _PIPELINED_SQL, None) from e
+        raise _translated(connection, e, _PIPELINED_SQL, None) from e
 
 
 # Every engine and pool: whoever made the engine, no connection keeps rows read ahead past a

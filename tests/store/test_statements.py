@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session
 
@@ -17,7 +18,7 @@ from registry.store.credits_repo import _HELD_IN_BATCH, Account, accounts, accou
 from registry.store.db import make_engine, read_session, write_transaction
 from registry.store.statements import insert_rows, pipeline, read_ahead
 from registry.store.tables import AccountRow, BlockEventRow, IdempotencyRow, table
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, POSTGRES_URL
 from tests.factories import append_notes
 
 
@@ -263,6 +264,46 @@ def test_a_connection_replaced_under_the_registry_gets_cursors_of_its_own(
     append_notes(registry, 2)
     with read_session(registry.engine) as s:
         assert ledger_repo.tip(s).size == 4  # genesis and three notes
+
+
+@pytest.mark.parametrize("where", ["read_ahead", "pipeline"])
+def test_a_connection_lost_in_a_pipeline_is_dropped_not_reset(
+    registry: Registry, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A session ended (a restart, a failover) while a pipeline was under way leaves psycopg's
+    # connection unusable. It must be thrown away as lost: handed back to the pool as if
+    # alive, it was rolled back, which failed again and put a traceback in the operator's log
+    # for what the client was already answered as a lost connection.
+    if registry.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no connection to lose")
+    assert POSTGRES_URL is not None
+    append_notes(registry, 1)
+    admin = create_engine(POSTGRES_URL)
+    caplog.set_level(logging.WARNING)
+    session = Session(registry.engine)
+    try:
+        session.begin()
+        pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with admin.begin() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            connection.execute(text(
+                "DO $$ BEGIN WHILE EXISTS (SELECT FROM pg_stat_activity WHERE pid = " f"{int(pid)}"
+                ") LOOP PERFORM pg_sleep(0.01); END LOOP; END $$"))
+        with pytest.raises(DBAPIError) as lost:
+            if where == "read_ahead":
+                read_ahead(session, [accounts_read([RETIREMENT_ACCOUNT])])
+            else:
+                with pipeline(session):
+                    ledger_repo.add_nodes(session, {(40, 0): b"\1" * 32})
+        assert lost.value.connection_invalidated
+        session.rollback()  # as a write transaction ends: nothing to roll back on a lost one
+    finally:
+        session.close()
+        admin.dispose()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    append_notes(registry, 1)  # the pool goes on with a new connection
+    with read_session(registry.engine) as s:
+        assert ledger_repo.tip(s).size == 3
 
 
 def test_reads_sent_ahead_after_a_failed_pipeline_answer_their_own_rows(
