@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from iso3166 import countries_by_alpha2
 from sqlmodel import Session, col, select
 
 from registry.domain.forest import check_no_overlap, parse_boundary_text, stored_boundary
@@ -37,6 +38,27 @@ def _party_with_role(session: Session, party_id: str, *roles: str) -> PartyRow:
     return party
 
 
+def check_country_and_methodology(country: str, methodology: str) -> None:
+    """``country`` must be an ISO 3166-1 alpha-2 code that names a country, and
+    ``methodology`` one approved for it: a JCM methodology is approved by the Joint Committee
+    of one partner country and named by its code (``KH_AM001`` is Cambodia's)."""
+    if country not in countries_by_alpha2:
+        raise InvalidRequestError(
+            f"partner country {country!r} is not an ISO 3166-1 alpha-2 country code "
+            "(Cambodia is 'KH')",
+            details={"field": "partner_country", "partner_country": country},
+        )
+    approved_for = methodology.partition("_")[0]
+    if approved_for != country:
+        raise InvalidRequestError(
+            f"methodology {methodology} is approved for partner country {approved_for}, and "
+            f"this project's partner country is {country}: a JCM project applies a "
+            f"methodology of its own partner country ({country}_AM...)",
+            details={"field": "methodology", "methodology": methodology,
+                     "partner_country": country},
+        )
+
+
 def register_project(session: Session, acting: Acting[RegisterProject]) -> Effects:
     acting.require_role("administrator")
     b = acting.body
@@ -46,6 +68,7 @@ def register_project(session: Session, acting: Acting[RegisterProject]) -> Effec
             "by forest unit)",
             details={"field": "programme"},
         )
+    check_country_and_methodology(b.partner_country, b.methodology)
     if session.get(ProjectRow, b.project_id) is not None:
         raise ConflictError(
             f"project {b.project_id} already exists", details={"project": b.project_id}

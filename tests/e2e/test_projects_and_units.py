@@ -64,6 +64,18 @@ def test_jcm_project_registration(world: World) -> None:
                      status=422, code="invalid_request")
         world.refuse(ADMIN, "project.register", {**base, "methodology": "AM0001"},
                      status=422, code="invalid_request")
+        # A partner country is an ISO 3166-1 code that names a country, and a JCM methodology
+        # is approved by one partner country's Joint Committee, named by its code.
+        unknown = world.refuse(ADMIN, "project.register",
+                               {**base, "partner_country": "ZZ", "methodology": "ZZ_AM001"},
+                               status=422, code="invalid_request")
+        assert "ZZ" in unknown["message"] and "ISO 3166-1" in unknown["message"]
+        assert unknown["details"] == {"field": "partner_country", "partner_country": "ZZ"}
+        elsewhere = world.refuse(ADMIN, "project.register", {**base, "methodology": "ID_AM001"},
+                                 status=422, code="invalid_request")
+        assert "ID_AM001" in elsewhere["message"] and "KH" in elsewhere["message"]
+        assert elsewhere["details"] == {"field": "methodology", "methodology": "ID_AM001",
+                                        "partner_country": "KH"}
 
 
 def test_suspended_project_cannot_report_or_issue(world: World) -> None:
