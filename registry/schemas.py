@@ -113,6 +113,10 @@ class GenesisPayload(_Doc):
         "true: no string of an instruction body in this ledger holds a control or "
         "text-direction character or is blank; absent from ledgers begun before that rule"
     )
+    methodology_of_partner_country: StrictBool | SkipJsonSchema[None] = _absent_or(
+        "true: every project registered in this ledger names an ISO 3166-1 partner country "
+        "and a methodology of that country; absent from ledgers begun before that rule"
+    )
 
 
 class KeyRotationPayload(_Doc):

@@ -15,6 +15,8 @@ from datetime import date
 from fractions import Fraction
 from typing import Any
 
+from iso3166 import countries_by_alpha2
+
 from registry.domain.redd import compute_issuance
 from registry.domain.serials import MAX_SERIAL, SerialRange, allocate, batch_serial_id
 from registry.errors import ConflictError, InvalidQuantityError, InvalidRequestError
@@ -284,4 +286,25 @@ def check_unit_can_join(
             f"project {project_id} is a {programme} project; forest units belong to REDD+ "
             "projects",
             details={"project": project_id, "programme": programme},
+        )
+
+
+def check_country_and_methodology(country: str, methodology: str) -> None:
+    """``country`` must be an ISO 3166-1 alpha-2 code that names a country, and
+    ``methodology`` one approved for it: a JCM methodology is approved by the Joint Committee
+    of one partner country and named by its code (``KH_AM001`` is Cambodia's)."""
+    if country not in countries_by_alpha2:
+        raise InvalidRequestError(
+            f"partner country {country!r} is not an ISO 3166-1 alpha-2 country code "
+            "(Cambodia is 'KH')",
+            details={"field": "partner_country", "partner_country": country},
+        )
+    approved_for = methodology.partition("_")[0]
+    if approved_for != country:
+        raise InvalidRequestError(
+            f"methodology {methodology} is approved for partner country {approved_for}, and "
+            f"this project's partner country is {country}: a JCM project applies a "
+            f"methodology of its own partner country ({country}_AM...)",
+            details={"field": "methodology", "methodology": methodology,
+                     "partner_country": country},
         )

@@ -59,6 +59,7 @@ from registry.domain.rules import (
     CLOSED_REPORT_STATUSES,
     BufferTerms,
     check_allocation_holder,
+    check_country_and_methodology,
     check_no_period_overlap,
     check_report_area,
     check_report_period,
@@ -335,6 +336,9 @@ class ReplayedState:
         #: Whether instruction text is plain: no control or text-direction characters, not
         #: blank (the genesis says).
         self.plain_text = False
+        #: Whether a project's partner country must be an ISO 3166-1 country and its
+        #: methodology one of that country's (the genesis says).
+        self.methodology_of_partner_country = False
         #: The most active keys a party may hold, when the genesis sets one.
         self.max_active_keys: int | None = None
         #: The first entry whose instruction named this registry, in a ledger whose genesis
@@ -435,6 +439,7 @@ class ReplayedState:
             "max_active_keys": self.max_active_keys is not None
             and self.max_active_keys <= ins.MAX_ACTIVE_KEYS,
             "plain_text": self.plain_text,
+            "methodology_of_partner_country": self.methodology_of_partner_country,
         }
         return [rule for rule, set_ in adopted.items() if not set_]
 
@@ -493,6 +498,7 @@ class _Genesis(_Strict):
     status_changes_change: StrictBool = False
     max_active_keys: StrictInt | None = None
     plain_text: StrictBool = False
+    methodology_of_partner_country: StrictBool = False
 
 
 class _Span(_Strict):
@@ -866,6 +872,7 @@ class Replay:
         state.status_changes_change = g.status_changes_change
         state.max_active_keys = g.max_active_keys
         state.plain_text = g.plain_text
+        state.methodology_of_partner_country = g.methodology_of_partner_country
         a = g.administrator
         if admin_key.key_id != a.key_id:
             self.fail(
@@ -1169,6 +1176,8 @@ class Replay:
                 "programme is required: JCM (reports cover the whole project) or REDD+ (reports "
                 "by forest unit)"
             )
+        if state.methodology_of_partner_country:
+            check_country_and_methodology(b.partner_country, b.methodology)
         if b.project_id in state.projects:
             raise ConflictError(f"project {b.project_id} already exists")
         if b.crediting_period_end < b.crediting_period_start:

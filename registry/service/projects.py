@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from iso3166 import countries_by_alpha2
 from sqlmodel import Session, col, select
 
 from registry.domain.forest import check_no_overlap, parse_boundary_text, stored_boundary
 from registry.domain.instructions import RegisterForestUnit, RegisterProject, SetProjectStatus
-from registry.domain.rules import CLOSED_REPORT_STATUSES, check_unit_can_join
+from registry.domain.rules import (
+    CLOSED_REPORT_STATUSES,
+    check_country_and_methodology,
+    check_unit_can_join,
+)
 from registry.errors import (
     ConflictError,
     InvalidGeometryError,
@@ -36,27 +39,6 @@ def _party_with_role(session: Session, party_id: str, *roles: str) -> PartyRow:
             details={"party": party_id, "role": party.role},
         )
     return party
-
-
-def check_country_and_methodology(country: str, methodology: str) -> None:
-    """``country`` must be an ISO 3166-1 alpha-2 code that names a country, and
-    ``methodology`` one approved for it: a JCM methodology is approved by the Joint Committee
-    of one partner country and named by its code (``KH_AM001`` is Cambodia's)."""
-    if country not in countries_by_alpha2:
-        raise InvalidRequestError(
-            f"partner country {country!r} is not an ISO 3166-1 alpha-2 country code "
-            "(Cambodia is 'KH')",
-            details={"field": "partner_country", "partner_country": country},
-        )
-    approved_for = methodology.partition("_")[0]
-    if approved_for != country:
-        raise InvalidRequestError(
-            f"methodology {methodology} is approved for partner country {approved_for}, and "
-            f"this project's partner country is {country}: a JCM project applies a "
-            f"methodology of its own partner country ({country}_AM...)",
-            details={"field": "methodology", "methodology": methodology,
-                     "partner_country": country},
-        )
 
 
 def register_project(session: Session, acting: Acting[RegisterProject]) -> Effects:

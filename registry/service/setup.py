@@ -374,6 +374,9 @@ def _genesis(
                 # Instruction text holds no control or text-direction character and is not
                 # blank: the auditor holds this ledger to that too.
                 "plain_text": True,
+                # A project's partner country is an ISO 3166-1 country and its methodology one
+                # of that country's: the auditor holds this ledger's registrations to that.
+                "methodology_of_partner_country": True,
             },
         )
     return registry

@@ -32,7 +32,7 @@ def test_a_ledger_from_before_the_programme_field_still_verifies() -> None:
 
 
 RULES = ["instructions_name_registry", "issuance_to_project_side", "status_changes_change",
-         "max_active_keys", "plain_text"]
+         "max_active_keys", "plain_text", "methodology_of_partner_country"]
 
 
 def test_the_report_names_the_rules_an_older_ledger_is_not_held_to() -> None:
@@ -66,6 +66,7 @@ def test_a_key_limit_above_this_versions_is_not_the_rule_adopted() -> None:
     state = ReplayedState()
     state.instructions_name_registry = state.issuance_to_project_side = True
     state.status_changes_change = state.plain_text = True
+    state.methodology_of_partner_country = True
     state.max_active_keys = MAX_ACTIVE_KEYS
     assert state.rules_not_adopted() == []
     state.max_active_keys = 2**62

@@ -109,6 +109,7 @@ def _from_before_the_rule(bundle: RawBundle, exported: Exported, upgraded: int) 
             for rule in (
                 "instructions_name_registry", "issuance_to_project_side",
                 "status_changes_change", "max_active_keys", "plain_text",
+                "methodology_of_partner_country",
             ):
                 del payload[rule]
         else:
@@ -592,6 +593,46 @@ def test_an_instruction_the_service_would_refuse_as_input(
     for entry in entries[1:]:
         replay.apply(entry)
     assert bool(replay.report.failures) == before_the_rule
+
+
+@pytest.mark.parametrize("before_the_rule", [False, True])
+@pytest.mark.parametrize(
+    ("country", "methodology", "refusal"),
+    [
+        ("KH", "ID_AM001", "methodology ID_AM001 is approved for partner country ID, and this "
+         "project's partner country is KH"),
+        ("ZZ", "ZZ_AM001", "partner country 'ZZ' is not an ISO 3166-1 alpha-2 country code"),
+    ],
+)
+def test_a_project_registered_under_another_countrys_methodology(
+    sqlite_bundle: Exported, tmp_path: Path, country: str, methodology: str, refusal: str,
+    before_the_rule: bool,
+) -> None:
+    """A registration the service refuses for its partner country or methodology is reported
+    in a ledger begun under that rule (its genesis says ``methodology_of_partner_country``),
+    and not in one begun before it."""
+    bundle = sqlite_bundle.copy(tmp_path)
+    end = len(bundle.envelopes)
+    body = {"project_id": "KH099", "title": "Forged registration", "partner_country": country,
+            "methodology": methodology, "sector": "Energy efficiency", "programme": "JCM",
+            "participants": ["kh-water"], "third_party_entity": "lrqa",
+            "crediting_period_start": "2024-01-01", "crediting_period_end": "2030-12-31"}
+    forge(bundle, sqlite_bundle, end, kind="project.register", actor=ADMIN, key=ADMIN_KEY,
+          body=body, effects={"project_id": "KH099", "status": "registered"})
+    replay = Replay(registry_key=sqlite_bundle.registry.signer.public_key)
+    entries = [entry_of(e) for e in bundle.envelopes]
+    replay.apply(entries[0])
+    replay.state.methodology_of_partner_country = not before_the_rule
+    for entry in entries[1:]:
+        replay.apply(entry)
+    found = [(f.seq, f.code, f.message) for f in replay.report.failures]
+    if before_the_rule:
+        assert found == []
+    else:
+        assert [(s, c) for s, c, _ in found] == [(end, "invalid_request")]
+        assert found[0][2].startswith(f"project.register should have been refused: {refusal}")
+    if not before_the_rule:  # the whole verifier, as an auditor runs it
+        assert (end, "invalid_request") in codes(failures(bundle, sqlite_bundle))
 
 
 def test_a_movement_naming_a_serial_twice_is_found(
