@@ -293,7 +293,8 @@ def check_country_and_methodology(country: str, methodology: str) -> None:
     """``country`` must be an ISO 3166-1 alpha-2 code that names a country, and
     ``methodology`` one approved for it: a JCM methodology is approved by the Joint Committee
     of one partner country and named by its code (``KH_AM001`` is Cambodia's)."""
-    if country not in countries_by_alpha2:
+    # ISO 3166-1 leaves the codes X? to its users; the package lists one of them (XK).
+    if country not in countries_by_alpha2 or country.startswith("X"):
         raise InvalidRequestError(
             f"partner country {country!r} is not an ISO 3166-1 alpha-2 country code "
             "(Cambodia is 'KH')",

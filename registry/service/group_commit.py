@@ -271,7 +271,7 @@ class GroupCommit:
                 savepoint = session.begin_nested()
                 try:
                     result = job.work(session, tail)
-                except RegistryError as e:
+                except RegistryError as e:  # a refusal only: a database error ends the batch
                     savepoint.rollback()
                     tail.reset(session, mark)
                     answers.append((None, e))

@@ -265,9 +265,12 @@ def _translated(
     """``error`` of the driver as SQLAlchemy's, as SQLAlchemy's own execution would raise it.
 
     A connection the error shows lost (a session ended, a server gone) is invalidated, as
-    SQLAlchemy does for a statement of its own: thrown away, not rolled back and handed back to
-    the pool (on PostgreSQL a pipeline cut short leaves psycopg unable even to roll back, and
-    the pool's reset would log its failure as a traceback)."""
+    SQLAlchemy invalidates one its own statement found lost: thrown away, not rolled back and
+    handed back to the pool (on PostgreSQL a pipeline cut short leaves psycopg unable even to
+    roll back, and the pool's reset would log its failure as a traceback). Only this one: the
+    pool's others are checked as they are taken out (``pool_pre_ping``). Its transaction can
+    run nothing more (SQLAlchemy's ``PendingRollbackError``): the error must end it, as every
+    write path lets it."""
     dialect = connection.dialect
     dbapi_connection = connection.connection.dbapi_connection
     lost = dialect.is_disconnect(error, dbapi_connection, None)  # type: ignore[arg-type]

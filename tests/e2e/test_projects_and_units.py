@@ -71,6 +71,9 @@ def test_jcm_project_registration(world: World) -> None:
                                status=422, code="invalid_request")
         assert "ZZ" in unknown["message"] and "ISO 3166-1" in unknown["message"]
         assert unknown["details"] == {"field": "partner_country", "partner_country": "ZZ"}
+        world.refuse(ADMIN, "project.register",  # user-assigned, though listed for Kosovo
+                     {**base, "partner_country": "XK", "methodology": "XK_AM001"},
+                     status=422, code="invalid_request")
         elsewhere = world.refuse(ADMIN, "project.register", {**base, "methodology": "ID_AM001"},
                                  status=422, code="invalid_request")
         assert "ID_AM001" in elsewhere["message"] and "KH" in elsewhere["message"]
