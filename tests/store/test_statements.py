@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -286,9 +287,17 @@ def test_a_connection_lost_in_a_pipeline_is_dropped_not_reset(
         pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
         with admin.begin() as connection:
             connection.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
-            connection.execute(text(
-                "DO $$ BEGIN WHILE EXISTS (SELECT FROM pg_stat_activity WHERE pid = " f"{int(pid)}"
-                ") LOOP PERFORM pg_sleep(0.01); END LOOP; END $$"))
+        # Until the backend is gone: each look in a transaction of its own, since a transaction
+        # keeps the first snapshot of pg_stat_activity it took.
+        for _ in range(500):
+            with admin.begin() as connection:
+                if not connection.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": pid}
+                ).scalar_one():
+                    break
+            time.sleep(0.01)
+        else:
+            pytest.fail(f"backend {pid} still there 5 s after it was terminated")
         with pytest.raises(DBAPIError) as lost:
             if where == "read_ahead":
                 read_ahead(session, [accounts_read([RETIREMENT_ACCOUNT])])
