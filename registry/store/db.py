@@ -478,11 +478,24 @@ def alembic_config() -> Config:
     return cfg
 
 
+def newest_revision() -> str:
+    """The newest migration's revision, read from the file names alone: each migration's
+    revision is its file name's four digits, and each follows the one before it
+    (``tests/store/test_migrations.py`` holds alembic's own reading to that)."""
+    return max(p.name[:4] for p in (MIGRATIONS_DIR / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+
+
+def _schema_revisions(connection: Any) -> tuple[str, ...]:
+    """The revisions alembic recorded in the database (none before the first migration)."""
+    from sqlalchemy import inspect
+
+    if not inspect(connection).has_table("alembic_version"):
+        return ()
+    return tuple(connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalars())
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest migration: the only way tables are ever created."""
-    from alembic import command
-
-    cfg = alembic_config()
     # One migration at a time, under the ledger's lock: servers or inits starting together on
     # one database would otherwise each create the same tables, or (SQLite) both read the
     # schema's version and then fail to write ("database is locked"). The one that waited
@@ -490,6 +503,13 @@ def migrate(engine: Engine) -> None:
     try:
         with write_transaction(engine) as session:
             connection = session.connection()
+            # Up to date (every start but the first after an upgrade): alembic is not needed.
+            # Importing it and reading its scripts took a quarter of a server's start.
+            if _schema_revisions(connection) == (newest_revision(),):
+                return
+            from alembic import command
+
+            cfg = alembic_config()
             _refuse_a_newer_schema(cfg, connection)
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
@@ -534,6 +554,9 @@ def require_known_schema(engine: Engine, *, upgraded: bool) -> None:
     refused in one clear line, not an SQL error from a table of another shape; and with
     ``upgraded`` (``verify --against``, which reads every state table) one still to be upgraded
     too. (``export`` reads only the ledger's tables, the same since the first revisions.)"""
+    with engine.connect() as connection:
+        if _schema_revisions(connection) == (newest_revision(),):
+            return
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from alembic import command
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, text
 
-from registry.store.db import alembic_config, make_engine
+from registry.store.db import alembic_config, make_engine, migrate, newest_revision
 
 BOUNDARY = ('{"type":"Polygon","coordinates":[[[105.8,13.6],[105.9,13.6],[105.9,13.7],'
             '[105.8,13.7],[105.8,13.6]]]}')
@@ -125,3 +127,45 @@ def test_a_registry_of_0009_gets_its_retirement_times_as_its_entries_have_them(
     assert upgraded(db_url, "0009", fill, read) == [
         ("RET-5", "2026-03-01T08:00:00.250000Z"), ("RET-6", "2026-03-01T08:00:01.000000Z"),
         ("RET-7", "2026-03-01T08:00:02.000001Z")]
+
+
+def test_the_newest_revision_read_from_file_names_is_alembics_head() -> None:
+    """A start skips alembic when the database is at ``newest_revision``: that must be the head
+    alembic would upgrade to, every revision its file's four digits, one after another."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    assert newest_revision() == script.get_current_head()
+    revisions = list(reversed(list(script.walk_revisions())))
+    for number, revision in enumerate(revisions, start=1):
+        assert revision.revision == f"{number:04d}"
+        assert Path(revision.path).name.startswith(f"{number:04d}_")
+        assert revision.down_revision == (None if number == 1 else f"{number - 1:04d}")
+
+
+def test_migrate_brings_an_older_registry_to_the_newest_revision_and_then_leaves_it(
+    db_url: str,
+) -> None:
+    """What a start runs: a registry of 0009 is migrated (0010 rewrites its retirement
+    time), and a start after that finds nothing to do."""
+    engine = make_engine(db_url)
+    cfg = alembic_config()
+    try:
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "0009")
+            connection.execute(
+                text("INSERT INTO retirement (id, seq, account_id, batch_id, blocks, quantity, "
+                     "beneficiary, purpose, jurisdiction, reason, time) VALUES ('RET-6', 6, "
+                     "'A', 'B-1', '1-1', 1, 'b', 'voluntary', 'JP', 'r', "
+                     "'2026-03-01T08:00:01+00:00')"))
+        migrate(engine)
+        migrate(engine)
+        with engine.connect() as connection:
+            assert MigrationContext.configure(connection).get_current_heads() == (
+                newest_revision(),
+            )
+            time = connection.execute(text("SELECT time FROM retirement")).scalar_one()
+        assert time == "2026-03-01T08:00:01.000000Z"
+    finally:
+        engine.dispose()
