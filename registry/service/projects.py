@@ -7,7 +7,6 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from registry.domain.forest import check_no_overlap, parse_boundary_text, stored_boundary
 from registry.domain.instructions import RegisterForestUnit, RegisterProject, SetProjectStatus
 from registry.domain.rules import (
     CLOSED_REPORT_STATUSES,
@@ -99,6 +98,10 @@ def set_project_status(session: Session, acting: Acting[SetProjectStatus]) -> Ef
 
 
 def register_forest_unit(session: Session, acting: Acting[RegisterForestUnit]) -> Effects:
+    # Imported at the first forest unit, not with the module: the geometry libraries (shapely,
+    # pyproj, numpy) were a sixth of the imports of every process a server starts.
+    from registry.domain.forest import check_no_overlap, parse_boundary_text, stored_boundary
+
     acting.require_role("administrator")
     b = acting.body
     if session.get(ForestUnitRow, b.unit_id) is not None:
