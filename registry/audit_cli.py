@@ -124,7 +124,10 @@ def verify_cmd(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="Processes checking signatures, at least 1 (default: every core)."),
+        typer.Option(
+            help="Processes checking signatures, at least 1 (default: every core, or one "
+            "for a ledger of fewer than 2,000 entries, which worker processes would only slow)."
+        ),
     ] = None,
     require_every_rule: Annotated[
         bool,

@@ -54,6 +54,18 @@ DEFAULT_CHUNK = 256
 MAX_KEYS_SENT = 4096
 """Party keys sent with each job for instruction signatures (the most recently added)."""
 
+WORKERS_FROM = 2000
+"""Entries from which ``workers=None`` checks on every core: below it one process is faster,
+since starting worker processes (each imports the CLI and the verifier) takes longer than
+such a ledger takes to check. Measured on two cores: 1,000 entries took 1.6 s in one process
+and 1.9 s with two workers, 3,000 took 3.4 s and 2.9 s."""
+
+
+def default_workers(tree_size: int, cores: int) -> int:
+    """The processes ``workers=None`` uses for a bundle of ``tree_size`` entries."""
+    return max(cores, 1) if tree_size >= WORKERS_FROM else 1
+
+
 DEFAULT_LIMIT_PER_CODE = 50
 """Failures of one code listed in a report; the rest are counted."""
 
@@ -554,16 +566,21 @@ def verify_bundle(
 ) -> Verification:
     """Check the bundle at ``path`` against the pinned ``registry_key``; see the module docstring.
 
-    ``workers=None`` uses every core. ``progress`` is called with the number of entries checked
+    ``workers=None`` uses every core, for a ledger of at least :data:`WORKERS_FROM` entries
+    (one process below that). ``progress`` is called with the number of entries checked
     so far. Raises :class:`~registry.ledger.bundle.BundleFormatError` (a usage error) only when
     the file is not a bundle at all or the key cannot be read; everything else is a failure in
     the returned report.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    count = workers if workers is not None else (os.cpu_count() or 1)
     started = time.perf_counter()
     reader = BundleReader(path)
+    count = (
+        workers
+        if workers is not None
+        else default_workers(reader.header.tree_size, os.cpu_count() or 1)
+    )
     pinned = pin_registry_key(registry_key, origin=reader.header.origin)
     run = _Verifier(reader, pinned, chunk_size=chunk_size, limit_per_code=limit_per_code)
     run.check_header()

@@ -17,7 +17,12 @@ from registry.audit_cli import export_cmd, verify_cmd
 from registry.errors import RegistryError
 from registry.ledger.bundle import BundleFormatError, BundleReader
 from registry.ledger.keys import SigningKey
-from registry.ledger.verify_bundle import EXIT_FAILED, verify_bundle
+from registry.ledger.verify_bundle import (
+    EXIT_FAILED,
+    WORKERS_FROM,
+    default_workers,
+    verify_bundle,
+)
 from registry.service.compare import compare_with_database
 from registry.service.context import Registry
 from registry.service.export import export_bundle
@@ -171,6 +176,11 @@ def test_the_commands_exit_0_2_and_1(
     body = json.loads(as_json.output)
     assert body["ok"] is True and body["entries"] == 29 and body["failures"] == []
     assert body["rules_not_adopted"] == []
+    # A ledger this small is checked in one process by default: worker processes would take
+    # longer to start than it takes to check.
+    by_default = runner.invoke(_cli(), ["verify", str(path), "--registry-key", key, "--json"])
+    assert by_default.exit_code == 0, by_default.output
+    assert json.loads(by_default.output)["workers"] == 1
 
     bundle = RawBundle.read(path)
     bundle.envelopes[5], bundle.envelopes[6] = bundle.envelopes[6], bundle.envelopes[5]
@@ -194,6 +204,15 @@ def test_the_commands_exit_0_2_and_1(
     bad_key = runner.invoke(_cli(), ["verify", str(path), "--registry-key", "not-a-key"])
     assert isinstance(bad_key.exception, RegistryError)
     assert "--registry-key must be" in bad_key.exception.message
+
+
+def test_every_core_checks_a_ledger_large_enough_to_repay_its_worker_processes() -> None:
+    assert default_workers(WORKERS_FROM - 1, cores=8) == 1
+    assert default_workers(WORKERS_FROM, cores=8) == 8
+    assert default_workers(10**6, cores=1) == 1
+    # The option's help says where the default changes.
+    shown = CliRunner().invoke(_cli(), ["verify", "--help"]).output
+    assert f"fewer than {WORKERS_FROM:,} entries" in " ".join(shown.replace("│", " ").split())
 
 
 def test_an_export_to_a_directory_is_refused_before_reading_the_ledger(
