@@ -261,10 +261,12 @@ def _serving(answer: Any) -> type[BaseHTTPRequestHandler]:
 def test_a_registry_that_trickles_its_answer_cannot_hold_the_monitor_for_ever(
     registry: Registry, tmp_path: Path, part: str
 ) -> None:
-    """A byte every half second keeps each read inside the client's timeout: only a limit on
+    """A byte every quarter second keeps each read inside the client's timeout: only a limit on
     the whole answer ends the round (not checked, exit 1), and --watch then goes on. Headers
     trickled so, before the answer has even begun, used to hold the monitor as long as the
     registry went on."""
+    if registry.engine.url.get_backend_name() != "sqlite":
+        pytest.skip("the database plays no part (a stand-in answers): SQLite is enough")
 
     def trickle(handler: BaseHTTPRequestHandler) -> None:
         if part == "body":
@@ -276,15 +278,15 @@ def test_a_registry_that_trickles_its_answer_cannot_hold_the_monitor_for_ever(
         for _ in range(100_000):
             handler.wfile.write(b"x")
             handler.wfile.flush()
-            time.sleep(0.5)
+            time.sleep(0.25)
 
     state = tmp_path / "monitor.json"
     with loopback_http(_serving(trickle)) as url:
         started = time.monotonic()
-        r = audit(url, registry, state, "--timeout", "2", "--watch", "0.01", "--rounds", "2")
+        r = audit(url, registry, state, "--timeout", "1", "--watch", "0.01", "--rounds", "2")
         assert time.monotonic() - started < 20
     assert r.returncode == 1 and "ALARM" not in r.stderr, r.stderr
-    assert r.stderr.count("took more than 2 s to answer /v1/checkpoint") == 2, r.stderr
+    assert r.stderr.count("took more than 1 s to answer /v1/checkpoint") == 2, r.stderr
     assert not state.exists()
 
 
