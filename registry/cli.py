@@ -117,8 +117,10 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Serve the registry's HTTP API (OpenAPI at /docs)."""
+    from registry.logs import log_to_stderr
     from registry.service.writer_process import ADDRESS_ENV, WriterHost
 
+    log_to_stderr()
     settings = load_settings()
     # One writer process for the whole server, started before any worker: every worker's
     # instructions share its batches (service/writer_process.py). It imports its code while

@@ -12,6 +12,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from registry.api.app import create_app
 from registry.config import Settings
+from registry.logs import log_to_stderr
 from registry.service.setup import open_registry
 from registry.service.writer_process import ADDRESS_ENV, WriterHost, WriterProcess
 
@@ -26,6 +27,7 @@ def app_from_env() -> FastAPI:
     full collection walks all of it while requests wait: under load that was a pause every few
     dozen transfers, and it set the p99 latency (about 150 ms at 32 clients, 60 ms without).
     """
+    log_to_stderr()  # in each worker process too
     address = os.environ.get(ADDRESS_ENV)
     host = None
     if address is None:  # not under `registry serve` (uvicorn run directly): a writer of its own

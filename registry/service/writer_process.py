@@ -62,6 +62,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import ConfigurationError, RegistryError
+from registry.logs import log_to_stderr
 
 if TYPE_CHECKING:  # the server's own process launches a writer before it imports the rest
     from registry.service.submit import Outcome
@@ -362,6 +363,7 @@ def serve_writes(listener: socket.socket, control: Connection) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    log_to_stderr()
     from registry.config import Settings
     from registry.service.setup import open_registry
     from registry.service.submit import prepare

@@ -84,7 +84,7 @@ def test_a_full_disk_refuses_every_write_cleanly_and_a_retry_goes_through_once_s
 
         check_registry(world, registry, acks, tmp_path)
         log = server.log_path.read_text()
-        assert "the database could not write: disk I/O error" in log
+        assert "ERROR:    registry.store.db: the database could not write: disk I/O error" in log
         # A state of the machine, said in one line each: no traceback, no 500.
         assert server.errors_logged() == [], "\n".join(server.errors_logged()[:20])
     finally:

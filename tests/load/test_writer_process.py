@@ -141,6 +141,9 @@ def test_workers_share_one_writer_process_which_is_replaced_when_it_dies(
         now = _spawned(server)  # the workers, and a new writer in place of the one killed
         assert writer not in now and set(workers) <= set(now)
         assert world.active("JP-BUYER-1") == 64
+        # The server's log says so, spelt as uvicorn spells its lines, and names who speaks.
+        assert ("ERROR:    registry.service.writer_process: the writer process stopped (exit "
+                f"code -{signal.SIGKILL.value}); starting another") in server.log_path.read_text()
         check_registry(world, registry, [], tmp_path)
 
 
@@ -242,6 +245,8 @@ def test_a_frozen_writer_process_is_answered_in_bounded_time_and_the_retry_is_ca
             assert "retry with the same Idempotency-Key is safe" in error["message"]
             assert 2 <= waited < 10, waited
             assert world.active("JP-BUYER-1") == 0  # reads are answered meanwhile
+            assert ("ERROR:    registry.service.writer_process: the writer process did not "
+                    "answer within 2 s") in server.log_path.read_text()
         finally:
             os.kill(writer, signal.SIGCONT)
         # Resumed, the writer carries out what it was sent; the retry gets that answer.
