@@ -358,8 +358,9 @@ def test_init_on_a_full_disk_says_so_and_can_be_run_again(tmp_path: Path, kib: i
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     # One error line (beside init's warning of the unencrypted key): the line a server's
     # operator is logged about the failed write is not shown too.
-    last = r.stderr.splitlines()[-1]
-    assert [line for line in r.stderr.splitlines() if not line.startswith("warning:")] == [last]
+    lines = r.stderr.splitlines()
+    last = lines[-1]
+    assert [line for line in lines if not line.startswith("warning:")] == [last], r.stderr
     assert last.startswith("error[storage_failed]: the database could not write "), last
     assert "its disk is full, failing or read-only" in last and "Idempotency-Key" not in last, last
     r = run(["init", "--insecure-dev-key"], tmp_path)

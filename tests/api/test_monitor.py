@@ -18,10 +18,12 @@ import pytest
 from sqlalchemy import text
 
 from registry.config import Settings
-from registry.ledger.checkpoint import Checkpoint, sign_checkpoint
+from registry.ledger.checkpoint import Checkpoint, NoteVerifier, sign_checkpoint
+from registry.ledger.keys import SigningKey
 from registry.service.context import Registry
 from registry.service.setup import FirstAdministrator, initialise
-from registry.store.db import is_postgres, write_transaction
+from registry.store.db import write_transaction
+from tests.conftest import ORIGIN
 from tests.factories import append_notes, drop_append_only_triggers
 from tests.helpers import LiveServer, loopback_http, start_server
 
@@ -29,8 +31,10 @@ REGISTRY = str(Path(sys.executable).with_name("registry"))
 
 
 def audit(
-    at: LiveServer | str, registry: Registry, state: Path, *extra: str
+    at: LiveServer | str, pinned: Registry | NoteVerifier, state: Path, *extra: str
 ) -> subprocess.CompletedProcess[str]:
+    """``registry audit`` of the registry at ``at``, pinned to ``pinned``'s key."""
+    key = pinned if isinstance(pinned, NoteVerifier) else pinned.note_verifier
     return subprocess.run(
         [
             REGISTRY,
@@ -40,7 +44,7 @@ def audit(
             "--state",
             str(state),
             "--registry-key",
-            registry.note_verifier.verifier_string(),
+            key.verifier_string(),
             *extra,
         ],
         capture_output=True,
@@ -48,6 +52,12 @@ def audit(
         timeout=60,
         check=False,
     )
+
+
+@pytest.fixture
+def stand_in_key() -> NoteVerifier:
+    """A key to pin where a stand-in answers instead of a registry: no database plays a part."""
+    return NoteVerifier(name=ORIGIN, key=SigningKey.generate().public_key)
 
 
 def _cut_history(registry: Registry, keep: int) -> None:
@@ -259,14 +269,12 @@ def _serving(answer: Any) -> type[BaseHTTPRequestHandler]:
 
 @pytest.mark.parametrize("part", ["body", "headers"])
 def test_a_registry_that_trickles_its_answer_cannot_hold_the_monitor_for_ever(
-    registry: Registry, tmp_path: Path, part: str
+    stand_in_key: NoteVerifier, tmp_path: Path, part: str
 ) -> None:
     """A byte every quarter second keeps each read inside the client's timeout: only a limit on
     the whole answer ends the round (not checked, exit 1), and --watch then goes on. Headers
     trickled so, before the answer has even begun, used to hold the monitor as long as the
     registry went on."""
-    if is_postgres(registry.engine):
-        pytest.skip("the database plays no part (a stand-in answers): SQLite is enough")
 
     def trickle(handler: BaseHTTPRequestHandler) -> None:
         if part == "body":
@@ -283,14 +291,16 @@ def test_a_registry_that_trickles_its_answer_cannot_hold_the_monitor_for_ever(
     state = tmp_path / "monitor.json"
     with loopback_http(_serving(trickle)) as url:
         started = time.monotonic()
-        r = audit(url, registry, state, "--timeout", "1", "--watch", "0.01", "--rounds", "2")
+        r = audit(url, stand_in_key, state, "--timeout", "1", "--watch", "0.01", "--rounds", "2")
         assert time.monotonic() - started < 20
     assert r.returncode == 1 and "ALARM" not in r.stderr, r.stderr
     assert r.stderr.count("took more than 1 s to answer /v1/checkpoint") == 2, r.stderr
     assert not state.exists()
 
 
-def test_a_web_page_in_between_is_no_alarm(registry: Registry, tmp_path: Path) -> None:
+def test_a_web_page_in_between_is_no_alarm(
+    stand_in_key: NoteVerifier, tmp_path: Path
+) -> None:
     """A captive portal or a proxy answering 200 with its own page: the registry was not
     reached, which is a round not checked, never an alarm against it."""
 
@@ -303,12 +313,14 @@ def test_a_web_page_in_between_is_no_alarm(registry: Registry, tmp_path: Path) -
         handler.wfile.write(page)
 
     with loopback_http(_serving(portal)) as url:
-        r = audit(url, registry, tmp_path / "monitor.json")
+        r = audit(url, stand_in_key, tmp_path / "monitor.json")
     assert r.returncode == 1 and "ALARM" not in r.stderr, r.stderr
     assert "a web page answered /v1/checkpoint, not the registry" in r.stderr, r.stderr
 
 
-def test_a_huge_answer_is_not_read_whole(registry: Registry, tmp_path: Path) -> None:
+def test_a_huge_answer_is_not_read_whole(
+    stand_in_key: NoteVerifier, tmp_path: Path
+) -> None:
     """An answer far larger than any the registry gives is not kept in memory to the end."""
 
     def flood(handler: BaseHTTPRequestHandler) -> None:
@@ -319,7 +331,7 @@ def test_a_huge_answer_is_not_read_whole(registry: Registry, tmp_path: Path) -> 
             handler.wfile.write(b"x" * (1 << 20))
 
     with loopback_http(_serving(flood)) as url:
-        r = audit(url, registry, tmp_path / "monitor.json")
+        r = audit(url, stand_in_key, tmp_path / "monitor.json")
     assert r.returncode == 1 and "ALARM" not in r.stderr, r.stderr
     assert "answer to /v1/checkpoint holds more than 67108864 bytes" in r.stderr, r.stderr
 
@@ -421,11 +433,11 @@ def test_json_nested_past_the_parser_is_an_alarm_not_a_traceback(
 
 
 def test_a_state_file_nested_past_the_parser_is_the_monitors_own_error(
-    registry: Registry, tmp_path: Path
+    stand_in_key: NoteVerifier, tmp_path: Path
 ) -> None:
     state = tmp_path / "monitor.json"
     state.write_text("[" * 200_000)
-    r = audit(f"http://127.0.0.1:{_closed_port()}", registry, state)
+    r = audit(f"http://127.0.0.1:{_closed_port()}", stand_in_key, state)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-300:]
     assert f"the monitor's state file {state} is damaged" in r.stderr
 

@@ -94,8 +94,9 @@ def test_writes_are_refused_while_the_database_file_is_not_the_one_opened(
 
         check_registry(world, registry, acks, tmp_path)
         # (A writer process that cannot start logs why, with its traceback, by design.)
-        assert "ERROR:    registry.store.db: the database file " in server.log_path.read_text()
-        assert "is no longer the one this server opened" in server.log_path.read_text()
+        log = server.log_path.read_text()
+        assert "ERROR:    registry.store.db: the database file " in log
+        assert "is no longer the one this server opened" in log
     finally:
         world.http.http.close()
         server.stop()

@@ -153,4 +153,3 @@ def test_the_revisions_read_from_file_names_are_alembics() -> None:
         assert revision.revision == f"{number:04d}"
         assert Path(revision.path).name.startswith(f"{number:04d}_")
         assert revision.down_revision == (None if number == 1 else f"{number - 1:04d}")
-
