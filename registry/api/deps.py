@@ -28,7 +28,11 @@ def get_read_session(registry: RegistryDep) -> Iterator[Session]:
         yield session
 
 
-ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+# Closed as the route returns, its answer built, not once the answer is sent (a yield
+# dependency's default): a client that has its answer and reads again finds the connection back
+# in the pool, where it would otherwise need, and open, a second. A server whose SQLite file
+# was moved away opens none (store.db), and answers reads only from connections it holds.
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 
 
 def _query_names(dependant: Dependant) -> frozenset[str]:

@@ -457,8 +457,7 @@ def read_session(engine: Engine) -> Iterator[Session]:
             raise
         if read:
             # Lost as the read-only transaction ended, its reads all made: it changed nothing,
-            # and what it read is a snapshot still. (An API read ends after its answer is
-            # under way; raising here would cut the client's connection.)
+            # and what it read is a snapshot still: its answer stands.
             _log.warning("the connection to the database was lost as a read ended: %s",
                          first_line(e))
             return

@@ -122,3 +122,18 @@ def test_a_page_of_entries_keeps_to_its_bytes_and_says_where_the_next_starts(
         seen += [e["seq"] for e in page["data"]]
         start = page["next"]
     assert seen == list(range(10))
+
+
+def test_a_read_gives_its_database_connection_back_before_its_answer_is_sent(
+    registry: Registry, server: LiveServer
+) -> None:
+    """A client reading one page after another needs one connection, never a second: its next
+    read cannot arrive before the last one's connection is back. (One that did would open
+    another, which a server whose SQLite file was moved away cannot: its reads would be refused
+    503 ``database_moved`` where they go on from the file it has open.)"""
+    pool = registry.engine.pool
+    for path in ("/v1/entries", "/v1/parties", "/v1/checkpoint", "/v1/accounts/KH-NONE"):
+        for _ in range(20):
+            answer = server.client.get(path)
+            assert answer.status_code in (200, 404), answer.text
+            assert pool.checkedout() == 0, path  # type: ignore[attr-defined]

@@ -1,7 +1,8 @@
 """The SQLite file moved or deleted under ``registry serve`` (an operator putting a backup
 back with ``mv``, a clean-up script): SQLite itself would write on, without an error, into the
 file it has open, and what it acknowledged there would be gone at the next start. Every write
-is refused 503 ``database_moved`` instead, reads go on, and once the file is back the same
+is refused 503 ``database_moved`` instead, reads go on (from the connections the server
+holds: it opens none to whatever is now at the path), and once the file is back the same
 request retried with its key is carried out once. SQLite only: PostgreSQL's files are its
 server's."""
 
