@@ -81,6 +81,8 @@ EXPECTED_ERRORS = (
 )
 """The registry's log lines on its database's state, which a test that causes it expects."""
 
+_TRACEBACK_LINES = ("Traceback", "The above exception", "During handling")
+
 
 def retirement_or_transfer(
     rng: random.Random, body: dict[str, Any], accounts: Sequence[str], reason: str
@@ -209,16 +211,35 @@ class ServerProcess:
             return "(no log)"
 
     def errors_logged(self) -> list[str]:
-        """Tracebacks, 5xx lines and ERROR lines the server wrote: each is a bug (or a kill's
-        debris), but for the registry's lines on its database's state (:data:`EXPECTED_ERRORS`),
-        which the tests that cause that state check themselves."""
+        """Tracebacks (each whole, with the line before it), 5xx lines and ERROR lines the
+        server wrote: each is a bug (or a kill's debris), but for the registry's lines on its
+        database's state (:data:`EXPECTED_ERRORS`), which the tests that cause that state check
+        themselves."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return []
-        return [line for line in text.splitlines()
-                if "Traceback" in line or '" 500' in line
-                or ("ERROR" in line and not line.startswith(EXPECTED_ERRORS))]
+        found: list[str] = []
+        lines = text.splitlines()
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            if "Traceback" in line:
+                # The whole traceback, and the line before it, which says whose it is: a
+                # failure seen once in a loaded run must say what it was.
+                end = i + 1
+                while end < len(lines) and (not lines[end] or lines[end][0].isspace()
+                                            or lines[end].startswith(_TRACEBACK_LINES)):
+                    end += 1
+                if i and found and found[-1] == lines[i - 1]:
+                    found.pop()  # the error line the traceback is of: said with it
+                found.append("\n".join(lines[max(i - 1, 0):end + 1]))
+                i = end + 1
+                continue
+            if '" 500' in line or ("ERROR" in line and not line.startswith(EXPECTED_ERRORS)):
+                found.append(line)
+            i += 1
+        return found
 
 
 @contextmanager
