@@ -29,24 +29,18 @@ class _LevelPrefixed(logging.Formatter):
 
 def log_to_stderr() -> None:
     """The registry's log lines on stderr from INFO up, and every other library's from
-    WARNING up, spelt alike; once per process however often this is called.
+    WARNING up (the root logger's level), spelt alike; once per process however often this is
+    called.
 
-    Without the second handler, a library's warning or error (SQLAlchemy's pool failing to
-    reset a connection, asyncio's task whose exception nobody read) reaches stderr through
-    Python's last-resort handler: its bare message, then its traceback, saying neither its
-    level nor who spoke.
+    One handler, on the root logger: a library's warning or error (SQLAlchemy's pool failing to
+    reset a connection, asyncio's task whose exception nobody read) would otherwise reach stderr
+    through Python's last-resort handler: its bare message, then its traceback, saying neither
+    its level nor who spoke.
     """
-    logger = logging.getLogger(_PACKAGE)
-    if any(isinstance(h.formatter, _LevelPrefixed) for h in logger.handlers):
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, _LevelPrefixed) for h in root.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LevelPrefixed())
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # said once, by its own handler
-    root = logging.getLogger()
-    if not root.handlers:
-        others = logging.StreamHandler(sys.stderr)
-        others.setFormatter(_LevelPrefixed())
-        others.setLevel(logging.WARNING)
-        root.addHandler(others)
+    root.addHandler(handler)
+    logging.getLogger(_PACKAGE).setLevel(logging.INFO)

@@ -231,7 +231,7 @@ class ServerProcess:
                 while end < len(lines) and (not lines[end] or lines[end][0].isspace()
                                             or lines[end].startswith(_TRACEBACK_LINES)):
                     end += 1
-                if i and found and found[-1] == lines[i - 1]:
+                if found and found[-1] == lines[i - 1]:
                     found.pop()  # the error line the traceback is of: said with it
                 found.append("\n".join(lines[max(i - 1, 0):end + 1]))
                 i = end + 1
